@@ -1,0 +1,58 @@
+"""The FastAPI application: routers, error handlers, first-start bootstrap."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from api.errors import install_error_handlers
+from api.routes import artifacts, datasets, health, jobs, keys, models
+from core.bootstrap import ensure_admin_key
+from core.db import session_factory
+from core.settings import get_settings
+
+log = logging.getLogger("modelpress.api")
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings = get_settings()
+    settings.tmp_dir.mkdir(parents=True, exist_ok=True)
+    with session_factory()() as session:
+        generated = ensure_admin_key(session, settings.bootstrap_key)
+    if generated:
+        # Printed once, on the first start; only its hash is stored.
+        print(
+            f"modelpress: created the first admin API key (shown only now): {generated}",
+            file=sys.stderr,
+            flush=True,
+        )
+    yield
+
+
+def create_app() -> FastAPI:
+    app = FastAPI(
+        title="modelpress",
+        version="0.1.0",
+        description="Upload a model and a job spec; get back a smaller, faster model and "
+        "the numbers that prove it. Authenticate with `Authorization: Bearer <key>`.",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    for router in (
+        health.router,
+        models.router,
+        datasets.router,
+        jobs.router,
+        artifacts.router,
+        keys.router,
+    ):
+        app.include_router(router)
+    return app
+
+
+app = create_app()

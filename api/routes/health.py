@@ -1,0 +1,44 @@
+"""Liveness and readiness: is the process up, can it reach its database, broker, storage."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+from sqlalchemy import text
+
+from core.db import session_factory
+from core.queue import ping_broker
+from core.storage import get_storage
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz")
+def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+def _check_database() -> None:
+    with session_factory()() as session:
+        session.execute(text("SELECT 1"))
+
+
+@router.get("/readyz")
+async def readyz() -> JSONResponse:
+    checks: dict[str, str] = {}
+    for name, probe in (
+        ("database", _check_database),
+        ("broker", ping_broker),
+        ("storage", lambda: get_storage().ping()),
+    ):
+        try:
+            await run_in_threadpool(probe)
+            checks[name] = "ok"
+        except Exception as exc:
+            checks[name] = f"error: {type(exc).__name__}: {exc}"[:300]
+    ready = all(v == "ok" for v in checks.values())
+    return JSONResponse(
+        {"status": "ready" if ready else "not ready", "checks": checks},
+        status_code=200 if ready else 503,
+    )

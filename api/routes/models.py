@@ -1,0 +1,120 @@
+"""/v1/models: upload, inspect, list, download and delete models."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from sqlalchemy import func, select
+
+from api.deps import ReadKey, SessionDep, SettingsDep, StorageDep, WriteKey
+from api.downloads import download_response
+from api.errors import Problem, not_found
+from api.pagination import paginate
+from api.schemas import ModelOut, Page
+from api.uploads import multipart_body_schema, receive_upload, safe_filename
+from core.db import new_id
+from core.models import ACTIVE_STATUSES, Job, StoredModel
+from optimizers.errors import OptimizerError
+from optimizers.inspect import inspect_model
+
+router = APIRouter(prefix="/v1/models", tags=["models"])
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=ModelOut,
+    openapi_extra=multipart_body_schema("An ONNX model (.onnx)."),
+    responses={413: {"description": "Over MODELPRESS_MAX_UPLOAD_BYTES"}},
+)
+async def upload_model(
+    request: Request,
+    response: Response,
+    key: WriteKey,
+    session: SessionDep,
+    settings: SettingsDep,
+    storage: StorageDep,
+) -> ModelOut:
+    upload = await receive_upload(
+        request, tmp_dir=settings.tmp_dir, max_bytes=settings.max_upload_bytes
+    )
+    try:
+        if upload.size_bytes == 0:
+            raise Problem(422, "the uploaded file is empty", type="invalid-model")
+        try:
+            info = await run_in_threadpool(inspect_model, upload.path)
+        except OptimizerError as exc:
+            raise Problem(422, f"not a valid ONNX model: {exc.message}", type="invalid-model")
+        model_id = new_id("mdl")
+        storage_key = f"{key.project_id}/models/{model_id}/model.onnx"
+        row = StoredModel(
+            id=model_id,
+            project_id=key.project_id,
+            name=safe_filename(upload.fields.get("name") or upload.filename, "model.onnx"),
+            format=info.format,
+            sha256=upload.sha256,
+            size_bytes=upload.size_bytes,
+            storage_key=storage_key,
+            info=info.model_dump(mode="json"),
+        )
+        session.add(row)
+        session.flush()
+        await run_in_threadpool(storage.put_file, storage_key, upload.path)
+    finally:
+        upload.discard()
+    try:
+        session.commit()
+    except Exception:
+        storage.delete_prefix(f"{key.project_id}/models/{model_id}")
+        raise
+    response.headers["Location"] = f"/v1/models/{model_id}"
+    return ModelOut.of(row)
+
+
+@router.get("", response_model=Page[ModelOut])
+def list_models(
+    key: ReadKey, session: SessionDep, page_size: int = 50, page_token: str | None = None
+) -> Page[ModelOut]:
+    query = select(StoredModel).where(StoredModel.project_id == key.project_id)
+    rows, token = paginate(session, query, StoredModel, page_size=page_size, page_token=page_token)
+    return Page(items=[ModelOut.of(r) for r in rows], next_page_token=token)
+
+
+def get_owned_model(session: SessionDep, project_id: str, model_id: str) -> StoredModel:
+    row = session.get(StoredModel, model_id)
+    if row is None or row.project_id != project_id:
+        raise not_found("model", model_id)
+    return row
+
+
+@router.get("/{model_id}", response_model=ModelOut)
+def get_model(model_id: str, key: ReadKey, session: SessionDep) -> ModelOut:
+    return ModelOut.of(get_owned_model(session, key.project_id, model_id))
+
+
+@router.get("/{model_id}/content", response_class=Response)
+def download_model(
+    model_id: str, request: Request, key: ReadKey, session: SessionDep, storage: StorageDep
+) -> Response:
+    row = get_owned_model(session, key.project_id, model_id)
+    return download_response(
+        request, storage, key=row.storage_key, size=row.size_bytes, sha256=row.sha256,
+        filename=row.name,
+    )
+
+
+@router.delete("/{model_id}", status_code=204)
+def delete_model(model_id: str, key: WriteKey, session: SessionDep, storage: StorageDep) -> Response:
+    row = get_owned_model(session, key.project_id, model_id)
+    active = session.scalar(
+        select(func.count()).where(Job.model_id == row.id, Job.status.in_(ACTIVE_STATUSES))
+    )
+    if active:
+        raise Problem(
+            409, f"the model is used by {active} unfinished job(s); cancel them first",
+            type="model-in-use",
+        )
+    session.delete(row)
+    session.commit()
+    storage.delete_prefix(f"{key.project_id}/models/{model_id}")
+    return Response(status_code=204)

@@ -1,0 +1,193 @@
+"""Response bodies. Separate from the ORM tables so the API can change without migrations."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Generic, Literal, TypeVar
+
+from pydantic import BaseModel, Field
+
+from core.models import ApiKey, Artifact, Dataset, Job, Project, StoredModel
+from optimizers.types import DatasetInfo, TensorInfo
+
+T = TypeVar("T")
+
+
+class Page(BaseModel, Generic[T]):
+    items: list[T]
+    next_page_token: str | None = None
+
+
+class ModelOut(BaseModel):
+    id: str
+    name: str
+    format: str
+    sha256: str
+    size_bytes: int
+    opset: int | None
+    ir_version: int | None
+    producer: str | None
+    inputs: list[TensorInfo]
+    outputs: list[TensorInfo]
+    parameter_count: int
+    created_at: datetime
+
+    @classmethod
+    def of(cls, row: StoredModel) -> ModelOut:
+        info = row.info
+        return cls(
+            id=row.id,
+            name=row.name,
+            format=row.format,
+            sha256=row.sha256,
+            size_bytes=row.size_bytes,
+            opset=info.get("opset"),
+            ir_version=info.get("ir_version"),
+            producer=info.get("producer"),
+            inputs=info["inputs"],
+            outputs=info["outputs"],
+            parameter_count=info["parameter_count"],
+            created_at=row.created_at,
+        )
+
+
+class DatasetOut(BaseModel):
+    id: str
+    name: str
+    sha256: str
+    size_bytes: int
+    num_samples: int
+    has_labels: bool
+    arrays: dict[str, Any]
+    created_at: datetime
+
+    @classmethod
+    def of(cls, row: Dataset) -> DatasetOut:
+        info = DatasetInfo.model_validate(row.info)
+        return cls(
+            id=row.id,
+            name=row.name,
+            sha256=row.sha256,
+            size_bytes=row.size_bytes,
+            num_samples=info.num_samples,
+            has_labels=info.has_labels,
+            arrays={k: v.model_dump() for k, v in info.arrays.items()},
+            created_at=row.created_at,
+        )
+
+
+class JobProgress(BaseModel):
+    fraction: float = Field(description="0..1")
+    message: str | None
+
+
+class JobError(BaseModel):
+    type: str
+    message: str
+
+
+class JobOut(BaseModel):
+    id: str
+    model_id: str | None
+    status: Literal["queued", "running", "cancelling", "succeeded", "failed", "canceled"]
+    stage: str | None
+    progress: JobProgress
+    queue: str
+    attempts: int
+    max_attempts: int
+    error: JobError | None
+    spec: dict[str, Any]
+    result: dict[str, Any] | None
+    created_at: datetime
+    queued_at: datetime | None
+    started_at: datetime | None
+    heartbeat_at: datetime | None
+    cancel_requested_at: datetime | None
+    finished_at: datetime | None
+
+    @classmethod
+    def of(cls, row: Job) -> JobOut:
+        error = None
+        if row.error_type:
+            error = JobError(type=row.error_type, message=row.error_message or "")
+        return cls(
+            id=row.id,
+            model_id=row.model_id,
+            status=row.status,  # type: ignore[arg-type]
+            stage=row.stage,
+            progress=JobProgress(fraction=row.progress, message=row.progress_message),
+            queue=row.queue,
+            attempts=row.attempts,
+            max_attempts=row.max_attempts,
+            error=error,
+            spec=row.spec,
+            result=row.result,
+            created_at=row.created_at,
+            queued_at=row.queued_at,
+            started_at=row.started_at,
+            heartbeat_at=row.heartbeat_at,
+            cancel_requested_at=row.cancel_requested_at,
+            finished_at=row.finished_at,
+        )
+
+
+class ArtifactOut(BaseModel):
+    id: str
+    job_id: str
+    kind: str
+    name: str
+    content_type: str
+    sha256: str
+    size_bytes: int
+    created_at: datetime
+
+    @classmethod
+    def of(cls, row: Artifact) -> ArtifactOut:
+        return cls(
+            id=row.id,
+            job_id=row.job_id,
+            kind=row.kind,
+            name=row.name,
+            content_type=row.content_type,
+            sha256=row.sha256,
+            size_bytes=row.size_bytes,
+            created_at=row.created_at,
+        )
+
+
+class ProjectOut(BaseModel):
+    id: str
+    name: str
+    created_at: datetime
+
+    @classmethod
+    def of(cls, row: Project) -> ProjectOut:
+        return cls(id=row.id, name=row.name, created_at=row.created_at)
+
+
+class KeyOut(BaseModel):
+    id: str
+    project_id: str
+    name: str
+    prefix: str
+    scopes: list[str]
+    created_at: datetime
+    expires_at: datetime | None
+    revoked_at: datetime | None
+
+    @classmethod
+    def of(cls, row: ApiKey) -> KeyOut:
+        return cls(
+            id=row.id,
+            project_id=row.project_id,
+            name=row.name,
+            prefix=row.display_prefix,
+            scopes=row.scopes,
+            created_at=row.created_at,
+            expires_at=row.expires_at,
+            revoked_at=row.revoked_at,
+        )
+
+
+class KeyCreated(KeyOut):
+    key: str = Field(description="The secret key. Shown only this once.")

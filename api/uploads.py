@@ -1,0 +1,192 @@
+"""Stream a multipart upload to a temporary file: hashed as it arrives, never held in
+memory, refused with 413 as soon as it passes the size limit."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from fastapi import Request
+from python_multipart.multipart import MultipartParser, parse_options_header
+
+from api.errors import Problem
+
+#: Small text fields next to the file (e.g. a name); anything bigger is a client error.
+_MAX_FIELD_BYTES = 64 * 1024
+_SAFE_NAME = re.compile(r"[^A-Za-z0-9._ -]+")
+
+
+@dataclass
+class Upload:
+    path: Path
+    filename: str
+    size_bytes: int
+    sha256: str
+    fields: dict[str, str] = field(default_factory=dict)
+
+    def discard(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def safe_filename(raw: str, default: str) -> str:
+    """A display name only: the last path component, without control or odd characters."""
+    name = raw.replace("\\", "/").split("/")[-1].replace("\x00", "")
+    name = _SAFE_NAME.sub("_", name).strip(" .")
+    return name[:200] or default
+
+
+def multipart_body_schema(description: str) -> dict[str, Any]:
+    """OpenAPI request body for routes that parse multipart themselves."""
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["file"],
+                        "properties": {
+                            "file": {"type": "string", "format": "binary", "description": description},
+                            "name": {"type": "string", "description": "Display name (optional)."},
+                        },
+                    }
+                }
+            },
+        }
+    }
+
+
+async def receive_upload(request: Request, *, tmp_dir: Path, max_bytes: int) -> Upload:
+    content_type, params = parse_options_header(request.headers.get("content-type", ""))
+    if content_type != b"multipart/form-data" or b"boundary" not in params:
+        raise Problem(
+            415, "send the file as multipart/form-data in a field named 'file'",
+            type="unsupported-media-type",
+        )
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > max_bytes + _MAX_FIELD_BYTES:
+        raise _too_large(max_bytes)
+
+    tmp_dir.mkdir(parents=True, exist_ok=True)
+    handle, tmp_name = tempfile.mkstemp(prefix="upload-", suffix=".part", dir=tmp_dir)
+    sink: IO[bytes] = os.fdopen(handle, "wb")
+    state = _ParseState(sink=sink, max_bytes=max_bytes)
+    parser = MultipartParser(
+        params[b"boundary"],
+        callbacks={
+            "on_part_begin": state.on_part_begin,
+            "on_header_field": state.on_header_field,
+            "on_header_value": state.on_header_value,
+            "on_header_end": state.on_header_end,
+            "on_headers_finished": state.on_headers_finished,
+            "on_part_data": state.on_part_data,
+            "on_part_end": state.on_part_end,
+        },
+    )
+    try:
+        async for chunk in request.stream():
+            parser.write(chunk)
+            if state.error is not None:
+                raise state.error
+        parser.finalize()
+        if state.error is not None:
+            raise state.error
+        if not state.file_seen:
+            raise Problem(422, "the form has no field named 'file'", type="missing-file")
+        if not state.file_complete:
+            raise Problem(400, "the upload ended before the file was complete", type="truncated-upload")
+        sink.close()
+    except BaseException:
+        sink.close()
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    return Upload(
+        path=Path(tmp_name),
+        filename=state.filename,
+        size_bytes=state.file_bytes,
+        sha256=state.hasher.hexdigest(),
+        fields=state.fields,
+    )
+
+
+def _too_large(max_bytes: int) -> Problem:
+    return Problem(
+        413,
+        f"the upload is larger than the limit of {max_bytes} bytes (MODELPRESS_MAX_UPLOAD_BYTES)",
+        type="upload-too-large",
+    )
+
+
+class _ParseState:
+    def __init__(self, *, sink: IO[bytes], max_bytes: int) -> None:
+        self.sink = sink
+        self.max_bytes = max_bytes
+        self.hasher = hashlib.sha256()
+        self.file_bytes = 0
+        self.file_seen = False
+        self.file_complete = False
+        self.filename = ""
+        self.fields: dict[str, str] = {}
+        self.error: Problem | None = None
+        self._headers: dict[bytes, bytes] = {}
+        self._header_field = b""
+        self._header_value = b""
+        self._part_name: str | None = None
+        self._part_is_file = False
+        self._field_buffer = bytearray()
+
+    def on_part_begin(self) -> None:
+        self._headers = {}
+        self._part_name = None
+        self._part_is_file = False
+        self._field_buffer = bytearray()
+
+    def on_header_field(self, data: bytes, start: int, end: int) -> None:
+        self._header_field += data[start:end]
+
+    def on_header_value(self, data: bytes, start: int, end: int) -> None:
+        self._header_value += data[start:end]
+
+    def on_header_end(self) -> None:
+        self._headers[self._header_field.lower()] = self._header_value
+        self._header_field = b""
+        self._header_value = b""
+
+    def on_headers_finished(self) -> None:
+        _, options = parse_options_header(self._headers.get(b"content-disposition", b""))
+        name = options.get(b"name", b"").decode("utf-8", "replace")
+        self._part_name = name
+        if name == "file":
+            if self.file_seen:
+                self.error = Problem(422, "send exactly one field named 'file'", type="invalid-form")
+                return
+            self.file_seen = True
+            self._part_is_file = True
+            self.filename = options.get(b"filename", b"").decode("utf-8", "replace")
+
+    def on_part_data(self, data: bytes, start: int, end: int) -> None:
+        if self.error is not None:
+            return
+        chunk = data[start:end]
+        if self._part_is_file:
+            self.file_bytes += len(chunk)
+            if self.file_bytes > self.max_bytes:
+                self.error = _too_large(self.max_bytes)
+                return
+            self.hasher.update(chunk)
+            self.sink.write(chunk)
+        else:
+            self._field_buffer += chunk
+            if len(self._field_buffer) > _MAX_FIELD_BYTES:
+                self.error = Problem(413, "a form field is too large", type="field-too-large")
+
+    def on_part_end(self) -> None:
+        if self._part_is_file:
+            self.file_complete = True
+        elif self._part_name:
+            self.fields[self._part_name] = self._field_buffer.decode("utf-8", "replace")

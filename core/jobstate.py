@@ -1,0 +1,182 @@
+"""Every job state change, as a conditional UPDATE, so two processes can never both move
+the same job (two workers finishing it, a cancel racing a completion)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from core.db import utcnow
+from core.models import Job, JobStatus
+
+RUNNING = (JobStatus.running, JobStatus.cancelling)
+
+
+def claim(session: Session, job_id: str, worker: str) -> int | None:
+    """queued -> running. Returns the attempt number, or None if the job is not claimable."""
+    now = utcnow()
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == JobStatus.queued, Job.attempts < Job.max_attempts)
+        .values(
+            status=JobStatus.running,
+            attempts=Job.attempts + 1,
+            started_at=now,
+            heartbeat_at=now,
+            worker=worker,
+            stage="loading",
+            progress=0.0,
+            progress_message="claimed by worker",
+            error_type=None,
+            error_message=None,
+            updated_at=now,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        return None
+    attempt = session.scalar(select(Job.attempts).where(Job.id == job_id))
+    return int(attempt) if attempt is not None else None
+
+
+def heartbeat(session: Session, job_id: str, attempt: int) -> str | None:
+    """Refresh the heartbeat; returns the job's status, or None if this attempt lost the job."""
+    now = utcnow()
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.attempts == attempt, Job.status.in_(RUNNING))
+        .values(heartbeat_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        return None
+    return session.scalar(select(Job.status).where(Job.id == job_id))
+
+
+def report_progress(
+    session: Session, job_id: str, attempt: int, *, stage: str, progress: float, message: str
+) -> bool:
+    now = utcnow()
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.attempts == attempt, Job.status.in_(RUNNING))
+        .values(
+            stage=stage,
+            progress=max(0.0, min(1.0, progress)),
+            progress_message=message[:2000],
+            heartbeat_at=now,
+            updated_at=now,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount == 1  # type: ignore[attr-defined]
+
+
+def finish(
+    session: Session,
+    job_id: str,
+    attempt: int,
+    *,
+    status: JobStatus,
+    result: dict[str, Any] | None = None,
+    error_type: str | None = None,
+    error_message: str | None = None,
+) -> bool:
+    """running|cancelling -> a final state, only for the attempt that owns the job."""
+    now = utcnow()
+    values: dict[str, Any] = {"status": status, "finished_at": now, "updated_at": now}
+    if status == JobStatus.succeeded:
+        values.update(stage="done", progress=1.0, progress_message="finished", result=result)
+    else:
+        values.update(error_type=error_type, error_message=error_message)
+    outcome = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.attempts == attempt, Job.status.in_(RUNNING))
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    return outcome.rowcount == 1  # type: ignore[attr-defined]
+
+
+def request_cancel(session: Session, job: Job) -> bool:
+    """queued -> canceled at once; running -> cancelling (the worker stops it)."""
+    now = utcnow()
+    if job.status == JobStatus.queued:
+        outcome = session.execute(
+            update(Job)
+            .where(Job.id == job.id, Job.status == JobStatus.queued)
+            .values(
+                status=JobStatus.canceled,
+                cancel_requested_at=now,
+                finished_at=now,
+                error_type="canceled",
+                error_message="canceled before it started",
+                updated_at=now,
+            )
+            .execution_options(synchronize_session=False)
+        )
+    elif job.status == JobStatus.running:
+        outcome = session.execute(
+            update(Job)
+            .where(Job.id == job.id, Job.status == JobStatus.running)
+            .values(status=JobStatus.cancelling, cancel_requested_at=now, updated_at=now)
+            .execution_options(synchronize_session=False)
+        )
+    else:
+        return False
+    return outcome.rowcount == 1  # type: ignore[attr-defined]
+
+
+def reap_stale(session: Session, *, timeout_s: float) -> list[tuple[str, str]]:
+    """Jobs whose worker stopped heartbeating: re-queue while attempts remain, else fail.
+
+    Returns (job_id, queue) of the jobs to re-send to the broker after commit.
+    """
+    cutoff = utcnow() - timedelta(seconds=timeout_s)
+    stale = session.scalars(
+        select(Job).where(Job.status.in_(RUNNING), Job.heartbeat_at < cutoff)
+    ).all()
+    requeue: list[tuple[str, str]] = []
+    now = utcnow()
+    for job in stale:
+        base = update(Job).where(
+            Job.id == job.id, Job.attempts == job.attempts, Job.status == job.status
+        )
+        if job.status == JobStatus.cancelling:
+            values: dict[str, Any] = {
+                "status": JobStatus.canceled,
+                "finished_at": now,
+                "error_type": "canceled",
+                "error_message": "canceled; its worker stopped responding",
+            }
+        elif job.attempts < job.max_attempts:
+            values = {
+                "status": JobStatus.queued,
+                "queued_at": now,
+                "stage": None,
+                "progress": 0.0,
+                "progress_message": (
+                    f"attempt {job.attempts} lost its worker "
+                    f"(no heartbeat for {timeout_s:.0f} s); queued again"
+                ),
+            }
+        else:
+            values = {
+                "status": JobStatus.failed,
+                "finished_at": now,
+                "error_type": "worker_lost",
+                "error_message": (
+                    f"the worker stopped responding during attempt {job.attempts} of "
+                    f"{job.max_attempts}; giving up"
+                ),
+            }
+        values["updated_at"] = now
+        outcome = session.execute(
+            base.values(**values).execution_options(synchronize_session=False)
+        )
+        if outcome.rowcount == 1 and values["status"] == JobStatus.queued:  # type: ignore[attr-defined]
+            requeue.append((job.id, job.queue))
+    return requeue

@@ -1,0 +1,55 @@
+"""The Celery app as the API sees it: configuration and enqueueing, no task code.
+
+Only a job id travels through the broker; the worker re-reads the job from the database.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from celery import Celery
+from kombu import Queue
+
+from core.settings import Settings, get_settings
+
+RUN_JOB_TASK = "modelpress.run_job"
+QUEUES = ("cpu", "gpu")
+
+
+def make_celery(settings: Settings) -> Celery:
+    app = Celery("modelpress", broker=settings.resolved_broker_url)
+    transport_options: dict[str, object] = {}
+    if settings.uses_embedded_broker:
+        # The SQLite transport polls; a short interval keeps the start of a job prompt.
+        transport_options["polling_interval"] = 0.2
+    else:
+        # Above the hard time limit, so Redis never hands a long job to a second worker.
+        transport_options["visibility_timeout"] = settings.task_time_limit_s + 600
+    app.conf.update(
+        task_queues=[Queue(name) for name in QUEUES],
+        task_default_queue="cpu",
+        task_acks_late=True,
+        worker_prefetch_multiplier=1,
+        task_ignore_result=True,
+        task_time_limit=settings.task_time_limit_s,
+        broker_transport_options=transport_options,
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=False,
+        worker_send_task_events=False,
+    )
+    return app
+
+
+@lru_cache
+def get_celery() -> Celery:
+    return make_celery(get_settings())
+
+
+def enqueue_job(job_id: str, queue: str) -> None:
+    """Call only after the commit that made the job visible."""
+    get_celery().send_task(RUN_JOB_TASK, args=[job_id], queue=queue)
+
+
+def ping_broker() -> None:
+    with get_celery().connection_for_write() as conn:
+        conn.ensure_connection(max_retries=1, timeout=2)

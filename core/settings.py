@@ -1,0 +1,75 @@
+"""All settings, read from the environment with the MODELPRESS_ prefix."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PLACEHOLDER_SECRETS = {"", "changeme", "change-me", "secret", "admin"}
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MODELPRESS_", extra="ignore")
+
+    environment: Literal["development", "production"] = "development"
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    data_dir: Path = Path("./data")
+    #: Default: a SQLite file in data_dir.
+    database_url: str | None = None
+    #: Default: kombu's SQLAlchemy transport on a SQLite file in data_dir (no server needed).
+    #: A redis:// URL switches to Redis.
+    broker_url: str | None = None
+    max_upload_bytes: int = Field(2 * 1024**3, ge=1)
+    bootstrap_key: str | None = None
+
+    heartbeat_interval_s: float = Field(2.0, gt=0)
+    heartbeat_timeout_s: float = Field(60.0, gt=0)
+    max_attempts: int = Field(3, ge=1)
+    #: How often the worker looks for jobs whose worker stopped heartbeating.
+    reaper_interval_s: float = Field(10.0, gt=0)
+    task_time_limit_s: int = Field(6 * 3600, ge=10)
+
+    @model_validator(mode="after")
+    def _no_placeholders_in_production(self) -> Settings:
+        if self.environment == "production":
+            if self.bootstrap_key is not None and self.bootstrap_key in PLACEHOLDER_SECRETS:
+                raise ValueError("MODELPRESS_BOOTSTRAP_KEY is a placeholder; set a real key")
+            if self.database_url is None or self.database_url.startswith("sqlite"):
+                raise ValueError("production needs MODELPRESS_DATABASE_URL (PostgreSQL)")
+        return self
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'modelpress.db').resolve()}"
+
+    @property
+    def resolved_broker_url(self) -> str:
+        if self.broker_url:
+            return self.broker_url
+        return f"sqla+sqlite:///{(self.data_dir / 'broker.db').resolve()}"
+
+    @property
+    def uses_embedded_broker(self) -> bool:
+        return self.resolved_broker_url.startswith("sqla+")
+
+    @property
+    def storage_dir(self) -> Path:
+        return self.data_dir / "storage"
+
+    @property
+    def tmp_dir(self) -> Path:
+        return self.data_dir / "tmp"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    settings = Settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    return settings

@@ -1,0 +1,121 @@
+"""Checks of a job spec against its model and datasets that can run before the job is queued.
+
+Imports neither torch nor onnxruntime: the API runs these on every job submission.
+"""
+
+from __future__ import annotations
+
+from optimizers.config import PipelineSpec
+from optimizers.datasets import check_fits
+from optimizers.errors import DatasetMismatchError, UnsupportedError
+from optimizers.types import DatasetInfo, ModelInfo, TensorInfo
+
+#: Input element types that modelpress can read from datasets and synthesize for benchmarks.
+SUPPORTED_INPUT_DTYPES = frozenset(
+    {
+        "bool",
+        "int8",
+        "int16",
+        "int32",
+        "int64",
+        "uint8",
+        "uint16",
+        "uint32",
+        "uint64",
+        "float16",
+        "float32",
+        "float64",
+    }
+)
+
+
+def check_spec(model: ModelInfo, spec: PipelineSpec, datasets: dict[str, DatasetInfo]) -> None:
+    """Raise DatasetMismatchError or UnsupportedError for anything that would make the job fail
+    for a reason known now. `datasets` maps every dataset id in the spec to its description."""
+    for tensor in model.inputs:
+        if tensor.dtype not in SUPPORTED_INPUT_DTYPES:
+            raise UnsupportedError(
+                f"model input '{tensor.name}' has element type {tensor.dtype}; only numeric and "
+                "bool inputs are supported"
+            )
+
+    for config in spec.passes:
+        for dataset_id in config.dataset_ids():
+            check_fits(model, _dataset(datasets, dataset_id), purpose=f"{config.kind} pass")
+
+    if spec.evaluate is not None:
+        evaluate_data = _dataset(datasets, spec.evaluate.dataset_id)
+        check_fits(
+            model,
+            evaluate_data,
+            purpose="evaluate",
+            need_labels=spec.evaluate.metric == "accuracy",
+        )
+
+    benchmark = spec.benchmark
+    for tensor in model.inputs:
+        batch_dim = tensor.shape[0] if tensor.shape else None
+        if isinstance(batch_dim, int):
+            wrong = [size for size in benchmark.batch_sizes if size != batch_dim]
+            if wrong:
+                raise UnsupportedError(
+                    f"model input '{tensor.name}' has a fixed batch size of {batch_dim}, so "
+                    f"benchmark.batch_sizes can only be [{batch_dim}] (got "
+                    f"{benchmark.batch_sizes}); re-export the model with a dynamic batch axis "
+                    "to benchmark other sizes"
+                )
+
+    given_shapes = benchmark.input_shapes or {}
+    input_names = {tensor.name for tensor in model.inputs}
+    unknown = sorted(set(given_shapes) - input_names)
+    if unknown:
+        raise DatasetMismatchError(
+            f"benchmark.input_shapes names {unknown}, which are not model inputs; the model's "
+            f"inputs are {sorted(input_names)}"
+        )
+    for tensor in model.inputs:
+        if tensor.name in given_shapes:
+            _check_given_shape(tensor, given_shapes[tensor.name])
+
+    # With any dataset, benchmark inputs take their shapes from its rows (checked above).
+    has_dataset = bool(spec.dataset_ids())
+    if not has_dataset:
+        for tensor in model.inputs:
+            open_axes = [
+                axis
+                for axis, dim in enumerate(tensor.shape)
+                if axis > 0 and not isinstance(dim, int)
+            ]
+            if open_axes and tensor.name not in given_shapes:
+                dims = ", ".join(f"axis {axis} ('{tensor.shape[axis]}')" for axis in open_axes)
+                raise DatasetMismatchError(
+                    f"model input '{tensor.name}' has symbolic dims ({dims}), so benchmark inputs "
+                    "need concrete shapes: add an evaluate or calibration dataset, or set "
+                    f'benchmark.input_shapes, e.g. {{"{tensor.name}": {_example(tensor)}}}'
+                )
+
+
+def _dataset(datasets: dict[str, DatasetInfo], dataset_id: str) -> DatasetInfo:
+    try:
+        return datasets[dataset_id]
+    except KeyError:
+        raise DatasetMismatchError(f"dataset '{dataset_id}' was not found") from None
+
+
+def _check_given_shape(tensor: TensorInfo, shape: list[int]) -> None:
+    if len(shape) != len(tensor.shape):
+        raise DatasetMismatchError(
+            f"benchmark.input_shapes['{tensor.name}'] has rank {len(shape)} but the model input "
+            f"has rank {len(tensor.shape)} (shape {tensor.shape}); include the batch axis"
+        )
+    for axis, (want, got) in enumerate(zip(tensor.shape, shape, strict=True)):
+        # Axis 0 is replaced by each benchmark batch size, so its value here does not matter.
+        if axis > 0 and isinstance(want, int) and want != got:
+            raise DatasetMismatchError(
+                f"benchmark.input_shapes['{tensor.name}'] has {got} on axis {axis} but the model "
+                f"input needs {want} (model shape {tensor.shape})"
+            )
+
+
+def _example(tensor: TensorInfo) -> list[int]:
+    return [dim if isinstance(dim, int) else 1 for dim in tensor.shape]

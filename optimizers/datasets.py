@@ -1,0 +1,284 @@
+"""Read `.npz` datasets safely: describe them from their headers, check them against a model,
+and read rows in batches without loading whole arrays or ever unpickling."""
+
+from __future__ import annotations
+
+import math
+import zipfile
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+import numpy as np
+
+from optimizers.errors import DatasetMismatchError, InvalidDatasetError
+from optimizers.types import ArrayInfo, DatasetInfo, ModelInfo
+
+LABELS = "labels"
+#: Element kinds a model can consume: bool, signed and unsigned ints, floats.
+_NUMERIC_KINDS = "biuf"
+
+
+@dataclass(frozen=True)
+class _Header:
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    fortran_order: bool
+
+
+def inspect_dataset(path: Path) -> DatasetInfo:
+    """Describe an `.npz` dataset from its array headers; no array data is read."""
+    try:
+        size_bytes = path.stat().st_size
+    except OSError as exc:
+        raise InvalidDatasetError(f"cannot read the dataset file: {exc.strerror or exc}") from exc
+    headers = _read_headers(path)
+    if not headers:
+        raise InvalidDatasetError("the .npz archive holds no arrays")
+
+    for name, header in headers.items():
+        if len(header.shape) == 0:
+            raise InvalidDatasetError(
+                f"array '{name}' is a scalar; every array needs a first axis of samples"
+            )
+    counts = {name: header.shape[0] for name, header in headers.items()}
+    if len(set(counts.values())) > 1:
+        listing = ", ".join(f"'{name}': {count}" for name, count in counts.items())
+        raise InvalidDatasetError(
+            f"arrays have different numbers of samples (first axis): {listing}; "
+            "every array must hold one row per sample"
+        )
+    num_samples = next(iter(counts.values()))
+    if num_samples == 0:
+        raise InvalidDatasetError("the dataset has zero samples")
+
+    labels = headers.get(LABELS)
+    if labels is not None and (len(labels.shape) != 1 or labels.dtype.kind not in "iu"):
+        raise InvalidDatasetError(
+            f"'labels' must be a 1-D integer array of class indices, got shape "
+            f"{list(labels.shape)} and dtype {labels.dtype.name}"
+        )
+    arrays = {
+        name: ArrayInfo(dtype=header.dtype.name, shape=list(header.shape))
+        for name, header in headers.items()
+        if name != LABELS
+    }
+    if not arrays:
+        raise InvalidDatasetError("the dataset holds only 'labels'; add one array per model input")
+    return DatasetInfo(
+        arrays=arrays,
+        num_samples=num_samples,
+        has_labels=labels is not None,
+        label_dtype=labels.dtype.name if labels is not None else None,
+        size_bytes=size_bytes,
+    )
+
+
+def check_fits(
+    model: ModelInfo, dataset: DatasetInfo, *, purpose: str, need_labels: bool = False
+) -> None:
+    """Raise DatasetMismatchError unless `dataset` can feed every input of `model`."""
+    for tensor in model.inputs:
+        array = dataset.arrays.get(tensor.name)
+        if array is None:
+            have = ", ".join(f"'{n}'" for n in dataset.arrays) or "none"
+            raise DatasetMismatchError(
+                f"{purpose} dataset has no array for model input '{tensor.name}' (it has: "
+                f"{have}); name each array after the model input it feeds"
+            )
+        if array.dtype != tensor.dtype:
+            raise DatasetMismatchError(
+                f"{purpose} dataset array '{tensor.name}' is {array.dtype} but the model input "
+                f"expects {tensor.dtype}; convert it, e.g. arr.astype(np.{tensor.dtype})"
+            )
+        if len(array.shape) != len(tensor.shape):
+            raise DatasetMismatchError(
+                f"{purpose} dataset array '{tensor.name}' has rank {len(array.shape)} (shape "
+                f"{array.shape}) but the model input has rank {len(tensor.shape)} (shape "
+                f"{tensor.shape}); the first axis of the array is the sample axis"
+            )
+        for axis, (want, got) in enumerate(zip(tensor.shape[1:], array.shape[1:], strict=True), 1):
+            if isinstance(want, int) and want != got:
+                raise DatasetMismatchError(
+                    f"{purpose} dataset array '{tensor.name}' has size {got} on axis {axis} but "
+                    f"the model input needs {want} (model shape {tensor.shape}, dataset shape "
+                    f"{array.shape})"
+                )
+    if need_labels and not dataset.has_labels:
+        raise DatasetMismatchError(
+            f"{purpose} dataset has no 'labels' array, which the accuracy metric needs; add "
+            "labels or use metric 'fidelity'"
+        )
+
+
+def load_batch(path: Path, names: list[str], indices: np.ndarray) -> dict[str, np.ndarray]:
+    """Rows `indices` of each named array. Reads only the rows between the smallest and the
+    largest index, so a few rows of a large dataset stay cheap."""
+    indices = np.asarray(indices, dtype=np.int64)
+    if indices.ndim != 1 or indices.size == 0:
+        raise ValueError("indices must be a non-empty 1-D array")
+    start, stop = int(indices.min()), int(indices.max()) + 1
+    with zipfile.ZipFile(path) as archive:
+        batch: dict[str, np.ndarray] = {}
+        for name in names:
+            with _open_array(archive, name) as reader:
+                if start < 0 or stop > reader.header.shape[0]:
+                    raise InvalidDatasetError(
+                        f"array '{name}' has {reader.header.shape[0]} samples; rows "
+                        f"{start}..{stop - 1} were requested"
+                    )
+                reader.skip(start)
+                rows = reader.read(stop - start)
+            batch[name] = rows[indices - start]
+    return batch
+
+
+def iter_batches(
+    path: Path, names: list[str], batch_size: int, limit: int | None = None
+) -> Iterator[dict[str, np.ndarray]]:
+    """Consecutive batches of the first `limit` samples (all when None), in file order.
+    Each dict holds the named arrays and, when the dataset has them, "labels"."""
+    if batch_size < 1:
+        raise ValueError("batch_size must be at least 1")
+    with zipfile.ZipFile(path) as archive, ExitStack() as stack:
+        wanted = list(dict.fromkeys([*names, LABELS] if LABELS in _members(archive) else names))
+        readers = {name: stack.enter_context(_open_array(archive, name)) for name in wanted}
+        total = min(reader.header.shape[0] for reader in readers.values())
+        if limit is not None:
+            total = min(total, limit)
+        for start in range(0, total, batch_size):
+            count = min(batch_size, total - start)
+            yield {name: reader.read(count) for name, reader in readers.items()}
+
+
+class _ArrayReader:
+    """Sequential row reader over one `.npy` member of an open archive."""
+
+    def __init__(self, name: str, stream: IO[bytes], header: _Header) -> None:
+        self.name = name
+        self.stream = stream
+        self.header = header
+        self._row_shape = header.shape[1:]
+        self._row_bytes = math.prod(self._row_shape) * header.dtype.itemsize
+        # Fortran-ordered rows are not contiguous on disk; such arrays are read whole once.
+        self._whole: np.ndarray | None = None
+        self._position = 0
+
+    def skip(self, rows: int) -> None:
+        if self.header.fortran_order:
+            self._position += rows
+            return
+        remaining = rows * self._row_bytes
+        while remaining > 0:
+            chunk = self._read_bytes(min(remaining, 1 << 24))
+            if not chunk:
+                raise self._truncated()
+            remaining -= len(chunk)
+        self._position += rows
+
+    def read(self, rows: int) -> np.ndarray:
+        if self.header.fortran_order:
+            if self._whole is None:
+                try:
+                    self._whole = np.lib.format.read_array(self.stream, allow_pickle=False)
+                except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+                    raise self._truncated() from exc
+            out = np.ascontiguousarray(self._whole[self._position : self._position + rows])
+            self._position += rows
+            return out
+        wanted = rows * self._row_bytes
+        data = self._read_bytes(wanted)
+        if len(data) != wanted:
+            raise self._truncated()
+        self._position += rows
+        array = np.frombuffer(data, dtype=self.header.dtype).reshape((rows, *self._row_shape))
+        # Native byte order and a writable copy, which every consumer can use as is.
+        return array.astype(self.header.dtype.newbyteorder("="), copy=True)
+
+    def _read_bytes(self, size: int) -> bytes:
+        try:
+            return self.stream.read(size)
+        except (zipfile.BadZipFile, OSError, EOFError) as exc:
+            raise InvalidDatasetError(f"array '{self.name}' cannot be read: {exc}") from exc
+
+    def _truncated(self) -> InvalidDatasetError:
+        return InvalidDatasetError(
+            f"array '{self.name}' ends before its header's shape {list(self.header.shape)}; "
+            "the file is truncated or corrupt"
+        )
+
+
+@contextmanager
+def _open_array(archive: zipfile.ZipFile, name: str) -> Iterator[_ArrayReader]:
+    member = _members(archive).get(name)
+    if member is None:
+        raise DatasetMismatchError(f"the dataset has no array named '{name}'")
+    with archive.open(member) as stream:
+        yield _ArrayReader(name, stream, _read_header(stream, name))
+
+
+def _members(archive: zipfile.ZipFile) -> dict[str, str]:
+    """Array name -> archive member name, as numpy.savez writes them ("x" -> "x.npy")."""
+    return {
+        info.filename.removesuffix(".npy"): info.filename
+        for info in archive.infolist()
+        if info.filename.endswith(".npy") and not info.is_dir()
+    }
+
+
+def _read_headers(path: Path) -> dict[str, _Header]:
+    try:
+        archive = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise InvalidDatasetError(
+            f"the dataset is not an .npz archive ({exc}); save it with numpy.savez"
+        ) from exc
+    with archive:
+        others = [
+            info.filename
+            for info in archive.infolist()
+            if not info.is_dir() and not info.filename.endswith(".npy")
+        ]
+        if others:
+            raise InvalidDatasetError(
+                f"the archive holds files that are not .npy arrays: {others[:5]}; save the "
+                "dataset with numpy.savez"
+            )
+        headers: dict[str, _Header] = {}
+        for name, member in _members(archive).items():
+            try:
+                with archive.open(member) as stream:
+                    headers[name] = _read_header(stream, name)
+            except (zipfile.BadZipFile, OSError, EOFError) as exc:
+                raise InvalidDatasetError(f"array '{name}' cannot be read: {exc}") from exc
+        return headers
+
+
+def _read_header(stream: IO[bytes], name: str) -> _Header:
+    try:
+        version = np.lib.format.read_magic(stream)
+        if version == (1, 0):
+            shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(stream)
+        elif version == (2, 0):
+            shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(stream)
+        else:
+            raise InvalidDatasetError(
+                f"array '{name}' uses .npy format version {version[0]}.{version[1]}, which is "
+                "not supported; save it with numpy.savez and plain field names"
+            )
+    except InvalidDatasetError:
+        raise
+    except Exception as exc:
+        raise InvalidDatasetError(f"array '{name}' is not a valid .npy array: {exc}") from exc
+    if dtype.hasobject:
+        raise InvalidDatasetError(
+            f"array '{name}' holds Python objects (dtype {dtype}), which would need unpickling; "
+            "only numeric arrays are accepted"
+        )
+    if dtype.kind not in _NUMERIC_KINDS or dtype.fields is not None or dtype.subdtype is not None:
+        raise InvalidDatasetError(
+            f"array '{name}' has dtype {dtype}; only bool, integer and float arrays are accepted"
+        )
+    return _Header(shape=tuple(int(d) for d in shape), dtype=dtype, fortran_order=fortran_order)

@@ -1,0 +1,111 @@
+"""Read an ONNX model's metadata (inputs, outputs, opset, size) without running it.
+
+Imports neither torch nor onnxruntime: the API calls this when a model is uploaded.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from optimizers.errors import InvalidModelError, UnsupportedError
+from optimizers.types import Dim, ModelInfo, TensorInfo
+
+
+def inspect_model(path: Path) -> ModelInfo:
+    """Check that `path` is a valid ONNX model and describe it."""
+    try:
+        size_bytes = path.stat().st_size
+    except OSError as exc:
+        raise InvalidModelError(f"cannot read the model file: {exc.strerror or exc}") from exc
+    try:
+        # External weights are not needed to describe the graph and may not be next to it.
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:
+        raise InvalidModelError(
+            f"the file is not an ONNX model (protobuf parsing failed: {exc}); "
+            "export it with torch.onnx.export or another ONNX exporter"
+        ) from exc
+    if len(model.graph.node) == 0:
+        raise InvalidModelError(
+            "the ONNX model has an empty graph (no nodes); is the file complete?"
+        )
+    try:
+        # The path form also validates models over 2 GB and those with external data.
+        onnx.checker.check_model(str(path))
+    except Exception as exc:
+        raise InvalidModelError(f"the ONNX checker rejected the model: {_first_line(exc)}") from exc
+
+    initializer_names = {init.name for init in model.graph.initializer}
+    inputs = [
+        _tensor_info(value, kind="input")
+        for value in model.graph.input
+        # Older exporters list weights as graph inputs too; they are not fed by the caller.
+        if value.name not in initializer_names
+    ]
+    if not inputs:
+        raise InvalidModelError("the model has no inputs to feed; it cannot be benchmarked")
+    outputs = [_tensor_info(value, kind="output") for value in model.graph.output]
+
+    parameter_count = sum(math.prod(init.dims) for init in model.graph.initializer)
+    parameter_count += sum(math.prod(sparse.dims) for sparse in model.graph.sparse_initializer)
+
+    return ModelInfo(
+        format="onnx",
+        opset=_default_opset(model),
+        ir_version=model.ir_version or None,
+        producer=model.producer_name or None,
+        inputs=inputs,
+        outputs=outputs,
+        parameter_count=int(parameter_count),
+        size_bytes=size_bytes,
+    )
+
+
+def _default_opset(model: onnx.ModelProto) -> int | None:
+    for entry in model.opset_import:
+        if entry.domain in ("", "ai.onnx"):
+            return int(entry.version)
+    return None
+
+
+def _tensor_info(value: onnx.ValueInfoProto, *, kind: str) -> TensorInfo:
+    if not value.type.HasField("tensor_type"):
+        raise UnsupportedError(
+            f"model {kind} '{value.name}' is not a tensor (it is a "
+            f"{value.type.WhichOneof('value')}); only tensor inputs and outputs are supported"
+        )
+    tensor_type = value.type.tensor_type
+    try:
+        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tensor_type.elem_type)).name
+    except Exception as exc:
+        raise UnsupportedError(
+            f"model {kind} '{value.name}' has an element type that numpy cannot represent "
+            f"(ONNX type {tensor_type.elem_type})"
+        ) from exc
+    if not tensor_type.HasField("shape"):
+        if kind == "input":
+            raise UnsupportedError(
+                f"model input '{value.name}' has no declared shape; re-export the model with "
+                "input shapes (dynamic axes are fine)"
+            )
+        # An output's rank may be unknown until run time; an empty list stands for "unknown".
+        return TensorInfo(name=value.name, dtype=dtype, shape=[])
+    return TensorInfo(name=value.name, dtype=dtype, shape=[_dim(d) for d in tensor_type.shape.dim])
+
+
+def _dim(dim: onnx.TensorShapeProto.Dimension) -> Dim:
+    if dim.HasField("dim_value"):
+        return int(dim.dim_value)
+    if dim.HasField("dim_param") and dim.dim_param:
+        return str(dim.dim_param)
+    return None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -1,0 +1,218 @@
+"""Integer quantization of ONNX models (dynamic and static) with onnxruntime's tools."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnxruntime.quantization import (
+    CalibrationDataReader,
+    CalibrationMethod,
+    QuantFormat,
+    QuantType,
+    quantize_dynamic,
+    quantize_static,
+)
+from onnxruntime.quantization.shape_inference import quant_pre_process
+
+from optimizers.config import QuantizeConfig
+from optimizers.datasets import check_fits, inspect_dataset, iter_batches
+from optimizers.errors import OptimizerError, QuantizationError
+from optimizers.inspect import inspect_model
+from optimizers.passes import register_pass
+from optimizers.types import ModelInfo, PassContext, PassResult
+
+logger = logging.getLogger(__name__)
+
+#: Samples per calibration run when the model accepts any batch size: small enough to keep
+#: the calibrator's buffered activations modest, large enough to amortise per-run overhead.
+CALIBRATION_BATCH = 8
+#: Models above this size must keep weights in an external file (protobuf's 2 GB limit).
+_EXTERNAL_DATA_THRESHOLD = 1_800_000_000
+
+_QUANT_TYPES = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
+_CALIBRATION_METHODS = {
+    "minmax": CalibrationMethod.MinMax,
+    "entropy": CalibrationMethod.Entropy,
+    "percentile": CalibrationMethod.Percentile,
+}
+_FORMATS = {"qdq": QuantFormat.QDQ, "qoperator": QuantFormat.QOperator}
+_QUANTIZED_OPS = frozenset(
+    {
+        "QuantizeLinear",
+        "DequantizeLinear",
+        "DynamicQuantizeLinear",
+        "MatMulInteger",
+        "ConvInteger",
+        "DynamicQuantizeMatMul",
+        "MatMulIntegerToFloat",
+    }
+)
+
+
+@register_pass(QuantizeConfig)
+def quantize(model_path: Path, config: QuantizeConfig, ctx: PassContext) -> PassResult:
+    """Quantize `model_path` to int8/uint8 as `config` says; the result lands in ctx.workdir."""
+    start, end = ctx.progress_span
+    info = inspect_model(model_path)
+    notes: list[str] = []
+    if config.per_channel and (info.opset or 0) < 13:
+        raise QuantizationError(
+            f"per-channel quantization needs a model with opset 13 or newer; this model uses "
+            f"opset {info.opset}. Set per_channel to false, or re-export the model with opset >= 13"
+        )
+    if (
+        config.method == "static"
+        and config.activation_type == "int8"
+        and config.weight_type == "uint8"
+    ):
+        raise QuantizationError(
+            "onnxruntime does not support int8 activations with uint8 weights; use uint8 "
+            "activations or int8 weights"
+        )
+
+    ctx.progress("quantizing", start, "pre-processing the model for quantization")
+    ctx.workdir.mkdir(parents=True, exist_ok=True)
+    prepared, pre_processed = _pre_process(model_path, ctx.workdir, notes)
+    output = ctx.workdir / f"{model_path.stem}.{config.method}-int8.onnx"
+    external_data = model_path.stat().st_size > _EXTERNAL_DATA_THRESHOLD
+    weight_type = _QUANT_TYPES[config.weight_type]
+
+    try:
+        if config.method == "dynamic":
+            ctx.progress("quantizing", start + 0.1 * (end - start), "quantizing weights")
+            quantize_dynamic(
+                prepared,
+                output,
+                per_channel=config.per_channel,
+                weight_type=weight_type,
+                use_external_data_format=external_data,
+            )
+        else:
+            assert config.calibration is not None  # guaranteed by QuantizeConfig's validator
+            reader = _DatasetReader(
+                model=info,
+                dataset=_calibration_path(ctx, config.calibration.dataset_id),
+                samples=config.calibration.samples,
+                ctx=ctx,
+            )
+            if reader.available < config.calibration.samples:
+                notes.append(
+                    f"calibrated on {reader.available} samples: the dataset has fewer than the "
+                    f"{config.calibration.samples} requested"
+                )
+            quantize_static(
+                prepared,
+                output,
+                reader,
+                quant_format=_FORMATS[config.format],
+                per_channel=config.per_channel,
+                activation_type=_QUANT_TYPES[config.activation_type],
+                weight_type=weight_type,
+                calibrate_method=_CALIBRATION_METHODS[config.calibration.method],
+                use_external_data_format=external_data,
+            )
+    except OptimizerError:
+        raise
+    except Exception as exc:
+        raise QuantizationError(f"onnxruntime could not quantize the model: {exc}") from exc
+    ctx.progress("quantizing", end, "quantization finished")
+
+    quantized_nodes = _count_quantized_nodes(output)
+    if quantized_nodes == 0:
+        notes.append(
+            "no node was quantized: the model has no operators that onnxruntime quantizes "
+            f"with method '{config.method}'; the output is the float model"
+        )
+    details: dict[str, Any] = {
+        "method": config.method,
+        "format": config.format if config.method == "static" else None,
+        "per_channel": config.per_channel,
+        "weight_type": config.weight_type,
+        "activation_type": config.activation_type if config.method == "static" else None,
+        "calibration": config.calibration.model_dump() if config.calibration else None,
+        "quantized_nodes": quantized_nodes,
+        "pre_processed": pre_processed,
+    }
+    return PassResult(model_path=output, notes=notes, details=details)
+
+
+class _DatasetReader(CalibrationDataReader):
+    """Feeds the first `samples` rows of a dataset, in file order, a few rows at a time."""
+
+    def __init__(self, *, model: ModelInfo, dataset: Path, samples: int, ctx: PassContext) -> None:
+        info = inspect_dataset(dataset)
+        check_fits(model, info, purpose="calibration")
+        self.available = min(samples, info.num_samples)
+        self._names = [tensor.name for tensor in model.inputs]
+        self._batch = _fixed_batch(model) or CALIBRATION_BATCH
+        self._batches: Iterator[dict[str, np.ndarray]] = iter_batches(
+            dataset, self._names, self._batch, limit=self.available
+        )
+        self._fixed = _fixed_batch(model) is not None
+        self._ctx = ctx
+        self._done = 0
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        batch = next(self._batches, None)
+        if batch is None:
+            return None
+        feeds = {name: batch[name] for name in self._names}
+        rows = len(next(iter(feeds.values())))
+        if self._fixed and rows < self._batch:
+            # A model with a fixed batch axis only accepts full batches: wrap around to fill.
+            feeds = {name: _fill(array, self._batch) for name, array in feeds.items()}
+        self._done += rows
+        start, end = self._ctx.progress_span
+        # Calibration is most of a static pass's time; it gets 10%..80% of the span.
+        fraction = start + (end - start) * (0.1 + 0.7 * self._done / self.available)
+        self._ctx.progress("calibrating", fraction, f"calibrated {self._done}/{self.available}")
+        return feeds
+
+
+def _fill(array: np.ndarray, size: int) -> np.ndarray:
+    reps = -(-size // len(array))
+    return np.concatenate([array] * reps)[:size]
+
+
+def _fixed_batch(model: ModelInfo) -> int | None:
+    for tensor in model.inputs:
+        if tensor.shape and isinstance(tensor.shape[0], int):
+            return tensor.shape[0]
+    return None
+
+
+def _calibration_path(ctx: PassContext, dataset_id: str) -> Path:
+    try:
+        return ctx.datasets[dataset_id]
+    except KeyError:
+        raise QuantizationError(f"calibration dataset '{dataset_id}' was not provided") from None
+
+
+def _pre_process(model_path: Path, workdir: Path, notes: list[str]) -> tuple[Path, bool]:
+    """Shape inference and graph clean-up that make quantization cover more nodes. Optional:
+    when it fails the original model is quantized as is."""
+    output = workdir / f"{model_path.stem}.preprocessed.onnx"
+    try:
+        quant_pre_process(str(model_path), str(output))
+    except Exception as exc:
+        logger.warning("quantization pre-processing failed for %s", model_path, exc_info=True)
+        notes.append(f"pre-processing (shape inference) was skipped because it failed: {exc}")
+        return model_path, False
+    return output, True
+
+
+def _count_quantized_nodes(path: Path) -> int:
+    model = onnx.load(str(path), load_external_data=False)
+    return sum(1 for node in model.graph.node if _is_quantized(node))
+
+
+def _is_quantized(node: onnx.NodeProto) -> bool:
+    if node.op_type in _QUANTIZED_OPS or node.op_type.startswith("QLinear"):
+        return True
+    # onnxruntime's contrib quantized kernels: QGemm, QAttention, QEmbedLayerNormalization...
+    return node.domain == "com.microsoft" and node.op_type.startswith("Q")

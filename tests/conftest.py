@@ -1,0 +1,50 @@
+"""Shared fixtures: an isolated data folder, a migrated database, an API client."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from core.db import reset_engines
+from core.migrate import upgrade
+from core.queue import get_celery
+from core.settings import get_settings
+
+ADMIN_KEY = "mpk_test_admin_key_0123456789abcdef"
+
+
+def _clear_caches() -> None:
+    get_settings.cache_clear()
+    get_celery.cache_clear()
+    reset_engines()
+
+
+@pytest.fixture
+def service_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
+    """Settings for one test: its own data folder, SQLite database and embedded broker."""
+    data_dir = tmp_path / "data"
+    env = {
+        "MODELPRESS_DATA_DIR": str(data_dir),
+        "MODELPRESS_BOOTSTRAP_KEY": ADMIN_KEY,
+        "MODELPRESS_MAX_UPLOAD_BYTES": str(5 * 1024 * 1024),
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("MODELPRESS_DATABASE_URL", raising=False)
+    monkeypatch.delenv("MODELPRESS_BROKER_URL", raising=False)
+    _clear_caches()
+    upgrade(get_settings().resolved_database_url)
+    yield env
+    _clear_caches()
+
+
+@pytest.fixture
+def client(service_env: dict[str, str]) -> Iterator[TestClient]:
+    from api.main import create_app
+
+    with TestClient(create_app()) as test_client:
+        test_client.headers["Authorization"] = f"Bearer {ADMIN_KEY}"
+        yield test_client

@@ -1,0 +1,1 @@
+"""The Celery worker: claims jobs, runs the optimizer pipeline, stores what it produced."""

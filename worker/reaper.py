@@ -1,0 +1,38 @@
+"""Finds jobs whose worker died (no heartbeat) and re-queues or fails them."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from core import jobstate
+from core.db import session_scope
+from core.queue import enqueue_job
+from core.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def reap_once(settings: Settings) -> list[str]:
+    with session_scope() as session:
+        requeue = jobstate.reap_stale(session, timeout_s=settings.heartbeat_timeout_s)
+    # Sent after the commit, like every enqueue.
+    for job_id, queue in requeue:
+        log.warning("job %s lost its worker; queued again", job_id)
+        enqueue_job(job_id, queue)
+    return [job_id for job_id, _ in requeue]
+
+
+def start_reaper(settings: Settings) -> threading.Event:
+    """Runs in the worker's main process; every worker runs one, updates are conditional."""
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.wait(settings.reaper_interval_s):
+            try:
+                reap_once(settings)
+            except Exception:
+                log.warning("reaper pass failed", exc_info=True)
+
+    threading.Thread(target=loop, name="modelpress-reaper", daemon=True).start()
+    return stop

@@ -1,0 +1,217 @@
+"""Runs one job: claim it, fetch its inputs, run the pipeline, store artifacts and numbers."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import socket
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from core import jobstate
+from core.db import new_id, session_scope
+from core.jobspec import JobSpec
+from core.models import Artifact, Dataset, Job, JobStatus, StoredModel
+from core.settings import Settings
+from core.storage import LocalStorage, StorageError
+from optimizers.errors import OptimizerError
+from optimizers.pipeline import run_pipeline
+from worker.monitor import JobCanceled, JobMonitor
+
+log = logging.getLogger(__name__)
+
+#: Progress writes are throttled; a stage change is always written.
+_PROGRESS_MIN_INTERVAL_S = 0.5
+
+
+@dataclass
+class _Inputs:
+    project_id: str
+    spec: JobSpec
+    model_key: str
+    dataset_keys: dict[str, str]
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def execute_job(job_id: str, *, settings: Settings, storage: LocalStorage) -> str | None:
+    """Returns the job's final status, or None when this worker did not get the job."""
+    with session_scope() as session:
+        attempt = jobstate.claim(session, job_id, worker_name())
+    if attempt is None:
+        log.info("job %s is not claimable (taken, canceled or out of attempts); skipping", job_id)
+        return None
+    log.info("job %s: attempt %d started", job_id, attempt)
+    workdir = Path(tempfile.mkdtemp(prefix=f"{job_id}-", dir=_jobs_dir(settings)))
+    with JobMonitor(job_id, attempt, interval_s=settings.heartbeat_interval_s) as monitor:
+        reporter = _ProgressReporter(job_id, attempt, monitor)
+        try:
+            return _run(job_id, attempt, workdir, storage, reporter)
+        except JobCanceled:
+            if monitor.lost.is_set():
+                log.warning("job %s: attempt %d lost the job to another attempt", job_id, attempt)
+                return None
+            return _finish_failed(
+                job_id, attempt, JobStatus.canceled, "canceled",
+                f"canceled by request during {reporter.stage}",
+            )
+        except OptimizerError as exc:
+            return _finish_failed(job_id, attempt, JobStatus.failed, exc.type, exc.message)
+        except StorageError as exc:
+            return _finish_failed(job_id, attempt, JobStatus.failed, "missing_input", str(exc))
+        except Exception as exc:
+            log.exception("job %s: unexpected error", job_id)
+            return _finish_failed(
+                job_id, attempt, JobStatus.failed, "internal_error",
+                f"{type(exc).__name__}: {exc} (a bug in modelpress; the traceback is in the "
+                "worker log)",
+            )
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _jobs_dir(settings: Settings) -> Path:
+    path = settings.tmp_dir / "jobs"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _load_inputs(job_id: str) -> _Inputs:
+    with session_scope() as session:
+        job = session.get(Job, job_id)
+        if job is None:
+            raise StorageError(f"job {job_id} vanished")
+        model = session.get(StoredModel, job.model_id) if job.model_id else None
+        if model is None:
+            raise StorageError("the job's model was deleted before the job ran")
+        datasets = {
+            d.id: d.storage_key
+            for d in session.scalars(select(Dataset).where(Dataset.id.in_(job.dataset_ids)))
+        }
+        missing = set(job.dataset_ids) - set(datasets)
+        if missing:
+            raise StorageError(f"dataset(s) {sorted(missing)} were deleted before the job ran")
+        return _Inputs(
+            project_id=job.project_id,
+            spec=JobSpec.model_validate(job.spec),
+            model_key=model.storage_key,
+            dataset_keys=datasets,
+        )
+
+
+def _run(
+    job_id: str, attempt: int, workdir: Path, storage: LocalStorage, reporter: _ProgressReporter
+) -> str:
+    reporter("loading", 0.01, "fetching the model and datasets")
+    inputs = _load_inputs(job_id)
+    model_path = storage.fetch_to(inputs.model_key, workdir / "input" / "model.onnx")
+    dataset_paths = {
+        dataset_id: storage.fetch_to(key, workdir / "input" / f"{dataset_id}.npz")
+        for dataset_id, key in inputs.dataset_keys.items()
+    }
+    outcome = run_pipeline(
+        model_path=model_path,
+        spec=inputs.spec,
+        datasets=dataset_paths,
+        workdir=workdir / "work",
+        progress=reporter,
+    )
+    reporter("storing", 0.98, "storing artifacts")
+    result: dict[str, Any] = {
+        "metrics": outcome.metrics,
+        "notes": outcome.notes,
+        "passes": outcome.passes,
+    }
+    report_path = workdir / "report.json"
+    report_path.write_text(
+        json.dumps({"job_id": job_id, "spec": inputs.spec.model_dump(mode="json"), **result},
+                   indent=2, allow_nan=False)
+    )
+    files = [
+        ("model", "optimized.onnx", "application/octet-stream", outcome.model_path),
+        ("report", "report.json", "application/json", report_path),
+    ]
+    prefix = f"{inputs.project_id}/jobs/{job_id}/attempt-{attempt}"
+    artifacts = []
+    for kind, name, content_type, path in files:
+        artifacts.append(
+            Artifact(
+                id=new_id("art"),
+                project_id=inputs.project_id,
+                job_id=job_id,
+                kind=kind,
+                name=name,
+                content_type=content_type,
+                sha256=_sha256(path),
+                size_bytes=path.stat().st_size,
+                storage_key=f"{prefix}/{name}",
+            )
+        )
+        storage.put_file(f"{prefix}/{name}", path)
+    with session_scope() as session:
+        session.add_all(artifacts)
+        session.flush()
+        if not jobstate.finish(
+            session, job_id, attempt, status=JobStatus.succeeded, result=result
+        ):
+            session.rollback()
+            storage.delete_prefix(prefix)
+            log.warning("job %s: attempt %d finished but no longer owns the job", job_id, attempt)
+            return JobStatus.canceled
+    log.info("job %s: succeeded", job_id)
+    return JobStatus.succeeded
+
+
+def _finish_failed(job_id: str, attempt: int, status: JobStatus, error_type: str, message: str) -> str:
+    with session_scope() as session:
+        jobstate.finish(
+            session, job_id, attempt, status=status, error_type=error_type, error_message=message
+        )
+    log.info("job %s: %s (%s: %s)", job_id, status, error_type, message)
+    return status
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class _ProgressReporter:
+    """The pipeline's progress callback: writes progress, and stops a canceled job."""
+
+    def __init__(self, job_id: str, attempt: int, monitor: JobMonitor) -> None:
+        self.job_id = job_id
+        self.attempt = attempt
+        self.monitor = monitor
+        self.stage = "loading"
+        self._last_write = 0.0
+
+    def __call__(self, stage: str, fraction: float, message: str) -> None:
+        if self.monitor.should_stop():
+            raise JobCanceled()
+        now = time.monotonic()
+        if stage == self.stage and now - self._last_write < _PROGRESS_MIN_INTERVAL_S:
+            return
+        self.stage = stage
+        self._last_write = now
+        with session_scope() as session:
+            owned = jobstate.report_progress(
+                session, self.job_id, self.attempt, stage=stage, progress=fraction, message=message
+            )
+        if not owned:
+            self.monitor.beat()
+            if self.monitor.should_stop():
+                raise JobCanceled()
