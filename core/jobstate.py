@@ -136,8 +136,11 @@ def reap_stale(session: Session, *, timeout_s: float) -> list[tuple[str, str]]:
     Returns (job_id, queue) of the jobs to re-send to the broker after commit.
     """
     cutoff = utcnow() - timedelta(seconds=timeout_s)
-    stale = session.scalars(
-        select(Job).where(Job.status.in_(RUNNING), Job.heartbeat_at < cutoff)
+    # Plain rows, not ORM objects: an identity-mapped Job could carry stale values.
+    stale = session.execute(
+        select(Job.id, Job.status, Job.attempts, Job.max_attempts, Job.queue).where(
+            Job.status.in_(RUNNING), Job.heartbeat_at < cutoff
+        )
     ).all()
     requeue: list[tuple[str, str]] = []
     now = utcnow()

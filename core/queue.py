@@ -10,6 +10,7 @@ from functools import lru_cache
 from celery import Celery
 from kombu import Queue
 
+from core import embedded_broker  # noqa: F401  (registers the embedded transport)
 from core.settings import Settings, get_settings
 
 RUN_JOB_TASK = "modelpress.run_job"
@@ -19,10 +20,7 @@ QUEUES = ("cpu", "gpu")
 def make_celery(settings: Settings) -> Celery:
     app = Celery("modelpress", broker=settings.resolved_broker_url)
     transport_options: dict[str, object] = {}
-    if settings.uses_embedded_broker:
-        # The SQLite transport polls; a short interval keeps the start of a job prompt.
-        transport_options["polling_interval"] = 0.2
-    else:
+    if not settings.uses_embedded_broker:
         # Above the hard time limit, so Redis never hands a long job to a second worker.
         transport_options["visibility_timeout"] = settings.task_time_limit_s + 600
     app.conf.update(

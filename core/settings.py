@@ -53,11 +53,11 @@ class Settings(BaseSettings):
     def resolved_broker_url(self) -> str:
         if self.broker_url:
             return self.broker_url
-        return f"sqla+sqlite:///{(self.data_dir / 'broker.db').resolve()}"
+        return f"mpsqla+sqlite:///{(self.data_dir / 'broker.db').resolve()}"
 
     @property
     def uses_embedded_broker(self) -> bool:
-        return self.resolved_broker_url.startswith("sqla+")
+        return self.resolved_broker_url.startswith(("mpsqla+", "sqla+"))
 
     @property
     def storage_dir(self) -> Path:

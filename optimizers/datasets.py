@@ -113,6 +113,19 @@ def check_fits(
         )
 
 
+def fixed_batch_size(model: ModelInfo) -> int | None:
+    """The model's batch size when an input fixes axis 0, else None (any batch size)."""
+    for tensor in model.inputs:
+        if tensor.shape and isinstance(tensor.shape[0], int):
+            return tensor.shape[0]
+    return None
+
+
+def pad_rows(array: np.ndarray, size: int) -> np.ndarray:
+    """`array` with its rows repeated cyclically up to `size` rows."""
+    return np.resize(array, (size, *array.shape[1:]))
+
+
 def load_batch(path: Path, names: list[str], indices: np.ndarray) -> dict[str, np.ndarray]:
     """Rows `indices` of each named array. Reads only the rows between the smallest and the
     largest index, so a few rows of a large dataset stay cheap."""
@@ -181,13 +194,15 @@ class _ArrayReader:
     def read(self, rows: int) -> np.ndarray:
         if self.header.fortran_order:
             if self._whole is None:
-                try:
-                    self._whole = np.lib.format.read_array(self.stream, allow_pickle=False)
-                except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
-                    raise self._truncated() from exc
-            out = np.ascontiguousarray(self._whole[self._position : self._position + rows])
+                size = math.prod(self.header.shape) * self.header.dtype.itemsize
+                data = self._read_bytes(size)
+                if len(data) != size:
+                    raise self._truncated()
+                flat = np.frombuffer(data, dtype=self.header.dtype)
+                self._whole = flat.reshape(self.header.shape, order="F")
+            rows_view = self._whole[self._position : self._position + rows]
             self._position += rows
-            return out
+            return np.array(rows_view, dtype=self.header.dtype.newbyteorder("="), order="C")
         wanted = rows * self._row_bytes
         data = self._read_bytes(wanted)
         if len(data) != wanted:

@@ -37,3 +37,9 @@ class EvaluationError(OptimizerError):
 
 class BenchmarkError(OptimizerError):
     type = "benchmark_failed"
+
+
+class PassOutputError(OptimizerError):
+    """A pass produced a model that onnxruntime cannot load: a limitation of the pass."""
+
+    type = "invalid_pass_output"

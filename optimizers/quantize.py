@@ -20,7 +20,13 @@ from onnxruntime.quantization import (
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from optimizers.config import QuantizeConfig
-from optimizers.datasets import check_fits, inspect_dataset, iter_batches
+from optimizers.datasets import (
+    check_fits,
+    fixed_batch_size,
+    inspect_dataset,
+    iter_batches,
+    pad_rows,
+)
 from optimizers.errors import OptimizerError, QuantizationError
 from optimizers.inspect import inspect_model
 from optimizers.passes import register_pass
@@ -149,11 +155,13 @@ class _DatasetReader(CalibrationDataReader):
         check_fits(model, info, purpose="calibration")
         self.available = min(samples, info.num_samples)
         self._names = [tensor.name for tensor in model.inputs]
-        self._batch = _fixed_batch(model) or CALIBRATION_BATCH
+        self._fixed_batch = fixed_batch_size(model)
         self._batches: Iterator[dict[str, np.ndarray]] = iter_batches(
-            dataset, self._names, self._batch, limit=self.available
+            dataset,
+            self._names,
+            self._fixed_batch or _even_batch(self.available),
+            limit=self.available,
         )
-        self._fixed = _fixed_batch(model) is not None
         self._ctx = ctx
         self._done = 0
 
@@ -163,9 +171,9 @@ class _DatasetReader(CalibrationDataReader):
             return None
         feeds = {name: batch[name] for name in self._names}
         rows = len(next(iter(feeds.values())))
-        if self._fixed and rows < self._batch:
-            # A model with a fixed batch axis only accepts full batches: wrap around to fill.
-            feeds = {name: _fill(array, self._batch) for name, array in feeds.items()}
+        if self._fixed_batch is not None and rows < self._fixed_batch:
+            # A fixed batch axis takes only full batches: wrap around to the first rows.
+            feeds = {name: pad_rows(array, self._fixed_batch) for name, array in feeds.items()}
         self._done += rows
         start, end = self._ctx.progress_span
         # Calibration is most of a static pass's time; it gets 10%..80% of the span.
@@ -174,16 +182,12 @@ class _DatasetReader(CalibrationDataReader):
         return feeds
 
 
-def _fill(array: np.ndarray, size: int) -> np.ndarray:
-    reps = -(-size // len(array))
-    return np.concatenate([array] * reps)[:size]
-
-
-def _fixed_batch(model: ModelInfo) -> int | None:
-    for tensor in model.inputs:
-        if tensor.shape and isinstance(tensor.shape[0], int):
-            return tensor.shape[0]
-    return None
+def _even_batch(samples: int) -> int:
+    """The largest batch up to CALIBRATION_BATCH that divides `samples`: onnxruntime's
+    histogram calibrators (entropy, percentile) fail when batches differ in shape."""
+    return next(
+        size for size in range(min(CALIBRATION_BATCH, samples), 0, -1) if samples % size == 0
+    )
 
 
 def _calibration_path(ctx: PassContext, dataset_id: str) -> Path:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import shutil
+
 import pytest
 from fastapi.testclient import TestClient
 
@@ -22,8 +24,18 @@ def _clear_caches() -> None:
     reset_engines()
 
 
+@pytest.fixture(scope="session")
+def migrated_sqlite(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One SQLite file built by the real migrations; each test gets a copy."""
+    path = tmp_path_factory.mktemp("template") / "modelpress.db"
+    upgrade(f"sqlite:///{path}")
+    return path
+
+
 @pytest.fixture
-def service_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
+def service_env(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, migrated_sqlite: Path
+) -> Iterator[dict[str, str]]:
     """Settings for one test: its own data folder, SQLite database and embedded broker."""
     data_dir = tmp_path / "data"
     env = {
@@ -36,7 +48,8 @@ def service_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dic
     monkeypatch.delenv("MODELPRESS_DATABASE_URL", raising=False)
     monkeypatch.delenv("MODELPRESS_BROKER_URL", raising=False)
     _clear_caches()
-    upgrade(get_settings().resolved_database_url)
+    data_dir.mkdir(parents=True)
+    shutil.copyfile(migrated_sqlite, data_dir / "modelpress.db")
     yield env
     _clear_caches()
 

@@ -1,0 +1,51 @@
+# modelpress: `make run` starts the service on embedded defaults, `make test` runs the tests.
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: install run api worker migrate test test-fast lint bench system-packages clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+migrate: install
+	$(BIN)/python -m core migrate
+
+# One API process and one worker on SQLite, a local data folder and an embedded broker.
+run: migrate
+	@trap 'kill 0' INT TERM EXIT; \
+	$(BIN)/celery -A worker.celery_app worker -Q cpu,gpu --loglevel INFO & \
+	$(BIN)/python -m api
+
+api: migrate
+	$(BIN)/python -m api
+
+worker: migrate
+	$(BIN)/celery -A worker.celery_app worker -Q $${MODELPRESS_QUEUES:-cpu} --loglevel INFO
+
+# Debian packages the integration tests start for real (redis-server).
+system-packages:
+	@bash scripts/system-packages.sh
+
+test: install system-packages
+	$(BIN)/python -m pytest -ra
+
+test-fast: install
+	$(BIN)/python -m pytest -ra -m "not slow"
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy api core worker optimizers
+
+bench: install
+	$(BIN)/python bench/service_overhead.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,62 @@
+"""onnxruntime sessions created the same way for evaluation and benchmarking."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import onnxruntime as ort
+import psutil
+
+from optimizers.errors import InvalidModelError, UnsupportedError
+
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+
+
+def resolve_provider(device: str) -> str:
+    """The execution provider for a benchmark device, or UnsupportedError if this machine
+    lacks it."""
+    if device == "cpu":
+        return CPU
+    if device == "cuda":
+        if CUDA not in ort.get_available_providers():
+            raise UnsupportedError(
+                "benchmark.device is 'cuda' but this worker has no CUDA execution provider; "
+                "send the job to a GPU worker or use device 'cpu'"
+            )
+        return CUDA
+    raise UnsupportedError(f"unknown benchmark device '{device}'; use 'cpu' or 'cuda'")
+
+
+def default_threads() -> int:
+    """Physical cores this process may run on: hyper-threads rarely speed up inference, and a
+    container's CPU set can be much smaller than the host's core count."""
+    physical = psutil.cpu_count(logical=False) or os.cpu_count() or 1
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:  # not available on macOS
+        usable = physical
+    return max(1, min(physical, usable))
+
+
+def create_session(path: Path, *, provider: str, threads: int) -> ort.InferenceSession:
+    """A session with full graph optimization, `threads` intra-op threads and sequential
+    execution, so that two models measured with it are treated identically."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # CPU stays in the list for the few ops a GPU provider does not implement.
+    providers = [provider] if provider == CPU else [provider, CPU]
+    try:
+        session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+    except Exception as exc:
+        raise InvalidModelError(f"onnxruntime cannot load {path.name}: {exc}") from exc
+    if session.get_providers()[0] != provider:
+        raise UnsupportedError(
+            f"onnxruntime could not start {provider} for {path.name} (it fell back to "
+            f"{session.get_providers()[0]}); check the GPU driver and CUDA libraries"
+        )
+    return session

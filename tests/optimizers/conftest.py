@@ -1,0 +1,65 @@
+"""Tiny models and datasets shared by the optimizers tests, built once per session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from tests.factories import make_cnn, make_dataset, make_mlp
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture(scope="session")
+def mlp(models_dir: Path) -> Path:
+    # Wide enough that int8 weights visibly shrink the file.
+    return make_mlp(models_dir / "mlp.onnx", hidden=256)
+
+
+@pytest.fixture(scope="session")
+def mlp_data(models_dir: Path, mlp: Path) -> Path:
+    return make_dataset(models_dir / "mlp.npz", mlp, samples=48)
+
+
+@pytest.fixture(scope="session")
+def cnn(models_dir: Path) -> Path:
+    return make_cnn(models_dir / "cnn.onnx", width=16)
+
+
+@pytest.fixture(scope="session")
+def cnn_data(models_dir: Path, cnn: Path) -> Path:
+    return make_dataset(models_dir / "cnn.npz", cnn, samples=24)
+
+
+def make_sequence_model(path: Path, *, features: int = 8) -> Path:
+    """x[N, "seq", features] -> ReduceMean over seq -> y[N, features]: a symbolic non-batch dim."""
+    axes = helper.make_tensor("axes", TensorProto.INT64, [1], [1])
+    graph = helper.make_graph(
+        [helper.make_node("ReduceMean", ["x", "axes"], ["y"], keepdims=0)],
+        "seq",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "seq", features])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", features])],
+        initializer=[axes],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+def save_npz(path: Path, **arrays: np.ndarray) -> Path:
+    np.savez(path, **arrays)  # type: ignore[arg-type]
+    return path
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))

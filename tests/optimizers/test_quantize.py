@@ -1,0 +1,134 @@
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from optimizers.config import QuantizeConfig
+from optimizers.errors import QuantizationError
+from optimizers.passes import run_pass
+from optimizers.types import PassContext
+from tests.factories import make_cnn, make_dataset, make_mlp
+from tests.optimizers.conftest import cosine
+
+Progress = list[tuple[str, float, str]]
+
+
+def _context(tmp_path: Path, datasets: dict[str, Path], events: Progress) -> PassContext:
+    return PassContext(
+        workdir=tmp_path / "work",
+        datasets=datasets,
+        progress=lambda stage, fraction, message: events.append((stage, fraction, message)),
+        progress_span=(0.2, 0.4),
+    )
+
+
+def _outputs(model: Path, data: Path, name: str) -> np.ndarray:
+    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    feeds = {name: np.load(data)[name][:16]}
+    return np.asarray(session.run(None, feeds)[0])
+
+
+def _assert_close_and_loadable(original: Path, quantized: Path, data: Path, name: str) -> None:
+    assert cosine(_outputs(original, data, name), _outputs(quantized, data, name)) > 0.98
+
+
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_dynamic_quantization(tmp_path: Path, mlp: Path, mlp_data: Path, per_channel: bool) -> None:
+    events: Progress = []
+    config = QuantizeConfig(method="dynamic", per_channel=per_channel)
+    result = run_pass(mlp, config, _context(tmp_path, {}, events))
+
+    assert result.model_path.parent == tmp_path / "work"
+    assert result.model_path.stat().st_size < mlp.stat().st_size / 2
+    _assert_close_and_loadable(mlp, result.model_path, mlp_data, "x")
+    assert result.details["method"] == "dynamic"
+    assert result.details["per_channel"] is per_channel
+    assert result.details["quantized_nodes"] > 0
+    assert result.details["pre_processed"] is True
+    assert {stage for stage, _, _ in events} == {"quantizing"}
+    assert all(0.2 <= fraction <= 0.4 for _, fraction, _ in events)
+
+
+@pytest.mark.parametrize(
+    ("fmt", "method", "per_channel"),
+    [
+        ("qdq", "minmax", False),
+        ("qoperator", "minmax", True),
+        ("qdq", "entropy", True),
+        ("qoperator", "percentile", False),
+    ],
+)
+def test_static_quantization(
+    tmp_path: Path, mlp: Path, mlp_data: Path, fmt: str, method: str, per_channel: bool
+) -> None:
+    events: Progress = []
+    config = QuantizeConfig.model_validate(
+        {
+            "method": "static",
+            "format": fmt,
+            "per_channel": per_channel,
+            "calibration": {"dataset_id": "cal", "samples": 20, "method": method},
+        }
+    )
+    result = run_pass(mlp, config, _context(tmp_path, {"cal": mlp_data}, events))
+
+    assert result.model_path.stat().st_size < mlp.stat().st_size / 2
+    _assert_close_and_loadable(mlp, result.model_path, mlp_data, "x")
+    assert result.details["format"] == fmt
+    assert result.details["quantized_nodes"] > 0
+    stages = [stage for stage, _, _ in events]
+    assert "calibrating" in stages and stages[-1] == "quantizing"
+    calibrated = [message for stage, _, message in events if stage == "calibrating"]
+    assert calibrated == [f"calibrated {n}/20" for n in (5, 10, 15, 20)]
+    fractions = [fraction for _, fraction, _ in events]
+    assert fractions == sorted(fractions) and all(0.2 <= f <= 0.4 for f in fractions)
+
+
+def test_static_quantization_of_a_fixed_batch_cnn(tmp_path: Path) -> None:
+    # Batch fixed at 4 and 10 calibration samples: the last batch must be filled up.
+    model = make_cnn(tmp_path / "cnn.onnx", batch=4, width=16)
+    data = make_dataset(tmp_path / "cnn.npz", model, samples=10)
+    config = QuantizeConfig.model_validate(
+        {"method": "static", "per_channel": True, "calibration": {"dataset_id": "c"}}
+    )
+    result = run_pass(model, config, _context(tmp_path, {"c": data}, []))
+    session = ort.InferenceSession(str(result.model_path), providers=["CPUExecutionProvider"])
+    feeds = {"image": np.load(data)["image"][:4]}
+    baseline = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    assert cosine(baseline.run(None, feeds)[0], session.run(None, feeds)[0]) > 0.98
+    assert any("fewer than the 128 requested" in note for note in result.notes)
+
+
+def test_per_channel_needs_opset_13(tmp_path: Path) -> None:
+    model = make_mlp(tmp_path / "old.onnx", hidden=8, opset=12)
+    with pytest.raises(QuantizationError, match="opset 13") as exc:
+        run_pass(model, QuantizeConfig(method="dynamic", per_channel=True), _context(tmp_path, {}, []))
+    assert "per_channel to false" in exc.value.message
+    # Without per-channel the same model quantizes.
+    run_pass(model, QuantizeConfig(method="dynamic"), _context(tmp_path, {}, []))
+
+
+def test_failed_pre_processing_is_a_note(
+    tmp_path: Path, mlp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("symbolic shape inference exploded")
+
+    monkeypatch.setattr("optimizers.quantize.quant_pre_process", broken)
+    result = run_pass(mlp, QuantizeConfig(method="dynamic"), _context(tmp_path, {}, []))
+    assert result.details["pre_processed"] is False
+    assert any("exploded" in note for note in result.notes)
+    assert result.model_path.stat().st_size < mlp.stat().st_size
+
+
+def test_onnxruntime_failures_become_quantization_errors(tmp_path: Path, mlp: Path) -> None:
+    config = QuantizeConfig.model_validate(
+        {"method": "static", "activation_type": "int8", "weight_type": "uint8",
+         "calibration": {"dataset_id": "c"}}
+    )
+    with pytest.raises(QuantizationError, match="int8 activations with uint8 weights"):
+        run_pass(mlp, config, _context(tmp_path, {"c": tmp_path / "unused.npz"}, []))

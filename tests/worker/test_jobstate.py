@@ -1,0 +1,101 @@
+"""Job state changes are conditional: no job runs twice, finishes twice, or stays running."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from sqlalchemy.orm import Session
+
+from core import jobstate
+from core.db import new_id, session_factory, utcnow
+from core.models import Job, JobStatus, Project
+
+
+def _job(session: Session, **values: object) -> str:
+    project = Project(id=new_id("prj"), name=new_id("p"))
+    session.add(project)
+    session.flush()
+    job = Job(
+        id=new_id("job"),
+        project_id=project.id,
+        spec={},
+        dataset_ids=[],
+        status=JobStatus.queued,
+        max_attempts=2,
+        queued_at=utcnow(),
+        **values,
+    )
+    session.add(job)
+    session.commit()
+    return job.id
+
+
+def test_only_one_claim_wins(service_env: dict[str, str]) -> None:
+    with session_factory()() as session:
+        job_id = _job(session)
+        assert jobstate.claim(session, job_id, "w1") == 1
+        assert jobstate.claim(session, job_id, "w2") is None
+        session.commit()
+        job = session.get(Job, job_id)
+        assert job is not None and job.status == "running" and job.worker == "w1"
+
+
+def test_only_the_owning_attempt_finishes(service_env: dict[str, str]) -> None:
+    with session_factory()() as session:
+        job_id = _job(session)
+        attempt = jobstate.claim(session, job_id, "w1")
+        assert attempt == 1
+        assert not jobstate.finish(session, job_id, 2, status=JobStatus.succeeded, result={})
+        assert jobstate.finish(session, job_id, 1, status=JobStatus.succeeded, result={"a": 1})
+        assert not jobstate.finish(
+            session, job_id, 1, status=JobStatus.failed, error_type="x", error_message="y"
+        )
+        session.commit()
+        job = session.get(Job, job_id)
+        assert job is not None and job.status == "succeeded" and job.result == {"a": 1}
+
+
+def test_cancel_running_job_is_seen_by_heartbeat(service_env: dict[str, str]) -> None:
+    with session_factory()() as session:
+        job_id = _job(session)
+        jobstate.claim(session, job_id, "w1")
+        job = session.get(Job, job_id)
+        assert job is not None
+        session.refresh(job)
+        assert jobstate.request_cancel(session, job)
+        assert jobstate.heartbeat(session, job_id, 1) == JobStatus.cancelling
+
+
+def test_stale_jobs_are_requeued_then_failed(service_env: dict[str, str]) -> None:
+    with session_factory()() as session:
+        job_id = _job(session)
+        old = utcnow() - timedelta(minutes=10)
+        for expected_attempt in (1, 2):
+            assert jobstate.claim(session, job_id, "doomed") == expected_attempt
+            session.query(Job).filter(Job.id == job_id).update({"heartbeat_at": old})
+            session.commit()
+            requeued = jobstate.reap_stale(session, timeout_s=60)
+            session.commit()
+            job = session.get(Job, job_id)
+            assert job is not None
+            session.refresh(job)
+            if expected_attempt == 1:
+                assert requeued == [(job_id, "cpu")]
+                assert job.status == "queued"
+                assert "lost its worker" in (job.progress_message or "")
+            else:
+                assert requeued == []
+                assert job.status == "failed"
+                assert job.error_type == "worker_lost"
+        # A heartbeat from the lost attempt no longer counts.
+        assert jobstate.heartbeat(session, job_id, 2) is None
+
+
+def test_fresh_heartbeat_is_not_reaped(service_env: dict[str, str]) -> None:
+    with session_factory()() as session:
+        job_id = _job(session)
+        jobstate.claim(session, job_id, "alive")
+        session.commit()
+        assert jobstate.reap_stale(session, timeout_s=60) == []
+        job = session.get(Job, job_id)
+        assert job is not None and job.status == "running"
