@@ -14,7 +14,7 @@ from core.db import session_factory, utcnow
 from core.keys import hash_key
 from core.models import ApiKey
 from core.settings import Settings, get_settings
-from core.storage import LocalStorage, get_storage
+from core.storage import Storage, get_storage
 
 
 def get_session() -> Iterator[Session]:
@@ -32,7 +32,7 @@ def get_session() -> Iterator[Session]:
 
 SessionDep = Annotated[Session, Depends(get_session)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
-StorageDep = Annotated[LocalStorage, Depends(get_storage)]
+StorageDep = Annotated[Storage, Depends(get_storage)]
 
 _UNAUTHORIZED_HEADERS = {"WWW-Authenticate": 'Bearer realm="modelpress"'}
 

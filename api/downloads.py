@@ -8,14 +8,14 @@ from fastapi import Request
 from fastapi.responses import Response, StreamingResponse
 
 from api.errors import Problem
-from core.storage import LocalStorage
+from core.storage import Storage
 
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
 
 def download_response(
     request: Request,
-    storage: LocalStorage,
+    storage: Storage,
     *,
     key: str,
     size: int,

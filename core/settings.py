@@ -24,6 +24,11 @@ class Settings(BaseSettings):
     #: Default: kombu's SQLAlchemy transport on a SQLite file in data_dir (no server needed).
     #: A redis:// URL switches to Redis.
     broker_url: str | None = None
+    #: Default: files under data_dir/storage. `s3://bucket/prefix` stores objects in S3 or
+    #: MinIO (credentials from the usual AWS_* variables).
+    storage_url: str | None = None
+    s3_endpoint_url: str | None = None
+    s3_region: str | None = None
     max_upload_bytes: int = Field(2 * 1024**3, ge=1)
     bootstrap_key: str | None = None
 

@@ -1,4 +1,5 @@
-"""Where uploaded models, datasets and artifacts live: a folder on disk, addressed by key."""
+"""Where uploaded models, datasets and artifacts live, addressed by key: a local folder
+(single machine) or an S3-compatible bucket (workers on many machines)."""
 
 from __future__ import annotations
 
@@ -6,13 +7,31 @@ import os
 import re
 import shutil
 from collections.abc import Iterator
+from functools import lru_cache
 from pathlib import Path
+from typing import Any, Protocol
 
 _KEY_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*(/[A-Za-z0-9_][A-Za-z0-9_.\-]*)*$")
 
 
 class StorageError(Exception):
     pass
+
+
+class Storage(Protocol):
+    def put_file(self, key: str, source: Path) -> None: ...
+    def fetch_to(self, key: str, dest: Path) -> Path: ...
+    def size(self, key: str) -> int: ...
+    def exists(self, key: str) -> bool: ...
+    def iter_range(self, key: str, start: int, end: int) -> Iterator[bytes]: ...
+    def delete_prefix(self, prefix: str) -> None: ...
+    def ping(self) -> None: ...
+
+
+def check_key(key: str) -> str:
+    if not _KEY_PATTERN.match(key) or ".." in key.split("/"):
+        raise StorageError(f"invalid storage key {key!r}")
+    return key
 
 
 class LocalStorage:
@@ -23,9 +42,7 @@ class LocalStorage:
         self.root.mkdir(parents=True, exist_ok=True)
 
     def path(self, key: str) -> Path:
-        if not _KEY_PATTERN.match(key) or ".." in key.split("/"):
-            raise StorageError(f"invalid storage key {key!r}")
-        return self.root / key
+        return self.root / check_key(key)
 
     def put_file(self, key: str, source: Path) -> None:
         """Move `source` into storage; readers never see a half-written object."""
@@ -82,7 +99,78 @@ class LocalStorage:
         probe.unlink()
 
 
-def get_storage() -> LocalStorage:
+class S3Storage:
+    """Objects in an S3-compatible bucket (AWS S3, MinIO), under an optional key prefix."""
+
+    def __init__(self, url: str, *, endpoint_url: str | None, region: str | None) -> None:
+        import boto3
+        from botocore.config import Config
+
+        if not url.startswith("s3://"):
+            raise StorageError(f"storage URL {url!r} must look like s3://bucket/prefix")
+        bucket, _, prefix = url[len("s3://") :].partition("/")
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self.client = boto3.client(
+            "s3",
+            endpoint_url=endpoint_url,
+            region_name=region,
+            config=Config(retries={"max_attempts": 5, "mode": "standard"}),
+        )
+
+    def _key(self, key: str) -> str:
+        check_key(key)
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def put_file(self, key: str, source: Path) -> None:
+        self.client.upload_file(str(source), self.bucket, self._key(key))
+        source.unlink(missing_ok=True)
+
+    def fetch_to(self, key: str, dest: Path) -> Path:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.client.download_file(self.bucket, self._key(key), str(dest))
+        except Exception as exc:
+            raise StorageError(f"object {key!r} could not be fetched: {exc}") from exc
+        return dest
+
+    def size(self, key: str) -> int:
+        head: dict[str, Any] = self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+        return int(head["ContentLength"])
+
+    def exists(self, key: str) -> bool:
+        try:
+            self.size(key)
+        except Exception:
+            return False
+        return True
+
+    def iter_range(self, key: str, start: int, end: int, chunk: int = 1 << 20) -> Iterator[bytes]:
+        response = self.client.get_object(
+            Bucket=self.bucket, Key=self._key(key), Range=f"bytes={start}-{end}"
+        )
+        yield from response["Body"].iter_chunks(chunk)
+
+    def delete_prefix(self, prefix: str) -> None:
+        paginator = self.client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=self._key(prefix)):
+            objects = [{"Key": item["Key"]} for item in page.get("Contents", [])]
+            if objects:
+                self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": objects})
+
+    def ping(self) -> None:
+        self.client.head_bucket(Bucket=self.bucket)
+
+
+def get_storage() -> Storage:
     from core.settings import get_settings
 
-    return LocalStorage(get_settings().storage_dir)
+    settings = get_settings()
+    if settings.storage_url:
+        return _s3_storage(settings.storage_url, settings.s3_endpoint_url, settings.s3_region)
+    return LocalStorage(settings.storage_dir)
+
+
+@lru_cache
+def _s3_storage(url: str, endpoint_url: str | None, region: str | None) -> S3Storage:
+    return S3Storage(url, endpoint_url=endpoint_url, region=region)

@@ -6,7 +6,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import shutil
+import socket
+import uuid
 
+import boto3
 import pytest
 from fastapi.testclient import TestClient
 
@@ -61,3 +64,34 @@ def client(service_env: dict[str, str]) -> Iterator[TestClient]:
     with TestClient(create_app()) as test_client:
         test_client.headers["Authorization"] = f"Bearer {ADMIN_KEY}"
         yield test_client
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """A real S3 API (moto's server mode) on loopback."""
+    from moto.server import ThreadedMotoServer
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+
+
+def make_bucket(endpoint: str) -> str:
+    bucket = f"modelpress-{uuid.uuid4().hex[:12]}"
+    client = boto3.client(
+        "s3", endpoint_url=endpoint, region_name="us-east-1",
+        aws_access_key_id="testing", aws_secret_access_key="testing",
+    )
+    client.create_bucket(Bucket=bucket)
+    return bucket

@@ -21,7 +21,7 @@ from core.db import new_id, session_scope
 from core.jobspec import JobSpec
 from core.models import Artifact, Dataset, Job, JobStatus, StoredModel
 from core.settings import Settings
-from core.storage import LocalStorage, StorageError
+from core.storage import Storage, StorageError
 from optimizers.errors import OptimizerError
 from optimizers.pipeline import run_pipeline
 from worker.monitor import JobCanceled, JobMonitor
@@ -44,7 +44,7 @@ def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def execute_job(job_id: str, *, settings: Settings, storage: LocalStorage) -> str | None:
+def execute_job(job_id: str, *, settings: Settings, storage: Storage) -> str | None:
     """Returns the job's final status, or None when this worker did not get the job."""
     with session_scope() as session:
         attempt = jobstate.claim(session, job_id, worker_name())
@@ -110,7 +110,7 @@ def _load_inputs(job_id: str) -> _Inputs:
 
 
 def _run(
-    job_id: str, attempt: int, workdir: Path, storage: LocalStorage, reporter: _ProgressReporter
+    job_id: str, attempt: int, workdir: Path, storage: Storage, reporter: _ProgressReporter
 ) -> str:
     reporter("loading", 0.01, "fetching the model and datasets")
     inputs = _load_inputs(job_id)

@@ -13,7 +13,7 @@ import onnxruntime as ort
 import pytest
 
 from tests.factories import make_dataset, make_mlp
-from tests.integration.conftest import Service
+from tests.integration.processes import Service
 
 pytestmark = pytest.mark.slow
 
@@ -109,8 +109,11 @@ def run_quantization_job(service: Service, tmp_path: Path) -> None:
         assert report["metrics"]["comparison"] == comparison
 
 
-def test_job_through_redis_and_a_celery_worker(redis_service: Service, tmp_path: Path) -> None:
+def test_job_through_redis_s3_and_a_celery_worker(redis_service: Service, tmp_path: Path) -> None:
     run_quantization_job(redis_service, tmp_path)
+    # Everything went through the object store: nothing was kept on the local disk.
+    local = Path(redis_service.env["MODELPRESS_DATA_DIR"]) / "storage"
+    assert not local.exists() or not [p for p in local.rglob("*") if p.is_file()]
 
 
 def test_job_through_the_embedded_broker(embedded_service: Service, tmp_path: Path) -> None:

@@ -38,15 +38,22 @@ def cnn_data(models_dir: Path, cnn: Path) -> Path:
     return make_dataset(models_dir / "cnn.npz", cnn, samples=24)
 
 
-def make_sequence_model(path: Path, *, features: int = 8) -> Path:
-    """x[N, "seq", features] -> ReduceMean over seq -> y[N, features]: a symbolic non-batch dim."""
+def make_sequence_model(path: Path, *, features: int = 8, reduce: bool = True) -> Path:
+    """x[N, "seq", features] -> ReduceMean over seq -> y[N, features]: a symbolic non-batch
+    dim. With reduce=False: Relu, y[N, "seq", features], an output that is no classifier."""
     axes = helper.make_tensor("axes", TensorProto.INT64, [1], [1])
+    node = (
+        helper.make_node("ReduceMean", ["x", "axes"], ["y"], keepdims=0)
+        if reduce
+        else helper.make_node("Relu", ["x"], ["y"])
+    )
+    out_shape = ["N", features] if reduce else ["N", "seq", features]
     graph = helper.make_graph(
-        [helper.make_node("ReduceMean", ["x", "axes"], ["y"], keepdims=0)],
+        [node],
         "seq",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "seq", features])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", features])],
-        initializer=[axes],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, out_shape)],
+        initializer=[axes] if reduce else [],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     model.ir_version = 8

@@ -16,7 +16,9 @@ from tests.optimizers.conftest import make_sequence_model, save_npz
 
 
 def _spec(**fields: Any) -> PipelineSpec:
-    return PipelineSpec.model_validate({"passes": [{"kind": "quantize", "method": "dynamic"}], **fields})
+    return PipelineSpec.model_validate(
+        {"passes": [{"kind": "quantize", "method": "dynamic"}], **fields}
+    )
 
 
 def test_fixed_batch_allows_only_that_batch_size(tmp_path: Path) -> None:
@@ -29,7 +31,7 @@ def test_fixed_batch_allows_only_that_batch_size(tmp_path: Path) -> None:
 
 def test_symbolic_dims_need_shapes_from_somewhere(tmp_path: Path) -> None:
     model = inspect_model(make_sequence_model(tmp_path / "seq.onnx"))
-    with pytest.raises(DatasetMismatchError, match="symbolic dims .*input_shapes"):
+    with pytest.raises(DatasetMismatchError, match=r"symbolic dims .*input_shapes"):
         check_spec(model, _spec(), {})
     check_spec(model, _spec(benchmark={"input_shapes": {"x": [1, 12, 8]}}), {})
 

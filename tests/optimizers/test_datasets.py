@@ -81,7 +81,7 @@ def test_not_a_zip_is_rejected(tmp_path: Path) -> None:
     path = tmp_path / "d.npz"
     with path.open("wb") as file:
         np.save(file, np.zeros(3))  # a bare .npy, not an archive
-    with pytest.raises(InvalidDatasetError, match="not an .npz"):
+    with pytest.raises(InvalidDatasetError, match=r"not an \.npz"):
         inspect_dataset(path)
 
 
@@ -96,11 +96,11 @@ def test_foreign_members_and_broken_headers_are_rejected(tmp_path: Path) -> None
     path = tmp_path / "d.npz"
     with zipfile.ZipFile(path, "w") as archive:
         archive.writestr("x.npy", b"not an npy header")
-    with pytest.raises(InvalidDatasetError, match="not a valid .npy"):
+    with pytest.raises(InvalidDatasetError, match=r"not a valid \.npy"):
         inspect_dataset(path)
     with zipfile.ZipFile(path, "w") as archive:
         archive.writestr("payload.pkl", b"...")
-    with pytest.raises(InvalidDatasetError, match="not .npy arrays"):
+    with pytest.raises(InvalidDatasetError, match=r"not \.npy arrays"):
         inspect_dataset(path)
 
 
@@ -175,5 +175,7 @@ def test_check_fits_names_the_problem(
 ) -> None:
     path = save_npz(tmp_path / "d.npz", x=np.zeros((6, 4), np.float32))
     with pytest.raises(DatasetMismatchError, match=message) as exc:
-        check_fits(_model(*inputs), inspect_dataset(path), purpose="evaluate", need_labels=need_labels)
+        check_fits(
+            _model(*inputs), inspect_dataset(path), purpose="evaluate", need_labels=need_labels
+        )
     assert exc.value.message.startswith("evaluate dataset")

@@ -91,7 +91,9 @@ def test_static_quantization(
 def test_static_quantization_of_a_fixed_batch_cnn(tmp_path: Path) -> None:
     # Batch fixed at 4 and 10 calibration samples: the last batch must be filled up.
     model = make_cnn(tmp_path / "cnn.onnx", batch=4, width=16)
-    data = make_dataset(tmp_path / "cnn.npz", model, samples=10)
+    # Same weights with a free batch axis, so the factory can label all 10 samples at once.
+    twin = make_cnn(tmp_path / "twin.onnx", batch="N", width=16)
+    data = make_dataset(tmp_path / "cnn.npz", twin, samples=10)
     config = QuantizeConfig.model_validate(
         {"method": "static", "per_channel": True, "calibration": {"dataset_id": "c"}}
     )
@@ -106,7 +108,9 @@ def test_static_quantization_of_a_fixed_batch_cnn(tmp_path: Path) -> None:
 def test_per_channel_needs_opset_13(tmp_path: Path) -> None:
     model = make_mlp(tmp_path / "old.onnx", hidden=8, opset=12)
     with pytest.raises(QuantizationError, match="opset 13") as exc:
-        run_pass(model, QuantizeConfig(method="dynamic", per_channel=True), _context(tmp_path, {}, []))
+        run_pass(
+            model, QuantizeConfig(method="dynamic", per_channel=True), _context(tmp_path, {}, [])
+        )
     assert "per_channel to false" in exc.value.message
     # Without per-channel the same model quantizes.
     run_pass(model, QuantizeConfig(method="dynamic"), _context(tmp_path, {}, []))
@@ -127,8 +131,12 @@ def test_failed_pre_processing_is_a_note(
 
 def test_onnxruntime_failures_become_quantization_errors(tmp_path: Path, mlp: Path) -> None:
     config = QuantizeConfig.model_validate(
-        {"method": "static", "activation_type": "int8", "weight_type": "uint8",
-         "calibration": {"dataset_id": "c"}}
+        {
+            "method": "static",
+            "activation_type": "int8",
+            "weight_type": "uint8",
+            "calibration": {"dataset_id": "c"},
+        }
     )
     with pytest.raises(QuantizationError, match="int8 activations with uint8 weights"):
         run_pass(mlp, config, _context(tmp_path, {"c": tmp_path / "unused.npz"}, []))

@@ -1,0 +1,159 @@
+"""Start and stop the service's real processes (API server, Celery worker, redis-server)
+for integration tests and benchmarks."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from core.migrate import upgrade
+from tests.conftest import ADMIN_KEY
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(check, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return
+        except Exception:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+@dataclass
+class Process:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log: Path
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> None:
+        if self.popen.poll() is None:
+            os.killpg(self.popen.pid, sig)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.popen.pid, signal.SIGKILL)
+                self.popen.wait(5)
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+def start(name: str, args: list[str], env: dict[str, str], logs: Path) -> Process:
+    log = logs / f"{name}.log"
+    handle = log.open("wb")
+    popen = subprocess.Popen(
+        args, cwd=ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    return Process(name, popen, log)
+
+
+@dataclass
+class Service:
+    """An API server and a worker sharing one data folder, database and broker."""
+
+    base_url: str
+    env: dict[str, str]
+    logs: Path
+    processes: dict[str, Process] = field(default_factory=dict)
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(
+            base_url=self.base_url, headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=30
+        )
+
+    def start_worker(self, name: str = "worker") -> Process:
+        proc = start(
+            name,
+            [str(BIN / "celery"), "-A", "worker.celery_app", "worker", "-Q", "cpu,gpu",
+             "--loglevel", "INFO", "-n", f"{name}@%h"],
+            self.env,
+            self.logs,
+        )
+        self.processes[name] = proc
+        wait_until(lambda: "ready." in proc.output() or proc.popen.poll() is not None, 60,
+                   f"{name} to be ready")
+        if proc.popen.poll() is not None:
+            raise RuntimeError(f"{name} exited:\n{proc.output()}")
+        return proc
+
+    def dump_logs(self) -> str:
+        return "\n".join(f"--- {p.name}\n{p.output()[-4000:]}" for p in self.processes.values())
+
+
+def run_service(
+    tmp_path: Path, broker_url: str | None, extra_env: dict[str, str] | None = None
+) -> Iterator[Service]:
+    data_dir = tmp_path / "data"
+    port = free_port()
+    env = {
+        **os.environ,
+        "MODELPRESS_DATA_DIR": str(data_dir),
+        "MODELPRESS_PORT": str(port),
+        "MODELPRESS_BOOTSTRAP_KEY": ADMIN_KEY,
+        "MODELPRESS_HEARTBEAT_INTERVAL_S": "0.5",
+        "PYTHONUNBUFFERED": "1",
+    }
+    env.pop("MODELPRESS_DATABASE_URL", None)
+    env.update(extra_env or {})
+    if broker_url:
+        env["MODELPRESS_BROKER_URL"] = broker_url
+    else:
+        env.pop("MODELPRESS_BROKER_URL", None)
+    data_dir.mkdir()
+    upgrade(f"sqlite:///{data_dir / 'modelpress.db'}")
+    service = Service(base_url=f"http://127.0.0.1:{port}", env=env, logs=tmp_path)
+    api = start("api", [str(BIN / "python"), "-m", "api"], env, tmp_path)
+    service.processes["api"] = api
+    try:
+        wait_until(lambda: httpx.get(f"{service.base_url}/healthz").status_code == 200, 60, "API")
+        service.start_worker()
+        yield service
+    except BaseException:
+        print(service.dump_logs())
+        raise
+    finally:
+        for proc in service.processes.values():
+            proc.stop()
+
+
+
+
+def run_redis(tmp_path: Path) -> Iterator[str]:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise RuntimeError("redis-server is not installed: run `make system-packages`")
+    port = free_port()
+    proc = start(
+        "redis",
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--dir", str(tmp_path)],
+        dict(os.environ),
+        tmp_path,
+    )
+    try:
+        wait_until(lambda: socket.create_connection(("127.0.0.1", port), 0.2), 10, "redis-server")
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        proc.stop()

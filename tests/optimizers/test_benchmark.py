@@ -1,0 +1,81 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from optimizers.benchmark import _load_and_measure, benchmark_pair, make_feeds
+from optimizers.config import BenchmarkConfig
+from optimizers.errors import UnsupportedError
+from optimizers.inspect import inspect_model
+from tests.factories import make_mlp
+from tests.optimizers.conftest import make_sequence_model, save_npz
+
+
+def test_benchmark_reports_every_number(mlp: Path) -> None:
+    model = inspect_model(mlp)
+    config = BenchmarkConfig(batch_sizes=[1, 4], warmup=2, iterations=5, threads=1)
+    events: list[tuple[str, float, str]] = []
+    result = benchmark_pair(
+        mlp,
+        mlp,
+        config,
+        feeds_for_batch=lambda batch: make_feeds(model, batch, dataset=None, input_shapes=None),
+        progress=lambda *event: events.append(event),
+        progress_span=(0.6, 0.97),
+    )
+    assert result["provider"] == "CPUExecutionProvider"
+    assert result["threads"] == 1
+    for name in ("baseline", "optimized"):
+        measured = result[name]
+        assert set(measured["latency_ms"]) == {"1", "4"}
+        for stats in measured["latency_ms"].values():
+            assert set(stats) == {"p50", "p90", "p95", "p99", "mean"}
+            assert all(value > 0 for value in stats.values())
+            assert stats["p50"] <= stats["p90"] <= stats["p95"] <= stats["p99"]
+        assert all(value > 0 for value in measured["throughput_per_s"].values())
+        assert measured["peak_memory_bytes"] >= 0
+    assert {stage for stage, _, _ in events} == {"benchmarking"}
+    fractions = [fraction for _, fraction, _ in events]
+    assert fractions == sorted(fractions) and fractions[-1] == pytest.approx(0.97)
+
+
+def test_peak_memory_counts_the_model(tmp_path: Path) -> None:
+    # About 8 MB of weights: the session holds at least one copy of them.
+    path = make_mlp(tmp_path / "big.onnx", in_features=1024, hidden=1400, classes=8)
+    feeds = {"x": np.zeros((2, 1024), np.float32)}
+    _, peak = _load_and_measure(
+        path, provider="CPUExecutionProvider", threads=1, feeds=feeds, name="baseline"
+    )
+    assert peak > 4_000_000
+
+
+def test_make_feeds_from_a_dataset_repeats_rows(tmp_path: Path, mlp: Path) -> None:
+    rows = np.arange(3 * 16, dtype=np.float32).reshape(3, 16)
+    data = save_npz(tmp_path / "d.npz", x=rows, labels=np.zeros(3, np.int64))
+    feeds = make_feeds(inspect_model(mlp), 5, dataset=data, input_shapes=None)
+    assert list(feeds) == ["x"]
+    np.testing.assert_array_equal(feeds["x"], rows[[0, 1, 2, 0, 1]])
+
+
+def test_synthetic_feeds_are_deterministic(tmp_path: Path) -> None:
+    model = inspect_model(make_sequence_model(tmp_path / "seq.onnx"))
+    shapes = {"x": [1, 6, 8]}
+    first = make_feeds(model, 3, dataset=None, input_shapes=shapes, seed=0)
+    again = make_feeds(model, 3, dataset=None, input_shapes=shapes, seed=0)
+    other = make_feeds(model, 3, dataset=None, input_shapes=shapes, seed=1)
+    assert first["x"].shape == (3, 6, 8) and first["x"].dtype == np.float32
+    np.testing.assert_array_equal(first["x"], again["x"])
+    assert not np.array_equal(first["x"], other["x"])
+    with pytest.raises(UnsupportedError, match="symbolic size 'seq' on axis 1"):
+        make_feeds(model, 3, dataset=None, input_shapes=None)
+
+
+@pytest.mark.skipif(
+    "CUDAExecutionProvider" in ort.get_available_providers(), reason="this machine has CUDA"
+)
+def test_cuda_without_a_cuda_provider_is_unsupported(mlp: Path) -> None:
+    with pytest.raises(UnsupportedError, match="no CUDA execution provider"):
+        benchmark_pair(mlp, mlp, BenchmarkConfig(device="cuda"), feeds_for_batch=lambda batch: {})

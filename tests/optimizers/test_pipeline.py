@@ -1,0 +1,146 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from optimizers.config import PipelineSpec
+from optimizers.pipeline import _verdict, run_pipeline
+
+SIDE = {"size_bytes", "latency_ms", "throughput_per_s", "peak_memory_bytes", "accuracy"}
+FIDELITY = {
+    "cosine_mean",
+    "cosine_min",
+    "max_abs_error",
+    "sqnr_db",
+    "top1_agreement",
+    "samples",
+    "source",
+}
+COMPARISON = {
+    "size_ratio",
+    "speedup_p50",
+    "accuracy_drop",
+    "metric",
+    "drop",
+    "max_drop",
+    "slower_than_baseline",
+    "within_tolerance",
+    "verdict",
+}
+FAST_BENCHMARK = {"batch_sizes": [1, 4], "warmup": 2, "iterations": 5, "threads": 1}
+
+
+def test_static_quantization_end_to_end(tmp_path: Path, mlp: Path, mlp_data: Path) -> None:
+    spec = PipelineSpec.model_validate(
+        {
+            "passes": [
+                {
+                    "kind": "quantize",
+                    "method": "static",
+                    "calibration": {"dataset_id": "data", "samples": 16},
+                }
+            ],
+            "evaluate": {"dataset_id": "data", "max_drop": 0.05, "samples": 32},
+            "benchmark": FAST_BENCHMARK,
+        }
+    )
+    events: list[tuple[str, float, str]] = []
+    result = run_pipeline(
+        model_path=mlp,
+        spec=spec,
+        datasets={"data": mlp_data},
+        workdir=tmp_path,
+        progress=lambda *event: events.append(event),
+    )
+
+    metrics = result.metrics
+    json.dumps(metrics, allow_nan=False)
+    assert result.model_path.is_file() and result.model_path.parent.parent == tmp_path
+    for name in ("baseline", "optimized"):
+        assert set(metrics[name]) == SIDE
+        assert set(metrics[name]["latency_ms"]) == {"1", "4"}
+        assert set(metrics[name]["latency_ms"]["1"]) == {"p50", "p90", "p95", "p99", "mean"}
+        assert metrics[name]["accuracy"] is not None
+    assert metrics["baseline"]["accuracy"] == 1.0
+    assert set(metrics["fidelity"]) == FIDELITY
+    assert metrics["fidelity"]["source"] == "dataset" and metrics["fidelity"]["samples"] == 32
+    comparison = metrics["comparison"]
+    assert set(comparison) == COMPARISON
+    assert comparison["size_ratio"] < 0.5
+    assert set(comparison["speedup_p50"]) == {"1", "4"}
+    assert comparison["metric"] == "accuracy"
+    assert comparison["accuracy_drop"] == comparison["drop"]
+    assert comparison["max_drop"] == 0.05
+    assert comparison["within_tolerance"] is (comparison["drop"] <= 0.05)
+    slower = any(s < 1.0 for s in comparison["speedup_p50"].values())
+    assert comparison["slower_than_baseline"] is slower
+    assert ("SLOWER" in comparison["verdict"]) is slower
+    assert "smaller" in comparison["verdict"]
+    env = metrics["environment"]
+    assert env["execution_provider"] == "CPUExecutionProvider" and env["threads"] == 1
+    assert env["versions"]["onnxruntime"] and env["cpu_model"]
+
+    assert [p["kind"] for p in result.passes] == ["quantize"]
+    assert result.passes[0]["method"] == "static"
+    assert result.passes[0]["details"]["quantized_nodes"] > 0
+    assert result.passes[0]["duration_s"] >= 0
+
+    stages = list(dict.fromkeys(stage for stage, _, _ in events))
+    assert stages == ["loading", "quantizing", "calibrating", "evaluating", "benchmarking"]
+    fractions = [fraction for _, fraction, _ in events]
+    assert fractions == sorted(fractions)
+    assert fractions[0] >= 0.0 and fractions[-1] <= 1.0
+
+
+def test_without_evaluate_fidelity_comes_from_synthetic_inputs(tmp_path: Path, mlp: Path) -> None:
+    spec = PipelineSpec.model_validate(
+        {"passes": [{"kind": "quantize", "method": "dynamic"}], "benchmark": FAST_BENCHMARK}
+    )
+    result = run_pipeline(model_path=mlp, spec=spec, datasets={}, workdir=tmp_path)
+    metrics = result.metrics
+    json.dumps(metrics, allow_nan=False)
+    assert metrics["fidelity"]["source"] == "synthetic_inputs"
+    assert metrics["fidelity"]["samples"] == 32
+    assert metrics["baseline"]["accuracy"] is None
+    comparison = metrics["comparison"]
+    assert comparison["metric"] == "fidelity"
+    assert comparison["drop"] == pytest.approx(1 - metrics["fidelity"]["cosine_mean"])
+    assert comparison["within_tolerance"] is None and comparison["max_drop"] is None
+    assert comparison["accuracy_drop"] is None
+    assert "accuracy not checked" in comparison["verdict"]
+    assert metrics["benchmark"]["inputs"] == "synthetic"
+    assert any("accuracy was not measured" in note for note in result.notes)
+
+
+def _say(**overrides: Any) -> str:
+    arguments: dict[str, Any] = {
+        "size_ratio": 0.263,
+        "speedups": {"8": 1.9},
+        "metric": "accuracy",
+        "drop": 0.002,
+        "max_drop": 0.01,
+        "fidelity": {"cosine_mean": 0.9991, "source": "synthetic_inputs"},
+    }
+    arguments.update(overrides)
+    return _verdict(**arguments)
+
+
+def test_verdict_sentences() -> None:
+    assert _say() == "3.8x smaller, 1.9x faster at batch 8, accuracy drop 0.2 points (within 1.0)"
+    slow = _say(speedups={"1": 0.81}, drop=0.0)
+    assert slow == "3.8x smaller, no accuracy drop but SLOWER than the original at batch 1 (0.81x)"
+    mixed = _say(speedups={"1": 0.9, "8": 1.5})
+    assert "1.5x faster at batch 8" in mixed and "SLOWER than the original at batch 1" in mixed
+    assert "DROPPED 3.0 points, over the 1.0-point limit" in _say(drop=0.03)
+    assert _say(size_ratio=1.2).startswith("1.9x faster at batch 8")
+    assert "NOT smaller" in _say(size_ratio=1.2)
+    assert "1.02x faster" in _say(speedups={"1": 1.02})
+    fidelity = _say(metric="fidelity", drop=0.02, max_drop=0.01)
+    assert "OVER the 0.01 limit" in fidelity
+    unchecked = _say(metric="fidelity", drop=0.0009, max_drop=None)
+    assert unchecked.endswith(
+        "; output cosine similarity 0.9991 on synthetic inputs (accuracy not checked)"
+    )

@@ -1,0 +1,66 @@
+"""Every registered pass has an implementation and every config survives JSON."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from optimizers.config import BenchmarkConfig, EvaluateConfig, PassConfig, PipelineSpec
+from optimizers.passes import registered_passes
+
+#: One valid example per pass kind; a new pass without an example fails the test below.
+EXAMPLES: dict[str, list[dict[str, Any]]] = {
+    "quantize": [
+        {"method": "dynamic", "per_channel": True, "weight_type": "uint8"},
+        {
+            "method": "static",
+            "format": "qoperator",
+            "activation_type": "int8",
+            "calibration": {"dataset_id": "cal", "samples": 64, "method": "entropy"},
+        },
+    ],
+}
+
+
+def test_every_registered_config_has_an_implementation() -> None:
+    implemented = registered_passes()
+    assert PassConfig.registry, "no pass config registered"
+    for kind, config_type in PassConfig.registry.items():
+        assert config_type in implemented, f"pass '{kind}' has no implementation"
+
+
+@pytest.mark.parametrize("kind", sorted(PassConfig.registry))
+def test_configs_round_trip_through_json(kind: str) -> None:
+    config_type = PassConfig.registry[kind]
+    assert kind in EXAMPLES, f"add an example config for pass '{kind}'"
+    for example in EXAMPLES[kind]:
+        config = config_type.model_validate({"kind": kind, **example})
+        assert config_type.model_validate_json(config.model_dump_json()) == config
+
+
+def test_spec_round_trips_through_json() -> None:
+    spec = PipelineSpec(
+        passes=[PassConfig.registry["quantize"].model_validate(EXAMPLES["quantize"][1])],
+        evaluate=EvaluateConfig(dataset_id="ev", metric="accuracy", max_drop=0.02),
+        benchmark=BenchmarkConfig(batch_sizes=[8, 1], input_shapes={"x": [1, 16]}),
+    )
+    assert spec.benchmark.batch_sizes == [1, 8]
+    assert PipelineSpec.model_validate_json(spec.model_dump_json()) == spec
+
+
+def test_api_facing_modules_do_not_import_torch_or_onnxruntime() -> None:
+    code = (
+        "import sys\n"
+        "import optimizers.config, optimizers.errors, optimizers.types, optimizers.passes\n"
+        "import optimizers.inspect, optimizers.datasets, optimizers.checks\n"
+        "print(sorted(m for m in ('torch', 'onnxruntime') if m in sys.modules))\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "[]"
