@@ -5,7 +5,7 @@ Imports neither torch nor onnxruntime: the API runs these on every job submissio
 
 from __future__ import annotations
 
-from optimizers.config import PipelineSpec
+from optimizers.config import PipelineSpec, QuantizeConfig
 from optimizers.datasets import check_fits
 from optimizers.errors import DatasetMismatchError, UnsupportedError
 from optimizers.types import DatasetInfo, ModelInfo, TensorInfo
@@ -40,6 +40,13 @@ def check_spec(model: ModelInfo, spec: PipelineSpec, datasets: dict[str, Dataset
             )
 
     for config in spec.passes:
+        # Passes keep the model's opset, so the uploaded model's opset is the one that counts.
+        if isinstance(config, QuantizeConfig) and config.per_channel and (model.opset or 0) < 13:
+            raise UnsupportedError(
+                f"per-channel quantization needs a model with opset 13 or newer; this model uses "
+                f"opset {model.opset}. Set per_channel to false, or re-export the model with "
+                "opset >= 13"
+            )
         for dataset_id in config.dataset_ids():
             check_fits(model, _dataset(datasets, dataset_id), purpose=f"{config.kind} pass")
 

@@ -88,6 +88,7 @@ def quantize(model_path: Path, config: QuantizeConfig, ctx: PassContext) -> Pass
     external_data = model_path.stat().st_size > _EXTERNAL_DATA_THRESHOLD
     weight_type = _QUANT_TYPES[config.weight_type]
 
+    reader: _DatasetReader | None = None
     try:
         if config.method == "dynamic":
             ctx.progress("quantizing", start + 0.1 * (end - start), "quantizing weights")
@@ -125,6 +126,8 @@ def quantize(model_path: Path, config: QuantizeConfig, ctx: PassContext) -> Pass
     except OptimizerError:
         raise
     except Exception as exc:
+        if reader is not None and exc is reader.progress_error:
+            raise  # the caller's own exception (e.g. a cancellation) passes through unchanged
         raise QuantizationError(f"onnxruntime could not quantize the model: {exc}") from exc
     ctx.progress("quantizing", end, "quantization finished")
 
@@ -164,6 +167,7 @@ class _DatasetReader(CalibrationDataReader):
         )
         self._ctx = ctx
         self._done = 0
+        self.progress_error: BaseException | None = None
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         batch = next(self._batches, None)
@@ -178,7 +182,11 @@ class _DatasetReader(CalibrationDataReader):
         start, end = self._ctx.progress_span
         # Calibration is most of a static pass's time; it gets 10%..80% of the span.
         fraction = start + (end - start) * (0.1 + 0.7 * self._done / self.available)
-        self._ctx.progress("calibrating", fraction, f"calibrated {self._done}/{self.available}")
+        try:
+            self._ctx.progress("calibrating", fraction, f"calibrated {self._done}/{self.available}")
+        except BaseException as exc:
+            self.progress_error = exc
+            raise
         return feeds
 
 

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Installs the Debian packages the test suite runs for real, when they are missing.
+# Installs the Debian packages the test suite runs for real (Redis, PostgreSQL) when missing.
 set -euo pipefail
 packages=()
 command -v redis-server >/dev/null 2>&1 || packages+=(redis-server)
+compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || packages+=(postgresql)
 if [ ${#packages[@]} -eq 0 ]; then
   exit 0
 fi

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import shutil
 import socket
 import uuid
+from collections.abc import Iterator
+from pathlib import Path
 
 import boto3
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import create_engine, text
 
 from core.db import reset_engines
 from core.migrate import upgrade
@@ -35,11 +35,56 @@ def migrated_sqlite(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[str]:
+    from tests.postgres import run_postgres
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    yield from run_postgres(port)
+
+
+@pytest.fixture(scope="session")
+def migrated_postgres_template(postgres_server: str) -> str:
+    """A database built by the real migrations, copied (CREATE DATABASE … TEMPLATE) per test."""
+    engine = create_engine(postgres_server, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(text("CREATE DATABASE modelpress_template"))
+    engine.dispose()
+    upgrade(postgres_server.rsplit("/", 1)[0] + "/modelpress_template")
+    reset_engines()
+    return "modelpress_template"
+
+
+@pytest.fixture
+def db_backend() -> str:
+    """Override with params in a test module to run its tests on PostgreSQL too."""
+    return "sqlite"
+
+
+@pytest.fixture
+def database_url(db_backend: str, request: pytest.FixtureRequest) -> str | None:
+    if db_backend == "sqlite":
+        return None  # the default: a SQLite file in the test's data folder
+    server: str = request.getfixturevalue("postgres_server")
+    template: str = request.getfixturevalue("migrated_postgres_template")
+    name = f"test_{uuid.uuid4().hex[:16]}"
+    engine = create_engine(server, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{template}"'))
+    engine.dispose()
+    return server.rsplit("/", 1)[0] + f"/{name}"
+
+
 @pytest.fixture
 def service_env(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, migrated_sqlite: Path
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    migrated_sqlite: Path,
+    database_url: str | None,
 ) -> Iterator[dict[str, str]]:
-    """Settings for one test: its own data folder, SQLite database and embedded broker."""
+    """Settings for one test: its own data folder, database and embedded broker."""
     data_dir = tmp_path / "data"
     env = {
         "MODELPRESS_DATA_DIR": str(data_dir),
@@ -48,8 +93,13 @@ def service_env(
     }
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    monkeypatch.delenv("MODELPRESS_DATABASE_URL", raising=False)
+    if database_url:
+        env["MODELPRESS_DATABASE_URL"] = database_url
+        monkeypatch.setenv("MODELPRESS_DATABASE_URL", database_url)
+    else:
+        monkeypatch.delenv("MODELPRESS_DATABASE_URL", raising=False)
     monkeypatch.delenv("MODELPRESS_BROKER_URL", raising=False)
+    monkeypatch.delenv("MODELPRESS_STORAGE_URL", raising=False)
     _clear_caches()
     data_dir.mkdir(parents=True)
     shutil.copyfile(migrated_sqlite, data_dir / "modelpress.db")

@@ -47,7 +47,7 @@ def make_sequence_model(path: Path, *, features: int = 8, reduce: bool = True) -
         if reduce
         else helper.make_node("Relu", ["x"], ["y"])
     )
-    out_shape = ["N", features] if reduce else ["N", "seq", features]
+    out_shape: list[str | int] = ["N", features] if reduce else ["N", "seq", features]
     graph = helper.make_graph(
         [node],
         "seq",

@@ -82,3 +82,13 @@ def test_every_referenced_dataset_must_fit(tmp_path: Path) -> None:
 def test_cuda_is_left_to_the_worker(tmp_path: Path) -> None:
     model = inspect_model(make_mlp(tmp_path / "m.onnx", hidden=8))
     check_spec(model, _spec(benchmark={"device": "cuda"}), {})
+
+
+def test_per_channel_needs_opset_13_before_queueing(tmp_path: Path) -> None:
+    model = inspect_model(make_mlp(tmp_path / "m.onnx", hidden=8, opset=12))
+    per_channel = PipelineSpec.model_validate(
+        {"passes": [{"kind": "quantize", "method": "dynamic", "per_channel": True}]}
+    )
+    with pytest.raises(UnsupportedError, match="opset 13"):
+        check_spec(model, per_channel, {})
+    check_spec(model, _spec(), {})

@@ -8,6 +8,7 @@ import pytest
 
 from optimizers.config import PipelineSpec
 from optimizers.pipeline import _verdict, run_pipeline
+from tests.optimizers.conftest import make_sequence_model
 
 SIDE = {"size_bytes", "latency_ms", "throughput_per_s", "peak_memory_bytes", "accuracy"}
 FIDELITY = {
@@ -144,3 +145,37 @@ def test_verdict_sentences() -> None:
     assert unchecked.endswith(
         "; output cosine similarity 0.9991 on synthetic inputs (accuracy not checked)"
     )
+
+
+def test_calibration_data_stands_in_for_evaluation(
+    tmp_path: Path, mlp: Path, mlp_data: Path
+) -> None:
+    spec = PipelineSpec.model_validate(
+        {
+            "passes": [
+                {"kind": "quantize", "method": "static", "calibration": {"dataset_id": "cal"}}
+            ],
+            "benchmark": {**FAST_BENCHMARK, "batch_sizes": [2]},
+        }
+    )
+    result = run_pipeline(model_path=mlp, spec=spec, datasets={"cal": mlp_data}, workdir=tmp_path)
+    assert result.metrics["fidelity"]["source"] == "calibration_dataset"
+    assert result.metrics["fidelity"]["samples"] == 32
+    assert result.metrics["benchmark"]["inputs"] == "calibration_dataset"
+    assert result.metrics["comparison"]["within_tolerance"] is None
+
+
+def test_symbolic_model_with_nothing_to_quantize(tmp_path: Path) -> None:
+    model = make_sequence_model(tmp_path / "seq.onnx")
+    spec = PipelineSpec.model_validate(
+        {
+            "passes": [{"kind": "quantize", "method": "dynamic"}],
+            "benchmark": {**FAST_BENCHMARK, "batch_sizes": [2], "input_shapes": {"x": [1, 5, 8]}},
+        }
+    )
+    result = run_pipeline(model_path=model, spec=spec, datasets={}, workdir=tmp_path / "work")
+    json.dumps(result.metrics, allow_nan=False)
+    assert result.passes[0]["details"]["quantized_nodes"] == 0
+    assert any("no node was quantized" in note for note in result.notes)
+    assert result.metrics["fidelity"]["cosine_mean"] == pytest.approx(1.0)
+    assert "NOT smaller" in result.metrics["comparison"]["verdict"]

@@ -140,3 +140,18 @@ def test_onnxruntime_failures_become_quantization_errors(tmp_path: Path, mlp: Pa
     )
     with pytest.raises(QuantizationError, match="int8 activations with uint8 weights"):
         run_pass(mlp, config, _context(tmp_path, {"c": tmp_path / "unused.npz"}, []))
+
+
+class Cancelled(Exception):
+    pass
+
+
+def test_exceptions_from_progress_pass_through(tmp_path: Path, mlp: Path, mlp_data: Path) -> None:
+    def cancel(stage: str, fraction: float, message: str) -> None:
+        if stage == "calibrating":
+            raise Cancelled
+
+    config = QuantizeConfig.model_validate({"method": "static", "calibration": {"dataset_id": "c"}})
+    ctx = PassContext(workdir=tmp_path, datasets={"c": mlp_data}, progress=cancel)
+    with pytest.raises(Cancelled):
+        run_pass(mlp, config, ctx)

@@ -9,7 +9,13 @@ from typing import Any
 
 import pytest
 
-from optimizers.config import BenchmarkConfig, EvaluateConfig, PassConfig, PipelineSpec
+from optimizers.config import (
+    BenchmarkConfig,
+    EvaluateConfig,
+    PassConfig,
+    PipelineSpec,
+    QuantizeConfig,
+)
 from optimizers.passes import registered_passes
 
 #: One valid example per pass kind; a new pass without an example fails the test below.
@@ -44,7 +50,7 @@ def test_configs_round_trip_through_json(kind: str) -> None:
 
 def test_spec_round_trips_through_json() -> None:
     spec = PipelineSpec(
-        passes=[PassConfig.registry["quantize"].model_validate(EXAMPLES["quantize"][1])],
+        passes=[QuantizeConfig.model_validate(EXAMPLES["quantize"][1])],
         evaluate=EvaluateConfig(dataset_id="ev", metric="accuracy", max_drop=0.02),
         benchmark=BenchmarkConfig(batch_sizes=[8, 1], input_shapes={"x": [1, 16]}),
     )

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import pytest
 from sqlalchemy.orm import Session
 
 from core import jobstate
 from core.db import new_id, session_factory, utcnow
 from core.models import Job, JobStatus, Project
 
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def db_backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
 
 def _job(session: Session, **values: object) -> str:
     project = Project(id=new_id("prj"), name=new_id("p"))
