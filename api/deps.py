@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from sqlalchemy import select
@@ -50,19 +50,22 @@ def current_key(request: Request, session: SessionDep) -> ApiKey:
     key = session.scalar(select(ApiKey).where(ApiKey.key_hash == hash_key(token.strip())))
     if key is None or key.revoked_at is not None:
         raise Problem(
-            401, "the API key is unknown or revoked", type="unauthorized",
+            401,
+            "the API key is unknown or revoked",
+            type="unauthorized",
             headers=_UNAUTHORIZED_HEADERS,
         )
     if key.expires_at is not None and key.expires_at <= utcnow():
-        raise Problem(401, "the API key has expired", type="unauthorized",
-                      headers=_UNAUTHORIZED_HEADERS)
+        raise Problem(
+            401, "the API key has expired", type="unauthorized", headers=_UNAUTHORIZED_HEADERS
+        )
     return key
 
 
 CurrentKey = Annotated[ApiKey, Depends(current_key)]
 
 
-def require_scope(scope: str):  # type: ignore[no-untyped-def]
+def require_scope(scope: str) -> Any:
     def check(key: CurrentKey) -> ApiKey:
         if scope not in key.scopes and "admin" not in key.scopes:
             raise Problem(403, f"this API key lacks the {scope!r} scope", type="forbidden")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import json
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any
 
 from sqlalchemy import Select, and_, or_
 from sqlalchemy.orm import Session
@@ -13,7 +13,6 @@ from sqlalchemy.orm import Session
 from api.errors import Problem
 
 MAX_PAGE_SIZE = 200
-T = TypeVar("T")
 
 
 def encode_token(created_at: datetime, row_id: str) -> str:
@@ -27,19 +26,23 @@ def decode_token(token: str) -> tuple[datetime, str]:
         data = json.loads(base64.urlsafe_b64decode(padded))
         return datetime.fromisoformat(data["c"]), str(data["i"])
     except Exception:
-        raise Problem(422, "page_token is not a token this API returned", type="invalid-page-token")
+        raise Problem(
+            422, "page_token is not a token this API returned", type="invalid-page-token"
+        ) from None
 
 
 def paginate(
     session: Session,
-    query: Select[tuple[T]],
+    query: Select[Any],
     table: Any,
     *,
     page_size: int,
     page_token: str | None,
-) -> tuple[list[T], str | None]:
+) -> tuple[list[Any], str | None]:
     if not 1 <= page_size <= MAX_PAGE_SIZE:
-        raise Problem(422, f"page_size must be between 1 and {MAX_PAGE_SIZE}", type="invalid-page-size")
+        raise Problem(
+            422, f"page_size must be between 1 and {MAX_PAGE_SIZE}", type="invalid-page-size"
+        )
     if page_token:
         created_at, row_id = decode_token(page_token)
         query = query.where(
@@ -54,5 +57,5 @@ def paginate(
     if len(rows) > page_size:
         rows = rows[:page_size]
         last = rows[-1]
-        next_token = encode_token(last.created_at, last.id)  # type: ignore[attr-defined]
+        next_token = encode_token(last.created_at, last.id)
     return rows, next_token

@@ -113,7 +113,7 @@ class JobOut(BaseModel):
         return cls(
             id=row.id,
             model_id=row.model_id,
-            status=row.status,  # type: ignore[arg-type]
+            status=row.status,
             stage=row.stage,
             progress=JobProgress(fraction=row.progress, message=row.progress_message),
             queue=row.queue,

@@ -51,7 +51,11 @@ def multipart_body_schema(description: str) -> dict[str, Any]:
                         "type": "object",
                         "required": ["file"],
                         "properties": {
-                            "file": {"type": "string", "format": "binary", "description": description},
+                            "file": {
+                                "type": "string",
+                                "format": "binary",
+                                "description": description,
+                            },
                             "name": {"type": "string", "description": "Display name (optional)."},
                         },
                     }
@@ -65,7 +69,8 @@ async def receive_upload(request: Request, *, tmp_dir: Path, max_bytes: int) -> 
     content_type, params = parse_options_header(request.headers.get("content-type", ""))
     if content_type != b"multipart/form-data" or b"boundary" not in params:
         raise Problem(
-            415, "send the file as multipart/form-data in a field named 'file'",
+            415,
+            "send the file as multipart/form-data in a field named 'file'",
             type="unsupported-media-type",
         )
     declared = request.headers.get("content-length")
@@ -99,7 +104,9 @@ async def receive_upload(request: Request, *, tmp_dir: Path, max_bytes: int) -> 
         if not state.file_seen:
             raise Problem(422, "the form has no field named 'file'", type="missing-file")
         if not state.file_complete:
-            raise Problem(400, "the upload ended before the file was complete", type="truncated-upload")
+            raise Problem(
+                400, "the upload ended before the file was complete", type="truncated-upload"
+            )
         sink.close()
     except BaseException:
         sink.close()
@@ -163,7 +170,9 @@ class _ParseState:
         self._part_name = name
         if name == "file":
             if self.file_seen:
-                self.error = Problem(422, "send exactly one field named 'file'", type="invalid-form")
+                self.error = Problem(
+                    422, "send exactly one field named 'file'", type="invalid-form"
+                )
                 return
             self.file_seen = True
             self._part_is_file = True

@@ -79,10 +79,14 @@ def main() -> None:
     direct_median = statistics.median(direct)
     served_median = statistics.median(served)
     print(f"broker: {args.broker}, runs: {args.runs}")
-    print(f"direct run (optimizers only):   median {direct_median:.3f} s  "
-          f"[{', '.join(f'{s:.2f}' for s in direct)}]")
-    print(f"through API + worker:           median {served_median:.3f} s  "
-          f"[{', '.join(f'{s:.2f}' for s in served)}]")
+    print(
+        f"direct run (optimizers only):   median {direct_median:.3f} s  "
+        f"[{', '.join(f'{s:.2f}' for s in direct)}]"
+    )
+    print(
+        f"through API + worker:           median {served_median:.3f} s  "
+        f"[{', '.join(f'{s:.2f}' for s in served)}]"
+    )
     print(f"service overhead per job:       {served_median - direct_median:.3f} s (goal < 1.5 s)")
 
 

@@ -48,7 +48,10 @@ def ensure_admin_key(session: Session, bootstrap_key: str | None) -> str | None:
             session.add(project)
             session.flush()
         _, plain = create_key(
-            session, project_id=project.id, name="bootstrap admin", scopes=ALL_SCOPES,
+            session,
+            project_id=project.id,
+            name="bootstrap admin",
+            scopes=ALL_SCOPES,
             key=bootstrap_key,
         )
         session.commit()

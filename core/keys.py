@@ -32,7 +32,10 @@ def generate_key() -> str:
 
 def is_well_formed(key: str) -> bool:
     """Prefix, length, alphabet and checksum; rejects typos before any database lookup."""
-    if not key.startswith(KEY_PREFIX) or len(key) != len(KEY_PREFIX) + _BODY_LENGTH + _CHECKSUM_LENGTH:
+    if (
+        not key.startswith(KEY_PREFIX)
+        or len(key) != len(KEY_PREFIX) + _BODY_LENGTH + _CHECKSUM_LENGTH
+    ):
         return False
     rest = key[len(KEY_PREFIX) :]
     if any(c not in _ALPHABET for c in rest):

@@ -19,6 +19,8 @@ from optimizers.types import ArrayInfo, DatasetInfo, ModelInfo
 LABELS = "labels"
 #: Element kinds a model can consume: bool, signed and unsigned ints, floats.
 _NUMERIC_KINDS = "biuf"
+#: What zipfile raises for corrupt, encrypted or oddly compressed members.
+_READ_ERRORS = (zipfile.BadZipFile, OSError, EOFError, RuntimeError, NotImplementedError)
 
 
 @dataclass(frozen=True)
@@ -133,7 +135,7 @@ def load_batch(path: Path, names: list[str], indices: np.ndarray) -> dict[str, n
     if indices.ndim != 1 or indices.size == 0:
         raise ValueError("indices must be a non-empty 1-D array")
     start, stop = int(indices.min()), int(indices.max()) + 1
-    with zipfile.ZipFile(path) as archive:
+    with _open_archive(path) as archive:
         batch: dict[str, np.ndarray] = {}
         for name in names:
             with _open_array(archive, name) as reader:
@@ -155,7 +157,7 @@ def iter_batches(
     Each dict holds the named arrays and, when the dataset has them, "labels"."""
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
-    with zipfile.ZipFile(path) as archive, ExitStack() as stack:
+    with _open_archive(path) as archive, ExitStack() as stack:
         wanted = list(dict.fromkeys([*names, LABELS] if LABELS in _members(archive) else names))
         readers = {name: stack.enter_context(_open_array(archive, name)) for name in wanted}
         total = min(reader.header.shape[0] for reader in readers.values())
@@ -215,7 +217,7 @@ class _ArrayReader:
     def _read_bytes(self, size: int) -> bytes:
         try:
             return self.stream.read(size)
-        except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        except _READ_ERRORS as exc:
             raise InvalidDatasetError(f"array '{self.name}' cannot be read: {exc}") from exc
 
     def _truncated(self) -> InvalidDatasetError:
@@ -243,14 +245,17 @@ def _members(archive: zipfile.ZipFile) -> dict[str, str]:
     }
 
 
-def _read_headers(path: Path) -> dict[str, _Header]:
+def _open_archive(path: Path) -> zipfile.ZipFile:
     try:
-        archive = zipfile.ZipFile(path)
+        return zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError) as exc:
         raise InvalidDatasetError(
             f"the dataset is not an .npz archive ({exc}); save it with numpy.savez"
         ) from exc
-    with archive:
+
+
+def _read_headers(path: Path) -> dict[str, _Header]:
+    with _open_archive(path) as archive:
         others = [
             info.filename
             for info in archive.infolist()
@@ -266,7 +271,7 @@ def _read_headers(path: Path) -> dict[str, _Header]:
             try:
                 with archive.open(member) as stream:
                     headers[name] = _read_header(stream, name)
-            except (zipfile.BadZipFile, OSError, EOFError) as exc:
+            except _READ_ERRORS as exc:
                 raise InvalidDatasetError(f"array '{name}' cannot be read: {exc}") from exc
         return headers
 

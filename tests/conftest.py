@@ -140,8 +140,11 @@ def s3_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
 def make_bucket(endpoint: str) -> str:
     bucket = f"modelpress-{uuid.uuid4().hex[:12]}"
     client = boto3.client(
-        "s3", endpoint_url=endpoint, region_name="us-east-1",
-        aws_access_key_id="testing", aws_secret_access_key="testing",
+        "s3",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
     )
     client.create_bucket(Bucket=bucket)
     return bucket

@@ -62,7 +62,10 @@ def execute_job(job_id: str, *, settings: Settings, storage: Storage) -> str | N
                 log.warning("job %s: attempt %d lost the job to another attempt", job_id, attempt)
                 return None
             return _finish_failed(
-                job_id, attempt, JobStatus.canceled, "canceled",
+                job_id,
+                attempt,
+                JobStatus.canceled,
+                "canceled",
                 f"canceled by request during {reporter.stage}",
             )
         except OptimizerError as exc:
@@ -72,7 +75,10 @@ def execute_job(job_id: str, *, settings: Settings, storage: Storage) -> str | N
         except Exception as exc:
             log.exception("job %s: unexpected error", job_id)
             return _finish_failed(
-                job_id, attempt, JobStatus.failed, "internal_error",
+                job_id,
+                attempt,
+                JobStatus.failed,
+                "internal_error",
                 f"{type(exc).__name__}: {exc} (a bug in modelpress; the traceback is in the "
                 "worker log)",
             )
@@ -134,8 +140,11 @@ def _run(
     }
     report_path = workdir / "report.json"
     report_path.write_text(
-        json.dumps({"job_id": job_id, "spec": inputs.spec.model_dump(mode="json"), **result},
-                   indent=2, allow_nan=False)
+        json.dumps(
+            {"job_id": job_id, "spec": inputs.spec.model_dump(mode="json"), **result},
+            indent=2,
+            allow_nan=False,
+        )
     )
     files = [
         ("model", "optimized.onnx", "application/octet-stream", outcome.model_path),
@@ -161,9 +170,7 @@ def _run(
     with session_scope() as session:
         session.add_all(artifacts)
         session.flush()
-        if not jobstate.finish(
-            session, job_id, attempt, status=JobStatus.succeeded, result=result
-        ):
+        if not jobstate.finish(session, job_id, attempt, status=JobStatus.succeeded, result=result):
             session.rollback()
             storage.delete_prefix(prefix)
             log.warning("job %s: attempt %d finished but no longer owns the job", job_id, attempt)
@@ -172,7 +179,9 @@ def _run(
     return JobStatus.succeeded
 
 
-def _finish_failed(job_id: str, attempt: int, status: JobStatus, error_type: str, message: str) -> str:
+def _finish_failed(
+    job_id: str, attempt: int, status: JobStatus, error_type: str, message: str
+) -> str:
     with session_scope() as session:
         jobstate.finish(
             session, job_id, attempt, status=status, error_type=error_type, error_message=message

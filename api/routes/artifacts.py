@@ -31,6 +31,11 @@ def download_artifact(
 ) -> Response:
     row = get_owned_artifact(session, key.project_id, artifact_id)
     return download_response(
-        request, storage, key=row.storage_key, size=row.size_bytes, sha256=row.sha256,
-        filename=row.name, content_type=row.content_type,
+        request,
+        storage,
+        key=row.storage_key,
+        size=row.size_bytes,
+        sha256=row.sha256,
+        filename=row.name,
+        content_type=row.content_type,
     )

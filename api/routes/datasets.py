@@ -45,14 +45,16 @@ async def upload_dataset(
         try:
             info = await run_in_threadpool(inspect_dataset, upload.path)
         except OptimizerError as exc:
-            raise Problem(422, f"not a usable dataset: {exc.message}", type="invalid-dataset")
+            raise Problem(
+                422, f"not a usable dataset: {exc.message}", type="invalid-dataset"
+            ) from exc
         model_id = upload.fields.get("model_id")
         if model_id:
             model = get_owned_model(session, key.project_id, model_id)
             try:
                 check_fits(ModelInfo.model_validate(model.info), info, purpose="dataset")
             except OptimizerError as exc:
-                raise Problem(422, exc.message, type="dataset-mismatch")
+                raise Problem(422, exc.message, type="dataset-mismatch") from exc
         dataset_id = new_id("dst")
         storage_key = f"{key.project_id}/datasets/{dataset_id}/data.npz"
         row = Dataset(
@@ -112,7 +114,8 @@ def delete_dataset(
     users = sum(1 for ids in active_jobs if row.id in ids)
     if users:
         raise Problem(
-            409, f"the dataset is used by {users} unfinished job(s); cancel them first",
+            409,
+            f"the dataset is used by {users} unfinished job(s); cancel them first",
             type="dataset-in-use",
         )
     session.delete(row)

@@ -80,12 +80,12 @@ def create_job(
         try:
             row = get_owned_dataset(session, key.project_id, dataset_id)
         except Problem:
-            raise field_error(["body"], f"no dataset {dataset_id!r} in this project")
+            raise field_error(["body"], f"no dataset {dataset_id!r} in this project") from None
         datasets[dataset_id] = DatasetInfo.model_validate(row.info)
     try:
         check_spec(ModelInfo.model_validate(model.info), spec, datasets)
     except OptimizerError as exc:
-        raise Problem(422, exc.message, type=exc.type.replace("_", "-"))
+        raise Problem(422, exc.message, type=exc.type.replace("_", "-")) from exc
 
     now = utcnow()
     job = Job(
@@ -167,7 +167,8 @@ def cancel_job(job_id: str, key: WriteKey, session: SessionDep) -> JobOut:
     if not jobstate.request_cancel(session, job):
         session.refresh(job)
         raise Problem(
-            409, f"the job is already {job.status}; only queued or running jobs can be canceled",
+            409,
+            f"the job is already {job.status}; only queued or running jobs can be canceled",
             type="job-not-cancelable",
         )
     session.commit()

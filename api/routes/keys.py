@@ -27,9 +27,7 @@ class ProjectCreate(BaseModel):
 class KeyCreate(BaseModel):
     project_id: str
     name: str = Field(min_length=1, max_length=200)
-    scopes: list[Literal["read", "write", "admin"]] = Field(
-        default_factory=lambda: ["read", "write"], min_length=1
-    )
+    scopes: list[Literal["read", "write", "admin"]] = Field(["read", "write"], min_length=1)
     expires_at: datetime | None = None
 
 
@@ -40,7 +38,7 @@ def create_project(body: ProjectCreate, key: AdminKey, session: SessionDep) -> P
     try:
         session.flush()
     except IntegrityError:
-        raise Problem(409, f"a project named {body.name!r} exists", type="project-exists")
+        raise Problem(409, f"a project named {body.name!r} exists", type="project-exists") from None
     return ProjectOut.of(project)
 
 
@@ -54,7 +52,9 @@ def create_api_key(body: KeyCreate, key: AdminKey, session: SessionDep) -> KeyCr
     if session.get(Project, body.project_id) is None:
         raise not_found("project", body.project_id)
     if body.expires_at is not None and body.expires_at.tzinfo is None:
-        raise Problem(422, "expires_at needs a time zone (e.g. a trailing Z)", type="invalid-request")
+        raise Problem(
+            422, "expires_at needs a time zone (e.g. a trailing Z)", type="invalid-request"
+        )
     row, plain = create_key(
         session, project_id=body.project_id, name=body.name, scopes=list(body.scopes)
     )

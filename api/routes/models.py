@@ -44,7 +44,9 @@ async def upload_model(
         try:
             info = await run_in_threadpool(inspect_model, upload.path)
         except OptimizerError as exc:
-            raise Problem(422, f"not a valid ONNX model: {exc.message}", type="invalid-model")
+            raise Problem(
+                422, f"not a valid ONNX model: {exc.message}", type="invalid-model"
+            ) from exc
         model_id = new_id("mdl")
         storage_key = f"{key.project_id}/models/{model_id}/model.onnx"
         row = StoredModel(
@@ -98,20 +100,27 @@ def download_model(
 ) -> Response:
     row = get_owned_model(session, key.project_id, model_id)
     return download_response(
-        request, storage, key=row.storage_key, size=row.size_bytes, sha256=row.sha256,
+        request,
+        storage,
+        key=row.storage_key,
+        size=row.size_bytes,
+        sha256=row.sha256,
         filename=row.name,
     )
 
 
 @router.delete("/{model_id}", status_code=204)
-def delete_model(model_id: str, key: WriteKey, session: SessionDep, storage: StorageDep) -> Response:
+def delete_model(
+    model_id: str, key: WriteKey, session: SessionDep, storage: StorageDep
+) -> Response:
     row = get_owned_model(session, key.project_id, model_id)
     active = session.scalar(
         select(func.count()).where(Job.model_id == row.id, Job.status.in_(ACTIVE_STATUSES))
     )
     if active:
         raise Problem(
-            409, f"the model is used by {active} unfinished job(s); cancel them first",
+            409,
+            f"the model is used by {active} unfinished job(s); cancel them first",
             type="model-in-use",
         )
     session.delete(row)

@@ -11,8 +11,11 @@ from tests.factories import make_dataset, make_mlp
 
 
 def test_requests_without_a_valid_key_are_401(client: TestClient) -> None:
-    for headers in ({"Authorization": ""}, {"Authorization": "Bearer mpk_wrong"},
-                    {"Authorization": "Basic abc"}):
+    for headers in (
+        {"Authorization": ""},
+        {"Authorization": "Bearer mpk_wrong"},
+        {"Authorization": "Basic abc"},
+    ):
         response = client.get("/v1/models", headers=headers)
         assert response.status_code == 401
         assert response.headers["content-type"] == "application/problem+json"
@@ -37,7 +40,8 @@ def test_another_projects_key_gets_404_everywhere(client: TestClient, tmp_path: 
     model = upload_model(client, model_path)
     dataset = upload_dataset(client, make_dataset(tmp_path / "d.npz", model_path))
     job = client.post(
-        "/v1/jobs", json={"model_id": model["id"], "passes": [{"kind": "quantize", "method": "dynamic"}]}
+        "/v1/jobs",
+        json={"model_id": model["id"], "passes": [{"kind": "quantize", "method": "dynamic"}]},
     ).json()
     other, _ = _second_project_client(client)
 

@@ -34,8 +34,15 @@ def test_readyz_reports_an_unreachable_broker(
 
 def test_openapi_documents_the_api(client: TestClient) -> None:
     schema = client.get("/openapi.json").json()
-    for path in ("/v1/models", "/v1/datasets", "/v1/jobs", "/v1/jobs/{job_id}/cancel",
-                 "/v1/artifacts/{artifact_id}/content", "/healthz", "/readyz"):
+    for path in (
+        "/v1/models",
+        "/v1/datasets",
+        "/v1/jobs",
+        "/v1/jobs/{job_id}/cancel",
+        "/v1/artifacts/{artifact_id}/content",
+        "/healthz",
+        "/readyz",
+    ):
         assert path in schema["paths"], path
     upload = schema["paths"]["/v1/models"]["post"]["requestBody"]["content"]
     assert "multipart/form-data" in upload

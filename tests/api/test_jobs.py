@@ -18,10 +18,10 @@ def mlp(client: TestClient, tmp_path: Path) -> dict[str, Any]:
     return upload_model(client, make_mlp(tmp_path / "mlp.onnx"))
 
 
-
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def db_backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
+
 
 def _spec(model_id: str, **extra: Any) -> dict[str, Any]:
     return {"model_id": model_id, "passes": [{"kind": "quantize", "method": "dynamic"}], **extra}

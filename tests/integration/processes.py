@@ -86,14 +86,27 @@ class Service:
     def start_worker(self, name: str = "worker") -> Process:
         proc = start(
             name,
-            [str(BIN / "celery"), "-A", "worker.celery_app", "worker", "-Q", "cpu,gpu",
-             "--loglevel", "INFO", "-n", f"{name}@%h"],
+            [
+                str(BIN / "celery"),
+                "-A",
+                "worker.celery_app",
+                "worker",
+                "-Q",
+                "cpu,gpu",
+                "--loglevel",
+                "INFO",
+                "-n",
+                f"{name}@%h",
+            ],
             self.env,
             self.logs,
         )
         self.processes[name] = proc
-        wait_until(lambda: "ready." in proc.output() or proc.popen.poll() is not None, 60,
-                   f"{name} to be ready")
+        wait_until(
+            lambda: "ready." in proc.output() or proc.popen.poll() is not None,
+            60,
+            f"{name} to be ready",
+        )
         if proc.popen.poll() is not None:
             raise RuntimeError(f"{name} exited:\n{proc.output()}")
         return proc
@@ -138,8 +151,6 @@ def run_service(
             proc.stop()
 
 
-
-
 def run_redis(tmp_path: Path) -> Iterator[str]:
     binary = shutil.which("redis-server")
     if binary is None:
@@ -147,8 +158,19 @@ def run_redis(tmp_path: Path) -> Iterator[str]:
     port = free_port()
     proc = start(
         "redis",
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", str(tmp_path)],
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(tmp_path),
+        ],
         dict(os.environ),
         tmp_path,
     )

@@ -11,7 +11,7 @@ from optimizers.config import BenchmarkConfig
 from optimizers.errors import UnsupportedError
 from optimizers.inspect import inspect_model
 from tests.factories import make_mlp
-from tests.optimizers.conftest import make_sequence_model, save_npz
+from tests.optimizers.helpers import make_sequence_model, save_npz
 
 
 def test_benchmark_reports_every_number(mlp: Path) -> None:

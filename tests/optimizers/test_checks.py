@@ -12,7 +12,7 @@ from optimizers.datasets import inspect_dataset
 from optimizers.errors import DatasetMismatchError, UnsupportedError
 from optimizers.inspect import inspect_model
 from tests.factories import make_cnn, make_mlp
-from tests.optimizers.conftest import make_sequence_model, save_npz
+from tests.optimizers.helpers import make_sequence_model, save_npz
 
 
 def _spec(**fields: Any) -> PipelineSpec:

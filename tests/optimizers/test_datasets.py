@@ -9,7 +9,7 @@ import pytest
 from optimizers.datasets import check_fits, inspect_dataset, iter_batches, load_batch
 from optimizers.errors import DatasetMismatchError, InvalidDatasetError
 from optimizers.types import ModelInfo, TensorInfo
-from tests.optimizers.conftest import save_npz
+from tests.optimizers.helpers import save_npz
 
 
 def _model(*inputs: tuple[str, str, list[int | str | None]]) -> ModelInfo:

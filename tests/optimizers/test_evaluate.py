@@ -12,7 +12,7 @@ from optimizers.evaluate import SQNR_CAP_DB, FidelityAccumulator, evaluate, fide
 from optimizers.passes import run_pass
 from optimizers.types import PassContext
 from tests.factories import make_cnn, make_dataset
-from tests.optimizers.conftest import make_sequence_model, save_npz
+from tests.optimizers.helpers import make_sequence_model, save_npz
 
 CPU = ["CPUExecutionProvider"]
 

@@ -9,7 +9,7 @@ from onnx import helper
 from optimizers.errors import InvalidModelError
 from optimizers.inspect import inspect_model
 from tests.factories import make_cnn, make_mlp
-from tests.optimizers.conftest import make_sequence_model
+from tests.optimizers.helpers import make_sequence_model
 
 
 def test_describes_a_valid_model(tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ import pytest
 
 from optimizers.config import PipelineSpec
 from optimizers.pipeline import _verdict, run_pipeline
-from tests.optimizers.conftest import make_sequence_model
+from tests.optimizers.helpers import make_sequence_model
 
 SIDE = {"size_bytes", "latency_ms", "throughput_per_s", "peak_memory_bytes", "accuracy"}
 FIDELITY = {

@@ -12,7 +12,7 @@ from optimizers.errors import QuantizationError
 from optimizers.passes import run_pass
 from optimizers.types import PassContext
 from tests.factories import make_cnn, make_dataset, make_mlp
-from tests.optimizers.conftest import cosine
+from tests.optimizers.helpers import cosine
 
 Progress = list[tuple[str, float, str]]
 
@@ -129,7 +129,7 @@ def test_failed_pre_processing_is_a_note(
     assert result.model_path.stat().st_size < mlp.stat().st_size
 
 
-def test_onnxruntime_failures_become_quantization_errors(tmp_path: Path, mlp: Path) -> None:
+def test_unsupported_type_combination_is_rejected(tmp_path: Path, mlp: Path) -> None:
     config = QuantizeConfig.model_validate(
         {
             "method": "static",
@@ -140,6 +140,18 @@ def test_onnxruntime_failures_become_quantization_errors(tmp_path: Path, mlp: Pa
     )
     with pytest.raises(QuantizationError, match="int8 activations with uint8 weights"):
         run_pass(mlp, config, _context(tmp_path, {"c": tmp_path / "unused.npz"}, []))
+
+
+def test_onnxruntime_failures_become_quantization_errors(
+    tmp_path: Path, mlp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*args: Any, **kwargs: Any) -> None:
+        raise ValueError("unsupported operator Foo")
+
+    monkeypatch.setattr("optimizers.quantize.quantize_dynamic", broken)
+    with pytest.raises(QuantizationError, match="could not quantize the model: unsupported") as exc:
+        run_pass(mlp, QuantizeConfig(method="dynamic"), _context(tmp_path, {}, []))
+    assert exc.value.type == "quantization_failed"
 
 
 class Cancelled(Exception):

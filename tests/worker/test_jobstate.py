@@ -16,6 +16,7 @@ from core.models import Job, JobStatus, Project
 def db_backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
+
 def _job(session: Session, **values: object) -> str:
     project = Project(id=new_id("prj"), name=new_id("p"))
     session.add(project)
