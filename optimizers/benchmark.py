@@ -3,6 +3,7 @@ percentiles, throughput and peak memory per model."""
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import time
 from collections.abc import Callable
@@ -147,6 +148,7 @@ def _load_and_measure(
     """Create the session and run it once on the largest batch; the peak resident memory
     this adds to the process is the model's memory cost (host memory only on GPUs)."""
     gc.collect()
+    _release_free_heap()
     peak_reset = _reset_peak_rss()
     before = _rss_bytes()
     session = create_session(path, provider=provider, threads=threads)
@@ -156,6 +158,15 @@ def _load_and_measure(
         # Without a resettable peak counter the growth of current RSS is the best estimate.
         after = _rss_bytes()
     return session, max(0, after - before)
+
+
+def _release_free_heap() -> None:
+    # Memory freed by earlier sessions stays resident in malloc's free lists; a new model
+    # reusing it would add nothing to RSS and look free. Hand it back to the OS first (glibc).
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def _reset_peak_rss() -> bool:

@@ -338,3 +338,15 @@ def _times(ratio: float) -> str:
 def _points(fraction: float) -> str:
     points = fraction * 100.0
     return f"{points:.1f}" if abs(points) >= 0.1 else f"{points:.2g}"
+
+
+def preload() -> None:
+    """Import what the passes load lazily (quantization pre-processing pulls in torch and
+    sympy through onnxruntime.tools), so that a long-lived worker pays for it once at start
+    instead of inside its first job, where it would stall heartbeats for many seconds."""
+    import onnxruntime.quantization.shape_inference
+    import onnxruntime.tools.symbolic_shape_infer  # noqa: F401
+
+    from optimizers.passes import registered_passes
+
+    registered_passes()

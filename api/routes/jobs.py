@@ -119,6 +119,8 @@ def create_job(
         enqueue_job(job.id, job.queue)
     except Exception:
         log.exception("could not enqueue job %s; it stays queued until it is re-sent", job.id)
+        job.progress_message = "not yet handed to a worker: the broker is unreachable"
+        session.commit()
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     return JobOut.of(job)
 

@@ -104,7 +104,7 @@ class Service:
         self.processes[name] = proc
         wait_until(
             lambda: "ready." in proc.output() or proc.popen.poll() is not None,
-            60,
+            240,  # the worker preloads torch: slow on a small machine
             f"{name} to be ready",
         )
         if proc.popen.poll() is not None:

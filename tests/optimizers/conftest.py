@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.factories import make_cnn, make_dataset, make_mlp
+from tests.factories import make_dataset, make_mlp
 
 
 @pytest.fixture(autouse=True)
@@ -35,13 +35,3 @@ def mlp(models_dir: Path) -> Path:
 @pytest.fixture(scope="session")
 def mlp_data(models_dir: Path, mlp: Path) -> Path:
     return make_dataset(models_dir / "mlp.npz", mlp, samples=48)
-
-
-@pytest.fixture(scope="session")
-def cnn(models_dir: Path) -> Path:
-    return make_cnn(models_dir / "cnn.onnx", width=16)
-
-
-@pytest.fixture(scope="session")
-def cnn_data(models_dir: Path, cnn: Path) -> Path:
-    return make_dataset(models_dir / "cnn.npz", cnn, samples=24)

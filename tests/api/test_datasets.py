@@ -1,0 +1,73 @@
+"""Uploading datasets: validated without loading them, pickles refused."""
+
+from __future__ import annotations
+
+import io
+import pickle
+import zipfile
+from pathlib import Path
+
+import numpy as np
+from fastapi.testclient import TestClient
+
+from tests.api.helpers import upload_dataset, upload_model
+from tests.factories import make_dataset, make_mlp
+
+
+def test_upload_describes_the_arrays(client: TestClient, tmp_path: Path) -> None:
+    model_path = make_mlp(tmp_path / "m.onnx", in_features=16, classes=4)
+    dataset = upload_dataset(client, make_dataset(tmp_path / "d.npz", model_path, samples=40))
+    assert dataset["num_samples"] == 40
+    assert dataset["has_labels"] is True
+    assert dataset["arrays"]["x"] == {"dtype": "float32", "shape": [40, 16]}
+    assert "labels" not in dataset["arrays"]
+    assert client.get(f"/v1/datasets/{dataset['id']}").json() == dataset
+    assert [d["id"] for d in client.get("/v1/datasets").json()["items"]] == [dataset["id"]]
+    assert client.delete(f"/v1/datasets/{dataset['id']}").status_code == 204
+    assert client.get(f"/v1/datasets/{dataset['id']}").status_code == 404
+
+
+def test_checked_against_a_model_when_asked(client: TestClient, tmp_path: Path) -> None:
+    model = upload_model(client, make_mlp(tmp_path / "m.onnx", in_features=16))
+    wrong = tmp_path / "wrong.npz"
+    np.savez(wrong, x=np.zeros((4, 3), np.float64))
+    with wrong.open("rb") as handle:
+        response = client.post(
+            "/v1/datasets", files={"file": ("wrong.npz", handle)}, data={"model_id": model["id"]}
+        )
+    assert response.status_code == 422
+    assert "x" in response.json()["detail"]
+    assert client.get("/v1/datasets").json()["items"] == []
+
+
+def _npz_with_member(name: str, payload: bytes) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr(name, payload)
+    return buffer.getvalue()
+
+
+class _RunsCode:
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (print, ("pwned",))
+
+
+def test_bad_datasets_are_rejected_with_a_reason(client: TestClient, tmp_path: Path) -> None:
+    object_array = io.BytesIO()
+    np.save(object_array, np.array([_RunsCode()], dtype=object), allow_pickle=True)
+    mismatched = io.BytesIO()
+    np.savez(mismatched, x=np.zeros((4, 2), np.float32), y=np.zeros((5, 2), np.float32))
+    bad_labels = io.BytesIO()
+    np.savez(bad_labels, x=np.zeros((4, 2), np.float32), labels=np.zeros(4, np.float32))
+    cases = {
+        "pickle": pickle.dumps(_RunsCode()),
+        "object array": _npz_with_member("x.npy", object_array.getvalue()),
+        "not a zip": b"hello",
+        "mismatched counts": mismatched.getvalue(),
+        "float labels": bad_labels.getvalue(),
+    }
+    for label, payload in cases.items():
+        response = client.post("/v1/datasets", files={"file": ("d.npz", payload)})
+        assert response.status_code == 422, label
+        assert response.json()["detail"].startswith("not a usable dataset"), label
+    assert client.get("/v1/datasets").json()["items"] == []

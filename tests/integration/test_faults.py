@@ -1,0 +1,68 @@
+"""What a user sees when a job cannot run, and when the worker running it dies."""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.factories import make_mlp
+from tests.integration.processes import Service
+from tests.integration.test_end_to_end import upload, wait_for_job
+
+pytestmark = pytest.mark.slow
+
+
+def test_job_that_cannot_run_fails_with_a_typed_reason(
+    redis_service: Service, tmp_path: Path
+) -> None:
+    model_path = make_mlp(tmp_path / "mlp.onnx")
+    with redis_service.client() as client:
+        model = upload(client, "/v1/models", model_path)
+        spec = {
+            "model_id": model["id"],
+            "passes": [{"kind": "quantize", "method": "dynamic"}],
+            "benchmark": {"device": "cuda"},  # this worker has no CUDA execution provider
+        }
+        job = client.post("/v1/jobs", json=spec).json()
+        assert job["queue"] == "gpu"
+        failed = wait_for_job(redis_service, client, job["id"], {"failed", "succeeded"}, 120)
+        assert failed["status"] == "failed"
+        assert failed["error"]["type"] == "unsupported"
+        assert "CUDA" in failed["error"]["message"]
+        assert failed["result"] is None
+        assert client.get(f"/v1/jobs/{job['id']}/artifacts").json() == []
+
+
+def test_killed_worker_is_detected_and_the_job_retried(
+    embedded_service: Service, tmp_path: Path
+) -> None:
+    model_path = make_mlp(tmp_path / "mlp.onnx", in_features=256, hidden=1024, classes=10)
+    with embedded_service.client() as client:
+        model = upload(client, "/v1/models", model_path)
+        spec = {
+            "model_id": model["id"],
+            "passes": [{"kind": "quantize", "method": "dynamic"}],
+            "benchmark": {"batch_sizes": [1], "warmup": 1, "iterations": 10_000},
+        }
+        job = client.post("/v1/jobs", json=spec).json()
+        deadline = time.monotonic() + 60
+        while client.get(f"/v1/jobs/{job['id']}").json()["stage"] != "benchmarking":
+            assert time.monotonic() < deadline, embedded_service.dump_logs()
+            time.sleep(0.2)
+
+        # The worker and its pool process die at once, with no chance to clean up.
+        embedded_service.processes["worker"].stop(signal.SIGKILL)
+        assert client.get(f"/v1/jobs/{job['id']}").json()["status"] == "running"
+
+        # The embedded broker forgets a message its consumer died holding: the database's job
+        # state is what brings the job back. A new worker notices the silent job, re-queues
+        # it, and runs it to the end.
+        embedded_service.env["MODELPRESS_HEARTBEAT_TIMEOUT_S"] = "5"
+        embedded_service.env["MODELPRESS_REAPER_INTERVAL_S"] = "0.5"
+        embedded_service.start_worker("worker2")
+        done = wait_for_job(embedded_service, client, job["id"], {"succeeded", "failed"}, 300)
+        assert done["status"] == "succeeded", done["error"]
+        assert done["attempts"] == 2
