@@ -3,6 +3,7 @@ percentiles, throughput and peak memory per model."""
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import gc
 import time
@@ -21,6 +22,8 @@ from optimizers.runtime import create_session, default_threads, resolve_provider
 from optimizers.types import ModelInfo, ProgressFn, TensorInfo, no_progress
 
 FeedsFn = Callable[[int], dict[str, np.ndarray]]
+#: Seconds between progress reports while timing.
+_REPORT_INTERVAL_S = 0.2
 _MODELS = ("baseline", "optimized")
 
 
@@ -52,7 +55,7 @@ def benchmark_pair(
     latencies: dict[str, dict[str, dict[str, float]]] = {name: {} for name in _MODELS}
     throughput: dict[str, dict[str, float]] = {name: {} for name in _MODELS}
     total_steps = len(config.batch_sizes) * config.iterations
-    report_every = max(1, config.iterations // 10)
+    last_report = time.monotonic()
     for batch_index, batch in enumerate(config.batch_sizes):
         feeds = feeds_cache.pop(batch) if batch in feeds_cache else feeds_for_batch(batch)
         for _ in range(config.warmup):
@@ -64,7 +67,10 @@ def benchmark_pair(
                 began = time.perf_counter_ns()
                 _run(sessions[name], feeds, name)
                 times_ns[name].append(time.perf_counter_ns() - began)
-            if iteration % report_every == 0:
+            # Reported by time, not by count: a caller that cancels through the progress
+            # callback gets control back within a fraction of a second on any model.
+            if time.monotonic() - last_report >= _REPORT_INTERVAL_S:
+                last_report = time.monotonic()
                 step = batch_index * config.iterations + iteration
                 progress(
                     "benchmarking",
@@ -163,10 +169,8 @@ def _load_and_measure(
 def _release_free_heap() -> None:
     # Memory freed by earlier sessions stays resident in malloc's free lists; a new model
     # reusing it would add nothing to RSS and look free. Hand it back to the OS first (glibc).
-    try:
+    with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
 
 
 def _reset_peak_rss() -> bool:

@@ -134,7 +134,7 @@ def run_service(
         env["MODELPRESS_BROKER_URL"] = broker_url
     else:
         env.pop("MODELPRESS_BROKER_URL", None)
-    data_dir.mkdir()
+    data_dir.mkdir(parents=True)
     upgrade(f"sqlite:///{data_dir / 'modelpress.db'}")
     service = Service(base_url=f"http://127.0.0.1:{port}", env=env, logs=tmp_path)
     api = start("api", [str(BIN / "python"), "-m", "api"], env, tmp_path)
