@@ -38,6 +38,13 @@ def wait_for_job(
     raise AssertionError(f"job stuck in {job.get('status')}: {job}\n{service.dump_logs()}")
 
 
+def wait_for_stage(service: Service, client: httpx.Client, job_id: str, stage: str) -> None:
+    deadline = time.monotonic() + 60
+    while client.get(f"/v1/jobs/{job_id}").json()["stage"] != stage:
+        assert time.monotonic() < deadline, service.dump_logs()
+        time.sleep(0.2)
+
+
 def run_quantization_job(service: Service, tmp_path: Path) -> None:
     model_path = make_mlp(tmp_path / "mlp.onnx", in_features=32, hidden=256, classes=10)
     data_path = make_dataset(tmp_path / "data.npz", model_path, samples=64)
@@ -130,11 +137,7 @@ def test_cancel_a_running_job_frees_the_worker(redis_service: Service, tmp_path:
             "benchmark": {"batch_sizes": [1], "warmup": 1, "iterations": 100_000},
         }
         job = client.post("/v1/jobs", json=slow).json()
-        wait_for_job(redis_service, client, job["id"], {"running"}, timeout=60)
-        deadline = time.monotonic() + 60
-        while client.get(f"/v1/jobs/{job['id']}").json()["stage"] != "benchmarking":
-            assert time.monotonic() < deadline, redis_service.dump_logs()
-            time.sleep(0.2)
+        wait_for_stage(redis_service, client, job["id"], "benchmarking")
         response = client.post(f"/v1/jobs/{job['id']}/cancel")
         assert response.status_code == 202
         assert response.json()["status"] == "cancelling"

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import signal
-import time
 from pathlib import Path
 
 import pytest
 
 from tests.factories import make_mlp
 from tests.integration.processes import Service
-from tests.integration.test_end_to_end import upload, wait_for_job
+from tests.integration.test_end_to_end import upload, wait_for_job, wait_for_stage
 
 pytestmark = pytest.mark.slow
 
@@ -48,10 +47,7 @@ def test_killed_worker_is_detected_and_the_job_retried(
             "benchmark": {"batch_sizes": [1], "warmup": 1, "iterations": 10_000},
         }
         job = client.post("/v1/jobs", json=spec).json()
-        deadline = time.monotonic() + 60
-        while client.get(f"/v1/jobs/{job['id']}").json()["stage"] != "benchmarking":
-            assert time.monotonic() < deadline, embedded_service.dump_logs()
-            time.sleep(0.2)
+        wait_for_stage(embedded_service, client, job["id"], "benchmarking")
 
         # The worker and its pool process die at once, with no chance to clean up.
         embedded_service.processes["worker"].stop(signal.SIGKILL)
