@@ -26,9 +26,6 @@ class PassConfig(StrictModel):
     #: Sub-classes register themselves here by kind, so one entry point can run any of them.
     registry: ClassVar[dict[str, type[PassConfig]]] = {}
 
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-
     @classmethod
     def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
         super().__pydantic_init_subclass__(**kwargs)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +16,7 @@ from core.db import reset_engines
 from core.migrate import upgrade
 from core.queue import get_celery
 from core.settings import get_settings
+from tests.ports import free_port
 
 ADMIN_KEY = "mpk_test_admin_key_0123456789abcdef"
 
@@ -39,9 +39,7 @@ def migrated_sqlite(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def postgres_server() -> Iterator[str]:
     from tests.postgres import run_postgres
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     yield from run_postgres(port)
 
 
@@ -121,9 +119,7 @@ def s3_endpoint() -> Iterator[str]:
     """A real S3 API (moto's server mode) on loopback."""
     from moto.server import ThreadedMotoServer
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     yield f"http://127.0.0.1:{port}"

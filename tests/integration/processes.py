@@ -18,15 +18,10 @@ import httpx
 
 from core.migrate import upgrade
 from tests.conftest import ADMIN_KEY
+from tests.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_until(check, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
