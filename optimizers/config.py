@@ -42,17 +42,73 @@ class CalibrationConfig(StrictModel):
     dataset_id: DatasetId
     samples: int = Field(default=128, ge=1, le=100_000, description="Samples used to calibrate.")
     method: Literal["minmax", "entropy", "percentile"] = "minmax"
+    sampling: Literal["first", "random"] = Field(
+        default="first",
+        description="`first`: the first N samples in file order; `random`: N samples drawn "
+        "with `seed`. Both are deterministic and stream the dataset row by row.",
+    )
+    seed: int = Field(default=0, ge=0, le=2**31 - 1)
+
+
+OpType = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_]+$")]
+NodeName = Annotated[str, Field(min_length=1, max_length=1024)]
+
+
+class NodeSelection(StrictModel):
+    """Nodes picked by op type (e.g. `Conv`, `MatMul`) or by node name; either may be empty."""
+
+    op_types: list[OpType] = Field(default_factory=list, max_length=256)
+    nodes: list[NodeName] = Field(default_factory=list, max_length=100_000)
+
+    def is_empty(self) -> bool:
+        return not self.op_types and not self.nodes
+
+
+class MixedConfig(StrictModel):
+    """Per-node precision: the most sensitive nodes stay at `fallback` precision until the
+    drop measured on `dataset_id` is within `max_drop`."""
+
+    dataset_id: DatasetId | None = Field(
+        default=None,
+        description="Data to measure sensitivity and drop on; default: the calibration dataset.",
+    )
+    metric: Literal["accuracy", "fidelity"] | None = Field(
+        default=None,
+        description="`accuracy` needs `labels`; default: accuracy with labels, else fidelity.",
+    )
+    max_drop: float = Field(
+        default=0.01,
+        ge=0.0,
+        le=1.0,
+        description="Largest acceptable drop: accuracy points (0..1), or 1 - mean cosine.",
+    )
+    fallback: Literal["fp32", "fp16"] = "fp32"
+    samples: int = Field(default=64, ge=1, le=100_000, description="Samples measured per round.")
+    max_rounds: int = Field(default=8, ge=1, le=64, description="Re-quantizations at most.")
 
 
 class QuantizeConfig(PassConfig):
-    """Integer quantization with onnxruntime's quantization tools."""
+    """Quantization with onnxruntime's quantization tools."""
 
     kind: Literal["quantize"] = "quantize"
-    method: Literal["dynamic", "static"]
-    scope: Literal["full"] = Field(
-        default="full",
-        description="`full`: every quantizable op's weights (and, for static, activations).",
+    method: Literal["dynamic", "static", "fp16", "int4_weight_only"] = Field(
+        description="`dynamic`: int8 weights, activations quantized at run time. `static`: "
+        "int8 weights and calibrated activations. `fp16`: float16 weights and compute, float32 "
+        "inputs and outputs. `int4_weight_only`: 4-bit blocked MatMul weights (MatMulNBits)."
     )
+    scope: Literal["full", "partial", "mixed"] = Field(
+        default="full",
+        description="`full`: every quantizable op. `partial`: only `include`, minus `exclude`, "
+        "or only weights (`weights_only`). `mixed`: per-node precision chosen by `mixed`.",
+    )
+    include: NodeSelection | None = None
+    exclude: NodeSelection | None = None
+    weights_only: bool = Field(
+        default=False,
+        description="Partial scope: store weights as int8 with DequantizeLinear, keep "
+        "activations and compute in float. Needs no calibration.",
+    )
+    mixed: MixedConfig | None = None
     per_channel: bool = False
     format: Literal["qdq", "qoperator"] = Field(
         default="qdq", description="Static only: QDQ (default) or QOperator graph."
@@ -61,18 +117,56 @@ class QuantizeConfig(PassConfig):
     activation_type: Literal["int8", "uint8"] = Field(
         default="uint8", description="Static only: type of quantized activations."
     )
+    block_size: int = Field(
+        default=32, ge=16, le=256, description="int4_weight_only: weights per scale (power of 2)."
+    )
+    symmetric: bool = Field(default=True, description="int4_weight_only: symmetric int4 blocks.")
     calibration: CalibrationConfig | None = None
 
     @model_validator(mode="after")
-    def _static_needs_calibration(self) -> QuantizeConfig:
-        if self.method == "static" and self.calibration is None:
+    def _consistent(self) -> QuantizeConfig:
+        integer = self.method in ("dynamic", "static")
+        if self.method == "static" and self.calibration is None and not self.weights_only:
             raise ValueError("static quantization needs `calibration` with a `dataset_id`")
-        if self.method == "dynamic" and self.calibration is not None:
-            raise ValueError("dynamic quantization takes no `calibration`; remove it")
+        if self.method != "static" and self.calibration is not None:
+            raise ValueError(f"method '{self.method}' takes no `calibration`; remove it")
+        if self.block_size & (self.block_size - 1):
+            raise ValueError("block_size must be a power of 2 (16, 32, 64, 128 or 256)")
+        if self.scope == "full" and (self.include or self.exclude or self.weights_only):
+            raise ValueError(
+                "scope 'full' quantizes every node; use scope 'partial' with include, exclude "
+                "or weights_only"
+            )
+        if self.scope != "mixed" and self.mixed is not None:
+            raise ValueError("`mixed` settings need scope 'mixed'")
+        if self.scope == "partial":
+            nothing = (self.include is None or self.include.is_empty()) and (
+                self.exclude is None or self.exclude.is_empty()
+            )
+            if nothing and not self.weights_only:
+                raise ValueError("scope 'partial' needs `include`, `exclude` or `weights_only`")
+            if self.weights_only and not integer:
+                raise ValueError("weights_only applies to methods 'dynamic' and 'static'")
+        if self.scope == "mixed":
+            if not integer:
+                raise ValueError("scope 'mixed' applies to methods 'dynamic' and 'static'")
+            if self.mixed is None:
+                self.mixed = MixedConfig()
+            if self.mixed.dataset_id is None:
+                if self.calibration is None:
+                    raise ValueError(
+                        "scope 'mixed' needs `mixed.dataset_id` (or a calibration dataset)"
+                    )
+                self.mixed.dataset_id = self.calibration.dataset_id
+        if not integer and self.per_channel:
+            raise ValueError(f"per_channel applies to 'dynamic' and 'static', not '{self.method}'")
         return self
 
     def dataset_ids(self) -> list[str]:
-        return [self.calibration.dataset_id] if self.calibration else []
+        ids = [self.calibration.dataset_id] if self.calibration else []
+        if self.mixed is not None and self.mixed.dataset_id:
+            ids.append(self.mixed.dataset_id)
+        return list(dict.fromkeys(ids))
 
 
 AnyPass = Annotated[QuantizeConfig, Field(discriminator="kind")]

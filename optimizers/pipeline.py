@@ -7,7 +7,7 @@ import json
 import math
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,8 @@ class PipelineResult:
     metrics: dict[str, Any]
     notes: list[str]
     passes: list[dict[str, Any]]
+    #: Extra files for the user: (kind, file name, path), e.g. a sensitivity report per pass.
+    artifacts: list[tuple[str, str, Path]] = field(default_factory=list)
 
 
 def run_pipeline(
@@ -65,6 +67,7 @@ def run_pipeline(
 
     notes: list[str] = []
     passes: list[dict[str, Any]] = []
+    artifacts: list[tuple[str, str, Path]] = []
     current = model_path
     width = (EVALUATE_START - PASSES_START) / len(spec.passes)
     for index, config in enumerate(spec.passes):
@@ -89,6 +92,10 @@ def run_pipeline(
             }
         )
         notes.extend(result.notes)
+        artifacts.extend(
+            (kind, f"pass{index + 1}-{kind}{path.suffix}", path)
+            for kind, path in result.artifacts.items()
+        )
         current = result.model_path
 
     progress("evaluating", EVALUATE_START, "comparing outputs")
@@ -178,7 +185,9 @@ def run_pipeline(
     }
     # The metrics are stored as JSON; NaN or infinity here would be a bug in this module.
     json.dumps(metrics, allow_nan=False)
-    return PipelineResult(model_path=current, metrics=metrics, notes=notes, passes=passes)
+    return PipelineResult(
+        model_path=current, metrics=metrics, notes=notes, passes=passes, artifacts=artifacts
+    )
 
 
 def _inspect(datasets: Mapping[str, Path], dataset_id: str) -> DatasetInfo:

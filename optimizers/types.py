@@ -66,3 +66,5 @@ class PassResult:
     model_path: Path
     notes: list[str] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)
+    #: Extra files for the user, by artifact kind (e.g. "sensitivity" -> a JSON report).
+    artifacts: dict[str, Path] = field(default_factory=dict)

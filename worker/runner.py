@@ -150,6 +150,7 @@ def _run(
         ("model", "optimized.onnx", "application/octet-stream", outcome.model_path),
         ("report", "report.json", "application/json", report_path),
     ]
+    files.extend((kind, name, _content_type(path), path) for kind, name, path in outcome.artifacts)
     prefix = f"{inputs.project_id}/jobs/{job_id}/attempt-{attempt}"
     artifacts = []
     for kind, name, content_type, path in files:
@@ -188,6 +189,10 @@ def _finish_failed(
         )
     log.info("job %s: %s (%s: %s)", job_id, status, error_type, message)
     return status
+
+
+def _content_type(path: Path) -> str:
+    return "application/json" if path.suffix == ".json" else "application/octet-stream"
 
 
 def _sha256(path: Path) -> str:
