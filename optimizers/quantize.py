@@ -17,8 +17,10 @@ from onnxruntime.quantization import (
     quantize_dynamic,
     quantize_static,
 )
+from onnxruntime.quantization.registry import IntegerOpsRegistry, QDQRegistry, QLinearOpsRegistry
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
+from optimizers import selection
 from optimizers.config import QuantizeConfig
 from optimizers.datasets import (
     check_fits,
@@ -62,7 +64,16 @@ _QUANTIZED_OPS = frozenset(
 
 @register_pass(QuantizeConfig)
 def quantize(model_path: Path, config: QuantizeConfig, ctx: PassContext) -> PassResult:
-    """Quantize `model_path` to int8/uint8 as `config` says; the result lands in ctx.workdir."""
+    """Quantize `model_path` as `config` says; the result lands in ctx.workdir."""
+    if config.scope == "mixed":
+        # Imported here so that a problem in per-node precision fails only mixed jobs.
+        from optimizers.mixed import quantize_mixed
+
+        return quantize_mixed(model_path, config, ctx)
+    return _quantize_int8(model_path, config, ctx)
+
+
+def _quantize_int8(model_path: Path, config: QuantizeConfig, ctx: PassContext) -> PassResult:
     start, end = ctx.progress_span
     info = inspect_model(model_path)
     notes: list[str] = []
@@ -83,10 +94,22 @@ def quantize(model_path: Path, config: QuantizeConfig, ctx: PassContext) -> Pass
 
     ctx.progress("quantizing", start, "pre-processing the model for quantization")
     ctx.workdir.mkdir(parents=True, exist_ok=True)
-    prepared, pre_processed = _pre_process(model_path, ctx.workdir, notes)
+    partial = config.scope == "partial"
+    if partial:
+        prepared, pre_processed = _prepare_partial(model_path, config, ctx.workdir, notes)
+    else:
+        prepared, pre_processed = _pre_process(model_path, ctx.workdir, notes)
+    resolved = selection.Resolved()
+    if partial:
+        prepared, resolved = _resolve_selection(prepared, config, ctx.workdir)
     output = ctx.workdir / f"{model_path.stem}.{config.method}-int8.onnx"
     external_data = model_path.stat().st_size > _EXTERNAL_DATA_THRESHOLD
     weight_type = _QUANT_TYPES[config.weight_type]
+    chosen: dict[str, Any] = {
+        "op_types_to_quantize": resolved.op_types_to_quantize,
+        "nodes_to_quantize": resolved.nodes_to_quantize,
+        "nodes_to_exclude": resolved.nodes_to_exclude or None,
+    }
 
     reader: _DatasetReader | None = None
     try:
@@ -98,6 +121,7 @@ def quantize(model_path: Path, config: QuantizeConfig, ctx: PassContext) -> Pass
                 per_channel=config.per_channel,
                 weight_type=weight_type,
                 use_external_data_format=external_data,
+                **chosen,
             )
         else:
             assert config.calibration is not None  # guaranteed by QuantizeConfig's validator
@@ -122,6 +146,7 @@ def quantize(model_path: Path, config: QuantizeConfig, ctx: PassContext) -> Pass
                 weight_type=weight_type,
                 calibrate_method=_CALIBRATION_METHODS[config.calibration.method],
                 use_external_data_format=external_data,
+                **chosen,
             )
     except OptimizerError:
         raise
@@ -133,21 +158,78 @@ def quantize(model_path: Path, config: QuantizeConfig, ctx: PassContext) -> Pass
 
     quantized_nodes = _count_quantized_nodes(output)
     if quantized_nodes == 0:
+        what = "selected nodes" if partial else "model"
         notes.append(
-            "no node was quantized: the model has no operators that onnxruntime quantizes "
+            f"no node was quantized: the {what} has no operators that onnxruntime quantizes "
             f"with method '{config.method}'; the output is the float model"
         )
+    excluded: list[str] = []
+    if partial:
+        graph = onnx.load(str(prepared), load_external_data=False)
+        excluded = selection.left_float(graph, resolved, _quantizable_ops(config))
     details: dict[str, Any] = {
         "method": config.method,
+        "scope": config.scope,
         "format": config.format if config.method == "static" else None,
         "per_channel": config.per_channel,
         "weight_type": config.weight_type,
         "activation_type": config.activation_type if config.method == "static" else None,
         "calibration": config.calibration.model_dump() if config.calibration else None,
         "quantized_nodes": quantized_nodes,
+        "excluded_nodes": excluded,
         "pre_processed": pre_processed,
     }
     return PassResult(model_path=output, notes=notes, details=details)
+
+
+def _prepare_partial(
+    model_path: Path, config: QuantizeConfig, workdir: Path, notes: list[str]
+) -> tuple[Path, bool]:
+    """Pre-process for a partial scope. Node names in `include`/`exclude` normally come from
+    the uploaded model; graph optimization would rename or fuse nodes, so it is skipped when
+    nodes are selected by name. Names found only in the fully pre-processed graph (where the
+    sensitivity report looks) select nodes of that graph instead."""
+    uploaded = onnx.load(str(model_path), load_external_data=False)
+    selection.check_op_types(uploaded, config)
+    names = selection.selected_names(config)
+    if not names:
+        return _pre_process(model_path, workdir, notes)
+    missing = selection.unknown_names(uploaded, names)
+    if not missing:
+        notes.append(
+            "nodes are selected by name, so pre-processing kept the uploaded model's graph "
+            "(shape inference only, no graph optimization) to keep its node names"
+        )
+        return _pre_process(model_path, workdir, notes, skip_optimization=True)
+    prepared, pre_processed = _pre_process(model_path, workdir, notes)
+    if pre_processed:
+        optimized = onnx.load(str(prepared), load_external_data=False)
+        if not selection.unknown_names(optimized, names):
+            notes.append(
+                f"node names {missing[:5]} are not in the uploaded model but are in the "
+                "pre-processed (optimized) graph; nodes were selected in that graph"
+            )
+            return prepared, pre_processed
+    raise selection.unknown_names_error(uploaded, missing)
+
+
+def _resolve_selection(
+    prepared: Path, config: QuantizeConfig, workdir: Path
+) -> tuple[Path, selection.Resolved]:
+    """Selections in onnxruntime's terms. Nodes selected by op type are passed by name, so
+    unnamed nodes get names first."""
+    graph = onnx.load(str(prepared), load_external_data=False)
+    if selection.name_unnamed_nodes(graph):
+        prepared = workdir / f"{prepared.stem}.named.onnx"
+        onnx.save_model(graph, str(prepared))
+    return prepared, selection.resolve(graph, config)
+
+
+def _quantizable_ops(config: QuantizeConfig) -> set[str]:
+    """Op types onnxruntime quantizes with this config (as its quantize_* functions default)."""
+    if config.method == "dynamic":
+        return set(IntegerOpsRegistry)
+    return set(QLinearOpsRegistry) | set(QDQRegistry)
 
 
 class _DatasetReader(CalibrationDataReader):
@@ -205,12 +287,14 @@ def _calibration_path(ctx: PassContext, dataset_id: str) -> Path:
         raise QuantizationError(f"calibration dataset '{dataset_id}' was not provided") from None
 
 
-def _pre_process(model_path: Path, workdir: Path, notes: list[str]) -> tuple[Path, bool]:
+def _pre_process(
+    model_path: Path, workdir: Path, notes: list[str], *, skip_optimization: bool = False
+) -> tuple[Path, bool]:
     """Shape inference and graph clean-up that make quantization cover more nodes. Optional:
     when it fails the original model is quantized as is."""
     output = workdir / f"{model_path.stem}.preprocessed.onnx"
     try:
-        quant_pre_process(str(model_path), str(output))
+        quant_pre_process(str(model_path), str(output), skip_optimization=skip_optimization)
     except Exception as exc:
         logger.warning("quantization pre-processing failed for %s", model_path, exc_info=True)
         notes.append(f"pre-processing (shape inference) was skipped because it failed: {exc}")

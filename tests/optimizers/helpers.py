@@ -41,3 +41,14 @@ def save_npz(path: Path, **arrays: np.ndarray) -> Path:
 def cosine(a: np.ndarray, b: np.ndarray) -> float:
     a, b = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
     return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+def weight_is_float(model_path: Path, node_name: str) -> bool:
+    """Whether node `node_name` still exists and reads a float32 initializer as its weight
+    (input 1): the node was left unquantized."""
+    model = onnx.load(str(model_path))
+    floats = {init.name for init in model.graph.initializer if init.data_type == TensorProto.FLOAT}
+    return any(
+        node.name == node_name and len(node.input) > 1 and node.input[1] in floats
+        for node in model.graph.node
+    )

@@ -1,0 +1,142 @@
+"""Which nodes a partial-scope quantization touches: `include` / `exclude` selections checked
+against a model graph and resolved to node names. Imports onnx only."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+import onnx
+
+from optimizers.config import NodeSelection, QuantizeConfig
+from optimizers.errors import QuantizationError
+
+#: How many valid names or op types an error message lists.
+_EXAMPLES = 8
+
+
+def iter_nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
+    """Every node of `graph` and of its subgraphs (If branches, Loop and Scan bodies)."""
+    for node in graph.node:
+        yield node
+        for attribute in node.attribute:
+            if attribute.type == onnx.AttributeProto.GRAPH:
+                yield from iter_nodes(attribute.g)
+            elif attribute.type == onnx.AttributeProto.GRAPHS:
+                for subgraph in attribute.graphs:
+                    yield from iter_nodes(subgraph)
+
+
+def node_names(model: onnx.ModelProto) -> set[str]:
+    return {node.name for node in iter_nodes(model.graph) if node.name}
+
+
+def op_types(model: onnx.ModelProto) -> set[str]:
+    return {node.op_type for node in iter_nodes(model.graph)}
+
+
+def selected_names(config: QuantizeConfig) -> list[str]:
+    """Node names the user typed in `include.nodes` and `exclude.nodes`."""
+    names: list[str] = []
+    for selection in (config.include, config.exclude):
+        if selection is not None:
+            names.extend(selection.nodes)
+    return list(dict.fromkeys(names))
+
+
+def unknown_names(model: onnx.ModelProto, names: Iterable[str]) -> list[str]:
+    known = node_names(model)
+    return [name for name in names if name not in known]
+
+
+def check_op_types(model: onnx.ModelProto, config: QuantizeConfig) -> None:
+    """QuantizationError when `include` or `exclude` names op types the model does not have."""
+    present = op_types(model)
+    for label, selection in (("include", config.include), ("exclude", config.exclude)):
+        if selection is None:
+            continue
+        missing = [op for op in selection.op_types if op not in present]
+        if missing:
+            raise QuantizationError(
+                f"{label}.op_types names {_listing(missing)}, which the model does not have; "
+                f"its op types are: {_listing(sorted(present))}"
+            )
+
+
+def unknown_names_error(model: onnx.ModelProto, missing: list[str]) -> QuantizationError:
+    named = [node.name for node in iter_nodes(model.graph) if node.name]
+    return QuantizationError(
+        f"the model has no node named {_listing(missing)}; node names are those of the uploaded "
+        f"model (e.g. {_listing(named) if named else 'none: its nodes are unnamed'})"
+    )
+
+
+def name_unnamed_nodes(model: onnx.ModelProto) -> bool:
+    """Give every unnamed node a unique name, so that selections by op type can be passed to
+    onnxruntime as node names. Returns whether anything changed."""
+    taken = node_names(model)
+    changed = False
+    for index, node in enumerate(iter_nodes(model.graph)):
+        if node.name:
+            continue
+        name = f"{node.op_type}_{index}"
+        while name in taken:
+            name += "_"
+        node.name = name
+        taken.add(name)
+        changed = True
+    return changed
+
+
+@dataclass
+class Resolved:
+    """A selection in onnxruntime's terms, for the graph that will be quantized."""
+
+    op_types_to_quantize: list[str] | None = None
+    nodes_to_quantize: list[str] | None = None
+    nodes_to_exclude: list[str] = field(default_factory=list)
+
+    def selects(self, node: onnx.NodeProto) -> bool:
+        """Whether onnxruntime may quantize `node` (as its quantizers decide)."""
+        if self.nodes_to_quantize is not None and node.name not in self.nodes_to_quantize:
+            return False
+        if self.op_types_to_quantize is not None and node.op_type not in self.op_types_to_quantize:
+            return False
+        return node.name not in self.nodes_to_exclude
+
+
+def resolve(model: onnx.ModelProto, config: QuantizeConfig) -> Resolved:
+    """`include` is a union of op types and node names; `exclude` is removed from it."""
+    include = config.include or NodeSelection()
+    exclude = config.exclude or NodeSelection()
+    resolved = Resolved()
+    if include.op_types and include.nodes:
+        wanted = set(include.op_types)
+        by_type = [node.name for node in iter_nodes(model.graph) if node.op_type in wanted]
+        resolved.nodes_to_quantize = list(dict.fromkeys([*include.nodes, *by_type]))
+    elif include.nodes:
+        resolved.nodes_to_quantize = list(include.nodes)
+    elif include.op_types:
+        resolved.op_types_to_quantize = list(include.op_types)
+    excluded_types = set(exclude.op_types)
+    by_type = [node.name for node in iter_nodes(model.graph) if node.op_type in excluded_types]
+    resolved.nodes_to_exclude = list(dict.fromkeys([*exclude.nodes, *by_type]))
+    return resolved
+
+
+def left_float(model: onnx.ModelProto, resolved: Resolved, quantizable: Iterable[str]) -> list[str]:
+    """Names of the nodes that the selection keeps in float: every node the user excluded by
+    name, and every node of a quantizable op type outside the selection."""
+    ops = set(quantizable)
+    explicit = set(resolved.nodes_to_exclude)
+    return [
+        node.name
+        for node in iter_nodes(model.graph)
+        if node.name in explicit or (node.op_type in ops and not resolved.selects(node))
+    ]
+
+
+def _listing(items: list[str]) -> str:
+    shown = ", ".join(f"'{item}'" for item in items[:_EXAMPLES])
+    more = len(items) - _EXAMPLES
+    return f"{shown} and {more} more" if more > 0 else shown
