@@ -20,7 +20,7 @@ from onnxruntime.quantization import (
 from onnxruntime.quantization.registry import IntegerOpsRegistry, QDQRegistry, QLinearOpsRegistry
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from optimizers import selection
+from optimizers import selection, weights_only
 from optimizers.config import QuantizeConfig
 from optimizers.datasets import (
     check_fits,
@@ -70,7 +70,48 @@ def quantize(model_path: Path, config: QuantizeConfig, ctx: PassContext) -> Pass
         from optimizers.mixed import quantize_mixed
 
         return quantize_mixed(model_path, config, ctx)
+    if config.weights_only:
+        return _quantize_weights_only(model_path, config, ctx)
     return _quantize_int8(model_path, config, ctx)
+
+
+def _quantize_weights_only(
+    model_path: Path, config: QuantizeConfig, ctx: PassContext
+) -> PassResult:
+    start, end = ctx.progress_span
+    ctx.progress("quantizing", start, "quantizing weights")
+    notes: list[str] = []
+    model = onnx.load(str(model_path))
+    selection.check_op_types(model, config)
+    missing = selection.unknown_names(model, selection.selected_names(config))
+    if missing:
+        raise selection.unknown_names_error(model, missing)
+    selection.name_unnamed_nodes(model)
+    resolved = selection.resolve(model, config)
+    if config.calibration is not None:
+        notes.append("weights_only needs no calibration: the calibration dataset was not read")
+    done = weights_only.quantize_weights(model, config, resolved)
+    if not done.quantized_weights:
+        notes.append(
+            "no weight was quantized: no selected Conv, MatMul or Gemm node has a constant "
+            "float weight; the output is the float model"
+        )
+    ctx.workdir.mkdir(parents=True, exist_ok=True)
+    output = ctx.workdir / f"{model_path.stem}.weights-{config.weight_type}.onnx"
+    weights_only.save(model, output)
+    ctx.progress("quantizing", end, "quantization finished")
+    details: dict[str, Any] = {
+        "method": config.method,
+        "scope": config.scope,
+        "weights_only": True,
+        "per_channel": config.per_channel,
+        "weight_type": config.weight_type,
+        "quantized_weights": len(done.quantized_weights),
+        "quantized_nodes": len(done.quantized_nodes),
+        "excluded_nodes": done.excluded_nodes,
+        "pre_processed": "skipped",
+    }
+    return PassResult(model_path=output, notes=notes, details=details)
 
 
 def _quantize_int8(model_path: Path, config: QuantizeConfig, ctx: PassContext) -> PassResult:
