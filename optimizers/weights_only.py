@@ -124,14 +124,14 @@ def _dequantize_node(
         numpy_helper.from_array(scale, f"{name}_scale"),
         numpy_helper.from_array(zero_point, f"{name}_zero_point"),
     ]
-    attributes = {} if axis is None else {"axis": axis}
     node = helper.make_node(
         "DequantizeLinear",
         [init.name for init in inits],
         [f"{name}_dequantized"],
         name=f"{name}_DequantizeLinear",
-        **attributes,
     )
+    if axis is not None:
+        node.attribute.append(helper.make_attribute("axis", axis))
     return node, inits
 
 
