@@ -10,10 +10,12 @@ import shutil
 import socket
 import tempfile
 import time
+import zipfile
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
+import onnx
 from sqlalchemy import select
 
 from core import jobstate
@@ -22,8 +24,11 @@ from core.jobspec import JobSpec
 from core.models import Artifact, Dataset, Job, JobStatus, StoredModel
 from core.settings import Settings
 from core.storage import Storage, StorageError
-from optimizers.errors import OptimizerError
+from optimizers.errors import InvalidModelError, OptimizerError
+from optimizers.external_data import check_relative_location, external_data_locations
+from optimizers.formats import UploadFormat, extract_onnx_zip
 from optimizers.pipeline import run_pipeline
+from optimizers.types import ModelInfo
 from worker.monitor import JobCanceled, JobMonitor
 
 log = logging.getLogger(__name__)
@@ -37,6 +42,8 @@ class _Inputs:
     project_id: str
     spec: JobSpec
     model_key: str
+    model_format: str
+    model_info: ModelInfo
     dataset_keys: dict[str, str]
 
 
@@ -56,7 +63,14 @@ def execute_job(job_id: str, *, settings: Settings, storage: Storage) -> str | N
     with JobMonitor(job_id, attempt, interval_s=settings.heartbeat_interval_s) as monitor:
         reporter = _ProgressReporter(job_id, attempt, monitor)
         try:
-            return _run(job_id, attempt, workdir, storage, reporter)
+            return _run(
+                job_id,
+                attempt,
+                workdir,
+                storage,
+                reporter,
+                max_total_bytes=4 * settings.max_upload_bytes,
+            )
         except JobCanceled:
             if monitor.lost.is_set():
                 log.warning("job %s: attempt %d lost the job to another attempt", job_id, attempt)
@@ -111,16 +125,28 @@ def _load_inputs(job_id: str) -> _Inputs:
             project_id=job.project_id,
             spec=JobSpec.model_validate(job.spec),
             model_key=model.storage_key,
+            model_format=model.format,
+            model_info=ModelInfo.model_validate(model.info),
             dataset_keys=datasets,
         )
 
 
 def _run(
-    job_id: str, attempt: int, workdir: Path, storage: Storage, reporter: _ProgressReporter
+    job_id: str,
+    attempt: int,
+    workdir: Path,
+    storage: Storage,
+    reporter: _ProgressReporter,
+    *,
+    max_total_bytes: int,
 ) -> str:
     reporter("loading", 0.01, "fetching the model and datasets")
     inputs = _load_inputs(job_id)
-    model_path = storage.fetch_to(inputs.model_key, workdir / "input" / "model.onnx")
+    stored_name = PurePosixPath(inputs.model_key).name
+    stored_path = storage.fetch_to(inputs.model_key, workdir / "input" / stored_name)
+    model_path, source, source_notes = _prepare_model(
+        inputs, stored_path, workdir / "model", max_total_bytes=max_total_bytes, reporter=reporter
+    )
     dataset_paths = {
         dataset_id: storage.fetch_to(key, workdir / "input" / f"{dataset_id}.npz")
         for dataset_id, key in inputs.dataset_keys.items()
@@ -135,8 +161,9 @@ def _run(
     reporter("storing", 0.98, "storing artifacts")
     result: dict[str, Any] = {
         "metrics": outcome.metrics,
-        "notes": outcome.notes,
+        "notes": [*source_notes, *outcome.notes],
         "passes": outcome.passes,
+        "source": source,
     }
     report_path = workdir / "report.json"
     report_path.write_text(
@@ -147,7 +174,7 @@ def _run(
         )
     )
     files = [
-        ("model", "optimized.onnx", "application/octet-stream", outcome.model_path),
+        ("model", *_model_artifact(outcome.model_path, workdir / "package")),
         ("report", "report.json", "application/json", report_path),
     ]
     files.extend((kind, name, _content_type(path), path) for kind, name, path in outcome.artifacts)
@@ -178,6 +205,52 @@ def _run(
             return JobStatus.canceled
     log.info("job %s: succeeded", job_id)
     return JobStatus.succeeded
+
+
+def _prepare_model(
+    inputs: _Inputs,
+    stored_path: Path,
+    workdir: Path,
+    *,
+    max_total_bytes: int,
+    reporter: _ProgressReporter,
+) -> tuple[Path, dict[str, Any], list[str]]:
+    """The ONNX model the pipeline runs on, what it came from, and notes for the result."""
+    model_format = inputs.model_format
+    if model_format == UploadFormat.onnx:
+        return stored_path, {"format": model_format, "converted": False}, []
+    if model_format == UploadFormat.onnx_zip:
+        reporter("loading", 0.02, "extracting the model and its external data")
+        path = extract_onnx_zip(stored_path, workdir, max_total_bytes=max_total_bytes)
+        return path, {"format": model_format, "converted": False}, []
+    if model_format in (UploadFormat.torch_export, UploadFormat.torchscript):
+        from optimizers.torch_export import convert_to_onnx
+
+        reporter("loading", 0.02, f"converting the {model_format} program to ONNX")
+        conversion = convert_to_onnx(
+            stored_path, inputs.model_info, workdir, max_total_bytes=max_total_bytes
+        )
+        return conversion.model_path, conversion.source, conversion.notes
+    raise InvalidModelError(f"the model has an unknown format '{model_format}'")
+
+
+def _model_artifact(model_path: Path, workdir: Path) -> tuple[str, str, Path]:
+    """(name, content type, path) of the optimized model: the .onnx file, or a zip of it and
+    its external data files when its weights live beside it."""
+    proto = onnx.load(str(model_path), load_external_data=False)
+    locations = sorted(external_data_locations(proto))
+    del proto
+    if not locations:
+        return "optimized.onnx", "application/octet-stream", model_path
+    workdir.mkdir(parents=True, exist_ok=True)
+    package = workdir / "optimized.zip"
+    onnx_name = "optimized.onnx" if "optimized.onnx" not in locations else model_path.name
+    with zipfile.ZipFile(package, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
+        archive.write(model_path, arcname=onnx_name)
+        for location in locations:
+            check_relative_location(location, what="the external data location")
+            archive.write(model_path.parent / location, arcname=location)
+    return "optimized.zip", "application/zip", package
 
 
 def _finish_failed(

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from functools import partial
+from typing import Any
+
 from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import func, select
@@ -15,16 +18,40 @@ from api.uploads import multipart_body_schema, receive_upload, safe_filename
 from core.db import new_id
 from core.models import ACTIVE_STATUSES, Job, StoredModel
 from optimizers.errors import OptimizerError
-from optimizers.inspect import inspect_model
+from optimizers.formats import inspect_upload, storage_name
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
+
+#: Uncompressed size allowed for a zip upload, as a multiple of the upload limit.
+ZIP_EXPANSION_LIMIT = 4
+
+
+def _upload_body_schema() -> dict[str, Any]:
+    schema = multipart_body_schema(
+        "The model: an ONNX file (.onnx); a zip of one .onnx file and its external data "
+        "files; a torch.export program (.pt2, torch.export.save); or a TorchScript archive "
+        "(torch.jit.save). Recognized by content, not by name. Plain torch.save pickles are "
+        "refused."
+    )
+    properties = schema["requestBody"]["content"]["multipart/form-data"]["schema"]["properties"]
+    properties["input_shapes"] = {
+        "type": "string",
+        "description": 'TorchScript only, required: JSON object of input shapes, e.g. {"x": '
+        '["batch", 16]}; names are symbolic dimensions.',
+    }
+    properties["input_dtypes"] = {
+        "type": "string",
+        "description": 'TorchScript only: JSON object of input dtypes, e.g. {"x": "int64"}; '
+        "default float32.",
+    }
+    return schema
 
 
 @router.post(
     "",
     status_code=201,
     response_model=ModelOut,
-    openapi_extra=multipart_body_schema("An ONNX model (.onnx)."),
+    openapi_extra=_upload_body_schema(),
     responses={413: {"description": "Over MODELPRESS_MAX_UPLOAD_BYTES"}},
 )
 async def upload_model(
@@ -42,17 +69,24 @@ async def upload_model(
         if upload.size_bytes == 0:
             raise Problem(422, "the uploaded file is empty", type="invalid-model")
         try:
-            info = await run_in_threadpool(inspect_model, upload.path)
+            info = await run_in_threadpool(
+                partial(
+                    inspect_upload,
+                    upload.path,
+                    max_total_bytes=ZIP_EXPANSION_LIMIT * settings.max_upload_bytes,
+                    fields=upload.fields,
+                    tmp_dir=settings.tmp_dir,
+                )
+            )
         except OptimizerError as exc:
-            raise Problem(
-                422, f"not a valid ONNX model: {exc.message}", type="invalid-model"
-            ) from exc
+            raise Problem(422, exc.message, type="invalid-model") from exc
         model_id = new_id("mdl")
-        storage_key = f"{key.project_id}/models/{model_id}/model.onnx"
+        stored_name = storage_name(info.format)
+        storage_key = f"{key.project_id}/models/{model_id}/{stored_name}"
         row = StoredModel(
             id=model_id,
             project_id=key.project_id,
-            name=safe_filename(upload.fields.get("name") or upload.filename, "model.onnx"),
+            name=safe_filename(upload.fields.get("name") or upload.filename, stored_name),
             format=info.format,
             sha256=upload.sha256,
             size_bytes=upload.size_bytes,
