@@ -1,0 +1,189 @@
+"""float16 check for a GPU machine: convert a small transformer encoder with the project's
+fp16 quantize pass, check its outputs on CPU onnxruntime (no NaN/Inf, cosine to float32),
+then time the same encoder in torch, float32 vs float16, on CUDA at batch 1 and 8.
+
+    python bench/gpu_check.py [--iterations 50]     # from the repository root
+
+Needs torch, onnx, onnxruntime (a CPU build is enough) and what `optimizers` imports
+(numpy, pydantic, psutil); nothing of the service. Without CUDA the torch timing is
+skipped with a line saying so, so the script can be checked on any machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from optimizers.config import QuantizeConfig  # noqa: E402
+from optimizers.passes import run_pass  # noqa: E402
+from optimizers.types import PassContext  # noqa: E402
+
+D_MODEL, HEADS, LAYERS, SEQ_LEN, CLASSES = 384, 6, 4, 128, 10
+BATCH_SIZES = (1, 8)
+MIN_COSINE = 0.999
+
+
+def build_encoder() -> object:
+    """The benchmark's encoder shape (MiniLM-sized): 4 post-norm layers, GELU, mean-pool
+    and a linear head; each weight matrix with its own Xavier-uniform draw."""
+    import torch
+
+    class EncoderClassifier(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            layer = torch.nn.TransformerEncoderLayer(
+                D_MODEL, HEADS, 4 * D_MODEL, dropout=0.0, activation="gelu", batch_first=True
+            )
+            self.encoder = torch.nn.TransformerEncoder(
+                layer, num_layers=LAYERS, enable_nested_tensor=False
+            )
+            self.head = torch.nn.Linear(D_MODEL, CLASSES)
+            for parameter in self.encoder.parameters():
+                if parameter.dim() > 1:
+                    torch.nn.init.xavier_uniform_(parameter)
+
+        def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
+            return self.head(self.encoder(embeddings).mean(dim=1))
+
+    torch.manual_seed(0)
+    return EncoderClassifier().eval()
+
+
+def export(module: object, path: Path) -> None:
+    import torch
+
+    assert isinstance(module, torch.nn.Module)
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)  # the fused kernel has no ONNX export
+    try:
+        with torch.no_grad():
+            torch.onnx.export(
+                module,
+                (torch.randn(2, SEQ_LEN, D_MODEL),),
+                str(path),
+                input_names=["embeddings"],
+                output_names=["logits"],
+                dynamic_axes={"embeddings": {0: "batch"}, "logits": {0: "batch"}},
+                opset_version=17,
+                dynamo=False,
+            )
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
+
+
+def to_fp16(model_path: Path, workdir: Path) -> tuple[Path, str]:
+    """The project's fp16 pass; onnxruntime's converter only when the pass is missing or
+    fails, said loudly, since then the project's path is not what was checked."""
+    try:
+        config = QuantizeConfig(kind="quantize", method="fp16")
+        result = run_pass(model_path, config, PassContext(workdir=workdir / "fp16", datasets={}))
+        return result.model_path, "optimizers quantize pass (method fp16)"
+    except Exception as exc:
+        print(f"!! the project's fp16 pass failed ({type(exc).__name__}: {exc});")
+        print("!! falling back to onnxruntime.transformers.float16 (keep_io_types=True)")
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    converted = convert_float_to_float16(onnx.load(str(model_path)), keep_io_types=True)
+    path = workdir / "encoder.fp16-fallback.onnx"
+    onnx.save(converted, str(path))
+    return path, "onnxruntime.transformers.float16 (fallback)"
+
+
+def check_onnx(fp32: Path, fp16: Path, inputs: np.ndarray) -> bool:
+    import onnxruntime as ort
+
+    providers = ["CPUExecutionProvider"]
+    reference = ort.InferenceSession(str(fp32), providers=providers).run(
+        None, {"embeddings": inputs}
+    )[0]
+    output = ort.InferenceSession(str(fp16), providers=providers).run(None, {"embeddings": inputs})[
+        0
+    ]
+    finite = bool(np.all(np.isfinite(output)))
+    cosine = np.sum(reference * output, axis=1) / (
+        np.linalg.norm(reference, axis=1) * np.linalg.norm(output, axis=1)
+    )
+    top1 = float(np.mean(np.argmax(reference, axis=1) == np.argmax(output, axis=1)))
+    ok = finite and float(cosine.min()) >= MIN_COSINE
+    print(
+        f"onnxruntime CPU, fp16 vs fp32 on {len(inputs)} samples: output dtype {output.dtype}, "
+        f"all finite {finite}, cosine mean {cosine.mean():.6f} min {cosine.min():.6f}, "
+        f"top-1 agreement {top1:.3f} -> {'OK' if ok else 'FAILED'} (cosine >= {MIN_COSINE})"
+    )
+    return ok
+
+
+def time_cuda(module: object, iterations: int, warmup: int) -> None:
+    import torch
+
+    assert isinstance(module, torch.nn.Module)
+    if not torch.cuda.is_available():
+        print("CUDA is not available: skipping the torch fp32/fp16 timing on GPU")
+        return
+    print(f"torch {torch.__version__}, {torch.cuda.get_device_name(0)}")
+    fp32 = module.cuda()
+    fp16 = build_encoder().half().cuda()  # same seed, same weights, then float16
+    rows = []
+    with torch.inference_mode():
+        for batch in BATCH_SIZES:
+            x = torch.randn(batch, SEQ_LEN, D_MODEL, device="cuda")
+            medians = {}
+            for name, model, inputs in (("fp32", fp32, x), ("fp16", fp16, x.half())):
+                for _ in range(warmup):
+                    model(inputs)
+                torch.cuda.synchronize()
+                times = []
+                for _ in range(iterations):
+                    began = time.perf_counter()
+                    model(inputs)
+                    torch.cuda.synchronize()
+                    times.append(time.perf_counter() - began)
+                medians[name] = float(np.median(times)) * 1e3
+            finite = bool(torch.isfinite(fp16(x.half())).all())
+            cosine = torch.nn.functional.cosine_similarity(
+                fp32(x), fp16(x.half()).float(), dim=1
+            ).mean()
+            rows.append((batch, medians["fp32"], medians["fp16"], finite, float(cosine)))
+    print("| batch | torch fp32 p50 ms | torch fp16 p50 ms | speedup | fp16 finite | cosine |")
+    print("|---|---|---|---|---|---|")
+    for batch, ms32, ms16, finite, cosine in rows:
+        print(
+            f"| {batch} | {ms32:.3f} | {ms16:.3f} | {ms32 / ms16:.2f}x | {finite} | {cosine:.5f} |"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--iterations", type=int, default=50)
+    parser.add_argument("--warmup", type=int, default=10)
+    args = parser.parse_args()
+
+    module = build_encoder()
+    with tempfile.TemporaryDirectory(prefix="modelpress-gpu-check-") as tmp:
+        workdir = Path(tmp)
+        fp32_path = workdir / "encoder.onnx"
+        export(module, fp32_path)
+        fp16_path, how = to_fp16(fp32_path, workdir)
+        print(
+            f"encoder d_model {D_MODEL}, {HEADS} heads, {LAYERS} layers, seq {SEQ_LEN}: "
+            f"fp32 {fp32_path.stat().st_size / 1e6:.1f} MB, fp16 "
+            f"{fp16_path.stat().st_size / 1e6:.1f} MB via {how}"
+        )
+        inputs = np.random.default_rng(1).standard_normal((16, SEQ_LEN, D_MODEL))
+        ok = check_onnx(fp32_path, fp16_path, inputs.astype(np.float32))
+    time_cuda(module, args.iterations, args.warmup)
+    if not ok:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
