@@ -15,20 +15,35 @@ import numpy as np
 
 from optimizers.benchmark import benchmark_pair, make_feeds
 from optimizers.checks import check_spec
-from optimizers.config import EvaluateConfig, PipelineSpec
+from optimizers.config import AnyPass, EvaluateConfig, PipelineSpec
 from optimizers.datasets import inspect_dataset
 from optimizers.environment import describe_environment
-from optimizers.errors import DatasetMismatchError, InvalidModelError, PassOutputError
+from optimizers.errors import (
+    DatasetMismatchError,
+    InvalidModelError,
+    OptimizerError,
+    PassOutputError,
+)
 from optimizers.evaluate import evaluate, fidelity_on_inputs
 from optimizers.inspect import inspect_model
 from optimizers.passes import run_pass
 from optimizers.runtime import create_session, default_threads, resolve_provider
-from optimizers.types import DatasetInfo, ModelInfo, PassContext, ProgressFn, no_progress
+from optimizers.sensitivity import analysis_feeds, analyze, failed_report
+from optimizers.types import (
+    DatasetInfo,
+    ModelInfo,
+    PassContext,
+    PassResult,
+    ProgressFn,
+    no_progress,
+)
 
 #: Progress fractions of the whole job at which each stage starts.
 PASSES_START, EVALUATE_START, BENCHMARK_START, BENCHMARK_END = 0.05, 0.45, 0.6, 0.97
 #: Samples for fidelity when the spec has no evaluate section.
 FIDELITY_SAMPLES = 32
+#: Share of each quantize pass's progress span spent on its sensitivity report.
+ANALYSIS_SHARE = 0.15
 #: Float noise allowed when comparing a drop with its limit (1 - 0.99 is 0.010000000000000009).
 _TOLERANCE_EPSILON = 1e-9
 
@@ -72,25 +87,35 @@ def run_pipeline(
     width = (EVALUATE_START - PASSES_START) / len(spec.passes)
     for index, config in enumerate(spec.passes):
         span = (PASSES_START + index * width, PASSES_START + (index + 1) * width)
+        analyzed = config.kind == "quantize"
+        split = span[1] - ANALYSIS_SHARE * width if analyzed else span[1]
         ctx = PassContext(
             workdir=workdir / f"pass{index + 1}-{config.kind}",
             datasets=datasets,
             progress=progress,
-            progress_span=span,
+            progress_span=(span[0], split),
         )
         began = time.perf_counter()
         result = run_pass(current, config, ctx)
         duration = time.perf_counter() - began
         _check_loads(result.model_path, kind=config.kind, provider=provider, threads=threads)
-        passes.append(
-            {
-                "kind": config.kind,
-                "method": getattr(config, "method", None),
-                "duration_s": round(duration, 3),
-                "details": result.details,
-                "notes": result.notes,
-            }
-        )
+        entry: dict[str, Any] = {
+            "kind": config.kind,
+            "method": getattr(config, "method", None),
+            "duration_s": round(duration, 3),
+            "details": result.details,
+            "notes": result.notes,
+        }
+        if analyzed:
+            progress("analyzing", split, f"pass {index + 1}: measuring per-node sensitivity")
+            name = f"pass{index + 1}-sensitivity.json"
+            report = _sensitivity(
+                current, result, config, spec, model, datasets, provider, threads, ctx.workdir
+            )
+            result.artifacts["sensitivity"] = ctx.workdir / "sensitivity.json"
+            entry["sensitivity"] = _sensitivity_summary(report, name)
+            progress("analyzing", span[1], f"pass {index + 1}: sensitivity report written")
+        passes.append(entry)
         notes.extend(result.notes)
         artifacts.extend(
             (kind, f"pass{index + 1}-{kind}{path.suffix}", path)
@@ -205,6 +230,60 @@ def _check_loads(path: Path, *, kind: str, provider: str, threads: int) -> None:
         raise PassOutputError(
             f"the model produced by the {kind} pass does not load in onnxruntime: {exc.message}"
         ) from exc
+
+
+def _sensitivity(
+    baseline: Path,
+    result: PassResult,
+    config: AnyPass,
+    spec: PipelineSpec,
+    model: ModelInfo,
+    datasets: Mapping[str, Path],
+    provider: str,
+    threads: int,
+    workdir: Path,
+) -> dict[str, Any]:
+    """The sensitivity report of one quantize pass (its input against its output), written
+    as JSON in the pass's workdir. A report that failed says why; the job goes on."""
+    dataset_ids = config.dataset_ids()
+    if spec.evaluate is not None:
+        dataset_id: str | None = spec.evaluate.dataset_id
+        source = "evaluate_dataset"
+    elif dataset_ids:
+        dataset_id, source = dataset_ids[0], "pass_dataset"
+    else:
+        dataset_id, source = None, "synthetic_inputs"
+    try:
+        feeds = analysis_feeds(
+            model,
+            dataset=datasets[dataset_id] if dataset_id else None,
+            input_shapes=spec.benchmark.input_shapes,
+        )
+        report = analyze(
+            baseline,
+            result.model_path,
+            feeds,
+            pass_config=config.model_dump(mode="json", exclude_defaults=True),
+            provider=provider,
+            threads=threads,
+        )
+    except OptimizerError as exc:  # e.g. synthetic inputs for a model with symbolic dims
+        report = failed_report(baseline, result.model_path, exc.message)
+    report["inputs"] = {"source": source, "dataset_id": dataset_id}
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "sensitivity.json").write_text(json.dumps(report, indent=2, allow_nan=False))
+    return report
+
+
+def _sensitivity_summary(report: dict[str, Any], artifact: str) -> dict[str, Any]:
+    ranked = [node for node in report["nodes"] if node["quantized"]]
+    return {
+        "status": report["status"],
+        "error": report["error"],
+        "worst_nodes": [node["node"] for node in ranked[:3]],
+        "suggested_exclude": report["suggested_exclude"]["nodes"],
+        "artifact": artifact,
+    }
 
 
 def _benchmark_dataset_id(spec: PipelineSpec) -> str | None:

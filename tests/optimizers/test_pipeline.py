@@ -9,6 +9,7 @@ import pytest
 from optimizers.config import PipelineSpec
 from optimizers.pipeline import _verdict, run_pipeline
 from tests.optimizers.helpers import make_sequence_model
+from tests.optimizers.sensitive_models import SENSITIVE_NODE, make_inputs, make_outlier_mlp
 
 SIDE = {"size_bytes", "latency_ms", "throughput_per_s", "peak_memory_bytes", "accuracy"}
 FIDELITY = {
@@ -88,9 +89,18 @@ def test_static_quantization_end_to_end(tmp_path: Path, mlp: Path, mlp_data: Pat
     assert result.passes[0]["method"] == "static"
     assert result.passes[0]["details"]["quantized_nodes"] > 0
     assert result.passes[0]["duration_s"] >= 0
+    assert result.passes[0]["sensitivity"]["status"] == "ok"
+    assert [kind for kind, _, _ in result.artifacts] == ["sensitivity"]
 
     stages = list(dict.fromkeys(stage for stage, _, _ in events))
-    assert stages == ["loading", "quantizing", "calibrating", "evaluating", "benchmarking"]
+    assert stages == [
+        "loading",
+        "quantizing",
+        "calibrating",
+        "analyzing",
+        "evaluating",
+        "benchmarking",
+    ]
     fractions = [fraction for _, fraction, _ in events]
     assert fractions == sorted(fractions)
     assert fractions[0] >= 0.0 and fractions[-1] <= 1.0
@@ -114,6 +124,51 @@ def test_without_evaluate_fidelity_comes_from_synthetic_inputs(tmp_path: Path, m
     assert "accuracy not checked" in comparison["verdict"]
     assert metrics["benchmark"]["inputs"] == "synthetic"
     assert any("accuracy was not measured" in note for note in result.notes)
+    (kind, name, path), *_ = result.artifacts
+    report = json.loads(path.read_text())
+    assert (kind, name) == ("sensitivity", "pass1-sensitivity.json")
+    assert report["status"] == "ok" and report["inputs"]["source"] == "synthetic_inputs"
+
+
+def test_every_quantize_pass_gets_a_sensitivity_report(tmp_path: Path) -> None:
+    model = make_outlier_mlp(tmp_path / "outlier.onnx")
+    data = make_inputs(tmp_path / "outlier.npz")
+    spec = PipelineSpec.model_validate(
+        {
+            "passes": [
+                {
+                    "kind": "quantize",
+                    "method": "static",
+                    "calibration": {"dataset_id": "cal", "samples": 32},
+                }
+            ],
+            "benchmark": {**FAST_BENCHMARK, "batch_sizes": [2]},
+        }
+    )
+    result = run_pipeline(
+        model_path=model, spec=spec, datasets={"cal": data}, workdir=tmp_path / "w"
+    )
+    assert [(kind, name) for kind, name, _ in result.artifacts] == [
+        ("sensitivity", "pass1-sensitivity.json")
+    ]
+    report = json.loads(result.artifacts[0][2].read_text())
+    assert report["status"] == "ok"
+    assert report["inputs"] == {"source": "pass_dataset", "dataset_id": "cal"}
+    ranked = [node for node in report["nodes"] if node["quantized"]]
+    assert [node["rank"] for node in ranked] == list(range(1, len(ranked) + 1))
+    local = [node["local_sqnr_db"] for node in ranked]
+    assert local == sorted(local) and ranked[0]["exclude"] == [SENSITIVE_NODE]
+    assert report["suggested_pass"] == {
+        "kind": "quantize",
+        "method": "static",
+        "calibration": {"dataset_id": "cal", "samples": 32},
+        "scope": "partial",
+        "exclude": {"nodes": [SENSITIVE_NODE]},
+    }
+    summary = result.passes[0]["sensitivity"]
+    assert summary["suggested_exclude"] == [SENSITIVE_NODE]
+    assert summary["worst_nodes"][0] == ranked[0]["node"] and len(summary["worst_nodes"]) == 3
+    assert summary["artifact"] == "pass1-sensitivity.json"
 
 
 def _say(**overrides: Any) -> str:
