@@ -70,6 +70,10 @@ def quantize(model_path: Path, config: QuantizeConfig, ctx: PassContext) -> Pass
         from optimizers.mixed import quantize_mixed
 
         return quantize_mixed(model_path, config, ctx)
+    if config.method == "fp16":
+        from optimizers.fp16 import quantize_fp16
+
+        return quantize_fp16(model_path, config, ctx)
     if config.weights_only:
         return _quantize_weights_only(model_path, config, ctx)
     return _quantize_int8(model_path, config, ctx)
