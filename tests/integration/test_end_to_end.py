@@ -90,7 +90,11 @@ def run_quantization_job(service: Service, tmp_path: Path) -> None:
 
         artifacts = client.get(f"/v1/jobs/{job['id']}/artifacts").json()
         kinds = {a["kind"]: a for a in artifacts}
-        assert set(kinds) >= {"model", "report"}
+        assert set(kinds) >= {"model", "report", "sensitivity"}
+        sensitivity = client.get(f"/v1/artifacts/{kinds['sensitivity']['id']}/content").json()
+        assert sensitivity["status"] == "ok"
+        ranked = [node["node"] for node in sensitivity["nodes"]]
+        assert ranked and len(ranked) == len(set(ranked))
         model_artifact = kinds["model"]
         content = client.get(f"/v1/artifacts/{model_artifact['id']}/content")
         assert content.status_code == 200
