@@ -74,6 +74,10 @@ def quantize(model_path: Path, config: QuantizeConfig, ctx: PassContext) -> Pass
         from optimizers.fp16 import quantize_fp16
 
         return quantize_fp16(model_path, config, ctx)
+    if config.method == "int4_weight_only":
+        from optimizers.int4 import quantize_int4
+
+        return quantize_int4(model_path, config, ctx)
     if config.weights_only:
         return _quantize_weights_only(model_path, config, ctx)
     return _quantize_int8(model_path, config, ctx)

@@ -1,0 +1,71 @@
+"""4-bit blocked weights for MatMul (onnxruntime's MatMulNBits), activations stay float."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import onnx
+from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+from optimizers import selection
+from optimizers.config import QuantizeConfig
+from optimizers.errors import QuantizationError
+from optimizers.types import PassContext, PassResult
+
+
+def quantize_int4(model_path: Path, config: QuantizeConfig, ctx: PassContext) -> PassResult:
+    start, end = ctx.progress_span
+    ctx.progress("quantizing", start, "quantizing MatMul weights to 4 bits")
+    notes: list[str] = []
+    model = onnx.load(str(model_path))
+    selection.check_op_types(model, config)
+    missing = selection.unknown_names(model, selection.selected_names(config))
+    if missing:
+        raise selection.unknown_names_error(model, missing)
+    selection.name_unnamed_nodes(model)
+    excluded: list[str] = []
+    if config.scope == "partial":
+        resolved = selection.resolve(model, config)
+        excluded = [
+            node.name
+            for node in selection.iter_nodes(model.graph)
+            if node.op_type == "MatMul" and not resolved.selects(node)
+        ]
+    try:
+        quantizer = MatMulNBitsQuantizer(
+            model,
+            bits=4,
+            block_size=config.block_size,
+            is_symmetric=config.symmetric,
+            nodes_to_exclude=excluded,
+        )
+        quantizer.process()
+    except Exception as exc:
+        raise QuantizationError(f"onnxruntime could not quantize MatMul weights: {exc}") from exc
+    ctx.workdir.mkdir(parents=True, exist_ok=True)
+    output = ctx.workdir / f"{model_path.stem}.int4.onnx"
+    quantizer.model.save_model_to_file(str(output))
+    ctx.progress("quantizing", end, "quantization finished")
+
+    quantized = sum(
+        1
+        for node in selection.iter_nodes(onnx.load(str(output), load_external_data=False).graph)
+        if node.op_type == "MatMulNBits"
+    )
+    if quantized == 0:
+        notes.append(
+            "no MatMul with constant weights was found"
+            + (" among the selected nodes" if config.scope == "partial" else "")
+            + ": the output is the float model"
+        )
+    details: dict[str, Any] = {
+        "method": "int4_weight_only",
+        "scope": config.scope,
+        "block_size": config.block_size,
+        "symmetric": config.symmetric,
+        "matmul_nbits_nodes": quantized,
+        "quantized_nodes": quantized,
+        "excluded_nodes": excluded,
+    }
+    return PassResult(model_path=output, notes=notes, details=details)
