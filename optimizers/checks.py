@@ -29,6 +29,11 @@ SUPPORTED_INPUT_DTYPES = frozenset(
 )
 
 
+#: onnxruntime's int8 quantization works from opset 10; opset 10-12 models are upgraded to 13
+#: when per-channel scales or static QDQ need it.
+MIN_QUANTIZE_OPSET = 10
+
+
 def check_spec(model: ModelInfo, spec: PipelineSpec, datasets: dict[str, DatasetInfo]) -> None:
     """Raise DatasetMismatchError or UnsupportedError for anything that would make the job fail
     for a reason known now. `datasets` maps every dataset id in the spec to its description."""
@@ -40,12 +45,16 @@ def check_spec(model: ModelInfo, spec: PipelineSpec, datasets: dict[str, Dataset
             )
 
     for config in spec.passes:
-        # Passes keep the model's opset, so the uploaded model's opset is the one that counts.
-        if isinstance(config, QuantizeConfig) and config.per_channel and (model.opset or 0) < 13:
+        # Quantization upgrades opset 10-12 models to 13 where it needs to (per-channel scales,
+        # static QDQ); older models predate onnxruntime's quantization support altogether.
+        if (
+            isinstance(config, QuantizeConfig)
+            and config.method in ("dynamic", "static")
+            and (model.opset or 0) < MIN_QUANTIZE_OPSET
+        ):
             raise UnsupportedError(
-                f"per-channel quantization needs a model with opset 13 or newer; this model uses "
-                f"opset {model.opset}. Set per_channel to false, or re-export the model with "
-                "opset >= 13"
+                f"int8 quantization needs a model with opset {MIN_QUANTIZE_OPSET} or newer; this "
+                f"model uses opset {model.opset}. Re-export the model with opset >= 13"
             )
         for dataset_id in config.dataset_ids():
             check_fits(model, _dataset(datasets, dataset_id), purpose=f"{config.kind} pass")

@@ -20,7 +20,7 @@ from onnxruntime.quantization import (
 from onnxruntime.quantization.registry import IntegerOpsRegistry, QDQRegistry, QLinearOpsRegistry
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from optimizers import selection, weights_only
+from optimizers import opset, selection, weights_only
 from optimizers.config import QuantizeConfig
 from optimizers.datasets import (
     check_fits,
@@ -89,6 +89,11 @@ def _quantize_weights_only(
     start, end = ctx.progress_span
     ctx.progress("quantizing", start, "quantizing weights")
     notes: list[str] = []
+    details: dict[str, Any] = {}
+    stem = model_path.stem
+    if config.per_channel:
+        info = inspect_model(model_path)
+        model_path = _upgrade_opset(model_path, config, ctx.workdir, info, notes, details)
     model = onnx.load(str(model_path))
     selection.check_op_types(model, config)
     missing = selection.unknown_names(model, selection.selected_names(config))
@@ -105,10 +110,10 @@ def _quantize_weights_only(
             "float weight; the output is the float model"
         )
     ctx.workdir.mkdir(parents=True, exist_ok=True)
-    output = ctx.workdir / f"{model_path.stem}.weights-{config.weight_type}.onnx"
+    output = ctx.workdir / f"{stem}.weights-{config.weight_type}.onnx"
     weights_only.save(model, output)
     ctx.progress("quantizing", end, "quantization finished")
-    details: dict[str, Any] = {
+    details |= {
         "method": config.method,
         "scope": config.scope,
         "weights_only": True,
@@ -126,11 +131,9 @@ def _quantize_int8(model_path: Path, config: QuantizeConfig, ctx: PassContext) -
     start, end = ctx.progress_span
     info = inspect_model(model_path)
     notes: list[str] = []
-    if config.per_channel and (info.opset or 0) < 13:
-        raise QuantizationError(
-            f"per-channel quantization needs a model with opset 13 or newer; this model uses "
-            f"opset {info.opset}. Set per_channel to false, or re-export the model with opset >= 13"
-        )
+    details: dict[str, Any] = {}
+    stem = model_path.stem
+    model_path = _upgrade_opset(model_path, config, ctx.workdir, info, notes, details)
     if (
         config.method == "static"
         and config.activation_type == "int8"
@@ -151,7 +154,7 @@ def _quantize_int8(model_path: Path, config: QuantizeConfig, ctx: PassContext) -
     resolved = selection.Resolved()
     if partial:
         prepared, resolved = _resolve_selection(prepared, config, ctx.workdir)
-    output = ctx.workdir / f"{model_path.stem}.{config.method}-int8.onnx"
+    output = ctx.workdir / f"{stem}.{config.method}-int8.onnx"
     external_data = model_path.stat().st_size > _EXTERNAL_DATA_THRESHOLD
     weight_type = _QUANT_TYPES[config.weight_type]
     chosen: dict[str, Any] = {
@@ -216,7 +219,7 @@ def _quantize_int8(model_path: Path, config: QuantizeConfig, ctx: PassContext) -
     if partial:
         graph = onnx.load(str(prepared), load_external_data=False)
         excluded = selection.left_float(graph, resolved, _quantizable_ops(config))
-    details: dict[str, Any] = {
+    details |= {
         "method": config.method,
         "scope": config.scope,
         "format": config.format if config.method == "static" else None,
@@ -229,6 +232,38 @@ def _quantize_int8(model_path: Path, config: QuantizeConfig, ctx: PassContext) -
         "pre_processed": pre_processed,
     }
     return PassResult(model_path=output, notes=notes, details=details)
+
+
+def _upgrade_opset(
+    model_path: Path,
+    config: QuantizeConfig,
+    workdir: Path,
+    info: ModelInfo,
+    notes: list[str],
+    details: dict[str, Any],
+) -> Path:
+    """Per-channel scales and static QDQ need opset 13: older models are converted first."""
+    if config.per_channel:
+        reason = "per-channel quantization"
+    elif config.method == "static" and config.format == "qdq" and not config.weights_only:
+        reason = "static QDQ quantization"
+    else:
+        return model_path
+    current = info.opset or 0
+    if current >= opset.PER_CHANNEL_OPSET:
+        return model_path
+    workdir.mkdir(parents=True, exist_ok=True)
+    upgraded = opset.upgrade(
+        model_path,
+        workdir / f"{model_path.stem}.opset{opset.PER_CHANNEL_OPSET}.onnx",
+        target=opset.PER_CHANNEL_OPSET,
+        reason=reason,
+    )
+    details["opset_upgraded_from"] = current
+    notes.append(
+        f"upgraded the model from opset {current} to {opset.PER_CHANNEL_OPSET} for {reason}"
+    )
+    return upgraded
 
 
 def _prepare_partial(

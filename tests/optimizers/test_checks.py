@@ -84,11 +84,13 @@ def test_cuda_is_left_to_the_worker(tmp_path: Path) -> None:
     check_spec(model, _spec(benchmark={"device": "cuda"}), {})
 
 
-def test_per_channel_needs_opset_13_before_queueing(tmp_path: Path) -> None:
-    model = inspect_model(make_mlp(tmp_path / "m.onnx", hidden=8, opset=12))
+def test_per_channel_accepts_opset_12_and_rejects_opset_9(tmp_path: Path) -> None:
     per_channel = PipelineSpec.model_validate(
         {"passes": [{"kind": "quantize", "method": "dynamic", "per_channel": True}]}
     )
-    with pytest.raises(UnsupportedError, match="opset 13"):
-        check_spec(model, per_channel, {})
-    check_spec(model, _spec(), {})
+    # Opset 12 is upgraded to 13 by the pass, so it is accepted before queueing.
+    check_spec(inspect_model(make_mlp(tmp_path / "m12.onnx", hidden=8, opset=12)), per_channel, {})
+    too_old = inspect_model(make_mlp(tmp_path / "m9.onnx", hidden=8, opset=9))
+    with pytest.raises(UnsupportedError, match="opset 10 or newer") as exc:
+        check_spec(too_old, per_channel, {})
+    assert "opset 9" in exc.value.message

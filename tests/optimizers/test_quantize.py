@@ -4,6 +4,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 
@@ -105,15 +106,19 @@ def test_static_quantization_of_a_fixed_batch_cnn(tmp_path: Path) -> None:
     assert any("fewer than the 128 requested" in note for note in result.notes)
 
 
-def test_per_channel_needs_opset_13(tmp_path: Path) -> None:
-    model = make_mlp(tmp_path / "old.onnx", hidden=8, opset=12)
-    with pytest.raises(QuantizationError, match="opset 13") as exc:
-        run_pass(
-            model, QuantizeConfig(method="dynamic", per_channel=True), _context(tmp_path, {}, [])
-        )
-    assert "per_channel to false" in exc.value.message
-    # Without per-channel the same model quantizes.
-    run_pass(model, QuantizeConfig(method="dynamic"), _context(tmp_path, {}, []))
+@pytest.mark.parametrize("method", ["dynamic", "static"])
+def test_per_channel_upgrades_opset_12_models(tmp_path: Path, mlp_data: Path, method: str) -> None:
+    model = make_mlp(tmp_path / "old.onnx", hidden=256, opset=12)
+    config = QuantizeConfig.model_validate(
+        {"method": method, "per_channel": True}
+        | ({"calibration": {"dataset_id": "c", "samples": 16}} if method == "static" else {})
+    )
+    result = run_pass(model, config, _context(tmp_path, {"c": mlp_data}, []))
+
+    assert result.details["opset_upgraded_from"] == 12
+    assert "upgraded the model from opset 12 to 13 for per-channel quantization" in result.notes
+    assert onnx.load(str(result.model_path)).opset_import[0].version >= 13
+    _assert_close_and_loadable(model, result.model_path, mlp_data, "x")
 
 
 def test_failed_pre_processing_is_a_note(
