@@ -308,9 +308,12 @@ def main() -> None:
                     workdir=tmp_path / f"{model.name}-{recipe.name}",
                     args=args,
                 )
-                status = "failed" if row.error else "done"
-                print(f"#   {recipe.name}: {status} in {row.seconds:.0f} s", flush=True)
+                # Each row as soon as it is measured, and the raw metrics so far: a full run
+                # takes long on a small machine and may be cut short.
+                print(f"#   {' | '.join(_cells(row))} ({row.seconds:.0f} s)", flush=True)
                 rows.append(row)
+                if args.json:
+                    _write_json(args.json, rows)
 
     print()
     print(
@@ -324,8 +327,11 @@ def main() -> None:
     for line in goal_lines(rows):
         print(line)
     if args.json:
-        args.json.write_text(json.dumps([row.__dict__ for row in rows], indent=2, default=str))
         print(f"raw metrics: {args.json}")
+
+
+def _write_json(path: Path, rows: list[Row]) -> None:
+    path.write_text(json.dumps([row.__dict__ for row in rows], indent=2, default=str))
 
 
 if __name__ == "__main__":
