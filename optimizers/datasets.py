@@ -302,3 +302,42 @@ def _read_header(stream: IO[bytes], name: str) -> _Header:
             f"array '{name}' has dtype {dtype}; only bool, integer and float arrays are accepted"
         )
     return _Header(shape=tuple(int(d) for d in shape), dtype=dtype, fortran_order=fortran_order)
+
+
+def pick_rows(num_samples: int, count: int, seed: int) -> np.ndarray:
+    """`count` distinct row indices out of `num_samples`, drawn with `seed`, in file order."""
+    rng = np.random.default_rng(seed)
+    count = min(count, num_samples)
+    return np.sort(rng.choice(num_samples, size=count, replace=False))
+
+
+def iter_picked_batches(
+    path: Path, names: list[str], batch_size: int, rows: np.ndarray, *, chunk: int = 256
+) -> Iterator[dict[str, np.ndarray]]:
+    """Batches of the rows `rows` (sorted indices), streamed through the file `chunk` rows at
+    a time: only the picked rows are kept, so memory stays at a chunk plus a batch."""
+    if batch_size < 1:
+        raise ValueError("batch_size must be at least 1")
+    wanted_rows = np.asarray(rows, dtype=np.int64)
+    if wanted_rows.size == 0:
+        return
+    pending: dict[str, list[np.ndarray]] = {}
+    held = 0
+    with _open_archive(path) as archive, ExitStack() as stack:
+        wanted = list(dict.fromkeys([*names, LABELS] if LABELS in _members(archive) else names))
+        readers = {name: stack.enter_context(_open_array(archive, name)) for name in wanted}
+        stop = int(wanted_rows[-1]) + 1
+        for start in range(0, stop, chunk):
+            count = min(chunk, stop - start)
+            local = wanted_rows[(wanted_rows >= start) & (wanted_rows < start + count)] - start
+            for name, reader in readers.items():
+                block = reader.read(count)
+                pending.setdefault(name, []).append(block[local])
+            held += len(local)
+            while held >= batch_size:
+                merged = {name: np.concatenate(parts) for name, parts in pending.items()}
+                yield {name: array[:batch_size] for name, array in merged.items()}
+                pending = {name: [array[batch_size:]] for name, array in merged.items()}
+                held -= batch_size
+        if held:
+            yield {name: np.concatenate(parts) for name, parts in pending.items()}

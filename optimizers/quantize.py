@@ -27,7 +27,9 @@ from optimizers.datasets import (
     fixed_batch_size,
     inspect_dataset,
     iter_batches,
+    iter_picked_batches,
     pad_rows,
+    pick_rows,
 )
 from optimizers.errors import OptimizerError, QuantizationError
 from optimizers.inspect import inspect_model
@@ -182,6 +184,7 @@ def _quantize_int8(model_path: Path, config: QuantizeConfig, ctx: PassContext) -
                 dataset=_calibration_path(ctx, config.calibration.dataset_id),
                 samples=config.calibration.samples,
                 ctx=ctx,
+                seed=config.calibration.seed if config.calibration.sampling == "random" else None,
             )
             if reader.available < config.calibration.samples:
                 notes.append(
@@ -268,7 +271,7 @@ def _upgrade_opset(
 
 def _prepare_partial(
     model_path: Path, config: QuantizeConfig, workdir: Path, notes: list[str]
-) -> tuple[Path, bool]:
+) -> tuple[Path, str]:
     """Pre-process for a partial scope. Node names in `include`/`exclude` normally come from
     the uploaded model; graph optimization would rename or fuse nodes, so it is skipped when
     nodes are selected by name. Names found only in the fully pre-processed graph (where the
@@ -286,7 +289,7 @@ def _prepare_partial(
         )
         return _pre_process(model_path, workdir, notes, skip_optimization=True)
     prepared, pre_processed = _pre_process(model_path, workdir, notes)
-    if pre_processed:
+    if pre_processed == "full":
         optimized = onnx.load(str(prepared), load_external_data=False)
         if not selection.unknown_names(optimized, names):
             notes.append(
@@ -317,19 +320,30 @@ def _quantizable_ops(config: QuantizeConfig) -> set[str]:
 
 
 class _DatasetReader(CalibrationDataReader):
-    """Feeds the first `samples` rows of a dataset, in file order, a few rows at a time."""
+    """Feeds `samples` rows of a dataset, a few rows at a time: the first ones, or with a
+    `seed` ones drawn at random (still streamed in file order)."""
 
-    def __init__(self, *, model: ModelInfo, dataset: Path, samples: int, ctx: PassContext) -> None:
+    def __init__(
+        self,
+        *,
+        model: ModelInfo,
+        dataset: Path,
+        samples: int,
+        ctx: PassContext,
+        seed: int | None = None,
+    ) -> None:
         info = inspect_dataset(dataset)
         check_fits(model, info, purpose="calibration")
         self.available = min(samples, info.num_samples)
         self._names = [tensor.name for tensor in model.inputs]
         self._fixed_batch = fixed_batch_size(model)
-        self._batches: Iterator[dict[str, np.ndarray]] = iter_batches(
-            dataset,
-            self._names,
-            self._fixed_batch or _even_batch(self.available),
-            limit=self.available,
+        batch = self._fixed_batch or _even_batch(self.available)
+        self._batches: Iterator[dict[str, np.ndarray]] = (
+            iter_batches(dataset, self._names, batch, limit=self.available)
+            if seed is None
+            else iter_picked_batches(
+                dataset, self._names, batch, pick_rows(info.num_samples, self.available, seed)
+            )
         )
         self._ctx = ctx
         self._done = 0
@@ -373,17 +387,38 @@ def _calibration_path(ctx: PassContext, dataset_id: str) -> Path:
 
 def _pre_process(
     model_path: Path, workdir: Path, notes: list[str], *, skip_optimization: bool = False
-) -> tuple[Path, bool]:
+) -> tuple[Path, str]:
     """Shape inference and graph clean-up that make quantization cover more nodes. Optional:
-    when it fails the original model is quantized as is."""
+    when symbolic shape inference fails it is retried with ONNX shape inference only, and
+    when that fails too the original model is quantized as is. Returns the model to quantize
+    and what was done: "full", "no_graph_optimization", "onnx_shape_inference_only" or
+    "skipped"."""
     output = workdir / f"{model_path.stem}.preprocessed.onnx"
     try:
         quant_pre_process(str(model_path), str(output), skip_optimization=skip_optimization)
+        return output, "no_graph_optimization" if skip_optimization else "full"
+    except Exception as exc:
+        logger.warning("symbolic shape inference failed for %s", model_path, exc_info=True)
+        first = exc
+    try:
+        quant_pre_process(
+            str(model_path),
+            str(output),
+            skip_optimization=skip_optimization,
+            skip_symbolic_shape=True,
+        )
     except Exception as exc:
         logger.warning("quantization pre-processing failed for %s", model_path, exc_info=True)
-        notes.append(f"pre-processing (shape inference) was skipped because it failed: {exc}")
-        return model_path, False
-    return output, True
+        notes.append(
+            f"pre-processing (shape inference) was skipped because it failed: {first}; "
+            f"without symbolic shape inference: {exc}"
+        )
+        return model_path, "skipped"
+    notes.append(
+        f"symbolic shape inference failed ({first}); pre-processing used ONNX shape inference "
+        "only, so fewer tensors may have known shapes"
+    )
+    return output, "onnx_shape_inference_only"
 
 
 def _count_quantized_nodes(path: Path) -> int:

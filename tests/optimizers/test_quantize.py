@@ -49,7 +49,7 @@ def test_dynamic_quantization(tmp_path: Path, mlp: Path, mlp_data: Path, per_cha
     assert result.details["method"] == "dynamic"
     assert result.details["per_channel"] is per_channel
     assert result.details["quantized_nodes"] > 0
-    assert result.details["pre_processed"] is True
+    assert result.details["pre_processed"] == "full"
     assert {stage for stage, _, _ in events} == {"quantizing"}
     assert all(0.2 <= fraction <= 0.4 for _, fraction, _ in events)
 
@@ -129,7 +129,7 @@ def test_failed_pre_processing_is_a_note(
 
     monkeypatch.setattr("optimizers.quantize.quant_pre_process", broken)
     result = run_pass(mlp, QuantizeConfig(method="dynamic"), _context(tmp_path, {}, []))
-    assert result.details["pre_processed"] is False
+    assert result.details["pre_processed"] == "skipped"
     assert any("exploded" in note for note in result.notes)
     assert result.model_path.stat().st_size < mlp.stat().st_size
 
