@@ -52,6 +52,16 @@ def has_external_data(path: Path) -> bool:
     return bool(external_data_locations(model))
 
 
+def model_size_bytes(path: Path) -> int:
+    """Bytes on disk of an ONNX model: the .onnx file plus the external data files it uses."""
+    model = onnx.load(str(path), load_external_data=False)
+    total = path.stat().st_size
+    for location in external_data_locations(model):
+        data_path = path.parent / check_relative_location(location, what="external data")
+        total += data_path.stat().st_size
+    return total
+
+
 def check_relative_location(location: str, *, what: str) -> str:
     """Return `location` normalized to forward slashes if it is a safe relative path (no
     absolute path, no '..', no backslash, no NUL, no drive letter); raise otherwise."""

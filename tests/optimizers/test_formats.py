@@ -15,6 +15,7 @@ import onnx
 import pytest
 
 from optimizers.errors import InvalidModelError
+from optimizers.external_data import model_size_bytes
 from optimizers.formats import (
     UnsafeArchiveError,
     UploadFormat,
@@ -347,6 +348,9 @@ def test_extract_onnx_zip_writes_only_the_model_and_its_data(tmp_path: Path) -> 
         new.writestr("README.txt", "not needed")
     model_path = extract_onnx_zip(with_extra, tmp_path / "out", max_total_bytes=LIMIT)
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["mlp.onnx", "mlp.onnx.data"]
+    assert model_size_bytes(model_path) == sum(
+        p.stat().st_size for p in (tmp_path / "out").iterdir()
+    )
     session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
     (logits,) = session.run(None, {"x": np.ones((2, 32), np.float32)})
     assert logits.shape == (2, 10)
