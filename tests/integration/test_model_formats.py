@@ -17,6 +17,8 @@ from tests.torch_models import make_external_data_zip, save_pt2
 pytestmark = pytest.mark.slow
 
 
+# Exporting with torch.export and converting in the worker take minutes on a busy machine.
+@pytest.mark.timeout(1200)
 def test_pt2_and_onnx_zip_jobs_succeed(embedded_service: Service, tmp_path: Path) -> None:
     pt2_path = save_pt2(tmp_path / "tiny.pt2")
     zip_path = make_external_data_zip(tmp_path / "mlp.zip", tmp_path / "build")
