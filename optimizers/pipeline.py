@@ -25,6 +25,7 @@ from optimizers.errors import (
     PassOutputError,
 )
 from optimizers.evaluate import evaluate, fidelity_on_inputs
+from optimizers.external_data import model_size_bytes
 from optimizers.inspect import inspect_model
 from optimizers.passes import run_pass
 from optimizers.runtime import create_session, default_threads, resolve_provider
@@ -184,7 +185,8 @@ def run_pipeline(
         progress_span=(BENCHMARK_START, BENCHMARK_END),
     )
 
-    sizes = {"baseline": model_path.stat().st_size, "optimized": current.stat().st_size}
+    # External data files count: a model is as large as everything it needs to load.
+    sizes = {"baseline": model_size_bytes(model_path), "optimized": model_size_bytes(current)}
     measured = {
         name: {
             "size_bytes": sizes[name],
