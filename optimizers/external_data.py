@@ -147,3 +147,40 @@ def _node_tensors(node: onnx.NodeProto) -> Iterator[onnx.TensorProto]:
 
 def _printable(text: str) -> str:
     return text.replace("\x00", "\\x00")[:200]
+
+
+#: Models above this size must keep their tensors outside the .onnx file (protobuf's 2 GB
+#: limit on one message).
+EXTERNAL_DATA_THRESHOLD = 1_800_000_000
+
+
+def needs_external_data(path: Path) -> bool:
+    """Whether a model made from the one at `path` should be saved with external data: the
+    input keeps its tensors in external files, or it is too large for one protobuf."""
+    return has_external_data(path) or model_size_bytes(path) > EXTERNAL_DATA_THRESHOLD
+
+
+def data_file_for(path: Path) -> Path:
+    """The single external data file written for a model saved at `path`."""
+    return path.with_name(f"{path.name}.data")
+
+
+def save_model(model: onnx.ModelProto, path: Path, *, external_data: bool) -> Path:
+    """Save `model` at `path`. With `external_data`, every tensor of 1 KiB or more goes to
+    one file '<name>.data' beside it (a relative location), replacing an older one; note
+    that onnx then moves the tensors' bytes out of `model` itself."""
+    if not external_data:
+        onnx.save_model(model, str(path))
+        return path
+    data = data_file_for(path)
+    data.unlink(missing_ok=True)  # onnx appends to an existing data file
+    onnx.save_model(
+        model,
+        str(path),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location=data.name,
+        size_threshold=1024,
+        convert_attribute=False,
+    )
+    return path

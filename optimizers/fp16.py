@@ -18,6 +18,7 @@ from optimizers.benchmark import make_feeds
 from optimizers.config import QuantizeConfig
 from optimizers.datasets import check_fits, fixed_batch_size, inspect_dataset
 from optimizers.errors import OptimizerError, QuantizationError
+from optimizers.external_data import needs_external_data, save_model
 from optimizers.inspect import inspect_model
 from optimizers.runtime import CPU
 from optimizers.types import ModelInfo, PassContext, PassResult
@@ -34,7 +35,8 @@ def quantize_fp16(model_path: Path, config: QuantizeConfig, ctx: PassContext) ->
     start, end = ctx.progress_span
     ctx.progress("quantizing", start, "converting to float16")
     notes: list[str] = []
-    model = onnx.load(str(model_path))
+    external_data = needs_external_data(model_path)
+    model = onnx.load(str(model_path))  # external data is read from the model's folder
     selection.check_op_types(model, config)
     missing = selection.unknown_names(model, selection.selected_names(config))
     if missing:
@@ -71,7 +73,7 @@ def quantize_fp16(model_path: Path, config: QuantizeConfig, ctx: PassContext) ->
     _drop_cast_round_trips(converted)
     ctx.workdir.mkdir(parents=True, exist_ok=True)
     output = ctx.workdir / f"{model_path.stem}.fp16.onnx"
-    onnx.save_model(converted, str(output))
+    save_model(converted, output, external_data=external_data)
     ctx.progress("quantizing", start + 0.6 * (end - start), "checking the float16 model")
 
     fp32_nodes = list(dict.fromkeys([*keep_fp32, *by_op]))

@@ -11,6 +11,7 @@ from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 from optimizers import selection
 from optimizers.config import QuantizeConfig
 from optimizers.errors import QuantizationError
+from optimizers.external_data import data_file_for, needs_external_data
 from optimizers.types import PassContext, PassResult
 
 
@@ -18,7 +19,8 @@ def quantize_int4(model_path: Path, config: QuantizeConfig, ctx: PassContext) ->
     start, end = ctx.progress_span
     ctx.progress("quantizing", start, "quantizing MatMul weights to 4 bits")
     notes: list[str] = []
-    model = onnx.load(str(model_path))
+    external_data = needs_external_data(model_path)
+    model = onnx.load(str(model_path))  # external data is read from the model's folder
     selection.check_op_types(model, config)
     missing = selection.unknown_names(model, selection.selected_names(config))
     if missing:
@@ -45,7 +47,10 @@ def quantize_int4(model_path: Path, config: QuantizeConfig, ctx: PassContext) ->
         raise QuantizationError(f"onnxruntime could not quantize MatMul weights: {exc}") from exc
     ctx.workdir.mkdir(parents=True, exist_ok=True)
     output = ctx.workdir / f"{model_path.stem}.int4.onnx"
-    quantizer.model.save_model_to_file(str(output))
+    # With external data onnxruntime writes the tensors to '<name>.data' beside the model,
+    # appending to an existing file.
+    data_file_for(output).unlink(missing_ok=True)
+    quantizer.model.save_model_to_file(str(output), use_external_data_format=external_data)
     ctx.progress("quantizing", end, "quantization finished")
 
     quantized = sum(

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import logging
+import os
+import shutil
+import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +36,12 @@ from optimizers.datasets import (
     pick_rows,
 )
 from optimizers.errors import OptimizerError, QuantizationError
+from optimizers.external_data import (
+    data_file_for,
+    has_external_data,
+    needs_external_data,
+    save_model,
+)
 from optimizers.inspect import inspect_model
 from optimizers.passes import register_pass
 from optimizers.types import ModelInfo, PassContext, PassResult
@@ -41,8 +51,8 @@ logger = logging.getLogger(__name__)
 #: Samples per calibration run when the model accepts any batch size: small enough to keep
 #: the calibrator's buffered activations modest, large enough to amortise per-run overhead.
 CALIBRATION_BATCH = 8
-#: Models above this size must keep weights in an external file (protobuf's 2 GB limit).
-_EXTERNAL_DATA_THRESHOLD = 1_800_000_000
+#: Pre-processing changes the working directory for a moment (see _pre_process).
+_CWD_LOCK = threading.Lock()
 
 _QUANT_TYPES = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
 _CALIBRATION_METHODS = {
@@ -93,10 +103,11 @@ def _quantize_weights_only(
     notes: list[str] = []
     details: dict[str, Any] = {}
     stem = model_path.stem
+    external_data = needs_external_data(model_path)
     if config.per_channel:
         info = inspect_model(model_path)
         model_path = _upgrade_opset(model_path, config, ctx.workdir, info, notes, details)
-    model = onnx.load(str(model_path))
+    model = onnx.load(str(model_path))  # external data is read from the model's folder
     selection.check_op_types(model, config)
     missing = selection.unknown_names(model, selection.selected_names(config))
     if missing:
@@ -113,7 +124,7 @@ def _quantize_weights_only(
         )
     ctx.workdir.mkdir(parents=True, exist_ok=True)
     output = ctx.workdir / f"{stem}.weights-{config.weight_type}.onnx"
-    weights_only.save(model, output)
+    weights_only.save(model, output, external_data=external_data)
     ctx.progress("quantizing", end, "quantization finished")
     details |= {
         "method": config.method,
@@ -135,6 +146,8 @@ def _quantize_int8(model_path: Path, config: QuantizeConfig, ctx: PassContext) -
     notes: list[str] = []
     details: dict[str, Any] = {}
     stem = model_path.stem
+    # Inputs with external data give outputs with external data, whatever their size.
+    external_data = needs_external_data(model_path)
     model_path = _upgrade_opset(model_path, config, ctx.workdir, info, notes, details)
     if (
         config.method == "static"
@@ -150,14 +163,18 @@ def _quantize_int8(model_path: Path, config: QuantizeConfig, ctx: PassContext) -
     ctx.workdir.mkdir(parents=True, exist_ok=True)
     partial = config.scope == "partial"
     if partial:
-        prepared, pre_processed = _prepare_partial(model_path, config, ctx.workdir, notes)
+        prepared, pre_processed = _prepare_partial(
+            model_path, config, ctx.workdir, notes, external_data=external_data
+        )
     else:
-        prepared, pre_processed = _pre_process(model_path, ctx.workdir, notes)
+        prepared, pre_processed = _pre_process(
+            model_path, ctx.workdir, notes, external_data=external_data
+        )
     resolved = selection.Resolved()
     if partial:
         prepared, resolved = _resolve_selection(prepared, config, ctx.workdir)
     output = ctx.workdir / f"{stem}.{config.method}-int8.onnx"
-    external_data = model_path.stat().st_size > _EXTERNAL_DATA_THRESHOLD
+    data_file_for(output).unlink(missing_ok=True)  # onnxruntime appends to an existing one
     weight_type = _QUANT_TYPES[config.weight_type]
     chosen: dict[str, Any] = {
         "op_types_to_quantize": resolved.op_types_to_quantize,
@@ -175,6 +192,8 @@ def _quantize_int8(model_path: Path, config: QuantizeConfig, ctx: PassContext) -
                 per_channel=config.per_channel,
                 weight_type=weight_type,
                 use_external_data_format=external_data,
+                # Also MatMuls inside If branches and Loop/Scan bodies.
+                extra_options={"EnableSubgraph": True},
                 **chosen,
             )
         else:
@@ -212,6 +231,14 @@ def _quantize_int8(model_path: Path, config: QuantizeConfig, ctx: PassContext) -
     ctx.progress("quantizing", end, "quantization finished")
 
     quantized_nodes = _count_quantized_nodes(output)
+    if config.method == "static":
+        left = _float_subgraph_nodes(output, _quantizable_ops(config))
+        if left:
+            notes.append(
+                f"{len(left)} node(s) inside If/Loop/Scan subgraphs stay float: onnxruntime's "
+                f"static quantization covers the main graph only (e.g. {left[:5]}); method "
+                "'dynamic' quantizes subgraphs too"
+            )
     if quantized_nodes == 0:
         what = "selected nodes" if partial else "model"
         notes.append(
@@ -270,7 +297,12 @@ def _upgrade_opset(
 
 
 def _prepare_partial(
-    model_path: Path, config: QuantizeConfig, workdir: Path, notes: list[str]
+    model_path: Path,
+    config: QuantizeConfig,
+    workdir: Path,
+    notes: list[str],
+    *,
+    external_data: bool,
 ) -> tuple[Path, str]:
     """Pre-process for a partial scope. Node names in `include`/`exclude` normally come from
     the uploaded model; graph optimization would rename or fuse nodes, so it is skipped when
@@ -280,15 +312,17 @@ def _prepare_partial(
     selection.check_op_types(uploaded, config)
     names = selection.selected_names(config)
     if not names:
-        return _pre_process(model_path, workdir, notes)
+        return _pre_process(model_path, workdir, notes, external_data=external_data)
     missing = selection.unknown_names(uploaded, names)
     if not missing:
         notes.append(
             "nodes are selected by name, so pre-processing kept the uploaded model's graph "
             "(shape inference only, no graph optimization) to keep its node names"
         )
-        return _pre_process(model_path, workdir, notes, skip_optimization=True)
-    prepared, pre_processed = _pre_process(model_path, workdir, notes)
+        return _pre_process(
+            model_path, workdir, notes, skip_optimization=True, external_data=external_data
+        )
+    prepared, pre_processed = _pre_process(model_path, workdir, notes, external_data=external_data)
     if pre_processed == "full":
         optimized = onnx.load(str(prepared), load_external_data=False)
         if not selection.unknown_names(optimized, names):
@@ -307,8 +341,15 @@ def _resolve_selection(
     unnamed nodes get names first."""
     graph = onnx.load(str(prepared), load_external_data=False)
     if selection.name_unnamed_nodes(graph):
-        prepared = workdir / f"{prepared.stem}.named.onnx"
-        onnx.save_model(graph, str(prepared))
+        renamed = workdir / f"{prepared.stem}.named.onnx"
+        if has_external_data(prepared):
+            # The copy lands in another folder, perhaps: it gets its own data file.
+            full = onnx.load(str(prepared))
+            selection.name_unnamed_nodes(full)
+            save_model(full, renamed, external_data=True)
+        else:
+            onnx.save_model(graph, str(renamed))
+        prepared = renamed
     return prepared, selection.resolve(graph, config)
 
 
@@ -386,7 +427,12 @@ def _calibration_path(ctx: PassContext, dataset_id: str) -> Path:
 
 
 def _pre_process(
-    model_path: Path, workdir: Path, notes: list[str], *, skip_optimization: bool = False
+    model_path: Path,
+    workdir: Path,
+    notes: list[str],
+    *,
+    skip_optimization: bool = False,
+    external_data: bool = False,
 ) -> tuple[Path, str]:
     """Shape inference and graph clean-up that make quantization cover more nodes. Optional:
     when symbolic shape inference fails it is retried with ONNX shape inference only, and
@@ -394,36 +440,81 @@ def _pre_process(
     and what was done: "full", "no_graph_optimization", "onnx_shape_inference_only" or
     "skipped"."""
     output = workdir / f"{model_path.stem}.preprocessed.onnx"
+    arguments: dict[str, Any] = {"skip_optimization": skip_optimization}
+    if external_data:
+        arguments |= {
+            "save_as_external_data": True,
+            "all_tensors_to_one_file": True,
+            "external_data_location": data_file_for(output).name,
+        }
     try:
-        quant_pre_process(str(model_path), str(output), skip_optimization=skip_optimization)
+        _run_pre_process(model_path, output, workdir, arguments)
         return output, "no_graph_optimization" if skip_optimization else "full"
     except Exception as exc:
         logger.warning("symbolic shape inference failed for %s", model_path, exc_info=True)
         first = exc
     try:
-        quant_pre_process(
-            str(model_path),
-            str(output),
-            skip_optimization=skip_optimization,
-            skip_symbolic_shape=True,
-        )
+        _run_pre_process(model_path, output, workdir, arguments | {"skip_symbolic_shape": True})
     except Exception as exc:
         logger.warning("quantization pre-processing failed for %s", model_path, exc_info=True)
         notes.append(
-            f"pre-processing (shape inference) was skipped because it failed: {first}; "
-            f"without symbolic shape inference: {exc}"
+            f"pre-processing (shape inference) was skipped because it failed: "
+            f"{_reason(first)}; without symbolic shape inference: {_reason(exc)}"
         )
         return model_path, "skipped"
     notes.append(
-        f"symbolic shape inference failed ({first}); pre-processing used ONNX shape inference "
-        "only, so fewer tensors may have known shapes"
+        f"symbolic shape inference failed ({_reason(first)}); pre-processing used ONNX shape "
+        "inference only, so fewer tensors may have known shapes"
     )
     return output, "onnx_shape_inference_only"
 
 
+def _run_pre_process(
+    model_path: Path, output: Path, workdir: Path, arguments: dict[str, Any]
+) -> None:
+    """quant_pre_process in a scratch working directory: onnxruntime's symbolic shape
+    inference saves the model it gave up on ('sym_shape_infer_temp.onnx' and a data file)
+    in the current directory, which must not fill the service's own."""
+    data_file_for(output).unlink(missing_ok=True)  # onnx appends to an existing data file
+    scratch = workdir / "pre-process-scratch"
+    scratch.mkdir(parents=True, exist_ok=True)
+    try:
+        with _working_directory(scratch):
+            quant_pre_process(str(model_path.resolve()), str(output.resolve()), **arguments)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+@contextmanager
+def _working_directory(path: Path) -> Iterator[None]:
+    with _CWD_LOCK:
+        previous = Path.cwd()
+        os.chdir(path)
+        try:
+            yield
+        finally:
+            os.chdir(previous)
+
+
+def _reason(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__
+
+
 def _count_quantized_nodes(path: Path) -> int:
+    """Quantized nodes in the graph and in subgraphs (If branches, Loop and Scan bodies)."""
     model = onnx.load(str(path), load_external_data=False)
-    return sum(1 for node in model.graph.node if _is_quantized(node))
+    return sum(1 for node in selection.iter_nodes(model.graph) if _is_quantized(node))
+
+
+def _float_subgraph_nodes(path: Path, quantizable: set[str]) -> list[str]:
+    """Quantizable nodes left float inside the subgraphs of the model at `path`."""
+    model = onnx.load(str(path), load_external_data=False)
+    top = {id(node) for node in model.graph.node}
+    return [
+        node.name or node.op_type
+        for node in selection.iter_nodes(model.graph)
+        if id(node) not in top and node.op_type in quantizable
+    ]
 
 
 def _is_quantized(node: onnx.NodeProto) -> bool:

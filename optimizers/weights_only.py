@@ -12,6 +12,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from optimizers import selection
 from optimizers.config import QuantizeConfig
+from optimizers.external_data import save_model
 
 #: Ops whose input 1 is a weight, and how to find its output-channel axis.
 WEIGHT_OPS = frozenset({"Conv", "MatMul", "Gemm"})
@@ -143,5 +144,5 @@ def _subgraph_inputs(graph: onnx.GraphProto) -> set[str]:
     return names
 
 
-def save(model: onnx.ModelProto, path: Path) -> None:
-    onnx.save_model(model, str(path))
+def save(model: onnx.ModelProto, path: Path, *, external_data: bool = False) -> None:
+    save_model(model, path, external_data=external_data)
