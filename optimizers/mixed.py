@@ -15,6 +15,7 @@ from optimizers.config import EvaluateConfig, MixedConfig, NodeSelection, Quanti
 from optimizers.datasets import inspect_dataset
 from optimizers.errors import QuantizationError
 from optimizers.evaluate import evaluate
+from optimizers.external_data import needs_external_data, save_model
 from optimizers.inspect import inspect_model
 from optimizers.quantize import quantize
 from optimizers.runtime import CPU, default_threads
@@ -27,7 +28,6 @@ _TOLERANCE_EPSILON = 1e-9
 #: re-quantization rounds share the rest.
 _FIRST_ROUND, _ANALYSIS = 0.3, 0.05
 #: Models above this size keep weights in an external file (protobuf's 2 GB limit).
-_EXTERNAL_DATA_THRESHOLD = 1_800_000_000
 
 
 @dataclass
@@ -291,13 +291,6 @@ def _kept_float_to_fp16(path: Path, kept: set[str], workdir: Path, notes: list[s
             "use fallback 'fp32'"
         ) from exc
     output = workdir / f"{path.stem}.fp16-fallback.onnx"
-    large = converted.ByteSize() > _EXTERNAL_DATA_THRESHOLD
-    onnx.save(
-        converted,
-        str(output),
-        save_as_external_data=large,
-        all_tensors_to_one_file=True,
-        location=f"{output.name}.data",
-    )
+    save_model(converted, output, external_data=needs_external_data(path))
     notes.append(f"nodes kept out of int8 run in float16: {sorted(kept)[:10]}")
     return output
