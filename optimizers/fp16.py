@@ -37,11 +37,7 @@ def quantize_fp16(model_path: Path, config: QuantizeConfig, ctx: PassContext) ->
     notes: list[str] = []
     external_data = needs_external_data(model_path)
     model = onnx.load(str(model_path))  # external data is read from the model's folder
-    selection.check_op_types(model, config)
-    missing = selection.unknown_names(model, selection.selected_names(config))
-    if missing:
-        raise selection.unknown_names_error(model, missing)
-    selection.name_unnamed_nodes(model)
+    selection.check_and_name(model, config)
 
     large = _nodes_reading_large_constants(model)
     excluded: list[str] = []

@@ -21,11 +21,7 @@ def quantize_int4(model_path: Path, config: QuantizeConfig, ctx: PassContext) ->
     notes: list[str] = []
     external_data = needs_external_data(model_path)
     model = onnx.load(str(model_path))  # external data is read from the model's folder
-    selection.check_op_types(model, config)
-    missing = selection.unknown_names(model, selection.selected_names(config))
-    if missing:
-        raise selection.unknown_names_error(model, missing)
-    selection.name_unnamed_nodes(model)
+    selection.check_and_name(model, config)
     excluded: list[str] = []
     if config.scope == "partial":
         resolved = selection.resolve(model, config)

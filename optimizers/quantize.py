@@ -108,11 +108,7 @@ def _quantize_weights_only(
         info = inspect_model(model_path)
         model_path = _upgrade_opset(model_path, config, ctx.workdir, info, notes, details)
     model = onnx.load(str(model_path))  # external data is read from the model's folder
-    selection.check_op_types(model, config)
-    missing = selection.unknown_names(model, selection.selected_names(config))
-    if missing:
-        raise selection.unknown_names_error(model, missing)
-    selection.name_unnamed_nodes(model)
+    selection.check_and_name(model, config)
     resolved = selection.resolve(model, config)
     if config.calibration is not None:
         notes.append("weights_only needs no calibration: the calibration dataset was not read")

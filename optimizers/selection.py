@@ -140,3 +140,13 @@ def _listing(items: list[str]) -> str:
     shown = ", ".join(f"'{item}'" for item in items[:_EXAMPLES])
     more = len(items) - _EXAMPLES
     return f"{shown} and {more} more" if more > 0 else shown
+
+
+def check_and_name(model: onnx.ModelProto, config: QuantizeConfig) -> None:
+    """Fail on selected op types or node names the model lacks, then give every unnamed
+    node a name so that selections can be passed to the quantizers as node names."""
+    check_op_types(model, config)
+    missing = unknown_names(model, selected_names(config))
+    if missing:
+        raise unknown_names_error(model, missing)
+    name_unnamed_nodes(model)
