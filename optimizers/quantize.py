@@ -61,17 +61,6 @@ _CALIBRATION_METHODS = {
     "percentile": CalibrationMethod.Percentile,
 }
 _FORMATS = {"qdq": QuantFormat.QDQ, "qoperator": QuantFormat.QOperator}
-_QUANTIZED_OPS = frozenset(
-    {
-        "QuantizeLinear",
-        "DequantizeLinear",
-        "DynamicQuantizeLinear",
-        "MatMulInteger",
-        "ConvInteger",
-        "DynamicQuantizeMatMul",
-        "MatMulIntegerToFloat",
-    }
-)
 
 
 @register_pass(QuantizeConfig)
@@ -514,7 +503,7 @@ def _float_subgraph_nodes(path: Path, quantizable: set[str]) -> list[str]:
 
 
 def _is_quantized(node: onnx.NodeProto) -> bool:
-    if node.op_type in _QUANTIZED_OPS or node.op_type.startswith("QLinear"):
+    if node.op_type in selection.QUANTIZED_OPS or node.op_type.startswith("QLinear"):
         return True
     # onnxruntime's contrib quantized kernels: QGemm, QAttention, QEmbedLayerNormalization...
     return node.domain == "com.microsoft" and node.op_type.startswith("Q")

@@ -11,6 +11,21 @@ import onnx
 from optimizers.config import NodeSelection, QuantizeConfig
 from optimizers.errors import QuantizationError
 
+#: Ops in a quantized graph that show a value went through reduced precision.
+QUANTIZED_OPS = frozenset(
+    {
+        "QuantizeLinear",
+        "DequantizeLinear",
+        "DynamicQuantizeLinear",
+        "MatMulInteger",
+        "ConvInteger",
+        "DynamicQuantizeMatMul",
+        "MatMulIntegerToFloat",
+        "MatMulNBits",
+        "GatherBlockQuantized",
+    }
+)
+
 #: How many valid names or op types an error message lists.
 _EXAMPLES = 8
 

@@ -30,6 +30,7 @@ from optimizers.datasets import (
 )
 from optimizers.evaluate import SQNR_CAP_DB
 from optimizers.runtime import CPU
+from optimizers.selection import QUANTIZED_OPS
 from optimizers.types import ModelInfo
 
 logger = logging.getLogger(__name__)
@@ -65,20 +66,6 @@ PRIMARY_OPS = frozenset(
         "RNN",
         "Gather",
         "EmbedLayerNormalization",
-    }
-)
-#: Ops in a quantized graph that show a value went through reduced precision.
-_REDUCED_PRECISION_OPS = frozenset(
-    {
-        "QuantizeLinear",
-        "DequantizeLinear",
-        "DynamicQuantizeLinear",
-        "MatMulInteger",
-        "ConvInteger",
-        "DynamicQuantizeMatMul",
-        "MatMulIntegerToFloat",
-        "MatMulNBits",
-        "GatherBlockQuantized",
     }
 )
 #: Activations that onnxruntime's QDQ quantizer removes, folding them into the next
@@ -496,7 +483,7 @@ def _reduced_precision(outputs: list[str], quant: _Graph, stats: dict[str, _Stat
             continue
         seen.add(id(node))
         if (
-            node.op_type in _REDUCED_PRECISION_OPS
+            node.op_type in QUANTIZED_OPS
             or node.op_type.startswith("QLinear")
             or (node.domain == "com.microsoft" and node.op_type.startswith("Q"))
             or (node.op_type == "Cast" and _casts_to_float16(node))
