@@ -37,6 +37,10 @@ class PassConfig(StrictModel):
         """Datasets this pass reads, so the caller can resolve and check them up front."""
         return []
 
+    def model_ids(self) -> list[str]:
+        """Other uploaded models this pass reads (e.g. a distillation student)."""
+        return []
+
 
 class CalibrationConfig(StrictModel):
     dataset_id: DatasetId
@@ -169,7 +173,128 @@ class QuantizeConfig(PassConfig):
         return list(dict.fromkeys(ids))
 
 
-AnyPass = Annotated[QuantizeConfig, Field(discriminator="kind")]
+class TrainingSettings(StrictModel):
+    """How a model is trained in the worker: fine-tuning after pruning, or distillation."""
+
+    dataset_id: DatasetId
+    epochs: int = Field(default=5, ge=1, le=1000)
+    learning_rate: float = Field(default=1e-3, gt=0.0, le=10.0)
+    batch_size: int = Field(default=32, ge=1, le=4096)
+    validation_split: float = Field(
+        default=0.1,
+        ge=0.0,
+        le=0.5,
+        description="Share of the dataset held out (deterministically, with `seed`) to "
+        "validate each epoch; 0 validates on the training data.",
+    )
+    patience: int | None = Field(
+        default=3,
+        ge=1,
+        le=1000,
+        description="Stop after this many epochs without a better validation score; "
+        "null trains every epoch.",
+    )
+    temperature: float = Field(
+        default=4.0, gt=0.0, le=100.0, description="Softening of teacher and student logits."
+    )
+    alpha: float = Field(
+        default=0.5,
+        ge=0.0,
+        le=1.0,
+        description="Weight of the distillation (KL) loss; 1 - alpha weighs cross-entropy on "
+        "labels. Without labels the distillation loss alone is used.",
+    )
+    seed: int = Field(default=0, ge=0, le=2**31 - 1)
+
+
+class FinetuneConfig(TrainingSettings):
+    """Recovery training after pruning: cross-entropy on `labels` when the dataset has them,
+    else distillation from the unpruned model."""
+
+
+class PruneConfig(PassConfig):
+    """Pruning of a trainable copy of the model (converted from ONNX in the worker)."""
+
+    kind: Literal["prune"] = "prune"
+    method: Literal["magnitude", "structured", "2:4"] = Field(
+        description="`magnitude`: zero the smallest weights (unstructured; the model keeps its "
+        "shape). `structured`: remove whole channels, hidden units and heads, so the model "
+        "gets smaller and faster. `2:4`: two of every four weights zero, for GPUs with sparse "
+        "tensor cores."
+    )
+    sparsity: float = Field(
+        default=0.5, gt=0.0, lt=1.0, description="magnitude: share of weights set to zero."
+    )
+    granularity: Literal["global", "layer"] = Field(
+        default="global",
+        description="magnitude: rank weights across all layers (`global`) or within each "
+        "layer (`layer`, every layer at `sparsity`).",
+    )
+    ratio: float = Field(
+        default=0.5,
+        gt=0.0,
+        lt=1.0,
+        description="structured: share of channels / hidden units removed from each layer.",
+    )
+    importance: Literal["l1", "l2"] = Field(
+        default="l2", description="structured: norm that ranks channels (smallest go first)."
+    )
+    exclude_layers: list[NodeName] = Field(
+        default_factory=list,
+        max_length=10_000,
+        description="ONNX node names of layers to leave alone; the output layer is always kept.",
+    )
+    finetune: FinetuneConfig | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> PruneConfig:
+        given = self.model_fields_set
+        if self.method != "magnitude" and given & {"sparsity", "granularity"}:
+            raise ValueError("`sparsity` and `granularity` apply to method 'magnitude'")
+        if self.method != "structured" and given & {"ratio", "importance"}:
+            raise ValueError("`ratio` and `importance` apply to method 'structured'")
+        return self
+
+    def dataset_ids(self) -> list[str]:
+        return [self.finetune.dataset_id] if self.finetune else []
+
+
+class StudentConfig(StrictModel):
+    """The model to train: an uploaded trainable program, or one derived from the teacher."""
+
+    model_id: Annotated[str, Field(min_length=1, max_length=64)] | None = Field(
+        default=None, description="An uploaded model of the same project (ONNX or PyTorch)."
+    )
+    derive: Literal["width"] | None = Field(
+        default=None,
+        description="`width`: the teacher with `ratio` of its channels / hidden units removed "
+        "by structured pruning.",
+    )
+    ratio: float = Field(default=0.5, gt=0.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> StudentConfig:
+        if (self.model_id is None) == (self.derive is None):
+            raise ValueError("student needs exactly one of `model_id` or `derive`")
+        if self.model_id is not None and "ratio" in self.model_fields_set:
+            raise ValueError("`ratio` applies to a derived student, not to `model_id`")
+        return self
+
+
+class DistillConfig(PassConfig, TrainingSettings):
+    """Knowledge distillation: the pass's input model teaches `student`."""
+
+    kind: Literal["distill"] = "distill"
+    student: StudentConfig
+
+    def dataset_ids(self) -> list[str]:
+        return [self.dataset_id]
+
+    def model_ids(self) -> list[str]:
+        return [self.student.model_id] if self.student.model_id else []
+
+
+AnyPass = Annotated[QuantizeConfig | PruneConfig | DistillConfig, Field(discriminator="kind")]
 
 
 class EvaluateConfig(StrictModel):
@@ -221,8 +346,28 @@ class PipelineSpec(StrictModel):
     evaluate: EvaluateConfig | None = None
     benchmark: BenchmarkConfig = Field(default_factory=BenchmarkConfig)
 
+    @model_validator(mode="after")
+    def _runnable_here(self) -> PipelineSpec:
+        for index, config in enumerate(self.passes):
+            if (
+                isinstance(config, PruneConfig)
+                and config.method == "2:4"
+                and self.benchmark.device != "cuda"
+            ):
+                raise ValueError(
+                    f"passes[{index}]: 2:4 sparsity only speeds up GPUs with sparse tensor cores "
+                    "and cannot be measured on a CPU benchmark; set benchmark.device to 'cuda' "
+                    "or use method 'structured'"
+                )
+        return self
+
     def dataset_ids(self) -> list[str]:
         ids = [d for p in self.passes for d in p.dataset_ids()]
         if self.evaluate:
             ids.append(self.evaluate.dataset_id)
+        return list(dict.fromkeys(ids))
+
+    def model_ids(self) -> list[str]:
+        """Other uploaded models the passes read (distillation students)."""
+        ids = [m for p in self.passes if isinstance(p, DistillConfig) for m in p.model_ids()]
         return list(dict.fromkeys(ids))

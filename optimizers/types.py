@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import BaseModel
 
@@ -52,6 +52,64 @@ class DatasetInfo(BaseModel):
     size_bytes: int
 
 
+class Checkpoints(Protocol):
+    """Files a pass keeps across attempts of the same job (e.g. one per training epoch), so a
+    retried job resumes instead of starting over. Names are plain file names."""
+
+    def load(self, name: str, dest: Path) -> Path | None:
+        """Copy the checkpoint `name` to `dest` and return `dest`, or None if there is none."""
+        ...
+
+    def save(self, name: str, path: Path) -> None:
+        """Store the file at `path` as checkpoint `name`, replacing an earlier one."""
+        ...
+
+
+class NoCheckpoints:
+    """Nothing is kept: every attempt starts over."""
+
+    def load(self, name: str, dest: Path) -> Path | None:
+        return None
+
+    def save(self, name: str, path: Path) -> None:
+        return None
+
+
+class DirectoryCheckpoints:
+    """Checkpoints in a local folder that outlives the attempt."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def load(self, name: str, dest: Path) -> Path | None:
+        source = self.directory / name
+        if not source.is_file():
+            return None
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_bytes(source.read_bytes())
+        return dest
+
+    def save(self, name: str, path: Path) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        partial = self.directory / f".{name}.partial"
+        partial.write_bytes(path.read_bytes())
+        partial.replace(self.directory / name)
+
+
+class PrefixedCheckpoints:
+    """One pass's view of a job's checkpoints: names get `prefix`, so passes never collide."""
+
+    def __init__(self, inner: Checkpoints, prefix: str) -> None:
+        self.inner = inner
+        self.prefix = prefix
+
+    def load(self, name: str, dest: Path) -> Path | None:
+        return self.inner.load(f"{self.prefix}{name}", dest)
+
+    def save(self, name: str, path: Path) -> None:
+        self.inner.save(f"{self.prefix}{name}", path)
+
+
 @dataclass
 class PassContext:
     workdir: Path
@@ -59,6 +117,12 @@ class PassContext:
     progress: ProgressFn = no_progress
     #: fraction of the whole job where this pass starts and ends, for progress reports
     progress_span: tuple[float, float] = (0.0, 1.0)
+    #: other uploaded models the pass reads (e.g. a distillation student): id -> ONNX file
+    models: Mapping[str, Path] = field(default_factory=dict)
+    #: where training passes keep per-epoch checkpoints across attempts
+    checkpoints: Checkpoints = field(default_factory=NoCheckpoints)
+    #: "cpu" or "cuda": where training runs (the job's benchmark device)
+    device: str = "cpu"
 
 
 @dataclass

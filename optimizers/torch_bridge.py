@@ -1,0 +1,168 @@
+"""ONNX models as trainable torch modules and back, for the passes that train or prune.
+
+Worker side only: torch and onnx2torch are imported inside the functions. An ONNX model is
+converted with onnx2torch into a `torch.fx.GraphModule` whose submodules are named after the
+ONNX nodes (so users name layers as they appear in the ONNX graph and in sensitivity
+reports), and exported back with the TorchScript exporter with a dynamic batch axis.
+"""
+
+from __future__ import annotations
+
+import sys
+import types
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import onnx
+
+from optimizers.errors import InvalidModelError, UnsupportedError
+from optimizers.inspect import inspect_model
+from optimizers.types import ModelInfo
+
+if TYPE_CHECKING:
+    import torch
+
+#: Opset of models exported from torch by the training passes.
+EXPORT_OPSET = 17
+#: Name of the batch axis in exported models.
+BATCH_AXIS = "batch"
+
+
+def onnx_to_torch(path: Path) -> torch.nn.Module:
+    """A trainable float32 torch module computing what the ONNX model at `path` computes.
+    Raises UnsupportedError naming the first node whose op has no converter."""
+    onnx2torch = _import_onnx2torch()
+    from onnx2torch.node_converters.registry import get_converter
+
+    proto = onnx.load(str(path))
+    opset = _default_opset(proto)
+    for node in proto.graph.node:
+        domain = node.domain or ""
+        version = opset if domain in ("", "ai.onnx") else _opset_of(proto, domain)
+        try:
+            get_converter(node.op_type, version, domain or "")
+        except NotImplementedError:
+            label = f"'{node.name}' " if node.name else ""
+            raise UnsupportedError(
+                f"node {label}({domain + '::' if domain else ''}{node.op_type}, opset "
+                f"{version}) cannot be converted to a trainable torch module; training passes "
+                "(prune, distill) support the standard ONNX ops of common CNN, MLP and "
+                "transformer layers"
+            ) from None
+    try:
+        module = onnx2torch.convert(proto)
+    except Exception as exc:  # onnx2torch raises plain exceptions for unsupported attributes
+        raise UnsupportedError(
+            f"the model cannot be converted to a trainable torch module: {type(exc).__name__}: "
+            f"{exc}"
+        ) from exc
+    module.float()
+    return module
+
+
+def module_names_by_node(path: Path) -> dict[str, str]:
+    """ONNX node name -> name of the submodule that onnx2torch makes of it."""
+    _import_onnx2torch()
+    from onnx2torch.onnx_graph import OnnxGraph
+
+    graph = OnnxGraph(onnx.load(str(path), load_external_data=False).graph)
+    return {node.name: unique for unique, node in graph.nodes.items() if node.name}
+
+
+def export_to_onnx(
+    module: torch.nn.Module,
+    path: Path,
+    *,
+    like: ModelInfo,
+    example_batch: int = 2,
+) -> ModelInfo:
+    """Export `module` to `path` with the input and output names of the model described by
+    `like` (the model it was converted from), batch axis dynamic. Returns the new model's
+    description; raises InvalidModelError when the export fails."""
+    import torch
+
+    examples = tuple(
+        torch.zeros(_example_shape(tensor.shape, example_batch), dtype=_torch_dtype(tensor.dtype))
+        for tensor in like.inputs
+    )
+    input_names = [tensor.name for tensor in like.inputs]
+    output_names = [tensor.name for tensor in like.outputs]
+    dynamic_axes: dict[str, dict[int, str]] = {name: {0: BATCH_AXIS} for name in input_names}
+    dynamic_axes.update({name: {0: BATCH_AXIS} for name in output_names})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.no_grad():
+            torch.onnx.export(
+                module,
+                examples,
+                str(path),
+                input_names=input_names,
+                output_names=output_names,
+                dynamic_axes=dynamic_axes,
+                opset_version=max(EXPORT_OPSET, like.opset or 0),
+                do_constant_folding=True,
+                dynamo=False,
+            )
+    except Exception as exc:
+        raise InvalidModelError(
+            f"exporting the trained torch module back to ONNX failed: {type(exc).__name__}: {exc}"
+        ) from exc
+    finally:
+        module.train(was_training)
+    return inspect_model(path)
+
+
+def _example_shape(shape: list[Any], batch: int) -> list[int]:
+    """Batch axis `batch`; other symbolic dims are refused, since the export fixes them."""
+    dims: list[int] = []
+    for axis, dim in enumerate(shape):
+        if isinstance(dim, int):
+            dims.append(batch if axis == 0 else dim)
+        elif axis == 0:
+            dims.append(batch)
+        else:
+            raise UnsupportedError(
+                f"training passes need fixed input sizes except the batch axis; axis {axis} is "
+                f"'{dim}'"
+            )
+    return dims
+
+
+def _torch_dtype(name: str) -> Any:
+    import torch
+
+    return getattr(torch, name)
+
+
+def _default_opset(proto: onnx.ModelProto) -> int:
+    return _opset_of(proto, "")
+
+
+def _opset_of(proto: onnx.ModelProto, domain: str) -> int:
+    for entry in proto.opset_import:
+        if (entry.domain or "") in ({domain, "ai.onnx"} if domain == "" else {domain}):
+            return int(entry.version)
+    return 1
+
+
+def _import_onnx2torch() -> Any:
+    """onnx2torch imports torchvision for its NonMaxSuppression and RoiAlign converters only.
+    torchvision wheels are built against one torch build and fail to import next to another
+    (e.g. CPU torch), so a placeholder stands in when torchvision is not already loaded; those
+    two ops are refused instead, which costs nothing here: neither is trainable."""
+    if "torchvision" not in sys.modules:
+        torchvision = types.ModuleType("torchvision")
+        ops = types.ModuleType("torchvision.ops")
+
+        def unavailable(*args: Any, **kwargs: Any) -> Any:
+            raise UnsupportedError("NonMaxSuppression and RoiAlign cannot be trained")
+
+        ops.nms = ops.roi_align = ops.box_convert = unavailable  # type: ignore[attr-defined]
+        torchvision.ops = ops  # type: ignore[attr-defined]
+        sys.modules["torchvision"] = torchvision
+        sys.modules["torchvision.ops"] = ops
+    import onnx2torch
+
+    return onnx2torch
