@@ -5,7 +5,9 @@ Imports neither torch nor onnxruntime: the API runs these on every job submissio
 
 from __future__ import annotations
 
-from optimizers.config import PipelineSpec, QuantizeConfig
+from collections.abc import Mapping
+
+from optimizers.config import DistillConfig, PipelineSpec, PruneConfig, QuantizeConfig
 from optimizers.datasets import check_fits
 from optimizers.errors import DatasetMismatchError, UnsupportedError
 from optimizers.types import DatasetInfo, ModelInfo, TensorInfo
@@ -34,9 +36,17 @@ SUPPORTED_INPUT_DTYPES = frozenset(
 MIN_QUANTIZE_OPSET = 10
 
 
-def check_spec(model: ModelInfo, spec: PipelineSpec, datasets: dict[str, DatasetInfo]) -> None:
+def check_spec(
+    model: ModelInfo,
+    spec: PipelineSpec,
+    datasets: Mapping[str, DatasetInfo],
+    *,
+    models: Mapping[str, ModelInfo] | None = None,
+) -> None:
     """Raise DatasetMismatchError or UnsupportedError for anything that would make the job fail
-    for a reason known now. `datasets` maps every dataset id in the spec to its description."""
+    for a reason known now. `datasets` maps every dataset id in the spec to its description,
+    `models` every model id in the spec (distillation students) to its description."""
+    models = models or {}
     for tensor in model.inputs:
         if tensor.dtype not in SUPPORTED_INPUT_DTYPES:
             raise UnsupportedError(
@@ -56,8 +66,12 @@ def check_spec(model: ModelInfo, spec: PipelineSpec, datasets: dict[str, Dataset
                 f"int8 quantization needs a model with opset {MIN_QUANTIZE_OPSET} or newer; this "
                 f"model uses opset {model.opset}. Re-export the model with opset >= 13"
             )
+        # Passes keep the model's inputs, so every pass's data must fit the original's inputs:
+        # calibration, pruning's fine-tuning data, distillation data.
         for dataset_id in config.dataset_ids():
-            check_fits(model, _dataset(datasets, dataset_id), purpose=f"{config.kind} pass")
+            check_fits(model, _dataset(datasets, dataset_id), purpose=_purpose(config))
+        if isinstance(config, DistillConfig) and config.student.model_id is not None:
+            _check_student(model, _model(models, config.student.model_id))
 
     if spec.evaluate is not None:
         evaluate_data = _dataset(datasets, spec.evaluate.dataset_id)
@@ -111,7 +125,50 @@ def check_spec(model: ModelInfo, spec: PipelineSpec, datasets: dict[str, Dataset
                 )
 
 
-def _dataset(datasets: dict[str, DatasetInfo], dataset_id: str) -> DatasetInfo:
+def _purpose(config: QuantizeConfig | PruneConfig | DistillConfig) -> str:
+    if isinstance(config, PruneConfig):
+        return "prune fine-tuning"
+    if isinstance(config, DistillConfig):
+        return "distill"
+    return f"{config.kind} pass"
+
+
+def _model(models: Mapping[str, ModelInfo], model_id: str) -> ModelInfo:
+    try:
+        return models[model_id]
+    except KeyError:
+        raise DatasetMismatchError(f"student model '{model_id}' was not found") from None
+
+
+def _check_student(teacher: ModelInfo, student: ModelInfo) -> None:
+    """The student is fed the teacher's inputs and replaces it: same input names, same first
+    output shape apart from the batch axis."""
+    want = [tensor.name for tensor in teacher.inputs]
+    have = [tensor.name for tensor in student.inputs]
+    if sorted(want) != sorted(have):
+        raise DatasetMismatchError(
+            f"the distillation student's inputs are {have} but the model it learns from has "
+            f"{want}; the student must take the same inputs (same names) as the teacher"
+        )
+    teacher_types = {tensor.name: tensor.dtype for tensor in teacher.inputs}
+    for tensor in student.inputs:
+        if tensor.dtype != teacher_types[tensor.name]:
+            raise DatasetMismatchError(
+                f"the distillation student's input '{tensor.name}' is {tensor.dtype} but the "
+                f"teacher's is {teacher_types[tensor.name]}"
+            )
+    if teacher.outputs and student.outputs:
+        want_shape, have_shape = teacher.outputs[0].shape[1:], student.outputs[0].shape[1:]
+        fixed = all(isinstance(dim, int) for dim in (*want_shape, *have_shape))
+        if fixed and want_shape != have_shape:
+            raise DatasetMismatchError(
+                f"the distillation student's first output has shape {student.outputs[0].shape} "
+                f"but the teacher's has {teacher.outputs[0].shape}; distillation matches them "
+                "sample by sample"
+            )
+
+
+def _dataset(datasets: Mapping[str, DatasetInfo], dataset_id: str) -> DatasetInfo:
     try:
         return datasets[dataset_id]
     except KeyError:

@@ -1,12 +1,13 @@
-"""Run a whole job spec on one model: passes, then evaluation and a benchmark of the result
-against the original, measured the same way in the same process."""
+"""Run a whole job spec on one model: passes, each one's output measured as a stage, then
+evaluation and a benchmark of the result against the original, measured the same way in the
+same process."""
 
 from __future__ import annotations
 
 import json
 import math
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,16 +26,19 @@ from optimizers.errors import (
     PassOutputError,
 )
 from optimizers.evaluate import evaluate, fidelity_on_inputs
-from optimizers.external_data import model_size_bytes
+from optimizers.external_data import has_external_data, model_size_bytes
 from optimizers.inspect import inspect_model
 from optimizers.passes import run_pass
 from optimizers.runtime import create_session, default_threads, resolve_provider
 from optimizers.sensitivity import analysis_feeds, analyze, failed_report
 from optimizers.types import (
+    Checkpoints,
     DatasetInfo,
     ModelInfo,
+    NoCheckpoints,
     PassContext,
     PassResult,
+    PrefixedCheckpoints,
     ProgressFn,
     no_progress,
 )
@@ -45,8 +49,27 @@ PASSES_START, EVALUATE_START, BENCHMARK_START, BENCHMARK_END = 0.05, 0.45, 0.6, 
 FIDELITY_SAMPLES = 32
 #: Share of each quantize pass's progress span spent on its sensitivity report.
 ANALYSIS_SHARE = 0.15
+#: Share of each pass's progress span spent measuring its output model (the stage).
+MEASURE_SHARE = 0.2
+#: Stage benchmarks are short (at most this many warm-up runs and timed runs per batch size):
+#: they show the trend from pass to pass; the final comparison uses the spec's full settings.
+STAGE_WARMUP, STAGE_ITERATIONS = 3, 20
 #: Float noise allowed when comparing a drop with its limit (1 - 0.99 is 0.010000000000000009).
 _TOLERANCE_EPSILON = 1e-9
+
+
+#: Files kept for the user: (artifact kind, file name, path).
+ArtifactFiles = list[tuple[str, str, Path]]
+#: on_stage(stage entry, its files): called as soon as a pass's output is measured, so a caller
+#: can keep the stage's model and reports even if a later pass fails. The files include the
+#: stage's model (kind `stage_model`, an ONNX file, possibly with external data beside it,
+#: named `.zip` when it has external data: the caller packages it) and the pass's reports.
+#: Paths stay readable by later passes: a caller that moves a file must copy or link it first.
+StageFn = Callable[[dict[str, Any], ArtifactFiles], None]
+
+
+def no_stage(stage: dict[str, Any], files: ArtifactFiles) -> None:
+    return None
 
 
 @dataclass
@@ -55,8 +78,11 @@ class PipelineResult:
     metrics: dict[str, Any]
     notes: list[str]
     passes: list[dict[str, Any]]
-    #: Extra files for the user: (kind, file name, path), e.g. a sensitivity report per pass.
-    artifacts: list[tuple[str, str, Path]] = field(default_factory=list)
+    #: Per-file artifacts of every pass, in order: its stage model and its reports
+    #: (e.g. a sensitivity report per quantize pass); the same files given to `on_stage`.
+    artifacts: ArtifactFiles = field(default_factory=list)
+    #: One entry per pass, in order: what its output model measures against the original.
+    stages: list[dict[str, Any]] = field(default_factory=list)
 
 
 def run_pipeline(
@@ -66,15 +92,23 @@ def run_pipeline(
     datasets: Mapping[str, Path],
     workdir: Path,
     progress: ProgressFn = no_progress,
+    models: Mapping[str, Path] | None = None,
+    checkpoints: Checkpoints | None = None,
+    on_stage: StageFn = no_stage,
 ) -> PipelineResult:
     """Apply `spec` to the model at `model_path`; intermediate and final models go to
-    `workdir`. `datasets` maps each dataset id of the spec to its `.npz` file."""
+    `workdir`. `datasets` maps each dataset id of the spec to its `.npz` file, `models` each
+    model id of the spec (distillation students) to its ONNX file. `checkpoints` keeps
+    training state across attempts of the same job; each pass sees its own prefix of it."""
+    models = models or {}
+    checkpoints = checkpoints or NoCheckpoints()
     progress("loading", 0.0, "inspecting the model")
     model = inspect_model(model_path)
     dataset_infos = {
         dataset_id: _inspect(datasets, dataset_id) for dataset_id in spec.dataset_ids()
     }
-    check_spec(model, spec, dataset_infos)
+    model_infos = {model_id: _inspect_model(models, model_id) for model_id in spec.model_ids()}
+    check_spec(model, spec, dataset_infos, models=model_infos)
     provider = resolve_provider(spec.benchmark.device)
     threads = spec.benchmark.threads or default_threads()
     # Fail before minutes of quantization if the runtime cannot even load the original.
@@ -83,18 +117,35 @@ def run_pipeline(
 
     notes: list[str] = []
     passes: list[dict[str, Any]] = []
-    artifacts: list[tuple[str, str, Path]] = []
+    stages: list[dict[str, Any]] = []
+    artifacts: ArtifactFiles = []
+    bench_dataset_id = _benchmark_dataset_id(spec)
+    measure = _Measure(
+        original=model_path,
+        model=model,
+        spec=spec,
+        datasets=datasets,
+        bench_dataset_id=bench_dataset_id,
+        provider=provider,
+        threads=threads,
+    )
     current = model_path
     width = (EVALUATE_START - PASSES_START) / len(spec.passes)
     for index, config in enumerate(spec.passes):
-        span = (PASSES_START + index * width, PASSES_START + (index + 1) * width)
+        number = index + 1
+        span = (PASSES_START + index * width, PASSES_START + number * width)
+        measure_start = span[1] - MEASURE_SHARE * width
         analyzed = config.kind == "quantize"
-        split = span[1] - ANALYSIS_SHARE * width if analyzed else span[1]
+        split = measure_start - ANALYSIS_SHARE * width if analyzed else measure_start
+        label = f"pass{number}-{config.kind}"
         ctx = PassContext(
-            workdir=workdir / f"pass{index + 1}-{config.kind}",
+            workdir=workdir / label,
             datasets=datasets,
             progress=progress,
             progress_span=(span[0], split),
+            models=models,
+            checkpoints=PrefixedCheckpoints(checkpoints, f"{label}/"),
+            device=spec.benchmark.device,
         )
         began = time.perf_counter()
         result = run_pass(current, config, ctx)
@@ -108,69 +159,56 @@ def run_pipeline(
             "notes": result.notes,
         }
         if analyzed:
-            progress("analyzing", split, f"pass {index + 1}: measuring per-node sensitivity")
-            name = f"pass{index + 1}-sensitivity.json"
+            progress("analyzing", split, f"pass {number}: measuring per-node sensitivity")
+            name = f"pass{number}-sensitivity.json"
             report = _sensitivity(
                 current, result, config, spec, model, datasets, provider, threads, ctx.workdir
             )
             result.artifacts["sensitivity"] = ctx.workdir / "sensitivity.json"
             entry["sensitivity"] = _sensitivity_summary(report, name)
-            progress("analyzing", span[1], f"pass {index + 1}: sensitivity report written")
-        passes.append(entry)
-        notes.extend(result.notes)
-        artifacts.extend(
-            (kind, f"pass{index + 1}-{kind}{path.suffix}", path)
+        progress("measuring", measure_start, f"pass {number}: measuring its model")
+        stage_name = stage_model_name(result.model_path, f"pass{number}-{config.kind}")
+        stage = {
+            "pass": number,
+            "kind": config.kind,
+            "method": entry["method"],
+            "duration_s": entry["duration_s"],
+            "notes": result.notes,
+            "artifact": stage_name,
+            **measure.stage(
+                result.model_path,
+                progress=_relabel(progress, "measuring", f"pass {number}: "),
+                progress_span=(measure_start, span[1]),
+            ),
+        }
+        files: ArtifactFiles = [("stage_model", stage_name, result.model_path)]
+        files.extend(
+            (kind, f"pass{number}-{kind}{path.suffix}", path)
             for kind, path in result.artifacts.items()
         )
+        json.dumps(stage, allow_nan=False)
+        on_stage(stage, files)
+        progress("measuring", span[1], f"pass {number}: measured")
+        passes.append(entry)
+        stages.append(stage)
+        notes.extend(result.notes)
+        artifacts.extend(files)
         current = result.model_path
 
     progress("evaluating", EVALUATE_START, "comparing outputs")
-    bench_dataset_id = _benchmark_dataset_id(spec)
     bench_dataset = datasets[bench_dataset_id] if bench_dataset_id else None
-    accuracy: dict[str, float | None] = {"baseline": None, "optimized": None}
-    if spec.evaluate is not None:
-        evaluated = evaluate(
-            model_path,
-            current,
-            datasets[spec.evaluate.dataset_id],
-            spec.evaluate,
-            providers=[provider],
-            threads=threads,
-            progress=progress,
-            progress_span=(EVALUATE_START, BENCHMARK_START),
-        )
-        accuracy = {
-            "baseline": evaluated["baseline_accuracy"],
-            "optimized": evaluated["optimized_accuracy"],
-        }
-        fidelity = evaluated["fidelity"]
-    elif bench_dataset is not None:
-        fidelity = evaluate(
-            model_path,
-            current,
-            bench_dataset,
-            EvaluateConfig(
-                dataset_id=str(bench_dataset_id), metric="fidelity", samples=FIDELITY_SAMPLES
-            ),
-            providers=[provider],
-            threads=threads,
-        )["fidelity"]
-        fidelity["source"] = "calibration_dataset"
-        notes.append(
-            "accuracy was not measured: the spec has no evaluate section; fidelity was measured "
+    accuracy, fidelity = measure.quality(
+        current, progress=progress, progress_span=(EVALUATE_START, BENCHMARK_START)
+    )
+    if spec.evaluate is None:
+        where = (
             f"on the first {fidelity['samples']} calibration samples"
-        )
-    else:
-        fidelity = fidelity_on_inputs(
-            model_path,
-            current,
-            _synthetic_feeds(model, spec),
-            providers=[provider],
-            threads=threads,
+            if bench_dataset is not None
+            else "on random inputs, which may not reflect real data"
         )
         notes.append(
             "accuracy was not measured: the spec has no evaluate section; fidelity was measured "
-            "on random inputs, which may not reflect real data"
+            + where
         )
 
     progress("benchmarking", BENCHMARK_START, "benchmarking both models")
@@ -213,8 +251,176 @@ def run_pipeline(
     # The metrics are stored as JSON; NaN or infinity here would be a bug in this module.
     json.dumps(metrics, allow_nan=False)
     return PipelineResult(
-        model_path=current, metrics=metrics, notes=notes, passes=passes, artifacts=artifacts
+        model_path=current,
+        metrics=metrics,
+        notes=notes,
+        passes=passes,
+        artifacts=artifacts,
+        stages=stages,
     )
+
+
+def stage_model_name(path: Path, stem: str) -> str:
+    """The artifact name of a stage's model: `stem.onnx`, or `stem.zip` when its weights
+    live in external data files (the caller packages the model with them)."""
+    return f"{stem}.zip" if has_external_data(path) else f"{stem}.onnx"
+
+
+@dataclass
+class _Measure:
+    """Measures a model against the original on the job's data: quality (accuracy with
+    labels, fidelity always), and for stages also size, parameters and a short benchmark."""
+
+    original: Path
+    model: ModelInfo
+    spec: PipelineSpec
+    datasets: Mapping[str, Path]
+    bench_dataset_id: str | None
+    provider: str
+    threads: int
+    #: The original's size and accuracy do not change from stage to stage.
+    _original_size: int | None = None
+
+    def quality(
+        self,
+        candidate: Path,
+        *,
+        progress: ProgressFn = no_progress,
+        progress_span: tuple[float, float] = (0.0, 1.0),
+    ) -> tuple[dict[str, float | None], dict[str, Any]]:
+        """({"baseline", "optimized"} accuracy, fidelity) of `candidate`: on the evaluate
+        dataset when the spec has one, else on calibration samples, else on random inputs."""
+        spec = self.spec
+        bench_dataset = self.datasets[self.bench_dataset_id] if self.bench_dataset_id else None
+        if spec.evaluate is not None:
+            evaluated = evaluate(
+                self.original,
+                candidate,
+                self.datasets[spec.evaluate.dataset_id],
+                spec.evaluate,
+                providers=[self.provider],
+                threads=self.threads,
+                progress=progress,
+                progress_span=progress_span,
+            )
+            accuracy = {
+                "baseline": evaluated["baseline_accuracy"],
+                "optimized": evaluated["optimized_accuracy"],
+            }
+            return accuracy, evaluated["fidelity"]
+        none: dict[str, float | None] = {"baseline": None, "optimized": None}
+        if bench_dataset is not None:
+            fidelity = evaluate(
+                self.original,
+                candidate,
+                bench_dataset,
+                EvaluateConfig(
+                    dataset_id=str(self.bench_dataset_id),
+                    metric="fidelity",
+                    samples=FIDELITY_SAMPLES,
+                ),
+                providers=[self.provider],
+                threads=self.threads,
+            )["fidelity"]
+            fidelity["source"] = "calibration_dataset"
+            return none, fidelity
+        fidelity = fidelity_on_inputs(
+            self.original,
+            candidate,
+            _synthetic_feeds(self.model, spec),
+            providers=[self.provider],
+            threads=self.threads,
+        )
+        return none, fidelity
+
+    def stage(
+        self,
+        candidate: Path,
+        *,
+        progress: ProgressFn,
+        progress_span: tuple[float, float],
+    ) -> dict[str, Any]:
+        """The numbers of one stage's `candidate` model against the original."""
+        start, end = progress_span
+        middle = start + (end - start) * 0.4
+        if self._original_size is None:
+            self._original_size = model_size_bytes(self.original)
+        size = model_size_bytes(candidate)
+        parameters = inspect_model(candidate).parameter_count
+        accuracy, fidelity = self.quality(
+            candidate, progress=progress, progress_span=(start, middle)
+        )
+        settings = self.spec.benchmark.model_copy(
+            update={
+                "warmup": min(self.spec.benchmark.warmup, STAGE_WARMUP),
+                "iterations": min(self.spec.benchmark.iterations, STAGE_ITERATIONS),
+            }
+        )
+        bench_dataset = self.datasets[self.bench_dataset_id] if self.bench_dataset_id else None
+        bench = benchmark_pair(
+            self.original,
+            candidate,
+            settings,
+            feeds_for_batch=lambda batch: make_feeds(
+                self.model,
+                batch,
+                dataset=bench_dataset,
+                input_shapes=self.spec.benchmark.input_shapes,
+            ),
+            progress=progress,
+            progress_span=(middle, end),
+        )
+        original_p50 = {b: s["p50"] for b, s in bench["baseline"]["latency_ms"].items()}
+        stage_p50 = {b: s["p50"] for b, s in bench["optimized"]["latency_ms"].items()}
+        accuracy_drop = (
+            accuracy["baseline"] - accuracy["optimized"]
+            if accuracy["baseline"] is not None and accuracy["optimized"] is not None
+            else None
+        )
+        return {
+            "size_bytes": size,
+            "size_ratio": round(size / self._original_size, 4),
+            "parameter_count": parameters,
+            "parameter_ratio": (
+                round(parameters / self.model.parameter_count, 4)
+                if self.model.parameter_count
+                else None
+            ),
+            "latency_p50_ms": stage_p50,
+            "original_latency_p50_ms": original_p50,
+            "speedup_p50": {b: round(original_p50[b] / stage_p50[b], 3) for b in stage_p50},
+            "accuracy": accuracy["optimized"],
+            "original_accuracy": accuracy["baseline"],
+            "accuracy_drop": accuracy_drop,
+            "fidelity": fidelity,
+            "measurement": {
+                "warmup": bench["warmup"],
+                "iterations": bench["iterations"],
+                "inputs": _benchmark_inputs(self.spec, self.bench_dataset_id),
+                "note": (
+                    f"a short benchmark ({bench['iterations']} timed runs per batch size, "
+                    "original and stage interleaved); the final comparison uses the spec's "
+                    "benchmark settings"
+                ),
+            },
+        }
+
+
+def _relabel(progress: ProgressFn, stage: str, prefix: str) -> ProgressFn:
+    """Progress of a helper (evaluate, benchmark) reported under another stage name."""
+
+    def report(_: str, fraction: float, message: str) -> None:
+        progress(stage, fraction, prefix + message)
+
+    return report
+
+
+def _inspect_model(models: Mapping[str, Path], model_id: str) -> ModelInfo:
+    try:
+        path = models[model_id]
+    except KeyError:
+        raise InvalidModelError(f"model '{model_id}' was not provided") from None
+    return inspect_model(path)
 
 
 def _inspect(datasets: Mapping[str, Path], dataset_id: str) -> DatasetInfo:

@@ -4,10 +4,15 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import onnxruntime as ort
 import pytest
 
 from optimizers.config import PipelineSpec
-from optimizers.pipeline import _verdict, run_pipeline
+from optimizers.errors import OptimizerError
+from optimizers.external_data import model_size_bytes as model_size
+from optimizers.inspect import inspect_model
+from optimizers.pipeline import ArtifactFiles, _verdict, run_pipeline
 from tests.optimizers.helpers import make_sequence_model
 from tests.optimizers.sensitive_models import SENSITIVE_NODE, make_inputs, make_outlier_mlp
 
@@ -90,7 +95,7 @@ def test_static_quantization_end_to_end(tmp_path: Path, mlp: Path, mlp_data: Pat
     assert result.passes[0]["details"]["quantized_nodes"] > 0
     assert result.passes[0]["duration_s"] >= 0
     assert result.passes[0]["sensitivity"]["status"] == "ok"
-    assert [kind for kind, _, _ in result.artifacts] == ["sensitivity"]
+    assert [kind for kind, _, _ in result.artifacts] == ["stage_model", "sensitivity"]
 
     stages = list(dict.fromkeys(stage for stage, _, _ in events))
     assert stages == [
@@ -98,6 +103,7 @@ def test_static_quantization_end_to_end(tmp_path: Path, mlp: Path, mlp_data: Pat
         "quantizing",
         "calibrating",
         "analyzing",
+        "measuring",
         "evaluating",
         "benchmarking",
     ]
@@ -124,7 +130,7 @@ def test_without_evaluate_fidelity_comes_from_synthetic_inputs(tmp_path: Path, m
     assert "accuracy not checked" in comparison["verdict"]
     assert metrics["benchmark"]["inputs"] == "synthetic"
     assert any("accuracy was not measured" in note for note in result.notes)
-    (kind, name, path), *_ = result.artifacts
+    (kind, name, path), *_ = [a for a in result.artifacts if a[0] != "stage_model"]
     report = json.loads(path.read_text())
     assert (kind, name) == ("sensitivity", "pass1-sensitivity.json")
     assert report["status"] == "ok" and report["inputs"]["source"] == "synthetic_inputs"
@@ -149,9 +155,10 @@ def test_every_quantize_pass_gets_a_sensitivity_report(tmp_path: Path) -> None:
         model_path=model, spec=spec, datasets={"cal": data}, workdir=tmp_path / "w"
     )
     assert [(kind, name) for kind, name, _ in result.artifacts] == [
-        ("sensitivity", "pass1-sensitivity.json")
+        ("stage_model", "pass1-quantize.onnx"),
+        ("sensitivity", "pass1-sensitivity.json"),
     ]
-    report = json.loads(result.artifacts[0][2].read_text())
+    report = json.loads(result.artifacts[1][2].read_text())
     assert report["status"] == "ok"
     assert report["inputs"] == {"source": "pass_dataset", "dataset_id": "cal"}
     ranked = [node for node in report["nodes"] if node["quantized"]]
@@ -234,3 +241,120 @@ def test_symbolic_model_with_nothing_to_quantize(tmp_path: Path) -> None:
     assert any("no node was quantized" in note for note in result.notes)
     assert result.metrics["fidelity"]["cosine_mean"] == pytest.approx(1.0)
     assert "NOT smaller" in result.metrics["comparison"]["verdict"]
+
+
+STAGE = {
+    "pass",
+    "kind",
+    "method",
+    "duration_s",
+    "notes",
+    "artifact",
+    "size_bytes",
+    "size_ratio",
+    "parameter_count",
+    "parameter_ratio",
+    "latency_p50_ms",
+    "original_latency_p50_ms",
+    "speedup_p50",
+    "accuracy",
+    "original_accuracy",
+    "accuracy_drop",
+    "fidelity",
+    "measurement",
+}
+
+
+def _partial(*nodes: str) -> dict[str, Any]:
+    return {
+        "kind": "quantize",
+        "method": "dynamic",
+        "scope": "partial",
+        "include": {"nodes": list(nodes)},
+    }
+
+
+def test_each_pass_is_a_measured_stage_with_its_own_model(
+    tmp_path: Path, mlp: Path, mlp_data: Path
+) -> None:
+    spec = PipelineSpec.model_validate(
+        {
+            "passes": [_partial("fc2"), _partial("fc1")],
+            "evaluate": {"dataset_id": "data", "max_drop": 0.1, "samples": 32},
+            "benchmark": {**FAST_BENCHMARK, "iterations": 50},
+        }
+    )
+    seen: list[tuple[dict[str, Any], ArtifactFiles]] = []
+    events: list[tuple[str, float, str]] = []
+    result = run_pipeline(
+        model_path=mlp,
+        spec=spec,
+        datasets={"data": mlp_data},
+        workdir=tmp_path,
+        progress=lambda *event: events.append(event),
+        on_stage=lambda stage, files: seen.append((stage, list(files))),
+    )
+
+    json.dumps(result.stages, allow_nan=False)
+    assert [stage for stage, _ in seen] == result.stages
+    first, second = result.stages
+    assert [(s["pass"], s["kind"], s["method"]) for s in result.stages] == [
+        (1, "quantize", "dynamic"),
+        (2, "quantize", "dynamic"),
+    ]
+    for stage in result.stages:
+        assert set(stage) == STAGE
+        assert set(stage["latency_p50_ms"]) == set(stage["speedup_p50"]) == {"1", "4"}
+        assert stage["measurement"]["iterations"] == 20  # shorter than the final 50
+        assert stage["original_accuracy"] == 1.0 and stage["accuracy"] is not None
+        assert stage["fidelity"]["cosine_mean"] > 0.95 and stage["fidelity"]["samples"] == 32
+        assert stage["accuracy_drop"] == stage["original_accuracy"] - stage["accuracy"]
+    # fc2 (256x256) is most of the weights; fc1 (16x256) shrinks the model a little more.
+    assert second["size_bytes"] < first["size_bytes"] < 0.6 * model_size(mlp)
+    assert first["size_ratio"] == round(first["size_bytes"] / model_size(mlp), 4)
+    # int8 weights keep their element count (plus a scale and a zero point each).
+    assert first["parameter_count"] >= inspect_model(mlp).parameter_count
+    assert first["parameter_ratio"] >= 1.0
+    assert result.metrics["optimized"]["size_bytes"] == second["size_bytes"]
+    assert [p["kind"] for p in result.passes] == ["quantize", "quantize"]
+
+    names = [(kind, name) for kind, name, _ in result.artifacts]
+    assert names == [
+        ("stage_model", "pass1-quantize.onnx"),
+        ("sensitivity", "pass1-sensitivity.json"),
+        ("stage_model", "pass2-quantize.onnx"),
+        ("sensitivity", "pass2-sensitivity.json"),
+    ]
+    assert [files for _, files in seen] == [result.artifacts[:2], result.artifacts[2:]]
+    inputs = {"x": np.load(mlp_data)["x"][:4]}
+    for kind, _, path in result.artifacts:
+        if kind == "stage_model":
+            session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+            assert session.run(None, inputs)[0].shape == (4, 4)
+
+    measuring = [fraction for stage, fraction, _ in events if stage == "measuring"]
+    assert len(measuring) >= 4
+    fractions = [fraction for _, fraction, _ in events]
+    assert fractions == sorted(fractions)
+
+
+def test_a_failing_later_pass_keeps_the_stages_before_it(tmp_path: Path, mlp: Path) -> None:
+    spec = PipelineSpec.model_validate(
+        {"passes": [_partial("fc2"), _partial("no_such_node")], "benchmark": FAST_BENCHMARK}
+    )
+    seen: list[tuple[dict[str, Any], ArtifactFiles]] = []
+    with pytest.raises(OptimizerError, match="no_such_node"):
+        run_pipeline(
+            model_path=mlp,
+            spec=spec,
+            datasets={},
+            workdir=tmp_path,
+            on_stage=lambda stage, files: seen.append((stage, list(files))),
+        )
+    [(stage, files)] = seen
+    assert stage["pass"] == 1 and stage["fidelity"]["source"] == "synthetic_inputs"
+    assert [(kind, name) for kind, name, _ in files] == [
+        ("stage_model", "pass1-quantize.onnx"),
+        ("sensitivity", "pass1-sensitivity.json"),
+    ]
+    assert all(path.is_file() for _, _, path in files)
