@@ -1,0 +1,77 @@
+"""ONNX models as trainable torch modules and back: the round trip computes what the original
+computes, and an op without a converter is refused by name."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from optimizers.errors import UnsupportedError
+from tests.factories import make_cnn, make_mlp
+
+pytest.importorskip("torch")
+
+
+def _outputs(path: Path, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, feeds)
+
+
+@pytest.mark.parametrize(
+    ("make", "feed"),
+    [
+        (make_cnn, {"image": (5, 3, 16, 16)}),
+        (make_mlp, {"x": (5, 16)}),
+    ],
+    ids=["cnn", "mlp"],
+)
+def test_round_trip_computes_the_same_outputs(
+    tmp_path: Path, make: Callable[[Path], Path], feed: dict[str, tuple[int, ...]]
+) -> None:
+    from optimizers.inspect import inspect_model
+    from optimizers.torch_bridge import export_to_onnx, onnx_to_torch
+
+    original = make(tmp_path / "original.onnx")
+    module = onnx_to_torch(original)
+    exported = export_to_onnx(module, tmp_path / "exported.onnx", like=inspect_model(original))
+
+    assert [t.name for t in exported.inputs] == list(feed)
+    assert exported.inputs[0].shape[0] == "batch"  # the batch axis stays dynamic
+    rng = np.random.default_rng(0)
+    feeds = {name: rng.standard_normal(shape).astype(np.float32) for name, shape in feed.items()}
+    expected = _outputs(original, feeds)
+    actual = _outputs(tmp_path / "exported.onnx", feeds)
+    assert len(actual) == len(expected)
+    for a, e in zip(actual, expected, strict=True):
+        np.testing.assert_allclose(a, e, rtol=1e-4, atol=1e-5)
+
+
+def test_an_op_without_a_converter_is_refused_by_node_name(tmp_path: Path) -> None:
+    from optimizers.torch_bridge import onnx_to_torch
+
+    graph = helper.make_graph(
+        [
+            helper.make_node("Relu", ["x"], ["r"], name="relu"),
+            helper.make_node("Frobnicate", ["r"], ["y"], name="mystery", domain="com.example"),
+        ],
+        "custom",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+    )
+    model = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.example", 1)],
+    )
+    model.ir_version = 8
+    path = tmp_path / "custom.onnx"
+    onnx.save(model, str(path))
+
+    with pytest.raises(UnsupportedError, match=r"'mystery'.*Frobnicate"):
+        onnx_to_torch(path)
