@@ -47,6 +47,16 @@ def distill(model_path: Path, config: DistillConfig, ctx: PassContext) -> PassRe
     dataset = ctx.datasets.get(config.dataset_id)
     if dataset is None:
         raise DatasetMismatchError(f"dataset '{config.dataset_id}' was not found")
+    for tensor in teacher_info.inputs:
+        open_axes = [
+            axis for axis, dim in enumerate(tensor.shape) if axis and not isinstance(dim, int)
+        ]
+        if open_axes:
+            # The student is exported with fixed sizes; refuse before minutes of training.
+            raise UnsupportedError(
+                f"distillation needs fixed input sizes except the batch axis; input "
+                f"'{tensor.name}' has symbolic axes {open_axes} (shape {tensor.shape})"
+            )
     # Read before any conversion, so that a dataset that does not fit fails fast.
     data = load_training_data(dataset, teacher_info)
 

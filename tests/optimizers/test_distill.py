@@ -16,7 +16,8 @@ from optimizers.errors import DatasetMismatchError, UnsupportedError
 from optimizers.inspect import inspect_model
 from optimizers.passes import run_pass
 from optimizers.types import DirectoryCheckpoints, PassContext, ProgressFn
-from tests.optimizers.helpers import save_npz
+from tests.factories import make_cnn, make_dataset
+from tests.optimizers.helpers import make_sequence_model, save_npz
 
 IN_FEATURES, CLASSES, SAMPLES = 12, 4, 160
 nn = torch.nn
@@ -250,3 +251,25 @@ def test_a_retried_job_resumes_from_the_checkpoint(
     assert training["epochs_run"] == 3 and len(training["history"]) == 3
     assert not any(message.startswith("epoch 1/") for message in seen)
     assert "resumed from the checkpoint of epoch 1" in result.notes
+
+
+def test_derived_student_of_a_cnn_keeps_its_interface(tmp_path: Path) -> None:
+    cnn = make_cnn(tmp_path / "cnn.onnx", size=8, width=8)
+    data = make_dataset(tmp_path / "cnn.npz", cnn, samples=48, labels=False)
+    config = _config(dataset_id="images", epochs=1, validation_split=0.0)
+
+    result = run_pass(cnn, config, _ctx(tmp_path / "work", {"images": data}))
+
+    assert result.details["student_parameters"] < result.details["teacher_parameters"]
+    info = inspect_model(result.model_path)
+    assert [t.name for t in info.inputs] == ["image"] and info.outputs[0].shape[1] == 4
+    session = ort.InferenceSession(str(result.model_path), providers=["CPUExecutionProvider"])
+    images = np.load(data)["image"][:3]
+    assert session.run(None, {"image": images})[0].shape == (3, 4)
+
+
+def test_symbolic_input_sizes_are_refused_before_training(tmp_path: Path) -> None:
+    model = make_sequence_model(tmp_path / "seq.onnx")
+    data = save_npz(tmp_path / "seq.npz", x=np.zeros((4, 3, 8), np.float32))
+    with pytest.raises(UnsupportedError, match="fixed input sizes"):
+        run_pass(model, _config(dataset_id="seq"), _ctx(tmp_path / "work", {"seq": data}))
