@@ -32,6 +32,8 @@ def claim(session: Session, job_id: str, worker: str) -> int | None:
             progress_message="claimed by worker",
             error_type=None,
             error_message=None,
+            # A new attempt starts over; an earlier attempt's partial result goes.
+            result=None,
             updated_at=now,
         )
         .execution_options(synchronize_session=False)
@@ -75,6 +77,19 @@ def report_progress(
     return result.rowcount == 1  # type: ignore[attr-defined]
 
 
+def record_result(session: Session, job_id: str, attempt: int, *, result: dict[str, Any]) -> bool:
+    """A running attempt's partial result (e.g. the stages measured so far). `finish` replaces
+    it on success and keeps it on failure, so a failed job still shows what it got done."""
+    now = utcnow()
+    outcome = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.attempts == attempt, Job.status.in_(RUNNING))
+        .values(result=result, heartbeat_at=now, updated_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    return outcome.rowcount == 1  # type: ignore[attr-defined]
+
+
 def finish(
     session: Session,
     job_id: str,
@@ -85,7 +100,8 @@ def finish(
     error_type: str | None = None,
     error_message: str | None = None,
 ) -> bool:
-    """running|cancelling -> a final state, only for the attempt that owns the job."""
+    """running|cancelling -> a final state, only for the attempt that owns the job. A failed
+    or canceled job keeps the partial result its attempt recorded (record_result)."""
     now = utcnow()
     values: dict[str, Any] = {"status": status, "finished_at": now, "updated_at": now}
     if status == JobStatus.succeeded:

@@ -106,6 +106,8 @@ class Job(Base):
     )
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)
     dataset_ids: Mapped[list[str]] = mapped_column(JSON, default=list)
+    #: Other uploaded models the passes read (distillation students), checked at submission.
+    extra_model_ids: Mapped[list[str]] = mapped_column(JSON, default=list)
     queue: Mapped[str] = mapped_column(String(16), default="cpu")
     status: Mapped[str] = mapped_column(String(16), default=JobStatus.queued)
     stage: Mapped[str | None] = mapped_column(String(32))

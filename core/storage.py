@@ -162,6 +162,50 @@ class S3Storage:
         self.client.head_bucket(Bucket=self.bucket)
 
 
+def checkpoints_prefix(project_id: str, job_id: str) -> str:
+    """Where a job's training checkpoints live: shared by all its attempts, on any worker."""
+    return f"{project_id}/jobs/{job_id}/checkpoints"
+
+
+class StorageCheckpoints:
+    """A job's checkpoints (optimizers.types.Checkpoints) as objects under `prefix`, so that
+    a retried attempt of the job resumes on whichever worker runs it. `scratch` is a local
+    folder for the copies that storing needs."""
+
+    def __init__(self, storage: Storage, prefix: str, *, scratch: Path) -> None:
+        self.storage = storage
+        self.prefix = prefix.rstrip("/")
+        self.scratch = scratch
+
+    def _key(self, name: str) -> str:
+        return check_key(f"{self.prefix}/{name}")
+
+    def load(self, name: str, dest: Path) -> Path | None:
+        key = self._key(name)
+        if not self.storage.exists(key):
+            return None
+        # A true copy: local storage links fetched files, and a pass that rewrites its
+        # checkpoint file in place must never change the stored one.
+        fetched = self.storage.fetch_to(key, self._scratch_path(name))
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(fetched, dest)
+        fetched.unlink(missing_ok=True)
+        return dest
+
+    def save(self, name: str, path: Path) -> None:
+        key = self._key(name)
+        # Storing moves its source; the pass keeps its own file.
+        staged = self._scratch_path(name)
+        shutil.copyfile(path, staged)
+        self.storage.put_file(key, staged)
+
+    def _scratch_path(self, name: str) -> Path:
+        self.scratch.mkdir(parents=True, exist_ok=True)
+        path = self.scratch / f"{name.replace('/', '__')}.partial"
+        path.unlink(missing_ok=True)
+        return path
+
+
 def get_storage() -> Storage:
     from core.settings import get_settings
 

@@ -23,11 +23,11 @@ from core.db import new_id, session_scope
 from core.jobspec import JobSpec
 from core.models import Artifact, Dataset, Job, JobStatus, StoredModel
 from core.settings import Settings
-from core.storage import Storage, StorageError
+from core.storage import Storage, StorageCheckpoints, StorageError, checkpoints_prefix
 from optimizers.errors import InvalidModelError, OptimizerError
 from optimizers.external_data import check_relative_location, external_data_locations
 from optimizers.formats import UploadFormat, extract_onnx_zip
-from optimizers.pipeline import run_pipeline
+from optimizers.pipeline import ArtifactFiles, run_pipeline
 from optimizers.types import ModelInfo
 from worker.monitor import JobCanceled, JobMonitor
 
@@ -38,13 +38,20 @@ _PROGRESS_MIN_INTERVAL_S = 0.5
 
 
 @dataclass
+class _StoredModel:
+    key: str
+    format: str
+    info: ModelInfo
+
+
+@dataclass
 class _Inputs:
     project_id: str
     spec: JobSpec
-    model_key: str
-    model_format: str
-    model_info: ModelInfo
+    model: _StoredModel
     dataset_keys: dict[str, str]
+    #: Other uploaded models the passes read (distillation students), by model id.
+    extra_models: dict[str, _StoredModel]
 
 
 def worker_name() -> str:
@@ -121,14 +128,30 @@ def _load_inputs(job_id: str) -> _Inputs:
         missing = set(job.dataset_ids) - set(datasets)
         if missing:
             raise StorageError(f"dataset(s) {sorted(missing)} were deleted before the job ran")
+        spec = JobSpec.model_validate(job.spec)
+        # Jobs created before the column existed name their extra models only in the spec.
+        extra_ids = list(job.extra_model_ids or spec.model_ids())
+        extra = {
+            row.id: _stored(row)
+            for row in session.scalars(select(StoredModel).where(StoredModel.id.in_(extra_ids)))
+            if row.project_id == job.project_id
+        }
+        gone = sorted(set(extra_ids) - set(extra))
+        if gone:
+            raise StorageError(f"model(s) {gone} were deleted before the job ran")
         return _Inputs(
             project_id=job.project_id,
-            spec=JobSpec.model_validate(job.spec),
-            model_key=model.storage_key,
-            model_format=model.format,
-            model_info=ModelInfo.model_validate(model.info),
+            spec=spec,
+            model=_stored(model),
             dataset_keys=datasets,
+            extra_models=extra,
         )
+
+
+def _stored(row: StoredModel) -> _StoredModel:
+    return _StoredModel(
+        key=row.storage_key, format=row.format, info=ModelInfo.model_validate(row.info)
+    )
 
 
 def _run(
@@ -142,27 +165,53 @@ def _run(
 ) -> str:
     reporter("loading", 0.01, "fetching the model and datasets")
     inputs = _load_inputs(job_id)
-    stored_name = PurePosixPath(inputs.model_key).name
-    stored_path = storage.fetch_to(inputs.model_key, workdir / "input" / stored_name)
-    model_path, source, source_notes = _prepare_model(
-        inputs, stored_path, workdir / "model", max_total_bytes=max_total_bytes, reporter=reporter
+    prefix = f"{inputs.project_id}/jobs/{job_id}/attempt-{attempt}"
+    if attempt > 1:
+        _drop_earlier_attempts(job_id, attempt, storage, keep=prefix)
+    model_path, source, source_notes = _fetch_model(
+        inputs.model, storage, workdir / "input", workdir / "model", max_total_bytes, reporter
     )
+    extra_models: dict[str, Path] = {}
+    for model_id, stored in inputs.extra_models.items():
+        reporter("loading", 0.02, f"fetching model {model_id}")
+        extra_models[model_id], _, notes = _fetch_model(
+            stored,
+            storage,
+            workdir / "input" / model_id,
+            workdir / "models" / model_id,
+            max_total_bytes,
+            reporter,
+        )
+        source_notes.extend(f"model {model_id}: {note}" for note in notes)
     dataset_paths = {
         dataset_id: storage.fetch_to(key, workdir / "input" / f"{dataset_id}.npz")
         for dataset_id, key in inputs.dataset_keys.items()
     }
+    checkpoints_key = checkpoints_prefix(inputs.project_id, job_id)
+    recorder = _StageRecorder(
+        job_id=job_id,
+        attempt=attempt,
+        project_id=inputs.project_id,
+        prefix=prefix,
+        storage=storage,
+        workdir=workdir / "stages",
+    )
     outcome = run_pipeline(
         model_path=model_path,
         spec=inputs.spec,
         datasets=dataset_paths,
         workdir=workdir / "work",
         progress=reporter,
+        models=extra_models,
+        checkpoints=StorageCheckpoints(storage, checkpoints_key, scratch=workdir / "checkpoints"),
+        on_stage=recorder,
     )
     reporter("storing", 0.98, "storing artifacts")
     result: dict[str, Any] = {
         "metrics": outcome.metrics,
         "notes": [*source_notes, *outcome.notes],
         "passes": outcome.passes,
+        "stages": outcome.stages,
         "source": source,
     }
     report_path = workdir / "report.json"
@@ -173,28 +222,15 @@ def _run(
             allow_nan=False,
         )
     )
+    # Each pass's stage model and reports were stored as the pass finished (_StageRecorder).
     files = [
         ("model", *_model_artifact(outcome.model_path, workdir / "package")),
         ("report", "report.json", "application/json", report_path),
     ]
-    files.extend((kind, name, _content_type(path), path) for kind, name, path in outcome.artifacts)
-    prefix = f"{inputs.project_id}/jobs/{job_id}/attempt-{attempt}"
-    artifacts = []
-    for kind, name, content_type, path in files:
-        artifacts.append(
-            Artifact(
-                id=new_id("art"),
-                project_id=inputs.project_id,
-                job_id=job_id,
-                kind=kind,
-                name=name,
-                content_type=content_type,
-                sha256=_sha256(path),
-                size_bytes=path.stat().st_size,
-                storage_key=f"{prefix}/{name}",
-            )
-        )
-        storage.put_file(f"{prefix}/{name}", path)
+    artifacts = [
+        _store(storage, project_id=inputs.project_id, job_id=job_id, prefix=prefix, file=file)
+        for file in files
+    ]
     with session_scope() as session:
         session.add_all(artifacts)
         session.flush()
@@ -203,12 +239,141 @@ def _run(
             storage.delete_prefix(prefix)
             log.warning("job %s: attempt %d finished but no longer owns the job", job_id, attempt)
             return JobStatus.canceled
+    # Training state is needed only to resume an unfinished job.
+    storage.delete_prefix(checkpoints_key)
     log.info("job %s: succeeded", job_id)
     return JobStatus.succeeded
 
 
+def _fetch_model(
+    stored: _StoredModel,
+    storage: Storage,
+    input_dir: Path,
+    workdir: Path,
+    max_total_bytes: int,
+    reporter: _ProgressReporter,
+) -> tuple[Path, dict[str, Any], list[str]]:
+    stored_path = storage.fetch_to(stored.key, input_dir / PurePosixPath(stored.key).name)
+    return _prepare_model(
+        stored, stored_path, workdir, max_total_bytes=max_total_bytes, reporter=reporter
+    )
+
+
+def _store(
+    storage: Storage,
+    *,
+    project_id: str,
+    job_id: str,
+    prefix: str,
+    file: tuple[str, str, str, Path],
+) -> Artifact:
+    """Put one file in storage (moving it there) and return its artifact row."""
+    kind, name, content_type, path = file
+    row = Artifact(
+        id=new_id("art"),
+        project_id=project_id,
+        job_id=job_id,
+        kind=kind,
+        name=name,
+        content_type=content_type,
+        sha256=_sha256(path),
+        size_bytes=path.stat().st_size,
+        storage_key=f"{prefix}/{name}",
+    )
+    storage.put_file(row.storage_key, path)
+    return row
+
+
+class _StageRecorder:
+    """The pipeline's on_stage callback: stores each finished pass's model and reports as
+    artifacts and the stages measured so far as the job's result, at once, so that they stay
+    with the job when a later pass fails."""
+
+    def __init__(
+        self,
+        *,
+        job_id: str,
+        attempt: int,
+        project_id: str,
+        prefix: str,
+        storage: Storage,
+        workdir: Path,
+    ) -> None:
+        self.job_id = job_id
+        self.attempt = attempt
+        self.project_id = project_id
+        self.prefix = prefix
+        self.storage = storage
+        self.workdir = workdir
+        self.stages: list[dict[str, Any]] = []
+
+    def __call__(self, stage: dict[str, Any], files: ArtifactFiles) -> None:
+        scratch = self.workdir / f"pass{stage['pass']}"
+        scratch.mkdir(parents=True, exist_ok=True)
+        rows: list[Artifact] = []
+        for kind, name, path in files:
+            if kind == "stage_model":
+                stem = PurePosixPath(name).stem
+                packaged, content_type, source = _model_artifact(path, scratch, stem=stem)
+                if packaged != name:  # the pipeline and the packaging disagree: a bug
+                    raise RuntimeError(f"stage model packaged as {packaged}, expected {name}")
+            else:
+                content_type, source = _content_type(path), path
+            # Storing moves the file, and later passes still read the stage's model.
+            staged = _link_or_copy(source, scratch / f"{name}.upload")
+            rows.append(
+                _store(
+                    self.storage,
+                    project_id=self.project_id,
+                    job_id=self.job_id,
+                    prefix=self.prefix,
+                    file=(kind, name, content_type, staged),
+                )
+            )
+        self.stages.append(stage)
+        with session_scope() as session:
+            session.add_all(rows)
+            session.flush()
+            if not jobstate.record_result(
+                session, self.job_id, self.attempt, result={"stages": self.stages}
+            ):
+                session.rollback()
+                for row in rows:
+                    self.storage.delete_prefix(row.storage_key)
+                raise JobCanceled()
+
+
+def _drop_earlier_attempts(job_id: str, attempt: int, storage: Storage, *, keep: str) -> None:
+    """A retried job starts over: what earlier attempts stored (stage models of the passes
+    they finished) is replaced by this attempt's. Checkpoints are kept: they let it resume."""
+    with session_scope() as session:
+        rows = session.scalars(select(Artifact).where(Artifact.job_id == job_id)).all()
+        stale = [row for row in rows if not row.storage_key.startswith(f"{keep}/")]
+        for row in stale:
+            session.delete(row)
+        keys = [row.storage_key for row in stale]
+    for key in keys:
+        storage.delete_prefix(key)
+    if keys:
+        log.info(
+            "job %s: attempt %d dropped %d artifact(s) of earlier attempts",
+            job_id,
+            attempt,
+            len(keys),
+        )
+
+
+def _link_or_copy(source: Path, dest: Path) -> Path:
+    dest.unlink(missing_ok=True)
+    try:
+        os.link(source, dest)
+    except OSError:
+        shutil.copyfile(source, dest)
+    return dest
+
+
 def _prepare_model(
-    inputs: _Inputs,
+    stored: _StoredModel,
     stored_path: Path,
     workdir: Path,
     *,
@@ -216,7 +381,7 @@ def _prepare_model(
     reporter: _ProgressReporter,
 ) -> tuple[Path, dict[str, Any], list[str]]:
     """The ONNX model the pipeline runs on, what it came from, and notes for the result."""
-    model_format = inputs.model_format
+    model_format = stored.format
     if model_format == UploadFormat.onnx:
         return stored_path, {"format": model_format, "converted": False}, []
     if model_format == UploadFormat.onnx_zip:
@@ -228,29 +393,31 @@ def _prepare_model(
 
         reporter("loading", 0.02, f"converting the {model_format} program to ONNX")
         conversion = convert_to_onnx(
-            stored_path, inputs.model_info, workdir, max_total_bytes=max_total_bytes
+            stored_path, stored.info, workdir, max_total_bytes=max_total_bytes
         )
         return conversion.model_path, conversion.source, conversion.notes
     raise InvalidModelError(f"the model has an unknown format '{model_format}'")
 
 
-def _model_artifact(model_path: Path, workdir: Path) -> tuple[str, str, Path]:
-    """(name, content type, path) of the optimized model: the .onnx file, or a zip of it and
-    its external data files when its weights live beside it."""
+def _model_artifact(
+    model_path: Path, workdir: Path, *, stem: str = "optimized"
+) -> tuple[str, str, Path]:
+    """(name, content type, path) of a model to keep: the .onnx file, or a zip of it and its
+    external data files when its weights live beside it."""
     proto = onnx.load(str(model_path), load_external_data=False)
     locations = sorted(external_data_locations(proto))
     del proto
     if not locations:
-        return "optimized.onnx", "application/octet-stream", model_path
+        return f"{stem}.onnx", "application/octet-stream", model_path
     workdir.mkdir(parents=True, exist_ok=True)
-    package = workdir / "optimized.zip"
-    onnx_name = "optimized.onnx" if "optimized.onnx" not in locations else model_path.name
+    package = workdir / f"{stem}.zip"
+    onnx_name = f"{stem}.onnx" if f"{stem}.onnx" not in locations else model_path.name
     with zipfile.ZipFile(package, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
         archive.write(model_path, arcname=onnx_name)
         for location in locations:
             check_relative_location(location, what="the external data location")
             archive.write(model_path.parent / location, arcname=location)
-    return "optimized.zip", "application/zip", package
+    return package.name, "application/zip", package
 
 
 def _finish_failed(

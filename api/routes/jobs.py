@@ -82,8 +82,9 @@ def create_job(
         except Problem:
             raise field_error(["body"], f"no dataset {dataset_id!r} in this project") from None
         datasets[dataset_id] = DatasetInfo.model_validate(row.info)
+    models = _extra_models(session, key.project_id, spec)
     try:
-        check_spec(ModelInfo.model_validate(model.info), spec, datasets)
+        check_spec(ModelInfo.model_validate(model.info), spec, datasets, models=models)
     except OptimizerError as exc:
         raise Problem(422, exc.message, type=exc.type.replace("_", "-")) from exc
 
@@ -94,6 +95,7 @@ def create_job(
         model_id=model.id,
         spec=spec.model_dump(mode="json"),
         dataset_ids=list(datasets),
+        extra_model_ids=list(models),
         queue="gpu" if spec.benchmark.device == "cuda" else "cpu",
         status=JobStatus.queued,
         progress=0.0,
@@ -123,6 +125,23 @@ def create_job(
         session.commit()
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     return JobOut.of(job)
+
+
+def _extra_models(session: SessionDep, project_id: str, spec: JobSpec) -> dict[str, ModelInfo]:
+    """The other models the passes read (distillation students), each of this project."""
+    found: dict[str, ModelInfo] = {}
+    for index, config in enumerate(spec.passes):
+        for model_id in config.model_ids():
+            if model_id in found:
+                continue
+            row = session.get(StoredModel, model_id)
+            if row is None or row.project_id != project_id:
+                raise field_error(
+                    ["body", "passes", index, "student", "model_id"],
+                    f"no model {model_id!r} in this project",
+                )
+            found[model_id] = ModelInfo.model_validate(row.info)
+    return found
 
 
 @router.get("", response_model=Page[JobOut])

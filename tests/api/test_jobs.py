@@ -10,7 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from tests.api.helpers import upload_dataset, upload_model
-from tests.factories import make_dataset, make_mlp
+from tests.factories import make_cnn, make_dataset, make_mlp
 
 
 @pytest.fixture
@@ -174,3 +174,97 @@ def test_model_in_use_cannot_be_deleted(client: TestClient, mlp: dict[str, Any])
     client.post(f"/v1/jobs/{job['id']}/cancel")
     assert client.delete(f"/v1/models/{mlp['id']}").status_code == 204
     assert client.get(f"/v1/jobs/{job['id']}").json()["model_id"] is None
+
+
+def _other_project_client(client: TestClient) -> TestClient:
+    project = client.post("/v1/projects", json={"name": "team-b"}).json()
+    created = client.post(
+        "/v1/keys", json={"project_id": project["id"], "name": "ci", "scopes": ["read", "write"]}
+    ).json()
+    other = TestClient(client.app)
+    other.headers["Authorization"] = f"Bearer {created['key']}"
+    return other
+
+
+def _distill_spec(model_id: str, dataset_id: str, student: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "model_id": model_id,
+        "passes": [{"kind": "distill", "student": student, "dataset_id": dataset_id}],
+    }
+
+
+def test_distillation_student_must_be_a_model_of_this_project(
+    client: TestClient, mlp: dict[str, Any], tmp_path: Path
+) -> None:
+    dataset = upload_dataset(client, make_dataset(tmp_path / "d.npz", tmp_path / "mlp.onnx"))
+    other = _other_project_client(client)
+    foreign = upload_model(other, make_mlp(tmp_path / "student.onnx", hidden=16))
+
+    for student_id in (foreign["id"], "mdl_nope"):
+        spec = _distill_spec(mlp["id"], dataset["id"], {"model_id": student_id})
+        response = client.post("/v1/jobs", json=spec)
+        assert response.status_code == 422, response.text
+        problem = response.json()
+        assert problem["detail"] == (
+            f"body.passes.0.student.model_id: no model '{student_id}' in this project"
+        )
+        assert problem["errors"][0]["loc"] == ["body", "passes", 0, "student", "model_id"]
+    assert client.get("/v1/jobs").json()["items"] == []
+
+    own = upload_model(client, make_mlp(tmp_path / "small.onnx", hidden=16))
+    spec = _distill_spec(mlp["id"], dataset["id"], {"model_id": own["id"]})
+    response = client.post("/v1/jobs", json=spec)
+    assert response.status_code == 202, response.text
+    assert response.json()["spec"]["passes"][0]["student"]["model_id"] == own["id"]
+
+    # A derived student needs no upload.
+    derived = _distill_spec(mlp["id"], dataset["id"], {"derive": "width", "ratio": 0.25})
+    assert client.post("/v1/jobs", json=derived).status_code == 202
+
+
+def test_distillation_student_must_take_the_teachers_inputs(
+    client: TestClient, mlp: dict[str, Any], tmp_path: Path
+) -> None:
+    dataset = upload_dataset(client, make_dataset(tmp_path / "d.npz", tmp_path / "mlp.onnx"))
+    cnn = upload_model(client, make_cnn(tmp_path / "cnn.onnx"))
+    response = client.post(
+        "/v1/jobs", json=_distill_spec(mlp["id"], dataset["id"], {"model_id": cnn["id"]})
+    )
+    assert response.status_code == 422, response.text
+    assert "student's inputs are ['image']" in response.json()["detail"]
+    assert "['x']" in response.json()["detail"]
+
+
+def test_prune_finetune_data_must_fit_the_model(
+    client: TestClient, mlp: dict[str, Any], tmp_path: Path
+) -> None:
+    wrong = tmp_path / "wrong.npz"
+    np.savez(wrong, x=np.zeros((8, 5), np.float32), labels=np.zeros(8, np.int64))
+    dataset = upload_dataset(client, wrong)
+    spec = _spec(
+        mlp["id"],
+        passes=[
+            {
+                "kind": "prune",
+                "method": "structured",
+                "finetune": {"dataset_id": dataset["id"], "epochs": 1},
+            }
+        ],
+    )
+    response = client.post("/v1/jobs", json=spec)
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"].startswith("prune fine-tuning dataset array 'x'")
+
+
+def test_two_four_sparsity_needs_a_cuda_benchmark(client: TestClient, mlp: dict[str, Any]) -> None:
+    spec = _spec(mlp["id"], passes=[{"kind": "prune", "method": "2:4"}])
+    response = client.post("/v1/jobs", json=spec)
+    assert response.status_code == 422, response.text
+    problem = response.json()
+    assert "2:4 sparsity" in problem["detail"] and "benchmark.device" in problem["detail"]
+    assert client.get("/v1/jobs").json()["items"] == []
+
+    spec["benchmark"] = {"device": "cuda"}
+    response = client.post("/v1/jobs", json=spec)
+    assert response.status_code == 202, response.text
+    assert response.json()["queue"] == "gpu"
