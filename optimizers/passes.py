@@ -44,4 +44,5 @@ def run_pass(model_path: Path, config: PassConfig, ctx: PassContext) -> PassResu
 def _load_builtin_passes() -> None:
     # Imported here, not at module level, so importing the registry stays cheap.
     import optimizers.distill
+    import optimizers.prune
     import optimizers.quantize  # noqa: F401

@@ -3,6 +3,7 @@ exported to ONNX in fixtures."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,17 @@ from tests.factories import make_mlp
 
 torch = pytest.importorskip("torch")
 nn = torch.nn
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread() -> Iterator[None]:
+    # Tiny models: with several busy processes on few cores, intra-op threads waiting on each
+    # other make every training step take seconds instead of milliseconds.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
 
 IN_FEATURES, CLASSES = 16, 4
 
@@ -163,3 +175,184 @@ def _initializers(path: Path) -> dict[str, np.ndarray]:
     return {
         init.name: numpy_helper.to_array(init) for init in onnx.load(str(path)).graph.initializer
     }
+
+
+# --- the prune pass ------------------------------------------------------------------------
+
+
+def _ctx(tmp_path: Path, device: str = "cpu", **datasets: Path) -> Any:
+    from optimizers.types import PassContext
+
+    workdir = tmp_path / "work"
+    workdir.mkdir(exist_ok=True)
+    return PassContext(workdir=workdir, datasets=datasets, device=device)
+
+
+def _weights(path: Path) -> list[tuple[str, np.ndarray, bool]]:
+    """(node name, weight, produces a graph output) of every Gemm/Conv node, in graph order."""
+    model = onnx.load(str(path))
+    inits = _initializers(path)
+    outputs = {value.name for value in model.graph.output}
+    return [
+        (node.name, inits[node.input[1]], node.output[0] in outputs)
+        for node in model.graph.node
+        if node.op_type in ("Gemm", "Conv", "MatMul") and node.input[1] in inits
+    ]
+
+
+def _run(path: Path, x: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: x})[0]
+
+
+@pytest.mark.parametrize("granularity", ["global", "layer"])
+def test_magnitude_reaches_the_target_sparsity(mlp: Path, tmp_path: Path, granularity: str) -> None:
+    from optimizers.config import PruneConfig
+    from optimizers.passes import run_pass
+
+    config = PruneConfig(method="magnitude", sparsity=0.6, granularity=granularity)
+    result = run_pass(mlp, config, _ctx(tmp_path))
+
+    pruned = [(name, w) for name, w, is_output in _weights(result.model_path) if not is_output]
+    assert len(pruned) == 2
+    zeros = sum(int((w == 0).sum()) for _, w in pruned)
+    total = sum(w.size for _, w in pruned)
+    assert zeros / total == pytest.approx(0.6, abs=1e-3)
+    if granularity == "layer":
+        assert all((w == 0).mean() == pytest.approx(0.6, abs=0.01) for _, w in pruned)
+    details = result.details
+    assert details["sparsity"] == pytest.approx(0.6, abs=1e-3)
+    assert set(details["kept_layers"].values()) == {"output layer"}
+    sizes = details["size_bytes"]
+    assert sizes["output_compressed"] < sizes["output"]
+    assert sizes["output_compressed"] < sizes["input_compressed"]
+    assert any("not make it faster" in note for note in result.notes)
+    assert _run(result.model_path, np.ones((3, IN_FEATURES), np.float32)).shape == (3, CLASSES)
+
+
+def test_structured_makes_the_model_smaller_and_keeps_excluded_widths(
+    cnn: Path, tmp_path: Path
+) -> None:
+    from optimizers.config import PruneConfig
+    from optimizers.inspect import inspect_model
+    from optimizers.passes import run_pass
+
+    first_conv = _node_of(cnn, "Conv")
+    config = PruneConfig(method="structured", ratio=0.5, exclude_layers=[first_conv])
+    result = run_pass(cnn, config, _ctx(tmp_path))
+
+    assert inspect_model(result.model_path).parameter_count < inspect_model(cnn).parameter_count
+    widths = [w.shape[0] for _, w, _ in _weights(result.model_path)]
+    assert widths == [8, 4, CLASSES]  # excluded conv, pruned conv, output layer
+    assert result.details["layers"] == {_node_of(cnn, "Conv", 1): {"before": 8, "after": 4}}
+    assert result.details["parameters_after"] < result.details["parameters_before"]
+    x = np.random.default_rng(0).standard_normal((3, 3, 8, 8)).astype(np.float32)
+    assert _run(result.model_path, x).shape == (3, CLASSES)
+
+
+def test_structured_refuses_unknown_layer_names(cnn: Path, tmp_path: Path) -> None:
+    from optimizers.config import PruneConfig
+    from optimizers.passes import run_pass
+
+    config = PruneConfig(method="structured", exclude_layers=["conv9"])
+    with pytest.raises(OptimizerError, match=r"no node called 'conv9'.*Conv"):
+        run_pass(cnn, config, _ctx(tmp_path))
+
+
+def _assert_two_four(path: Path) -> int:
+    """Every group of 4 weights along the input dimension has at least 2 zeros; returns the
+    number of layers that hold the pattern."""
+    holding = 0
+    for _, weight, is_output in _weights(path):
+        rows = np.moveaxis(weight, 1, -1) if weight.ndim == 4 else weight  # input axis last
+        if is_output or rows.shape[-1] % 4:
+            continue
+        groups = rows.reshape(-1, 4)
+        assert ((groups == 0).sum(axis=1) >= 2).all()
+        holding += 1
+    return holding
+
+
+def test_two_four_pattern_holds_in_every_group(cnn: Path, tmp_path: Path) -> None:
+    from optimizers.config import PruneConfig
+    from optimizers.passes import run_pass
+
+    result = run_pass(cnn, PruneConfig(method="2:4"), _ctx(tmp_path, device="cuda"))
+
+    assert _assert_two_four(result.model_path) == 1
+    first, second = _node_of(cnn, "Conv"), _node_of(cnn, "Conv", 1)
+    assert list(result.details["layers"]) == [second]
+    assert result.details["layers"][second]["sparsity"] == pytest.approx(0.5)
+    assert "multiple of 4" in result.details["kept_layers"][first]  # 3 input channels
+    assert any("TensorRT" in note and "dense" in note for note in result.notes)
+
+
+def test_two_four_is_refused_on_cpu(cnn: Path, tmp_path: Path) -> None:
+    from optimizers.config import PruneConfig
+    from optimizers.errors import UnsupportedError
+    from optimizers.passes import run_pass
+
+    with pytest.raises(UnsupportedError, match="cuda"):
+        run_pass(cnn, PruneConfig(method="2:4"), _ctx(tmp_path))
+
+
+# --- fine-tuning ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def learnable(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """An MLP and a dataset whose labels are its own top-1 classes: a task the unpruned model
+    solves exactly and that a pruned copy can learn back."""
+    directory = tmp_path_factory.mktemp("learnable")
+    torch.manual_seed(0)
+    model = _mlp(hidden=32)
+    x = torch.randn(256, IN_FEATURES, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        labels = model(x).argmax(dim=1)
+    path = _export(model, directory / "learned.onnx", x[:2])
+    data = directory / "learned.npz"
+    np.savez(data, x=x.numpy(), labels=labels.numpy())
+    return path, data
+
+
+def test_finetune_with_labels_recovers_accuracy_and_keeps_the_zeros(
+    learnable: tuple[Path, Path], tmp_path: Path
+) -> None:
+    from optimizers.config import FinetuneConfig, PruneConfig
+    from optimizers.passes import run_pass
+
+    model, data = learnable
+    finetune = FinetuneConfig(
+        dataset_id="d", epochs=3, learning_rate=1e-2, batch_size=16, validation_split=0.25
+    )
+    config = PruneConfig(method="magnitude", sparsity=0.9, granularity="layer", finetune=finetune)
+    result = run_pass(model, config, _ctx(tmp_path, d=data))
+
+    report = result.details["finetune"]
+    assert report["metric"] == "accuracy"
+    assert report["best_score"] > report["initial_score"]
+    for _, weight, is_output in _weights(result.model_path):
+        if not is_output:
+            assert (weight == 0).mean() >= 0.9 - 0.01  # trained, and the zeros stayed zero
+    assert any("right after pruning" in note for note in result.notes)
+
+
+def test_finetune_without_labels_distills_from_the_unpruned_model(
+    learnable: tuple[Path, Path], tmp_path: Path
+) -> None:
+    from optimizers.config import FinetuneConfig, PruneConfig
+    from optimizers.passes import run_pass
+
+    model, data = learnable
+    unlabeled = tmp_path / "unlabeled.npz"
+    np.savez(unlabeled, x=np.load(data)["x"])
+    finetune = FinetuneConfig(dataset_id="u", epochs=2, learning_rate=5e-3, patience=None)
+    config = PruneConfig(method="2:4", finetune=finetune)
+    result = run_pass(model, config, _ctx(tmp_path, device="cuda", u=unlabeled))
+
+    report = result.details["finetune"]
+    assert report["metric"] == "agreement" and report["teacher_score"] == 1.0
+    assert report["epochs_run"] == 2
+    assert _assert_two_four(result.model_path) == 2  # the pattern survived training
