@@ -135,7 +135,7 @@ def run_service(
     api = start("api", [str(BIN / "python"), "-m", "api"], env, tmp_path)
     service.processes["api"] = api
     try:
-        wait_until(lambda: httpx.get(f"{service.base_url}/healthz").status_code == 200, 60, "API")
+        wait_until(lambda: httpx.get(f"{service.base_url}/healthz").status_code == 200, 180, "API")
         service.start_worker()
         yield service
     except BaseException:
