@@ -248,10 +248,16 @@ class PruneConfig(PassConfig):
 
     @model_validator(mode="after")
     def _consistent(self) -> PruneConfig:
-        given = self.model_fields_set
-        if self.method != "magnitude" and given & {"sparsity", "granularity"}:
+        # Compared with the defaults, not with the fields given: a stored spec is dumped with
+        # every field and must validate again in the worker.
+        changed = {
+            name
+            for name in ("sparsity", "granularity", "ratio", "importance")
+            if getattr(self, name) != type(self).model_fields[name].default
+        }
+        if self.method != "magnitude" and changed & {"sparsity", "granularity"}:
             raise ValueError("`sparsity` and `granularity` apply to method 'magnitude'")
-        if self.method != "structured" and given & {"ratio", "importance"}:
+        if self.method != "structured" and changed & {"ratio", "importance"}:
             raise ValueError("`ratio` and `importance` apply to method 'structured'")
         return self
 
@@ -276,7 +282,7 @@ class StudentConfig(StrictModel):
     def _one_source(self) -> StudentConfig:
         if (self.model_id is None) == (self.derive is None):
             raise ValueError("student needs exactly one of `model_id` or `derive`")
-        if self.model_id is not None and "ratio" in self.model_fields_set:
+        if self.model_id is not None and self.ratio != type(self).model_fields["ratio"].default:
             raise ValueError("`ratio` applies to a derived student, not to `model_id`")
         return self
 

@@ -29,6 +29,20 @@ EXAMPLES: dict[str, list[dict[str, Any]]] = {
             "calibration": {"dataset_id": "cal", "samples": 64, "method": "entropy"},
         },
     ],
+    "prune": [
+        {"method": "magnitude", "sparsity": 0.6, "granularity": "layer"},
+        {
+            "method": "structured",
+            "ratio": 0.3,
+            "importance": "l1",
+            "exclude_layers": ["/conv1/Conv"],
+            "finetune": {"dataset_id": "ft", "epochs": 2, "patience": None},
+        },
+    ],
+    "distill": [
+        {"dataset_id": "tr", "student": {"derive": "width", "ratio": 0.25}, "alpha": 0.9},
+        {"dataset_id": "tr", "student": {"model_id": "mdl_1"}, "temperature": 2.0},
+    ],
 }
 
 
@@ -70,3 +84,30 @@ def test_api_facing_modules_do_not_import_torch_or_onnxruntime() -> None:
         [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({"kind": "prune", "method": "structured", "sparsity": 0.3}, "apply to method 'magnitude'"),
+        ({"kind": "prune", "method": "magnitude", "ratio": 0.3}, "apply to method 'structured'"),
+        ({"kind": "distill", "dataset_id": "d", "student": {}}, "exactly one of"),
+        (
+            {"kind": "distill", "dataset_id": "d", "student": {"model_id": "m", "ratio": 0.25}},
+            "applies to a derived student",
+        ),
+    ],
+)
+def test_inconsistent_prune_and_distill_configs_are_refused(
+    config: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        PipelineSpec.model_validate({"passes": [config]})
+
+
+def test_two_four_sparsity_needs_a_cuda_benchmark() -> None:
+    passes = [{"kind": "prune", "method": "2:4"}]
+    with pytest.raises(ValueError, match=r"set benchmark\.device to 'cuda'"):
+        PipelineSpec.model_validate({"passes": passes})
+    spec = PipelineSpec.model_validate({"passes": passes, "benchmark": {"device": "cuda"}})
+    assert spec.passes[0].kind == "prune"
