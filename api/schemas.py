@@ -5,8 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
+from core.jobspec import JobSpec
 from core.models import ApiKey, Artifact, Dataset, Job, Project, StoredModel
 from optimizers.types import DatasetInfo, TensorInfo
 
@@ -120,7 +121,7 @@ class JobOut(BaseModel):
             attempts=row.attempts,
             max_attempts=row.max_attempts,
             error=error,
-            spec=row.spec,
+            spec=_with_defaults(row.spec),
             result=row.result,
             created_at=row.created_at,
             queued_at=row.queued_at,
@@ -129,6 +130,14 @@ class JobOut(BaseModel):
             cancel_requested_at=row.cancel_requested_at,
             finished_at=row.finished_at,
         )
+
+
+def _with_defaults(stored: dict[str, Any]) -> dict[str, Any]:
+    """A job's spec as the worker runs it, defaults filled in (the row keeps what was sent)."""
+    try:
+        return JobSpec.model_validate(stored).model_dump(mode="json")
+    except ValidationError:  # a row stored with every default by an older version
+        return stored
 
 
 class ArtifactOut(BaseModel):

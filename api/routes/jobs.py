@@ -93,7 +93,9 @@ def create_job(
         id=new_id("job"),
         project_id=key.project_id,
         model_id=model.id,
-        spec=spec.model_dump(mode="json"),
+        # What the user set, not the defaults filled in: a dump with every default does not
+        # validate again for every pass (e.g. a structured prune with magnitude's `sparsity`).
+        spec=spec.model_dump(mode="json", exclude_unset=True),
         dataset_ids=list(datasets),
         extra_model_ids=list(models),
         queue="gpu" if spec.benchmark.device == "cuda" else "cpu",

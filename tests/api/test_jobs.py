@@ -268,3 +268,31 @@ def test_two_four_sparsity_needs_a_cuda_benchmark(client: TestClient, mlp: dict[
     response = client.post("/v1/jobs", json=spec)
     assert response.status_code == 202, response.text
     assert response.json()["queue"] == "gpu"
+
+
+def test_the_stored_spec_validates_again_in_the_worker(
+    client: TestClient, mlp: dict[str, Any], tmp_path: Path
+) -> None:
+    from core.db import session_scope
+    from core.jobspec import JobSpec
+    from core.models import Job
+
+    dataset = upload_dataset(client, make_dataset(tmp_path / "d.npz", tmp_path / "mlp.onnx"))
+    spec = _spec(
+        mlp["id"],
+        passes=[
+            {"kind": "prune", "method": "structured", "ratio": 0.3},
+            {"kind": "distill", "student": {"model_id": mlp["id"]}, "dataset_id": dataset["id"]},
+        ],
+    )
+    job = client.post("/v1/jobs", json=spec).json()
+    # Shown with its defaults filled in ...
+    assert job["spec"]["passes"][0]["importance"] == "l2"
+    assert job["spec"]["passes"][1]["epochs"] == 5
+    # ... and stored so that the worker's validation accepts it (a structured prune must not
+    # carry magnitude's `sparsity`, an uploaded student no derived `ratio`).
+    with session_scope() as session:
+        row = session.get(Job, job["id"])
+        assert row is not None
+        assert JobSpec.model_validate(row.spec).model_dump(mode="json") == job["spec"]
+        assert row.extra_model_ids == [mlp["id"]]
