@@ -121,7 +121,7 @@ def train_teacher(
             loss = torch.nn.functional.cross_entropy(model(inputs[batch]), labels[batch])
             loss.backward()
             optimizer.step()
-            total += float(loss) * len(batch)
+            total += loss.item() * len(batch)
         print(f"#   teacher epoch {epoch + 1}/{epochs}: loss {total / len(order):.4f}", flush=True)
     model.eval()
     with torch.no_grad():
@@ -234,21 +234,18 @@ def _speedup(metrics: dict[str, Any]) -> float:
 
 def _extra(passes: list[dict[str, Any]]) -> str:
     """The pass detail a reader needs next to the row: sparsity and compressed size for
-    magnitude pruning, best epoch for training."""
+    magnitude pruning, the kept epoch for training."""
     details = passes[-1]["details"] if passes else {}
     parts: list[str] = []
-    if "sparsity" in details:
-        sparsity = details["sparsity"]
-        value = sparsity.get("overall") if isinstance(sparsity, dict) else sparsity
-        parts.append(f"sparsity {value:.2f}" if isinstance(value, float) else f"sparsity {value}")
-    for key in ("compressed_size_bytes", "compressed_bytes"):
-        if key in details:
-            value = details[key]
-            value = value.get("output", value) if isinstance(value, dict) else value
-            parts.append(f"gzip {value / 1e6:.2f} MB")
+    if isinstance(details.get("sparsity"), float):
+        parts.append(f"sparsity {details['sparsity']:.2f}")
+    sizes = details.get("size_bytes")
+    if isinstance(sizes, dict) and "output_compressed" in sizes:
+        before, after = sizes["input_compressed"] / 1e6, sizes["output_compressed"] / 1e6
+        parts.append(f"zlib {before:.2f} -> {after:.2f} MB")
     training = details.get("training") or details.get("finetune") or {}
     if isinstance(training, dict) and "best_epoch" in training:
-        parts.append(f"best epoch {training['best_epoch']}/{training.get('epochs_run')}")
+        parts.append(f"kept epoch {training['best_epoch']}/{training.get('epochs_run')}")
     return ", ".join(parts)
 
 
