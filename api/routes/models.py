@@ -7,7 +7,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from api.deps import ReadKey, SessionDep, SettingsDep, StorageDep, WriteKey
 from api.downloads import download_response
@@ -148,8 +148,14 @@ def delete_model(
     model_id: str, key: WriteKey, session: SessionDep, storage: StorageDep
 ) -> Response:
     row = get_owned_model(session, key.project_id, model_id)
-    active = session.scalar(
-        select(func.count()).where(Job.model_id == row.id, Job.status.in_(ACTIVE_STATUSES))
+    unfinished = session.execute(
+        select(Job.model_id, Job.extra_model_ids).where(
+            Job.project_id == key.project_id, Job.status.in_(ACTIVE_STATUSES)
+        )
+    ).all()
+    # A job reads its own model and, for distillation, its students' models.
+    active = sum(
+        1 for job_model, extra in unfinished if job_model == row.id or row.id in (extra or [])
     )
     if active:
         raise Problem(

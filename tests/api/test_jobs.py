@@ -216,6 +216,10 @@ def test_distillation_student_must_be_a_model_of_this_project(
     response = client.post("/v1/jobs", json=spec)
     assert response.status_code == 202, response.text
     assert response.json()["spec"]["passes"][0]["student"]["model_id"] == own["id"]
+    # The unfinished job reads the student: deleting it would fail the job later.
+    assert client.delete(f"/v1/models/{own['id']}").status_code == 409
+    client.post(f"/v1/jobs/{response.json()['id']}/cancel")
+    assert client.delete(f"/v1/models/{own['id']}").status_code == 204
 
     # A derived student needs no upload.
     derived = _distill_spec(mlp["id"], dataset["id"], {"derive": "width", "ratio": 0.25})
