@@ -31,7 +31,13 @@ def wait_for_job(
     deadline = time.monotonic() + timeout
     job: dict[str, Any] = {}
     while time.monotonic() < deadline:
-        job = client.get(f"/v1/jobs/{job_id}").json()
+        try:
+            job = client.get(f"/v1/jobs/{job_id}").json()
+        except httpx.TransportError:
+            # A kept-alive connection the server closed as the request went out; a server
+            # that really died fails below with its logs.
+            time.sleep(0.5)
+            continue
         if job["status"] in states:
             return job
         time.sleep(0.2)
