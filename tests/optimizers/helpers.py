@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -52,3 +53,13 @@ def weight_is_float(model_path: Path, node_name: str) -> bool:
         node.name == node_name and len(node.input) > 1 and node.input[1] in floats
         for node in model.graph.node
     )
+
+
+def partial_quantize(*nodes: str) -> dict[str, Any]:
+    """A dynamic quantize pass limited to `nodes`; an unknown node name fails the pass."""
+    return {
+        "kind": "quantize",
+        "method": "dynamic",
+        "scope": "partial",
+        "include": {"nodes": list(nodes)},
+    }

@@ -13,7 +13,7 @@ from optimizers.errors import OptimizerError
 from optimizers.external_data import model_size_bytes as model_size
 from optimizers.inspect import inspect_model
 from optimizers.pipeline import ArtifactFiles, _verdict, run_pipeline
-from tests.optimizers.helpers import make_sequence_model
+from tests.optimizers.helpers import make_sequence_model, partial_quantize
 from tests.optimizers.sensitive_models import SENSITIVE_NODE, make_inputs, make_outlier_mlp
 
 SIDE = {"size_bytes", "latency_ms", "throughput_per_s", "peak_memory_bytes", "accuracy"}
@@ -265,21 +265,12 @@ STAGE = {
 }
 
 
-def _partial(*nodes: str) -> dict[str, Any]:
-    return {
-        "kind": "quantize",
-        "method": "dynamic",
-        "scope": "partial",
-        "include": {"nodes": list(nodes)},
-    }
-
-
 def test_each_pass_is_a_measured_stage_with_its_own_model(
     tmp_path: Path, mlp: Path, mlp_data: Path
 ) -> None:
     spec = PipelineSpec.model_validate(
         {
-            "passes": [_partial("fc2"), _partial("fc1")],
+            "passes": [partial_quantize("fc2"), partial_quantize("fc1")],
             "evaluate": {"dataset_id": "data", "max_drop": 0.1, "samples": 32},
             "benchmark": {**FAST_BENCHMARK, "iterations": 50},
         }
@@ -340,7 +331,10 @@ def test_each_pass_is_a_measured_stage_with_its_own_model(
 
 def test_a_failing_later_pass_keeps_the_stages_before_it(tmp_path: Path, mlp: Path) -> None:
     spec = PipelineSpec.model_validate(
-        {"passes": [_partial("fc2"), _partial("no_such_node")], "benchmark": FAST_BENCHMARK}
+        {
+            "passes": [partial_quantize("fc2"), partial_quantize("no_such_node")],
+            "benchmark": FAST_BENCHMARK,
+        }
     )
     seen: list[tuple[dict[str, Any], ArtifactFiles]] = []
     with pytest.raises(OptimizerError, match="no_such_node"):

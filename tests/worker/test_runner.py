@@ -21,6 +21,7 @@ from core.storage import LocalStorage, StorageCheckpoints, get_storage
 from optimizers.types import PrefixedCheckpoints
 from tests.api.helpers import upload_dataset, upload_model
 from tests.factories import make_dataset, make_mlp
+from tests.optimizers.helpers import partial_quantize
 from worker.runner import execute_job
 
 # The first job imports torch (quantization pre-processing): minutes on a busy small machine.
@@ -36,15 +37,6 @@ def _frozen_gc() -> Iterator[None]:
     gc.freeze()
     yield
     gc.unfreeze()
-
-
-def _partial(*nodes: str) -> dict[str, Any]:
-    return {
-        "kind": "quantize",
-        "method": "dynamic",
-        "scope": "partial",
-        "include": {"nodes": list(nodes)},
-    }
 
 
 def _run(client: TestClient, spec: dict[str, Any]) -> dict[str, Any]:
@@ -70,7 +62,7 @@ def test_stages_are_stored_and_a_failed_pass_keeps_the_ones_before_it(
     dataset = upload_dataset(client, make_dataset(tmp_path / "d.npz", model_path, samples=16))
     spec = {
         "model_id": model["id"],
-        "passes": [_partial("fc2"), _partial("fc1")],
+        "passes": [partial_quantize("fc2"), partial_quantize("fc1")],
         "evaluate": {"dataset_id": dataset["id"], "max_drop": 0.5},
         "benchmark": BENCHMARK,
     }
@@ -101,7 +93,7 @@ def test_stages_are_stored_and_a_failed_pass_keeps_the_ones_before_it(
     )
     assert stage1.run(None, {"x": np.ones((2, 16), np.float32)})[0].shape == (2, 4)
 
-    spec["passes"] = [_partial("fc2"), _partial("no_such_node")]
+    spec["passes"] = [partial_quantize("fc2"), partial_quantize("no_such_node")]
     failed = _run(client, spec)
     assert failed["status"] == "failed"
     assert failed["error"]["type"] == "quantization_failed"
@@ -140,7 +132,8 @@ def test_a_stage_model_with_external_data_is_stored_as_a_zip(
             archive.write(path, arcname=path.name)
     model = upload_model(client, package)
     job = _run(
-        client, {"model_id": model["id"], "passes": [_partial("fc2")], "benchmark": BENCHMARK}
+        client,
+        {"model_id": model["id"], "passes": [partial_quantize("fc2")], "benchmark": BENCHMARK},
     )
     assert job["status"] == "succeeded", job["error"]
     [stage] = job["result"]["stages"]
