@@ -34,7 +34,7 @@ system-packages:
 	@bash scripts/system-packages.sh
 
 test: install system-packages
-	$(BIN)/python -m pytest -ra
+	$(BIN)/python -m pytest -ra --durations=30
 
 test-fast: install
 	$(BIN)/python -m pytest -ra -m "not slow"
