@@ -11,6 +11,7 @@ from fastapi import FastAPI
 
 from api.errors import install_error_handlers
 from api.routes import artifacts, datasets, health, jobs, keys, models
+from api.uploads import sweep_stale_uploads
 from core.bootstrap import ensure_admin_key
 from core.db import session_factory
 from core.settings import get_settings
@@ -22,6 +23,11 @@ log = logging.getLogger("modelpress.api")
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings = get_settings()
     settings.tmp_dir.mkdir(parents=True, exist_ok=True)
+    # Uploads cut short by a killed API process left their temp files here; other API
+    # processes may be receiving uploads right now, and the sweep leaves those alone.
+    removed = sweep_stale_uploads(settings.tmp_dir)
+    if removed:
+        log.info("removed %d temp file(s) of interrupted uploads", removed)
     with session_factory()() as session:
         generated = ensure_admin_key(session, settings.bootstrap_key)
     if generated:

@@ -1,12 +1,17 @@
 """Stream a multipart upload to a temporary file: hashed as it arrives, never held in
-memory, refused with 413 as soon as it passes the size limit."""
+memory, refused with 413 as soon as it passes the size limit. Temp files that a killed API
+process left behind are removed when an API process starts (`sweep_stale_uploads`)."""
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
+import logging
 import os
 import re
+import shutil
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -19,6 +24,16 @@ from api.errors import Problem
 #: Small text fields next to the file (e.g. a name); anything bigger is a client error.
 _MAX_FIELD_BYTES = 64 * 1024
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._ -]+")
+#: An upload's temp file is created as `upload-*.new`, locked, then renamed to
+#: `upload-*.part`; its scratch folder (for inspecting it) is `upload-*.part.d`.
+_NEW_SUFFIX = ".new"
+_PART_SUFFIX = ".part"
+_SCRATCH_SUFFIX = ".d"
+#: A `.new` file is locked microseconds after it is created; one older than this and
+#: unlocked was left by a process killed in between.
+_NEW_FILE_GRACE_S = 60.0
+
+log = logging.getLogger("modelpress.api")
 
 
 @dataclass
@@ -28,9 +43,86 @@ class Upload:
     size_bytes: int
     sha256: str
     fields: dict[str, str] = field(default_factory=dict)
+    #: Holds the flock that tells `sweep_stale_uploads` this file is in use.
+    lock_fd: int | None = None
+
+    @property
+    def scratch_dir(self) -> Path:
+        """A folder beside the temp file for work on the upload; removed with it."""
+        return _scratch_dir(self.path)
 
     def discard(self) -> None:
+        # Scratch first, then the file, then the lock: a scratch folder without its file,
+        # or an unlocked file, is then always stale.
+        shutil.rmtree(self.scratch_dir, ignore_errors=True)
         self.path.unlink(missing_ok=True)
+        if self.lock_fd is not None:
+            os.close(self.lock_fd)
+            self.lock_fd = None
+
+
+def _scratch_dir(part: Path) -> Path:
+    return part.with_name(part.name + _SCRATCH_SUFFIX)
+
+
+def _create_locked_part(tmp_dir: Path) -> tuple[int, Path]:
+    """A new, empty upload temp file and a descriptor holding an exclusive flock on it.
+
+    The lock lives as long as the descriptor, so it ends with this process however the
+    process ends (even SIGKILL); other API processes sharing the data folder test it to
+    tell a live upload from a dead one. The file gets its `.part` name only once locked, so
+    no process ever sees an unlocked `.part` file that is still in use."""
+    fd, new_name = tempfile.mkstemp(prefix="upload-", suffix=_NEW_SUFFIX, dir=tmp_dir)
+    part = Path(new_name[: -len(_NEW_SUFFIX)] + _PART_SUFFIX)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.rename(new_name, part)
+    except BaseException:
+        os.close(fd)
+        Path(new_name).unlink(missing_ok=True)
+        raise
+    return fd, part
+
+
+def sweep_stale_uploads(tmp_dir: Path) -> int:
+    """Remove the temp files (and scratch folders) of uploads whose API process is gone;
+    return how many uploads were removed. Safe while other API processes on the same data
+    folder are receiving uploads: a file is removed only when its flock can be taken, which
+    is possible only once the process that created it has released it or died."""
+    if not tmp_dir.is_dir():
+        return 0
+    removed = 0
+    for part in tmp_dir.glob(f"upload-*{_PART_SUFFIX}"):
+        if _remove_if_unlocked(part, min_age_s=0.0):
+            removed += 1
+    for new in tmp_dir.glob(f"upload-*{_NEW_SUFFIX}"):
+        if _remove_if_unlocked(new, min_age_s=_NEW_FILE_GRACE_S):
+            removed += 1
+    for scratch in tmp_dir.glob(f"upload-*{_PART_SUFFIX}{_SCRATCH_SUFFIX}"):
+        # An upload removes its scratch folder before its file, and creates it after.
+        if not scratch.with_suffix("").exists():
+            shutil.rmtree(scratch, ignore_errors=True)
+    return removed
+
+
+def _remove_if_unlocked(path: Path, *, min_age_s: float) -> bool:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return False  # gone meanwhile, or not a plain file that we made
+    try:
+        if time.time() - os.fstat(fd).st_mtime < min_age_s:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False  # a live process is writing or inspecting this upload
+        shutil.rmtree(_scratch_dir(path), ignore_errors=True)
+        path.unlink(missing_ok=True)
+        log.info("removed the temp file of an interrupted upload: %s", path.name)
+        return True
+    finally:
+        os.close(fd)
 
 
 def safe_filename(raw: str, default: str) -> str:
@@ -78,8 +170,9 @@ async def receive_upload(request: Request, *, tmp_dir: Path, max_bytes: int) -> 
         raise _too_large(max_bytes)
 
     tmp_dir.mkdir(parents=True, exist_ok=True)
-    handle, tmp_name = tempfile.mkstemp(prefix="upload-", suffix=".part", dir=tmp_dir)
-    sink: IO[bytes] = os.fdopen(handle, "wb")
+    lock_fd, part = _create_locked_part(tmp_dir)
+    # The sink writes through a duplicate, so closing it keeps the lock.
+    sink: IO[bytes] = os.fdopen(os.dup(lock_fd), "wb")
     state = _ParseState(sink=sink, max_bytes=max_bytes)
     parser = MultipartParser(
         params[b"boundary"],
@@ -110,14 +203,16 @@ async def receive_upload(request: Request, *, tmp_dir: Path, max_bytes: int) -> 
         sink.close()
     except BaseException:
         sink.close()
-        Path(tmp_name).unlink(missing_ok=True)
+        part.unlink(missing_ok=True)
+        os.close(lock_fd)
         raise
     return Upload(
-        path=Path(tmp_name),
+        path=part,
         filename=state.filename,
         size_bytes=state.file_bytes,
         sha256=state.hasher.hexdigest(),
         fields=state.fields,
+        lock_fd=lock_fd,
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import zipfile
+import zlib
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -20,7 +21,20 @@ LABELS = "labels"
 #: Element kinds a model can consume: bool, signed and unsigned ints, floats.
 _NUMERIC_KINDS = "biuf"
 #: What zipfile raises for corrupt, encrypted or oddly compressed members.
-_READ_ERRORS = (zipfile.BadZipFile, OSError, EOFError, RuntimeError, NotImplementedError)
+_READ_ERRORS = (
+    zipfile.BadZipFile,
+    zlib.error,
+    OSError,
+    EOFError,
+    RuntimeError,
+    NotImplementedError,
+)
+#: Most arrays an `.npz` dataset may hold.
+MAX_ARRAYS = 1024
+#: Largest uncompressed-to-compressed ratio of one array (zip bombs are far above this);
+#: arrays under RATIO_CHECK_MIN_BYTES are not held to it.
+MAX_COMPRESSION_RATIO = 100
+RATIO_CHECK_MIN_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -30,13 +44,20 @@ class _Header:
     fortran_order: bool
 
 
-def inspect_dataset(path: Path) -> DatasetInfo:
-    """Describe an `.npz` dataset from its array headers; no array data is read."""
+def inspect_dataset(path: Path, *, max_total_bytes: int | None = None) -> DatasetInfo:
+    """Describe an `.npz` dataset from its array headers; no array data is read.
+
+    With `max_total_bytes` (the checks of an upload), an archive that would expand past it or
+    looks like a zip bomb is refused, and so is an array whose header declares more or fewer
+    bytes than the archive holds for it: readers size their buffers from the headers."""
     try:
         size_bytes = path.stat().st_size
     except OSError as exc:
         raise InvalidDatasetError(f"cannot read the dataset file: {exc.strerror or exc}") from exc
-    headers = _read_headers(path)
+    if max_total_bytes is not None:
+        with _open_archive(path) as archive:
+            _check_expansion(archive, max_total_bytes)
+    headers = _read_headers(path, check_sizes=max_total_bytes is not None)
     if not headers:
         raise InvalidDatasetError("the .npz archive holds no arrays")
 
@@ -254,7 +275,30 @@ def _open_archive(path: Path) -> zipfile.ZipFile:
         ) from exc
 
 
-def _read_headers(path: Path) -> dict[str, _Header]:
+def _check_expansion(archive: zipfile.ZipFile, max_total_bytes: int) -> None:
+    infos = archive.infolist()
+    if len(infos) > MAX_ARRAYS:
+        raise InvalidDatasetError(
+            f"the archive holds {len(infos)} entries; at most {MAX_ARRAYS} arrays are allowed"
+        )
+    total = 0
+    for info in infos:
+        total += info.file_size
+        if total > max_total_bytes:
+            raise InvalidDatasetError(
+                f"the arrays expand to more than {max_total_bytes} bytes, the limit for "
+                "uncompressed uploads (4x MODELPRESS_MAX_UPLOAD_BYTES)"
+            )
+        if info.file_size >= RATIO_CHECK_MIN_BYTES and info.file_size > (
+            MAX_COMPRESSION_RATIO * max(info.compress_size, 1)
+        ):
+            raise InvalidDatasetError(
+                f"'{info.filename}' expands {info.file_size} bytes from {info.compress_size} "
+                f"(more than {MAX_COMPRESSION_RATIO}x); refused as a possible zip bomb"
+            )
+
+
+def _read_headers(path: Path, *, check_sizes: bool) -> dict[str, _Header]:
     with _open_archive(path) as archive:
         others = [
             info.filename
@@ -270,9 +314,21 @@ def _read_headers(path: Path) -> dict[str, _Header]:
         for name, member in _members(archive).items():
             try:
                 with archive.open(member) as stream:
-                    headers[name] = _read_header(stream, name)
+                    header = _read_header(stream, name)
+                    header_bytes = stream.tell()
             except _READ_ERRORS as exc:
                 raise InvalidDatasetError(f"array '{name}' cannot be read: {exc}") from exc
+            headers[name] = header
+            if not check_sizes:
+                continue
+            data_bytes = math.prod(header.shape) * header.dtype.itemsize
+            stored = archive.getinfo(member).file_size - header_bytes
+            if stored != data_bytes:
+                raise InvalidDatasetError(
+                    f"array '{name}' declares shape {list(header.shape)} of {header.dtype.name} "
+                    f"({data_bytes} bytes) but holds {stored} bytes of data; the file is "
+                    "truncated or corrupt"
+                )
         return headers
 
 

@@ -21,7 +21,9 @@ import re
 import stat
 import tempfile
 import zipfile
+import zlib
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -43,6 +45,9 @@ MAX_COMPRESSION_RATIO = 100
 RATIO_CHECK_MIN_BYTES = 1 << 20
 #: Limit on JSON and code members read into memory while describing a PyTorch archive.
 MAX_METADATA_BYTES = 256 << 20
+#: What zipfile raises while reading a corrupt member: a bad CRC or a member longer than its
+#: header says (BadZipFile), a broken deflate stream, a cut-off file, an unknown method.
+ZIP_READ_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError)
 #: Opsets of the ONNX models that PyTorch uploads are converted to (see torch_export).
 TORCH_EXPORT_OPSET = 18
 TORCHSCRIPT_OPSET = 17
@@ -119,16 +124,27 @@ def inspect_upload(
         )
     if detected.format == UploadFormat.onnx:
         try:
-            return inspect_model(path)
+            return inspect_model(path, check_domains=True, allow_external_data=False)
         except (InvalidModelError, UnsupportedError) as exc:
             raise type(exc)(f"not a valid ONNX model: {exc.message}") from exc
-    with open_checked_zip(path, max_total_bytes=max_total_bytes) as archive:
+    with open_checked_zip(path, max_total_bytes=max_total_bytes) as archive, _reading_zip():
         assert detected.member is not None
         if detected.format == UploadFormat.onnx_zip:
             return _inspect_onnx_zip(archive, detected.member, tmp_dir=tmp_dir)
         if detected.format == UploadFormat.torch_export:
             return describe_torch_export(archive, detected.member)
         return describe_torchscript(archive, detected.member, fields)
+
+
+@contextmanager
+def _reading_zip() -> Iterator[None]:
+    """Turn zipfile's errors for a corrupt member into an InvalidModelError."""
+    try:
+        yield
+    except ZIP_READ_ERRORS as exc:
+        raise InvalidModelError(
+            f"the zip is corrupt: {type(exc).__name__}: {exc}; is the file complete?"
+        ) from exc
 
 
 def _format_label(format: UploadFormat) -> str:
@@ -279,7 +295,7 @@ def _inspect_onnx_zip(archive: zipfile.ZipFile, member: str, *, tmp_dir: Path) -
             with placeholder.open("wb") as handle:
                 handle.truncate(files[data_member])
         try:
-            info = inspect_model(model_path)
+            info = inspect_model(model_path, check_domains=True)
         except (InvalidModelError, UnsupportedError) as exc:
             raise type(exc)(f"not a valid ONNX model: {exc.message}") from exc
     total = sum(files.values())
@@ -290,7 +306,7 @@ def extract_onnx_zip(path: Path, dest: Path, *, max_total_bytes: int) -> Path:
     """Extract the ONNX model of a zip upload and the data files it refers to into `dest`
     (checked again here: names, links, sizes); return the .onnx path. Nothing else in the
     zip is written."""
-    with open_checked_zip(path, max_total_bytes=max_total_bytes) as archive:
+    with open_checked_zip(path, max_total_bytes=max_total_bytes) as archive, _reading_zip():
         detected = _detect_zip(archive)
         if detected.format != UploadFormat.onnx_zip or detected.member is None:
             raise InvalidModelError("the zip does not hold an ONNX model")
@@ -704,9 +720,51 @@ def _root_class(archive: zipfile.ZipFile, root: str) -> str:
     raise InvalidModelError("the TorchScript archive's data.pkl names no module class")
 
 
+def _allowed_torchscript_global(module: str, name: str) -> bool:
+    """What torch.jit.save writes into a TorchScript archive's pickles: the module's own
+    TorchScript classes, tensor and storage rebuilders, and OrderedDict."""
+    if module == "__torch__" or module.startswith("__torch__."):
+        return True
+    if module in ("torch._utils", "torch.jit._pickle"):
+        return name.startswith(("_rebuild_", "build_", "restore_"))
+    if module == "torch":
+        return name.endswith("Storage") or name in ("device", "Size")
+    return (module, name) == ("collections", "OrderedDict")
+
+
+def check_torchscript_pickles(archive: zipfile.ZipFile) -> None:
+    """Refuse a TorchScript archive whose pickles name any callable besides those
+    torch.jit.save writes (a `__reduce__` payload names e.g. `os.system`). The pickles are
+    listed opcode by opcode; nothing is unpickled."""
+    for info in archive.infolist():
+        if not info.filename.endswith((".pkl", ".debug_pkl")):
+            continue
+        strings: list[str] = []
+        try:
+            with archive.open(info) as handle:
+                for opcode, arg, _ in pickletools.genops(handle):
+                    if opcode.name in ("GLOBAL", "INST") and isinstance(arg, str):
+                        module, _, name = arg.partition(" ")
+                    elif opcode.name == "STACK_GLOBAL":
+                        module, name = (strings[-2], strings[-1]) if len(strings) >= 2 else ("", "")
+                    else:
+                        if isinstance(arg, str):
+                            strings.append(arg)
+                        continue
+                    if not _allowed_torchscript_global(module, name):
+                        raise UnsafeArchiveError(
+                            f"the TorchScript archive's '{info.filename}' calls "
+                            f"'{_printable(module)}.{_printable(name)}', which torch.jit.save "
+                            "never writes; modelpress does not load it"
+                        )
+        except ValueError as exc:
+            raise InvalidModelError(f"'{info.filename}' is not a valid pickle: {exc}") from exc
+
+
 def describe_torchscript(
     archive: zipfile.ZipFile, root: str, fields: Mapping[str, str]
 ) -> ModelInfo:
+    check_torchscript_pickles(archive)
     names = torchscript_input_names(archive, root)
     shapes = parse_input_shapes(fields.get("input_shapes"), names)
     dtypes = parse_input_dtypes(fields.get("input_dtypes"), names)

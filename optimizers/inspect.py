@@ -6,6 +6,7 @@ Imports neither torch nor onnxruntime: the API calls this when a model is upload
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -13,11 +14,24 @@ import onnx
 from onnx import helper
 
 from optimizers.errors import InvalidModelError, UnsupportedError
+from optimizers.external_data import external_data_locations
 from optimizers.types import Dim, ModelInfo, TensorInfo
 
+#: Operator domains a model may use. '' and 'ai.onnx' are standard ONNX, 'ai.onnx.ml' the
+#: standard ML ops, 'com.microsoft' onnxruntime's built-in contrib ops (which quantized
+#: models, including the ones modelpress produces, use). Any other domain names ops that
+#: only a custom-op library could provide, and loading one would run native code that came
+#: with the model; modelpress never registers such libraries, so these models are refused.
+ALLOWED_OP_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml", "com.microsoft"})
 
-def inspect_model(path: Path) -> ModelInfo:
-    """Check that `path` is a valid ONNX model and describe it."""
+
+def inspect_model(
+    path: Path, *, check_domains: bool = False, allow_external_data: bool = True
+) -> ModelInfo:
+    """Check that `path` is a valid ONNX model and describe it. Uploads are checked more
+    strictly: `check_domains` refuses custom operator domains (check_op_domains), and
+    `allow_external_data` False refuses a model that keeps tensors in other files (a lone
+    .onnx upload has no files beside it that it may refer to)."""
     try:
         size_bytes = path.stat().st_size
     except OSError as exc:
@@ -34,6 +48,10 @@ def inspect_model(path: Path) -> ModelInfo:
         raise InvalidModelError(
             "the ONNX model has an empty graph (no nodes); is the file complete?"
         )
+    if check_domains:
+        check_op_domains(model)
+    if not allow_external_data:
+        _refuse_external_data(model)
     try:
         # The path form also validates models over 2 GB and those with external data.
         onnx.checker.check_model(str(path))
@@ -64,6 +82,44 @@ def inspect_model(path: Path) -> ModelInfo:
         parameter_count=int(parameter_count),
         size_bytes=size_bytes,
     )
+
+
+def check_op_domains(model: onnx.ModelProto) -> None:
+    """Refuse a node (in the graph, a subgraph or a model-local function) whose operator
+    comes from a domain outside ALLOWED_OP_DOMAINS. Calls of the model's own functions are
+    allowed: their bodies are checked the same way."""
+    local_functions = {(f.domain, f.name) for f in model.functions}
+
+    def check(nodes: Iterable[onnx.NodeProto], where: str) -> None:
+        for node in nodes:
+            domain = node.domain
+            if domain not in ALLOWED_OP_DOMAINS and (domain, node.op_type) not in local_functions:
+                name = node.name or "(unnamed)"
+                raise UnsupportedError(
+                    f"node '{name}' ({where}) uses operator '{node.op_type}' from the custom "
+                    f"domain '{domain}'; only the domains "
+                    f"{sorted(ALLOWED_OP_DOMAINS)} are accepted, because other operators "
+                    "need a custom-op library that modelpress does not load"
+                )
+            for attribute in node.attribute:
+                graphs = [attribute.g] if attribute.HasField("g") else []
+                for graph in [*graphs, *attribute.graphs]:
+                    check(graph.node, f"in a subgraph of node '{node.name or node.op_type}'")
+
+    check(model.graph.node, "in the main graph")
+    for function in model.functions:
+        check(function.node, f"in the model's function '{function.domain}.{function.name}'")
+
+
+def _refuse_external_data(model: onnx.ModelProto) -> None:
+    locations = external_data_locations(model)
+    if locations:
+        location, tensors = next(iter(locations.items()))
+        raise InvalidModelError(
+            f"tensor '{tensors[0].tensor}' keeps its data in a separate file "
+            f"('{location[:200]}'), which a single .onnx upload cannot bring; upload a zip of "
+            "the .onnx file and its external data files"
+        )
 
 
 def _default_opset(model: onnx.ModelProto) -> int | None:

@@ -27,6 +27,7 @@ from optimizers.formats import (
     TORCHSCRIPT_OPSET,
     UnsafeArchiveError,
     UploadFormat,
+    check_torchscript_pickles,
     detect_format,
     open_checked_zip,
     read_torch_export_program,
@@ -60,6 +61,8 @@ def convert_to_onnx(
         torch_version = _export_program(path, detected.member, target, max_total_bytes)
     elif detected.format == UploadFormat.torchscript:
         exporter = "torch.onnx.export(dynamo=False) of torch.jit.load"
+        with open_checked_zip(path, max_total_bytes=max_total_bytes) as archive:
+            check_torchscript_pickles(archive)
         torch_version = _export_torchscript(path, info, target)
     else:
         raise InvalidModelError(f"a {detected.format} upload is not a PyTorch program")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import select
@@ -9,7 +11,7 @@ from sqlalchemy import select
 from api.deps import ReadKey, SessionDep, SettingsDep, StorageDep, WriteKey
 from api.errors import Problem, not_found
 from api.pagination import paginate
-from api.routes.models import get_owned_model
+from api.routes.models import ZIP_EXPANSION_LIMIT, get_owned_model
 from api.schemas import DatasetOut, Page
 from api.uploads import multipart_body_schema, receive_upload, safe_filename
 from core.db import new_id
@@ -43,7 +45,13 @@ async def upload_dataset(
     )
     try:
         try:
-            info = await run_in_threadpool(inspect_dataset, upload.path)
+            info = await run_in_threadpool(
+                partial(
+                    inspect_dataset,
+                    upload.path,
+                    max_total_bytes=ZIP_EXPANSION_LIMIT * settings.max_upload_bytes,
+                )
+            )
         except OptimizerError as exc:
             raise Problem(
                 422, f"not a usable dataset: {exc.message}", type="invalid-dataset"

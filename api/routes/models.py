@@ -75,7 +75,7 @@ async def upload_model(
                     upload.path,
                     max_total_bytes=ZIP_EXPANSION_LIMIT * settings.max_upload_bytes,
                     fields=upload.fields,
-                    tmp_dir=settings.tmp_dir,
+                    tmp_dir=upload.scratch_dir,
                 )
             )
         except OptimizerError as exc:
