@@ -4,7 +4,21 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from optimizers.config import PipelineSpec
+from optimizers.config import PipelineSpec, StrictModel
+
+
+class JobLimits(StrictModel):
+    """Lower limits for one job than the worker's own; a higher value has no effect."""
+
+    soft_time_limit_s: float | None = Field(
+        None, gt=0, description="Seconds after which the job is asked to stop."
+    )
+    hard_time_limit_s: float | None = Field(
+        None, gt=0, description="Seconds after which the job's process is killed."
+    )
+    memory_limit_mb: int | None = Field(
+        None, ge=1, description="Memory (MB) the job's process may have of its own."
+    )
 
 
 class JobSpec(PipelineSpec):
@@ -12,3 +26,4 @@ class JobSpec(PipelineSpec):
     max_attempts: int | None = Field(
         None, ge=1, le=10, description="Attempts before the job fails; default from settings."
     )
+    limits: JobLimits = Field(default_factory=JobLimits)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from core.db import utcnow
@@ -175,6 +175,7 @@ def reap_stale(session: Session, *, timeout_s: float) -> list[tuple[str, str]]:
             values = {
                 "status": JobStatus.queued,
                 "queued_at": now,
+                "sent_at": None,
                 "stage": None,
                 "progress": 0.0,
                 "progress_message": (
@@ -199,3 +200,30 @@ def reap_stale(session: Session, *, timeout_s: float) -> list[tuple[str, str]]:
         if outcome.rowcount == 1 and values["status"] == JobStatus.queued:  # type: ignore[attr-defined]
             requeue.append((job.id, job.queue))
     return requeue
+
+
+def resend_stale_queued(session: Session, *, after_s: float) -> list[tuple[str, str]]:
+    """Queued jobs handed to the broker more than `after_s` ago and still not claimed: the
+    broker may have lost them. Marks each as sent now and returns (job_id, queue) to send.
+
+    A job the broker did not lose gets a second message; that is harmless because `claim` is
+    conditional: the first message to arrive runs the job, any later one finds it no longer
+    queued and is dropped. Marking is conditional too, so of several reapers only one re-sends.
+    """
+    cutoff = utcnow() - timedelta(seconds=after_s)
+    last_sent = func.coalesce(Job.sent_at, Job.queued_at)
+    waiting = session.execute(
+        select(Job.id, Job.queue).where(Job.status == JobStatus.queued, last_sent < cutoff)
+    ).all()
+    now = utcnow()
+    resend: list[tuple[str, str]] = []
+    for job in waiting:
+        outcome = session.execute(
+            update(Job)
+            .where(Job.id == job.id, Job.status == JobStatus.queued, last_sent < cutoff)
+            .values(sent_at=now)
+            .execution_options(synchronize_session=False)
+        )
+        if outcome.rowcount == 1:  # type: ignore[attr-defined]
+            resend.append((job.id, job.queue))
+    return resend

@@ -38,6 +38,27 @@ class Settings(BaseSettings):
     #: How often the worker looks for jobs whose worker stopped heartbeating.
     reaper_interval_s: float = Field(10.0, gt=0)
     task_time_limit_s: int = Field(6 * 3600, ge=10)
+    #: At this age a job is asked to stop (it stops at its next progress report).
+    job_soft_time_limit_s: float = Field(5 * 3600 + 40 * 60, gt=0)
+    #: At this age a job's process is killed, wherever it is.
+    job_hard_time_limit_s: float = Field(5 * 3600 + 50 * 60, gt=0)
+    #: Memory a job's process may have of its own (not shared with the worker); None: no limit.
+    job_memory_limit_mb: int | None = Field(None, ge=1)
+    #: A canceled job that has not stopped by itself after this long is killed.
+    job_cancel_grace_s: float = Field(5.0, ge=0)
+    #: A queued job not yet claimed this long after it was handed to the broker is sent again
+    #: (the broker may have lost it, e.g. a Redis restarted without persistence).
+    requeue_after_s: float = Field(300.0, gt=0)
+
+    @model_validator(mode="after")
+    def _time_limits_in_order(self) -> Settings:
+        # Celery's limit kills the whole pool process; the job's own limits must come first.
+        if not self.job_soft_time_limit_s < self.job_hard_time_limit_s < self.task_time_limit_s:
+            raise ValueError(
+                "time limits must satisfy MODELPRESS_JOB_SOFT_TIME_LIMIT_S < "
+                "MODELPRESS_JOB_HARD_TIME_LIMIT_S < MODELPRESS_TASK_TIME_LIMIT_S"
+            )
+        return self
 
     @model_validator(mode="after")
     def _no_placeholders_in_production(self) -> Settings:

@@ -7,19 +7,24 @@ import json
 import logging
 import os
 import shutil
+import signal
 import socket
 import tempfile
 import time
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
+from multiprocessing.synchronize import Event
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import onnx
+from pydantic import ValidationError
 from sqlalchemy import select
 
 from core import jobstate
 from core.db import new_id, session_scope
+from core.jobspec import JobLimits as RequestedLimits
 from core.jobspec import JobSpec
 from core.models import Artifact, Dataset, Job, JobStatus, StoredModel
 from core.settings import Settings
@@ -27,9 +32,9 @@ from core.storage import Storage, StorageCheckpoints, StorageError, checkpoints_
 from optimizers.errors import InvalidModelError, OptimizerError
 from optimizers.external_data import check_relative_location, external_data_locations
 from optimizers.formats import UploadFormat, extract_onnx_zip
-from optimizers.pipeline import ArtifactFiles, run_pipeline
+from optimizers.pipeline import ArtifactFiles, preload, run_pipeline
 from optimizers.types import ModelInfo
-from worker.monitor import JobCanceled, JobMonitor
+from worker.monitor import JobStopped, Limits, StopReason, Supervision, run_supervised
 
 log = logging.getLogger(__name__)
 
@@ -59,52 +64,134 @@ def worker_name() -> str:
 
 
 def execute_job(job_id: str, *, settings: Settings, storage: Storage) -> str | None:
-    """Returns the job's final status, or None when this worker did not get the job."""
+    """Returns the job's final status, or None when this worker did not get the job (or lost
+    it to another attempt). The work runs in a child process (worker.monitor); this process
+    writes the outcome when the child could not: stopped, over a limit, or dead."""
     with session_scope() as session:
         attempt = jobstate.claim(session, job_id, worker_name())
+        spec = session.scalar(select(Job.spec).where(Job.id == job_id)) if attempt else None
     if attempt is None:
         log.info("job %s is not claimable (taken, canceled or out of attempts); skipping", job_id)
         return None
-    log.info("job %s: attempt %d started", job_id, attempt)
+    limits = Limits.of(settings, _requested_limits(spec))
+    log.info("job %s: attempt %d started (%s)", job_id, attempt, limits)
+    # Imported here once, not in every job's process (a no-op in the worker, which preloads).
+    preload()
     workdir = Path(tempfile.mkdtemp(prefix=f"{job_id}-", dir=_jobs_dir(settings)))
-    with JobMonitor(job_id, attempt, interval_s=settings.heartbeat_interval_s) as monitor:
-        reporter = _ProgressReporter(job_id, attempt, monitor)
-        try:
-            return _run(
-                job_id,
-                attempt,
-                workdir,
-                storage,
-                reporter,
-                max_total_bytes=4 * settings.max_upload_bytes,
+
+    def work(stop: Event) -> None:
+        _job_process(
+            job_id,
+            attempt,
+            workdir,
+            storage,
+            should_stop=stop.is_set,
+            max_total_bytes=4 * settings.max_upload_bytes,
+        )
+
+    try:
+        watch = run_supervised(
+            work, job_id=job_id, attempt=attempt, limits=limits, settings=settings
+        )
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return _record_outcome(job_id, attempt, watch, limits)
+
+
+def _requested_limits(spec: dict[str, Any] | None) -> RequestedLimits:
+    try:
+        return RequestedLimits.model_validate((spec or {}).get("limits") or {})
+    except ValidationError:  # the job's process fails the job on its invalid spec
+        return RequestedLimits()
+
+
+def _job_process(
+    job_id: str,
+    attempt: int,
+    workdir: Path,
+    storage: Storage,
+    *,
+    should_stop: Callable[[], bool],
+    max_total_bytes: int,
+) -> None:
+    """The job's own process: runs the pipeline and writes the job's outcome, except when it
+    is told to stop; then the supervising process writes why."""
+    parent = os.getppid()
+    reporter = _ProgressReporter(
+        job_id, attempt, should_stop=lambda: should_stop() or os.getppid() != parent
+    )
+    try:
+        _run(job_id, attempt, workdir, storage, reporter, max_total_bytes=max_total_bytes)
+    except JobStopped:
+        log.info("job %s: attempt %d stopped during %s", job_id, attempt, reporter.stage)
+    except OptimizerError as exc:
+        _finish_failed(job_id, attempt, JobStatus.failed, exc.type, exc.message)
+    except StorageError as exc:
+        _finish_failed(job_id, attempt, JobStatus.failed, "missing_input", str(exc))
+    except Exception as exc:
+        log.exception("job %s: unexpected error", job_id)
+        _finish_failed(
+            job_id,
+            attempt,
+            JobStatus.failed,
+            "internal_error",
+            f"{type(exc).__name__}: {exc} (a bug in modelpress; the traceback is in the "
+            "worker log)",
+        )
+
+
+def _record_outcome(job_id: str, attempt: int, watch: Supervision, limits: Limits) -> str | None:
+    """The job's final status after its process ended; writes it if the process did not."""
+    if watch.reason == StopReason.lost:
+        log.warning("job %s: attempt %d lost the job to another attempt", job_id, attempt)
+        return None
+    with session_scope() as session:
+        row = session.execute(
+            select(Job.status, Job.stage, Job.attempts).where(Job.id == job_id)
+        ).one_or_none()
+    if row is None or row.attempts != attempt:
+        return None
+    if row.status not in jobstate.RUNNING:  # the job's process wrote the outcome
+        return str(row.status)
+    stage = row.stage or "loading"
+    status, error_type, message = JobStatus.failed, "", ""
+    if watch.reason == StopReason.canceled:
+        status, error_type = JobStatus.canceled, "canceled"
+        message = f"canceled by request during {stage}"
+        if watch.killed:
+            message += " (its process was stopped at once: it did not reach a progress report)"
+    elif watch.reason == StopReason.memory_limit:
+        error_type = "memory_limit"
+        message = (
+            f"the job used more than its memory limit of {limits.memory_mb} MB during {stage} "
+            "and was stopped; raise `limits.memory_limit_mb` (up to the worker's "
+            "MODELPRESS_JOB_MEMORY_LIMIT_MB) or use a smaller model, batch or dataset"
+        )
+    elif watch.reason == StopReason.time_limit:
+        error_type = "time_limit"
+        if watch.killed:
+            message = (
+                f"the job ran past its hard time limit of {limits.hard_time_s:g} s during "
+                f"{stage} and was killed"
             )
-        except JobCanceled:
-            if monitor.lost.is_set():
-                log.warning("job %s: attempt %d lost the job to another attempt", job_id, attempt)
-                return None
-            return _finish_failed(
-                job_id,
-                attempt,
-                JobStatus.canceled,
-                "canceled",
-                f"canceled by request during {reporter.stage}",
+        else:
+            message = (
+                f"the job ran past its time limit of {limits.soft_time_s:g} s and was "
+                f"stopped during {stage}"
             )
-        except OptimizerError as exc:
-            return _finish_failed(job_id, attempt, JobStatus.failed, exc.type, exc.message)
-        except StorageError as exc:
-            return _finish_failed(job_id, attempt, JobStatus.failed, "missing_input", str(exc))
-        except Exception as exc:
-            log.exception("job %s: unexpected error", job_id)
-            return _finish_failed(
-                job_id,
-                attempt,
-                JobStatus.failed,
-                "internal_error",
-                f"{type(exc).__name__}: {exc} (a bug in modelpress; the traceback is in the "
-                "worker log)",
-            )
-        finally:
-            shutil.rmtree(workdir, ignore_errors=True)
+    elif watch.exitcode < 0:
+        error_type = "crashed"
+        name = signal.Signals(-watch.exitcode).name
+        message = f"the job's process was killed by {name} during {stage}"
+        if -watch.exitcode == signal.SIGKILL:
+            message += " (from outside the worker: the machine may have run out of memory)"
+    else:
+        error_type = "internal_error"
+        message = (
+            f"the job's process ended (exit code {watch.exitcode}) during {stage} without "
+            "recording an outcome (a bug in modelpress; the worker log has the details)"
+        )
+    return _finish_failed(job_id, attempt, status, error_type, message)
 
 
 def _jobs_dir(settings: Settings) -> Path:
@@ -340,7 +427,7 @@ class _StageRecorder:
                 session.rollback()
                 for row in rows:
                     self.storage.delete_prefix(row.storage_key)
-                raise JobCanceled()
+                raise JobStopped()
 
 
 def _drop_earlier_attempts(job_id: str, attempt: int, storage: Storage, *, keep: str) -> None:
@@ -444,18 +531,18 @@ def _sha256(path: Path) -> str:
 
 
 class _ProgressReporter:
-    """The pipeline's progress callback: writes progress, and stops a canceled job."""
+    """The pipeline's progress callback: writes progress, and stops a job that must stop."""
 
-    def __init__(self, job_id: str, attempt: int, monitor: JobMonitor) -> None:
+    def __init__(self, job_id: str, attempt: int, *, should_stop: Callable[[], bool]) -> None:
         self.job_id = job_id
         self.attempt = attempt
-        self.monitor = monitor
+        self.should_stop = should_stop
         self.stage = "loading"
         self._last_write = 0.0
 
     def __call__(self, stage: str, fraction: float, message: str) -> None:
-        if self.monitor.should_stop():
-            raise JobCanceled()
+        if self.should_stop():
+            raise JobStopped()
         now = time.monotonic()
         if stage == self.stage and now - self._last_write < _PROGRESS_MIN_INTERVAL_S:
             return
@@ -465,7 +552,5 @@ class _ProgressReporter:
             owned = jobstate.report_progress(
                 session, self.job_id, self.attempt, stage=stage, progress=fraction, message=message
             )
-        if not owned:
-            self.monitor.beat()
-            if self.monitor.should_stop():
-                raise JobCanceled()
+        if not owned:  # finished or re-queued by someone else: this attempt has no say
+            raise JobStopped()

@@ -111,7 +111,11 @@ class Service:
 
 
 def run_service(
-    tmp_path: Path, broker_url: str | None, extra_env: dict[str, str] | None = None
+    tmp_path: Path,
+    broker_url: str | None,
+    extra_env: dict[str, str] | None = None,
+    *,
+    with_worker: bool = True,
 ) -> Iterator[Service]:
     data_dir = tmp_path / "data"
     port = free_port()
@@ -136,7 +140,8 @@ def run_service(
     service.processes["api"] = api
     try:
         wait_until(lambda: httpx.get(f"{service.base_url}/healthz").status_code == 200, 180, "API")
-        service.start_worker()
+        if with_worker:
+            service.start_worker()
         yield service
     except BaseException:
         print(service.dump_logs())
@@ -146,13 +151,13 @@ def run_service(
             proc.stop()
 
 
-def run_redis(tmp_path: Path) -> Iterator[str]:
+def start_redis(tmp_path: Path, port: int) -> Process:
+    """A redis-server that keeps nothing on disk: stopped, it forgets every message."""
     binary = shutil.which("redis-server")
     if binary is None:
         raise RuntimeError("redis-server is not installed: run `make system-packages`")
-    port = free_port()
     proc = start(
-        "redis",
+        f"redis-{port}",
         [
             binary,
             "--port",
@@ -171,6 +176,16 @@ def run_redis(tmp_path: Path) -> Iterator[str]:
     )
     try:
         wait_until(lambda: socket.create_connection(("127.0.0.1", port), 0.2), 10, "redis-server")
+    except BaseException:
+        proc.stop()
+        raise
+    return proc
+
+
+def run_redis(tmp_path: Path) -> Iterator[str]:
+    port = free_port()
+    proc = start_redis(tmp_path, port)
+    try:
         yield f"redis://127.0.0.1:{port}/0"
     finally:
         proc.stop()

@@ -105,3 +105,26 @@ def test_fresh_heartbeat_is_not_reaped(service_env: dict[str, str]) -> None:
         assert jobstate.reap_stale(session, timeout_s=60) == []
         job = session.get(Job, job_id)
         assert job is not None and job.status == "running"
+
+
+def test_queued_jobs_the_broker_may_have_lost_are_resent_once_per_interval(
+    service_env: dict[str, str],
+) -> None:
+    with session_factory()() as session:
+        waiting = _job(session)
+        fresh = _job(session)
+        running = _job(session)
+        old = utcnow() - timedelta(minutes=10)
+        session.query(Job).filter(Job.id.in_([waiting, running])).update({"queued_at": old})
+        jobstate.claim(session, running, "busy")
+        session.commit()
+
+        assert jobstate.resend_stale_queued(session, after_s=60) == [(waiting, "cpu")]
+        session.commit()
+        # Just re-sent: not again until another interval has passed.
+        assert jobstate.resend_stale_queued(session, after_s=60) == []
+        # A second message is harmless: whichever arrives first claims, the other is dropped.
+        assert jobstate.claim(session, waiting, "w1") == 1
+        assert jobstate.claim(session, waiting, "w2") is None
+        session.commit()
+        assert jobstate.resend_stale_queued(session, after_s=0.001) == [(fresh, "cpu")]
