@@ -1,4 +1,5 @@
-# modelpress: `make run` starts the service on embedded defaults, `make test` runs the tests.
+# modelpress: `make run` starts the service on embedded defaults, `make test` runs the tests,
+# `make lint` checks style, types and known vulnerabilities of the installed packages.
 PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -43,6 +44,10 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy api core worker optimizers
+	@# Audits the versions installed here. Local build tags (torch 2.13.0+cpu) are dropped
+	@# so a build that is not on PyPI is checked as the release it was built from.
+	$(BIN)/python -m pip list --format=freeze --exclude-editable | sed 's/+.*$$//' > $(VENV)/audit-requirements.txt
+	$(BIN)/pip-audit --vulnerability-service pypi --disable-pip --no-deps --progress-spinner off -r $(VENV)/audit-requirements.txt
 
 bench: install
 	$(BIN)/python bench/service_overhead.py

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import Depends, Request
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from api.errors import Problem
-from core.db import session_factory, utcnow
-from core.keys import hash_key
+from core.admin import KeyRejected, authenticate
+from core.db import session_factory
 from core.models import ApiKey
 from core.settings import Settings, get_settings
 from core.storage import Storage, get_storage
@@ -47,33 +46,38 @@ def current_key(request: Request, session: SessionDep) -> ApiKey:
             type="unauthorized",
             headers=_UNAUTHORIZED_HEADERS,
         )
-    key = session.scalar(select(ApiKey).where(ApiKey.key_hash == hash_key(token.strip())))
-    if key is None or key.revoked_at is not None:
-        raise Problem(
-            401,
-            "the API key is unknown or revoked",
-            type="unauthorized",
-            headers=_UNAUTHORIZED_HEADERS,
-        )
-    if key.expires_at is not None and key.expires_at <= utcnow():
-        raise Problem(
-            401, "the API key has expired", type="unauthorized", headers=_UNAUTHORIZED_HEADERS
-        )
-    return key
+    try:
+        return authenticate(session, token.strip())
+    except KeyRejected as exc:
+        raise Problem(401, str(exc), type="unauthorized", headers=_UNAUTHORIZED_HEADERS) from None
 
 
 CurrentKey = Annotated[ApiKey, Depends(current_key)]
 
 
-def require_scope(scope: str) -> Any:
-    def check(key: CurrentKey) -> ApiKey:
-        if scope not in key.scopes and "admin" not in key.scopes:
-            raise Problem(403, f"this API key lacks the {scope!r} scope", type="forbidden")
-        return key
-
-    return Depends(check)
+def _check_scope(key: ApiKey, scope: str) -> ApiKey:
+    if scope not in key.scopes and "admin" not in key.scopes:
+        raise Problem(403, f"this API key lacks the {scope!r} scope", type="forbidden")
+    return key
 
 
-ReadKey = Annotated[ApiKey, require_scope("read")]
-WriteKey = Annotated[ApiKey, require_scope("write")]
-AdminKey = Annotated[ApiKey, require_scope("admin")]
+# One named function per scope, so a route's scope can be read from its dependencies
+# (tests walk every route and check what each scope may do).
+def require_read(key: CurrentKey) -> ApiKey:
+    return _check_scope(key, "read")
+
+
+def require_write(key: CurrentKey) -> ApiKey:
+    return _check_scope(key, "write")
+
+
+def require_admin(key: CurrentKey) -> ApiKey:
+    return _check_scope(key, "admin")
+
+
+#: Every resource route takes one of these; the key's `project_id` is the only project
+#: whose rows the route may read or change.
+ReadKey = Annotated[ApiKey, Depends(require_read)]
+WriteKey = Annotated[ApiKey, Depends(require_write)]
+#: Admin routes manage projects and keys across the whole service.
+AdminKey = Annotated[ApiKey, Depends(require_admin)]

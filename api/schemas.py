@@ -168,10 +168,13 @@ class ProjectOut(BaseModel):
     id: str
     name: str
     created_at: datetime
+    active_keys: int = Field(
+        description="Keys of the project that are neither revoked nor expired."
+    )
 
     @classmethod
-    def of(cls, row: Project) -> ProjectOut:
-        return cls(id=row.id, name=row.name, created_at=row.created_at)
+    def of(cls, row: Project, *, active_keys: int) -> ProjectOut:
+        return cls(id=row.id, name=row.name, created_at=row.created_at, active_keys=active_keys)
 
 
 class KeyOut(BaseModel):

@@ -6,30 +6,12 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from core.admin import SCOPES, create_key
 from core.db import new_id
-from core.keys import display_prefix, generate_key, hash_key, is_well_formed
+from core.keys import is_well_formed
 from core.models import ApiKey, Project
 
 DEFAULT_PROJECT = "default"
-ALL_SCOPES = ["read", "write", "admin"]
-
-
-def create_key(
-    session: Session, *, project_id: str, name: str, scopes: list[str], key: str | None = None
-) -> tuple[ApiKey, str]:
-    """Returns the row and the plain key, which is never stored and shown only once."""
-    plain = key or generate_key()
-    row = ApiKey(
-        id=new_id("key"),
-        project_id=project_id,
-        name=name,
-        display_prefix=display_prefix(plain),
-        key_hash=hash_key(plain),
-        scopes=scopes,
-    )
-    session.add(row)
-    session.flush()
-    return row, plain
 
 
 def ensure_admin_key(session: Session, bootstrap_key: str | None) -> str | None:
@@ -51,7 +33,7 @@ def ensure_admin_key(session: Session, bootstrap_key: str | None) -> str | None:
             session,
             project_id=project.id,
             name="bootstrap admin",
-            scopes=ALL_SCOPES,
+            scopes=SCOPES,
             key=bootstrap_key,
         )
         session.commit()

@@ -7,72 +7,104 @@ from typing import Literal
 
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
-from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
 
 from api.deps import AdminKey, SessionDep
-from api.errors import Problem, not_found
+from api.errors import Problem
 from api.schemas import KeyCreated, KeyOut, ProjectOut
-from core.bootstrap import create_key
-from core.db import new_id, utcnow
-from core.models import ApiKey, Project
+from core import admin
 
 router = APIRouter(tags=["keys"])
 
+_PROBLEMS = {
+    "not-found": (404, "not-found"),
+    "exists": (409, "already-exists"),
+    "invalid": (422, "invalid-request"),
+}
+
+
+def _problem(exc: admin.AdminError) -> Problem:
+    status, problem_type = _PROBLEMS[exc.kind]
+    return Problem(status, exc.message, type=problem_type)
+
 
 class ProjectCreate(BaseModel):
-    name: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\- ]*$")
+    name: str = Field(
+        min_length=1, max_length=admin.PROJECT_NAME_MAX, pattern=admin.PROJECT_NAME_PATTERN
+    )
 
 
 class KeyCreate(BaseModel):
     project_id: str
-    name: str = Field(min_length=1, max_length=200)
+    name: str = Field(min_length=1, max_length=admin.KEY_NAME_MAX)
     scopes: list[Literal["read", "write", "admin"]] = Field(["read", "write"], min_length=1)
-    expires_at: datetime | None = None
+    expires_at: datetime | None = Field(
+        None, description="When the key stops working; with a time zone, in the future."
+    )
 
 
 @router.post("/v1/projects", status_code=201, response_model=ProjectOut)
 def create_project(body: ProjectCreate, key: AdminKey, session: SessionDep) -> ProjectOut:
-    project = Project(id=new_id("prj"), name=body.name)
-    session.add(project)
     try:
-        session.flush()
-    except IntegrityError:
-        raise Problem(409, f"a project named {body.name!r} exists", type="project-exists") from None
-    return ProjectOut.of(project)
+        project = admin.create_project(session, name=body.name)
+    except admin.AdminError as exc:
+        raise _problem(exc) from None
+    return ProjectOut.of(project, active_keys=0)
 
 
 @router.get("/v1/projects", response_model=list[ProjectOut])
 def list_projects(key: AdminKey, session: SessionDep) -> list[ProjectOut]:
-    return [ProjectOut.of(p) for p in session.scalars(select(Project).order_by(Project.name))]
+    counts = admin.active_key_counts(session)
+    return [ProjectOut.of(p, active_keys=counts.get(p.id, 0)) for p in admin.list_projects(session)]
+
+
+@router.delete(
+    "/v1/projects/{project_id}",
+    response_model=ProjectOut,
+    responses={409: {"description": "The project of the key making the request"}},
+)
+def revoke_project(project_id: str, key: AdminKey, session: SessionDep) -> ProjectOut:
+    """Revoke every key of the project; its models, datasets, jobs and artifacts are kept."""
+    try:
+        project = admin.find_project(session, project_id)
+    except admin.AdminError as exc:
+        raise _problem(exc) from None
+    if project.id == key.project_id:
+        # Over HTTP this would lock the caller out mid-request; the CLI can still do it.
+        raise Problem(
+            409,
+            "this is the project of the key making the request; revoke it with another "
+            "project's admin key or with `python -m core projects revoke`",
+            type="own-project",
+        )
+    admin.revoke_project(session, project)
+    return ProjectOut.of(project, active_keys=0)
 
 
 @router.post("/v1/keys", status_code=201, response_model=KeyCreated)
 def create_api_key(body: KeyCreate, key: AdminKey, session: SessionDep) -> KeyCreated:
-    if session.get(Project, body.project_id) is None:
-        raise not_found("project", body.project_id)
-    if body.expires_at is not None and body.expires_at.tzinfo is None:
-        raise Problem(
-            422, "expires_at needs a time zone (e.g. a trailing Z)", type="invalid-request"
+    try:
+        row, plain = admin.create_key(
+            session,
+            project_id=body.project_id,
+            name=body.name,
+            scopes=body.scopes,
+            expires_at=body.expires_at,
         )
-    row, plain = create_key(
-        session, project_id=body.project_id, name=body.name, scopes=list(body.scopes)
-    )
-    row.expires_at = body.expires_at
-    session.flush()
+    except admin.AdminError as exc:
+        raise _problem(exc) from None
     return KeyCreated(**KeyOut.of(row).model_dump(), key=plain)
 
 
 @router.get("/v1/keys", response_model=list[KeyOut])
-def list_api_keys(key: AdminKey, session: SessionDep) -> list[KeyOut]:
-    return [KeyOut.of(k) for k in session.scalars(select(ApiKey).order_by(ApiKey.created_at))]
+def list_api_keys(
+    key: AdminKey, session: SessionDep, project_id: str | None = None
+) -> list[KeyOut]:
+    return [KeyOut.of(k) for k in admin.list_keys(session, project_id=project_id)]
 
 
 @router.delete("/v1/keys/{key_id}", response_model=KeyOut)
 def revoke_api_key(key_id: str, key: AdminKey, session: SessionDep) -> KeyOut:
-    row = session.get(ApiKey, key_id)
-    if row is None:
-        raise not_found("key", key_id)
-    if row.revoked_at is None:
-        row.revoked_at = utcnow()
-    return KeyOut.of(row)
+    try:
+        return KeyOut.of(admin.revoke_key(session, key_id))
+    except admin.AdminError as exc:
+        raise _problem(exc) from None
