@@ -6,11 +6,16 @@ classes. Dataset references are opaque ids that the caller resolves to files.
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 DatasetId = Annotated[str, Field(min_length=1, max_length=64)]
+#: Most elements one benchmark input may have (4 GiB of float32).
+MAX_INPUT_ELEMENTS = 1 << 30
+#: Most samples one benchmark may run through a model, over all batch sizes.
+MAX_BENCHMARK_SAMPLES = 10_000_000
 
 
 class StrictModel(BaseModel):
@@ -333,15 +338,39 @@ class BenchmarkConfig(StrictModel):
     threads: int = Field(
         default=0, ge=0, le=1024, description="Intra-op threads; 0: physical cores."
     )
-    input_shapes: dict[str, list[Annotated[int, Field(ge=1, le=1_000_000)]]] | None = Field(
+    input_shapes: (
+        dict[
+            Annotated[str, Field(min_length=1, max_length=1024)],
+            list[Annotated[int, Field(ge=1, le=1_000_000)]],
+        ]
+        | None
+    ) = Field(
         default=None,
+        max_length=1024,
         description="Shape per input (batch axis included, replaced by each batch size) for "
-        "models with symbolic dims when no dataset gives them.",
+        "models with symbolic dims when no dataset gives them; at most "
+        f"{MAX_INPUT_ELEMENTS} elements per input at the largest batch size.",
     )
 
     @model_validator(mode="after")
     def _unique_batch_sizes(self) -> BenchmarkConfig:
         self.batch_sizes = sorted(set(self.batch_sizes))
+        largest = self.batch_sizes[-1]
+        for name, shape in (self.input_shapes or {}).items():
+            if not 1 <= len(shape) <= 16:
+                raise ValueError(f"input_shapes['{name[:100]}'] must have 1 to 16 dimensions")
+            elements = largest * math.prod(shape[1:])
+            if elements > MAX_INPUT_ELEMENTS:
+                raise ValueError(
+                    f"input_shapes['{name[:100]}'] at batch size {largest} is {elements} "
+                    f"elements; at most {MAX_INPUT_ELEMENTS} are allowed"
+                )
+        work = (self.warmup + self.iterations) * sum(self.batch_sizes)
+        if work > MAX_BENCHMARK_SAMPLES:
+            raise ValueError(
+                f"(warmup + iterations) x sum(batch_sizes) is {work} samples; at most "
+                f"{MAX_BENCHMARK_SAMPLES} are allowed (lower iterations or batch_sizes)"
+            )
         return self
 
 

@@ -48,6 +48,8 @@ MAX_METADATA_BYTES = 256 << 20
 #: What zipfile raises while reading a corrupt member: a bad CRC or a member longer than its
 #: header says (BadZipFile), a broken deflate stream, a cut-off file, an unknown method.
 ZIP_READ_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError)
+#: Most elements an input of a TorchScript upload may have, named dimensions not counted.
+MAX_INPUT_ELEMENTS = 1 << 30
 #: Opsets of the ONNX models that PyTorch uploads are converted to (see torch_export).
 TORCH_EXPORT_OPSET = 18
 TORCHSCRIPT_OPSET = 17
@@ -823,6 +825,12 @@ def parse_input_shapes(raw: str | None, names: list[str]) -> dict[str, list[Dim]
             raise InvalidModelError(
                 f"input_shapes['{name}'] must be a list of positive sizes and dimension names, "
                 f'e.g. ["batch", 16]; got {json.dumps(shape)}'
+            )
+        elements = math.prod(dim for dim in shape if isinstance(dim, int))
+        if elements > MAX_INPUT_ELEMENTS:
+            raise InvalidModelError(
+                f"input_shapes['{name}'] has {elements} elements without its named dimensions; "
+                f"at most {MAX_INPUT_ELEMENTS} are allowed"
             )
         shapes[name] = list(shape)
     return shapes
