@@ -13,6 +13,7 @@ database connections before forking, so parent and child never share a connectio
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import enum
 import logging
@@ -20,7 +21,9 @@ import math
 import multiprocessing
 import os
 import signal
+import sys
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.synchronize import Event
@@ -91,28 +94,35 @@ def run_supervised(
 ) -> Supervision:
     """Runs target(stop) in a forked child process and watches it until it ends. The child
     must check stop.is_set() at its progress reports and then raise JobStopped."""
-    context = multiprocessing.get_context("fork")
-    stop = context.Event()
+    stop = multiprocessing.get_context("fork").Event()
     # No pooled connection may cross the fork (see the module docstring).
     session_factory().kw["bind"].dispose()
-    parent = os.getpid()
+    # A plain fork, not multiprocessing.Process: Celery's pool processes are daemonic, and
+    # multiprocessing refuses to start children from a daemonic process.
+    pid = _fork(target, stop)
+    try:
+        return _watch(pid, stop, job_id=job_id, attempt=attempt, limits=limits, settings=settings)
+    except BaseException:
+        # Watching failed (a bug, a signal): the job's process must not run on unwatched.
+        with contextlib.suppress(ProcessLookupError, ChildProcessError):
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        raise
 
-    def child_main() -> None:
-        _die_with_parent(parent)
-        target(stop)
 
-    process = context.Process(target=child_main, name=f"job-{job_id}", daemon=False)
-    process.start()
+def _watch(
+    pid: int, stop: Event, *, job_id: str, attempt: int, limits: Limits, settings: Settings
+) -> Supervision:
     watch = Supervision(exitcode=0)
     started = time.monotonic()
     next_beat = started + settings.heartbeat_interval_s
     kill_at = math.inf
-    pid = process.pid
-    assert pid is not None
     while True:
-        process.join(_POLL_S)
-        if process.exitcode is not None:
-            break
+        exitcode = _exitcode(pid, wait=False)
+        if exitcode is not None:
+            watch.exitcode = exitcode
+            return watch
+        time.sleep(_POLL_S)
         now = time.monotonic()
         used_mb = _private_memory_mb(pid)
         watch.peak_memory_mb = max(watch.peak_memory_mb, used_mb)
@@ -137,13 +147,37 @@ def run_supervised(
                 watch.reason = StopReason.canceled
                 stop.set()
                 kill_at = now + settings.job_cancel_grace_s
-    if process.exitcode is None:
-        watch.killed = True
-        os.kill(pid, signal.SIGKILL)
-        process.join()
-    watch.exitcode = process.exitcode if process.exitcode is not None else -signal.SIGKILL
-    process.close()
+    os.kill(pid, signal.SIGKILL)
+    watch.killed = True
+    code = _exitcode(pid, wait=True)
+    watch.exitcode = -signal.SIGKILL if code is None else code
     return watch
+
+
+def _fork(target: Callable[[Event], None], stop: Event) -> int:
+    parent = os.getpid()
+    pid = os.fork()
+    if pid:
+        return pid
+    # The job's process: whatever happens, it must never return into the caller's code.
+    code = 1
+    try:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        _die_with_parent(parent)
+        target(stop)
+        code = 0
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+def _exitcode(pid: int, *, wait: bool) -> int | None:
+    """The process's exit code (minus the signal that killed it), None while it runs."""
+    done, status = os.waitpid(pid, 0 if wait else os.WNOHANG)
+    return os.waitstatus_to_exitcode(status) if done else None
 
 
 def _beat(job_id: str, attempt: int) -> str | None:
