@@ -3,6 +3,8 @@ the schema the document gives for it."""
 
 from __future__ import annotations
 
+import time
+import warnings
 from typing import Any
 
 import schemathesis
@@ -17,9 +19,10 @@ from schemathesis.specs.openapi.checks import (
 
 from tests.conftest import ADMIN_KEY
 
-#: Examples per operation: about 25 operations, so a few hundred requests in all (under a
-#: minute on a 2-core machine).
-EXAMPLES = 12
+#: Examples per operation (about 25 operations), and a time budget: operations not reached
+#: within it are named in a warning rather than run, so the test stays under a minute.
+EXAMPLES = 5
+BUDGET_S = 50.0
 CHECKS = [
     not_a_server_error,
     response_schema_conformance,
@@ -33,9 +36,14 @@ def test_generated_requests_get_no_5xx_and_match_the_schema(client: TestClient) 
     headers = {"Authorization": f"Bearer {ADMIN_KEY}"}
     failures: list[str] = []
     operations = 0
+    not_reached: list[str] = []
+    started = time.monotonic()
     for result in schema.get_all_operations():
         operation = result.ok()
         operations += 1
+        if time.monotonic() - started > BUDGET_S:
+            not_reached.append(operation.label)
+            continue
 
         @given(case=operation.as_strategy())
         @settings(
@@ -54,6 +62,8 @@ def test_generated_requests_get_no_5xx_and_match_the_schema(client: TestClient) 
         except Exception as exc:  # collected so one run reports every failing operation
             failures.append(f"{operation.label}: {exc}"[:2000])
     assert operations >= 20
+    if not_reached:
+        warnings.warn(f"not fuzzed within {BUDGET_S} s: {', '.join(not_reached)}", stacklevel=1)
     assert failures == [], "\n\n".join(failures)
     # The fuzzing did not take the admin key away.
     assert client.get("/v1/keys").status_code == 200
