@@ -20,7 +20,8 @@ from tests.integration.processes import Service, run_service, start_redis
 from tests.integration.test_end_to_end import upload, wait_for_job, wait_for_stage
 from tests.ports import free_port
 
-pytestmark = pytest.mark.slow
+# Worker start-up imports torch: minutes on a busy small machine.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 FINAL = {"succeeded", "failed", "canceled"}
 QUICK_BENCHMARK = {"batch_sizes": [1], "warmup": 1, "iterations": 5, "threads": 1}
