@@ -142,16 +142,15 @@ def _job_process(
 
 def _record_outcome(job_id: str, attempt: int, watch: Supervision, limits: Limits) -> str | None:
     """The job's final status after its process ended; writes it if the process did not."""
-    if watch.reason == StopReason.lost:
-        log.warning("job %s: attempt %d lost the job to another attempt", job_id, attempt)
-        return None
     with session_scope() as session:
         row = session.execute(
             select(Job.status, Job.stage, Job.attempts).where(Job.id == job_id)
         ).one_or_none()
     if row is None or row.attempts != attempt:
+        log.warning("job %s: attempt %d lost the job to another attempt", job_id, attempt)
         return None
-    if row.status not in jobstate.RUNNING:  # the job's process wrote the outcome
+    # Written by the job's process (a heartbeat just after that also reads as `lost`).
+    if row.status not in jobstate.RUNNING or watch.reason == StopReason.lost:
         return str(row.status)
     stage = row.stage or "loading"
     status, error_type, message = JobStatus.failed, "", ""
