@@ -4,6 +4,8 @@ PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# Test processes: the real-server tests run in one of them, everything else is spread out.
+TEST_WORKERS ?= 2
 
 .PHONY: install run api worker migrate test test-fast lint bench system-packages clean
 
@@ -35,10 +37,10 @@ system-packages:
 	@bash scripts/system-packages.sh
 
 test: install system-packages
-	$(BIN)/python -m pytest -ra --durations=30
+	$(BIN)/python -m pytest -ra --durations=30 -n $(TEST_WORKERS) --dist loadgroup
 
 test-fast: install
-	$(BIN)/python -m pytest -ra -m "not slow"
+	$(BIN)/python -m pytest -ra -m "not slow" -n $(TEST_WORKERS) --dist loadgroup
 
 lint: install
 	$(BIN)/ruff check .

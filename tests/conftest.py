@@ -21,6 +21,15 @@ from tests.ports import free_port
 ADMIN_KEY = "mpk_test_admin_key_0123456789abcdef"
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # `make test` spreads tests over processes (pytest-xdist, --dist loadgroup); the tests that
+    # run real servers share session-scoped services, so they all go to one process and the
+    # services start once.
+    for item in items:
+        if item.nodeid.startswith("tests/integration/"):
+            item.add_marker(pytest.mark.xdist_group("services"))
+
+
 def _clear_caches() -> None:
     get_settings.cache_clear()
     get_celery.cache_clear()
