@@ -1,18 +1,25 @@
 # modelpress: `make run` starts the service on embedded defaults, `make test` runs the tests,
-# `make lint` checks style, types and known vulnerabilities of the installed packages.
+# `make lint` checks style and types, `make audit` checks the installed packages for known
+# vulnerabilities.
 PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-# Test processes: the real-server tests run in one of them, everything else is spread out.
-TEST_WORKERS ?= 2
+# Test processes. 0 runs the suite in this process, which suits two cores best: every test
+# process pays for importing torch once. With N > 0 the real-server tests share one of them.
+TEST_WORKERS ?= 0
 
-.PHONY: install run api worker migrate test test-fast lint bench system-packages clean
+# Some environments set this; without compiled bytecode every process that imports torch
+# compiles its modules again, which costs a minute of CPU on a small machine.
+unexport PYTHONDONTWRITEBYTECODE
+
+.PHONY: install run api worker migrate test test-fast lint style audit bench system-packages clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
+	@# Bytecode is compiled on first import instead, for the modules actually used.
+	$(BIN)/pip install -q --no-compile -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -42,10 +49,14 @@ test: install system-packages
 test-fast: install
 	$(BIN)/python -m pytest -ra -m "not slow" -n $(TEST_WORKERS) --dist loadgroup
 
-lint: install
+lint: style
+	$(BIN)/mypy api core worker optimizers
+
+style: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy api core worker optimizers
+
+audit: install
 	@# Audits the versions installed here. Local build tags (torch 2.13.0+cpu) are dropped
 	@# so a build that is not on PyPI is checked as the release it was built from.
 	$(BIN)/python -m pip list --format=freeze --exclude-editable | sed 's/+.*$$//' > $(VENV)/audit-requirements.txt
