@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,13 +22,38 @@ from tests.ports import free_port
 ADMIN_KEY = "mpk_test_admin_key_0123456789abcdef"
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    # `make test` spreads tests over processes (pytest-xdist, --dist loadgroup); the tests that
-    # run real servers share session-scoped services, so they all go to one process and the
-    # services start once.
+_SESSION_STARTED = time.monotonic()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--slow-budget",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="start no test marked slow once the run is this many seconds old; the ones not "
+        "started are reported as skipped (CI sets it from the time it has left)",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # Tests marked slow run last, so that a time budget (--slow-budget) only ever cuts them.
+    items.sort(key=lambda item: item.get_closest_marker("slow") is not None)
+    # With several test processes (pytest-xdist, --dist loadgroup), the tests that run real
+    # servers share session-scoped services, so they all go to one process and the services
+    # start once.
     for item in items:
         if item.nodeid.startswith("tests/integration/"):
             item.add_marker(pytest.mark.xdist_group("services"))
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    budget = item.config.getoption("--slow-budget")
+    if budget is None or item.get_closest_marker("slow") is None:
+        return
+    elapsed = time.monotonic() - _SESSION_STARTED
+    if elapsed > budget:
+        pytest.skip(f"slow test not started: the run's {budget:.0f} s budget was spent")
 
 
 def _clear_caches() -> None:
