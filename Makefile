@@ -12,9 +12,9 @@ TEST_WORKERS ?= 0
 # Some environments set this; without compiled bytecode every process that imports torch
 # compiles its modules again, which costs a minute of CPU on a small machine.
 unexport PYTHONDONTWRITEBYTECODE
-# Seconds into the test run after which no test marked slow starts (they run last); empty: no
-# limit. CI sets it from the time it has left.
-SLOW_BUDGET_S ?=
+# Seconds into the test run by which the tests marked slow (they run last) must be over: one
+# starts only if its timeout still fits. Empty: no deadline. CI sets it from the time it has left.
+SLOW_DEADLINE_S ?=
 
 .PHONY: install run api worker migrate test test-fast lint style audit bench system-packages clean
 
@@ -48,7 +48,7 @@ system-packages:
 
 test: install system-packages
 	$(BIN)/python -m pytest -ra --durations=30 -n $(TEST_WORKERS) --dist loadgroup \
-		$(if $(SLOW_BUDGET_S),--slow-budget=$(SLOW_BUDGET_S))
+		$(if $(SLOW_DEADLINE_S),--slow-deadline=$(SLOW_DEADLINE_S))
 
 test-fast: install
 	$(BIN)/python -m pytest -ra -m "not slow" -n $(TEST_WORKERS) --dist loadgroup

@@ -27,17 +27,18 @@ _SESSION_STARTED = time.monotonic()
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
-        "--slow-budget",
+        "--slow-deadline",
         type=float,
         default=None,
         metavar="SECONDS",
-        help="start no test marked slow once the run is this many seconds old; the ones not "
-        "started are reported as skipped (CI sets it from the time it has left)",
+        help="seconds into the run by which every test marked slow must be over: one starts only "
+        "if its timeout still fits; the others are reported as skipped (CI sets it from the "
+        "time it has left)",
     )
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    # Tests marked slow run last, so that a time budget (--slow-budget) only ever cuts them.
+    # Tests marked slow run last, so that a deadline (--slow-deadline) only ever cuts them.
     items.sort(key=lambda item: item.get_closest_marker("slow") is not None)
     # With several test processes (pytest-xdist, --dist loadgroup), the tests that run real
     # servers share session-scoped services, so they all go to one process and the services
@@ -48,12 +49,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
-    budget = item.config.getoption("--slow-budget")
-    if budget is None or item.get_closest_marker("slow") is None:
+    deadline = item.config.getoption("--slow-deadline")
+    if deadline is None or item.get_closest_marker("slow") is None:
         return
-    elapsed = time.monotonic() - _SESSION_STARTED
-    if elapsed > budget:
-        pytest.skip(f"slow test not started: the run's {budget:.0f} s budget was spent")
+    marker = item.get_closest_marker("timeout")
+    timeout = float(marker.args[0]) if marker else float(item.config.getini("timeout"))
+    left = deadline - (time.monotonic() - _SESSION_STARTED)
+    if timeout > left:
+        pytest.skip(
+            f"slow test not started: its {timeout:.0f} s timeout does not fit in the "
+            f"{max(left, 0):.0f} s left before the run's deadline"
+        )
 
 
 def _clear_caches() -> None:
