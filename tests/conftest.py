@@ -38,8 +38,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    # Tests marked slow run last, so that a deadline (--slow-deadline) only ever cuts them.
-    items.sort(key=lambda item: item.get_closest_marker("slow") is not None)
+    # Tests marked slow run last, so that a deadline (--slow-deadline) only ever cuts them; of
+    # those, the ones that start real servers and workers (the longest) come last.
+    def order(item: pytest.Item) -> tuple[bool, bool]:
+        slow = item.get_closest_marker("slow") is not None
+        return slow, slow and item.nodeid.startswith("tests/integration/")
+
+    items.sort(key=order)
     # With several test processes (pytest-xdist, --dist loadgroup), the tests that run real
     # servers share session-scoped services, so they all go to one process and the services
     # start once.

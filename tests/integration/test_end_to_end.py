@@ -10,12 +10,9 @@ from typing import Any
 import httpx
 import numpy as np
 import onnxruntime as ort
-import pytest
 
 from tests.factories import make_dataset, make_mlp
 from tests.integration.processes import Service
-
-pytestmark = pytest.mark.slow
 
 
 def upload(client: httpx.Client, route: str, path: Path) -> dict[str, Any]:
