@@ -7,6 +7,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import boto3
 import pytest
@@ -23,23 +24,24 @@ ADMIN_KEY = "mpk_test_admin_key_0123456789abcdef"
 
 
 _SESSION_STARTED = time.monotonic()
+NOT_STARTED = "not started"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
-        "--slow-deadline",
+        "--deadline",
         type=float,
         default=None,
         metavar="SECONDS",
-        help="seconds into the run by which every test marked slow must be over: one starts only "
-        "if its timeout still fits; the others are reported as skipped (CI sets it from the "
-        "time it has left)",
+        help="seconds into the run by which every test must be over: a test starts only if its "
+        "timeout still fits, and the others are reported as skipped (CI sets it from the time "
+        "it has left)",
     )
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    # Tests marked slow run last, so that a deadline (--slow-deadline) only ever cuts them; of
-    # those, the ones that start real servers and workers (the longest) come last.
+    # Tests marked slow run last, so that a deadline (--deadline) cuts them first; of those,
+    # the ones that start real servers and workers (the longest) come last.
     def order(item: pytest.Item) -> tuple[bool, bool]:
         slow = item.get_closest_marker("slow") is not None
         return slow, slow and item.nodeid.startswith("tests/integration/")
@@ -54,16 +56,27 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
-    deadline = item.config.getoption("--slow-deadline")
-    if deadline is None or item.get_closest_marker("slow") is None:
+    deadline = item.config.getoption("--deadline")
+    if deadline is None:
         return
     marker = item.get_closest_marker("timeout")
     timeout = float(marker.args[0]) if marker else float(item.config.getini("timeout"))
     left = deadline - (time.monotonic() - _SESSION_STARTED)
     if timeout > left:
         pytest.skip(
-            f"slow test not started: its {timeout:.0f} s timeout does not fit in the "
-            f"{max(left, 0):.0f} s left before the run's deadline"
+            f"{NOT_STARTED}: its {timeout:.0f} s timeout does not fit in the {max(left, 0):.0f} s "
+            "left before the run's deadline"
+        )
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    skipped = terminalreporter.stats.get("skipped", [])
+    cut = sum(1 for report in skipped if NOT_STARTED in str(report.longrepr))
+    if cut:
+        terminalreporter.write_line(
+            f"{cut} tests were not started: the run's deadline (--deadline) came first",
+            yellow=True,
+            bold=True,
         )
 
 
