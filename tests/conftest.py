@@ -7,7 +7,6 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import boto3
 import pytest
@@ -39,7 +38,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     # Tests marked slow run last, so that a deadline (--deadline) cuts them first; of those,
     # the ones that start real servers and workers (the longest) come last.
     def order(item: pytest.Item) -> tuple[bool, bool]:
@@ -69,7 +68,7 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         )
 
 
-def pytest_terminal_summary(terminalreporter: Any) -> None:
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     skipped = terminalreporter.stats.get("skipped", [])
     cut = sum(1 for report in skipped if NOT_STARTED in str(report.longrepr))
     if cut:
