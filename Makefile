@@ -12,10 +12,10 @@ TEST_WORKERS ?= 0
 # Some environments set this; without compiled bytecode every process that imports torch
 # compiles its modules again, which costs a minute of CPU on a small machine.
 unexport PYTHONDONTWRITEBYTECODE
-# Seconds into the test run by which every test must be over: a test starts only if its timeout
+# The time (Unix seconds) by which every test must be over: a test starts only if its timeout
 # still fits (the ones marked slow run last). Empty: no deadline. CI sets it from the time it has
-# left.
-TEST_DEADLINE_S ?=
+# left, e.g. TEST_DEADLINE_AT=$$(( $$(date +%s) + 3600 )) for an hour from now.
+TEST_DEADLINE_AT ?=
 
 .PHONY: install run api worker migrate test test-fast lint style audit bench system-packages clean
 
@@ -49,7 +49,7 @@ system-packages:
 
 test: install system-packages
 	$(BIN)/python -m pytest -ra --durations=30 -n $(TEST_WORKERS) --dist loadgroup \
-		$(if $(TEST_DEADLINE_S),--deadline=$(TEST_DEADLINE_S))
+		$(if $(TEST_DEADLINE_AT),--deadline-at=$(TEST_DEADLINE_AT))
 
 test-fast: install
 	$(BIN)/python -m pytest -ra -m "not slow" -n $(TEST_WORKERS) --dist loadgroup

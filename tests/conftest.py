@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
+import os
 import shutil
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -22,24 +25,23 @@ from tests.ports import free_port
 ADMIN_KEY = "mpk_test_admin_key_0123456789abcdef"
 
 
-_SESSION_STARTED = time.monotonic()
 NOT_STARTED = "not started"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
-        "--deadline",
+        "--deadline-at",
         type=float,
         default=None,
-        metavar="SECONDS",
-        help="seconds into the run by which every test must be over: a test starts only if its "
-        "timeout still fits, and the others are reported as skipped (CI sets it from the time "
-        "it has left)",
+        metavar="UNIX_TIME",
+        help="the time (seconds since the epoch) by which every test must be over: a test starts "
+        "only if its timeout still fits, and the others are reported as skipped (CI sets it from "
+        "the time it has left)",
     )
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    # Tests marked slow run last, so that a deadline (--deadline) cuts them first; of those,
+    # Tests marked slow run last, so that a deadline (--deadline-at) cuts them first; of those,
     # the ones that start real servers and workers (the longest) come last.
     def order(item: pytest.Item) -> tuple[bool, bool]:
         slow = item.get_closest_marker("slow") is not None
@@ -55,12 +57,14 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
-    deadline = item.config.getoption("--deadline")
+    deadline = item.config.getoption("--deadline-at")
     if deadline is None:
         return
     marker = item.get_closest_marker("timeout")
     timeout = float(marker.args[0]) if marker else float(item.config.getini("timeout"))
-    left = deadline - (time.monotonic() - _SESSION_STARTED)
+    # Wall-clock time, not time since this process started: the run's deadline was set before
+    # the installs and imports that came ahead of the first test.
+    left = deadline - time.time()
     if timeout > left:
         pytest.skip(
             f"{NOT_STARTED}: its {timeout:.0f} s timeout does not fit in the {max(left, 0):.0f} s "
@@ -73,10 +77,31 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     cut = sum(1 for report in skipped if NOT_STARTED in str(report.longrepr))
     if cut:
         terminalreporter.write_line(
-            f"{cut} tests were not started: the run's deadline (--deadline) came first",
+            f"{cut} tests were not started: the run's deadline (--deadline-at) came first",
             yellow=True,
             bold=True,
         )
+
+
+_EXIT_STATUS = pytest.StashKey[int]()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    session.config.stash[_EXIT_STATUS] = int(exitstatus)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config: pytest.Config) -> None:
+    # Tearing down the interpreter (thousands of modules: torch, onnxruntime, the service) takes
+    # minutes of CPU on a small machine and decides nothing. Once the report is written, the
+    # run ends the way exit would, minus that teardown: exit handlers run, then the process
+    # exits with pytest's status. Test processes of pytest-xdist end the usual way.
+    if hasattr(config, "workerinput") or _EXIT_STATUS not in config.stash:
+        return
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(config.stash[_EXIT_STATUS])
 
 
 def _clear_caches() -> None:

@@ -57,7 +57,9 @@ def test_killed_worker_is_detected_and_the_job_retried(
         # The embedded broker forgets a message its consumer died holding: the database's job
         # state is what brings the job back. A new worker notices the silent job, re-queues
         # it, and runs it to the end.
-        embedded_service.env["MODELPRESS_HEARTBEAT_TIMEOUT_S"] = "5"
+        # The timeout is short enough for a quick test and long enough that the new attempt's
+        # own heartbeats (every 2 s) are never taken for silence on a busy 2-core machine.
+        embedded_service.env["MODELPRESS_HEARTBEAT_TIMEOUT_S"] = "30"
         embedded_service.env["MODELPRESS_REAPER_INTERVAL_S"] = "0.5"
         embedded_service.start_worker("worker2")
         done = wait_for_job(embedded_service, client, job["id"], {"succeeded", "failed"}, 600)
