@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Header, Request
 from sqlalchemy.orm import Session
 
 from api.errors import Problem
@@ -32,6 +32,14 @@ def get_session() -> Iterator[Session]:
 SessionDep = Annotated[Session, Depends(get_session)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 StorageDep = Annotated[Storage, Depends(get_storage)]
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        max_length=255,
+        description="A retry with the same key returns the same resource instead of a new one; "
+        "the same key with a different body is a 422.",
+    ),
+]
 
 _UNAUTHORIZED_HEADERS = {"WWW-Authenticate": 'Bearer realm="modelpress"'}
 

@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from api.errors import install_error_handlers
-from api.routes import artifacts, datasets, health, jobs, keys, models
+from api.routes import artifacts, batches, datasets, health, jobs, keys, models
 from api.uploads import sweep_stale_uploads
 from core.bootstrap import ensure_admin_key
 from core.db import session_factory
@@ -54,6 +54,7 @@ def create_app() -> FastAPI:
         models.router,
         datasets.router,
         jobs.router,
+        batches.router,
         artifacts.router,
         keys.router,
     ):

@@ -8,7 +8,7 @@ from typing import Any, Generic, Literal, TypeVar
 from pydantic import BaseModel, Field, ValidationError
 
 from core.jobspec import JobSpec
-from core.models import ApiKey, Artifact, Dataset, Job, Project, StoredModel
+from core.models import ApiKey, Artifact, Batch, Dataset, Job, JobStatus, Project, StoredModel
 from optimizers.types import DatasetInfo, TensorInfo
 
 T = TypeVar("T")
@@ -96,6 +96,8 @@ class JobOut(BaseModel):
     queue: str
     attempts: int
     max_attempts: int
+    batch_id: str | None = Field(description="The batch this job was submitted in, if any.")
+    retry_of: str | None = Field(description="The failed or canceled job this one retries.")
     error: JobError | None
     spec: dict[str, Any]
     result: dict[str, Any] | None
@@ -120,6 +122,8 @@ class JobOut(BaseModel):
             queue=row.queue,
             attempts=row.attempts,
             max_attempts=row.max_attempts,
+            batch_id=row.batch_id,
+            retry_of=row.retry_of,
             error=error,
             spec=_with_defaults(row.spec),
             result=row.result,
@@ -138,6 +142,47 @@ def _with_defaults(stored: dict[str, Any]) -> dict[str, Any]:
         return JobSpec.model_validate(stored).model_dump(mode="json")
     except ValidationError:  # a row stored with every default by an older version
         return stored
+
+
+BatchStatus = Literal["queued", "running", "succeeded", "failed", "canceled"]
+
+
+class BatchSummary(BaseModel):
+    id: str
+    name: str | None
+    status: BatchStatus = Field(
+        description="queued: no job started yet; running: some job not final yet; once every "
+        "job is final: succeeded if all succeeded, failed if any failed, else canceled."
+    )
+    counts: dict[str, int] = Field(description="Jobs of the batch in each state.")
+    total: int
+    created_at: datetime
+
+    @classmethod
+    def of(cls, row: Batch, counts: dict[str, int]) -> BatchSummary:
+        return cls(
+            id=row.id,
+            name=row.name,
+            status=batch_status(counts),
+            counts={status.value: counts.get(status.value, 0) for status in JobStatus},
+            total=sum(counts.values()),
+            created_at=row.created_at,
+        )
+
+
+class BatchOut(BatchSummary):
+    jobs: list[JobOut] = Field(description="The batch's jobs, in the order they were given.")
+
+
+def batch_status(counts: dict[str, int]) -> BatchStatus:
+    active = sum(counts.get(s, 0) for s in ("queued", "running", "cancelling"))
+    if active:
+        return "queued" if counts.get("queued", 0) == sum(counts.values()) else "running"
+    if counts.get("failed", 0):
+        return "failed"
+    if counts.get("canceled", 0):
+        return "canceled"
+    return "succeeded"
 
 
 class ArtifactOut(BaseModel):

@@ -27,3 +27,14 @@ class JobSpec(PipelineSpec):
         None, ge=1, le=10, description="Attempts before the job fails; default from settings."
     )
     limits: JobLimits = Field(default_factory=JobLimits)
+
+
+#: Jobs in one batch: a sweep of this size is one request; a larger one is several batches.
+MAX_BATCH_JOBS = 100
+
+
+class BatchSpec(StrictModel):
+    """Job specs submitted at once; all are checked before any is created."""
+
+    name: str | None = Field(None, max_length=200, description="A label for the batch.")
+    jobs: list[JobSpec] = Field(min_length=1, max_length=MAX_BATCH_JOBS)

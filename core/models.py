@@ -91,6 +91,23 @@ class Dataset(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
 
 
+class Batch(Base):
+    """Job specs submitted together (a sweep); each becomes a job of its own."""
+
+    __tablename__ = "batches"
+    __table_args__ = (
+        UniqueConstraint("project_id", "idempotency_key", name="uq_batches_project_idempotency"),
+        Index("ix_batches_project_created", "project_id", "created_at", "id"),
+    )
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    name: Mapped[str | None] = mapped_column(String(200))
+    idempotency_key: Mapped[str | None] = mapped_column(String(255))
+    request_hash: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
 class Job(Base):
     __tablename__ = "jobs"
     __table_args__ = (
@@ -108,6 +125,13 @@ class Job(Base):
     dataset_ids: Mapped[list[str]] = mapped_column(JSON, default=list)
     #: Other uploaded models the passes read (distillation students), checked at submission.
     extra_model_ids: Mapped[list[str]] = mapped_column(JSON, default=list)
+    batch_id: Mapped[str | None] = mapped_column(
+        ForeignKey("batches.id", ondelete="CASCADE"), index=True
+    )
+    #: The failed or canceled job this one retries (POST /v1/jobs/{id}/retry).
+    retry_of: Mapped[str | None] = mapped_column(
+        ForeignKey("jobs.id", ondelete="SET NULL"), index=True
+    )
     queue: Mapped[str] = mapped_column(String(16), default="cpu")
     status: Mapped[str] = mapped_column(String(16), default=JobStatus.queued)
     stage: Mapped[str | None] = mapped_column(String(32))

@@ -49,6 +49,11 @@ class Settings(BaseSettings):
     #: A queued job not yet claimed this long after it was handed to the broker is sent again
     #: (the broker may have lost it, e.g. a Redis restarted without persistence).
     requeue_after_s: float = Field(300.0, gt=0)
+    #: How often a job's event stream (GET /v1/jobs/{id}/events) looks for changes.
+    events_poll_s: float = Field(1.0, gt=0)
+    #: An event stream ends after this long; clients reconnect (EventSource does so by itself)
+    #: and get the job's current state first.
+    events_stream_s: float = Field(600.0, gt=0)
 
     @model_validator(mode="after")
     def _time_limits_in_order(self) -> Settings:

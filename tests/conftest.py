@@ -171,6 +171,9 @@ def service_env(
         "MODELPRESS_DATA_DIR": str(data_dir),
         "MODELPRESS_BOOTSTRAP_KEY": ADMIN_KEY,
         "MODELPRESS_MAX_UPLOAD_BYTES": str(5 * 1024 * 1024),
+        # No worker runs in most tests to finish a job: its event stream ends within seconds.
+        "MODELPRESS_EVENTS_POLL_S": "0.05",
+        "MODELPRESS_EVENTS_STREAM_S": "2",
     }
     for name, value in env.items():
         monkeypatch.setenv(name, value)

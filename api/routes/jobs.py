@@ -2,41 +2,31 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
-import logging
+import time
+from collections.abc import Iterator
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Response
+from fastapi import APIRouter, Query, Response
+from fastapi.responses import StreamingResponse
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from api.deps import ReadKey, SessionDep, SettingsDep, WriteKey
-from api.errors import Problem, field_error, not_found
+from api.deps import IdempotencyKey, ReadKey, SessionDep, SettingsDep, WriteKey
+from api.errors import Problem, not_found
 from api.pagination import paginate
-from api.routes.datasets import get_owned_dataset
 from api.schemas import ArtifactOut, JobOut, Page
+from api.submit import new_job, request_hash, send_committed
 from core import jobstate
-from core.db import new_id, utcnow
+from core.db import session_factory
 from core.jobspec import JobSpec
-from core.models import Artifact, Job, JobStatus, StoredModel
-from core.queue import enqueue_job
-from optimizers.checks import check_spec
-from optimizers.errors import OptimizerError
-from optimizers.types import DatasetInfo, ModelInfo
+from core.models import FINAL_STATUSES, Artifact, Job, JobStatus
 
-log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 JobStatusName = Annotated[
     list[JobStatus] | None, Query(description="Only jobs in these states (repeatable).")
 ]
-
-
-def _request_hash(spec: JobSpec) -> str:
-    canonical = json.dumps(spec.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def _find_by_idempotency_key(session: SessionDep, project_id: str, key: str) -> Job | None:
@@ -64,52 +54,23 @@ def create_job(
     key: WriteKey,
     session: SessionDep,
     settings: SettingsDep,
-    idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+    idempotency_key: IdempotencyKey = None,
 ) -> JobOut:
-    request_hash = _request_hash(spec)
+    hashed = request_hash(spec)
     if idempotency_key:
         existing = _find_by_idempotency_key(session, key.project_id, idempotency_key)
         if existing is not None:
-            return _replay(existing, request_hash, response)
+            return _replay(existing, hashed, response)
 
-    model = session.get(StoredModel, spec.model_id)
-    if model is None or model.project_id != key.project_id:
-        raise field_error(["body", "model_id"], f"no model {spec.model_id!r} in this project")
-    datasets: dict[str, DatasetInfo] = {}
-    for dataset_id in spec.dataset_ids():
-        try:
-            row = get_owned_dataset(session, key.project_id, dataset_id)
-        except Problem:
-            raise field_error(["body"], f"no dataset {dataset_id!r} in this project") from None
-        datasets[dataset_id] = DatasetInfo.model_validate(row.info)
-    models = _extra_models(session, key.project_id, spec)
-    try:
-        check_spec(ModelInfo.model_validate(model.info), spec, datasets, models=models)
-    except OptimizerError as exc:
-        raise Problem(422, exc.message, type=exc.type.replace("_", "-")) from exc
-
-    now = utcnow()
-    job = Job(
-        id=new_id("job"),
-        project_id=key.project_id,
-        model_id=model.id,
-        # What the user set, not the defaults filled in: a dump with every default does not
-        # validate again for every pass (e.g. a structured prune with magnitude's `sparsity`).
-        spec=spec.model_dump(mode="json", exclude_unset=True),
-        dataset_ids=list(datasets),
-        extra_model_ids=list(models),
-        queue="gpu" if spec.benchmark.device == "cuda" else "cpu",
-        status=JobStatus.queued,
-        progress=0.0,
-        progress_message="waiting for a worker",
-        attempts=0,
-        max_attempts=spec.max_attempts or settings.max_attempts,
+    job = new_job(
+        session,
+        settings,
+        key.project_id,
+        spec,
+        loc=["body"],
         idempotency_key=idempotency_key,
-        request_hash=request_hash,
-        created_at=now,
-        queued_at=now,
+        request_hash=hashed,
     )
-    session.add(job)
     try:
         session.commit()
     except IntegrityError:  # a concurrent request with the same Idempotency-Key won
@@ -117,33 +78,11 @@ def create_job(
         existing = _find_by_idempotency_key(session, key.project_id, idempotency_key or "")
         if existing is None:
             raise
-        return _replay(existing, request_hash, response)
+        return _replay(existing, hashed, response)
     # Only now is the row visible to a worker; the broker carries nothing but the id.
-    try:
-        enqueue_job(job.id, job.queue)
-    except Exception:
-        log.exception("could not enqueue job %s; it stays queued until it is re-sent", job.id)
-        job.progress_message = "not yet handed to a worker: the broker is unreachable"
-        session.commit()
+    send_committed(session, [job])
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     return JobOut.of(job)
-
-
-def _extra_models(session: SessionDep, project_id: str, spec: JobSpec) -> dict[str, ModelInfo]:
-    """The other models the passes read (distillation students), each of this project."""
-    found: dict[str, ModelInfo] = {}
-    for index, config in enumerate(spec.passes):
-        for model_id in config.model_ids():
-            if model_id in found:
-                continue
-            row = session.get(StoredModel, model_id)
-            if row is None or row.project_id != project_id:
-                raise field_error(
-                    ["body", "passes", index, "student", "model_id"],
-                    f"no model {model_id!r} in this project",
-                )
-            found[model_id] = ModelInfo.model_validate(row.info)
-    return found
 
 
 @router.get("", response_model=Page[JobOut])
@@ -206,3 +145,86 @@ def list_job_artifacts(job_id: str, key: ReadKey, session: SessionDep) -> list[A
         select(Artifact).where(Artifact.job_id == job.id).order_by(Artifact.created_at)
     ).all()
     return [ArtifactOut.of(r) for r in rows]
+
+
+@router.post("/{job_id}/retry", status_code=202, response_model=JobOut)
+def retry_job(
+    job_id: str, response: Response, key: WriteKey, session: SessionDep, settings: SettingsDep
+) -> JobOut:
+    """A new job with the same spec as a failed or canceled one; the old job and its artifacts
+    stay as they are. The new job's `retry_of` names the old one."""
+    job = get_owned_job(session, key.project_id, job_id)
+    if job.status not in (JobStatus.failed, JobStatus.canceled):
+        raise Problem(
+            409,
+            f"the job is {job.status}; only failed or canceled jobs can be retried",
+            type="job-not-retryable",
+        )
+    try:
+        retry = new_job(
+            session,
+            settings,
+            key.project_id,
+            JobSpec.model_validate(job.spec),
+            loc=["spec"],
+            retry_of=job.id,
+        )
+    except Problem as exc:  # e.g. its model or dataset was deleted since
+        raise Problem(
+            409, f"the job cannot run again as it was: {exc.detail}", type="job-not-retryable"
+        ) from exc
+    session.commit()
+    send_committed(session, [retry])
+    response.headers["Location"] = f"/v1/jobs/{retry.id}"
+    return JobOut.of(retry)
+
+
+EVENT_STREAM_DOC: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "Server-sent events: an `event: job` with the job (as GET /v1/jobs/{id} "
+        "returns it) now and at every change of status, stage, progress or attempt. The "
+        "stream ends after the job's final state, or after MODELPRESS_EVENTS_STREAM_S.",
+        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+    }
+}
+
+
+@router.get("/{job_id}/events", response_class=StreamingResponse, responses=EVENT_STREAM_DOC)
+def job_events(
+    job_id: str, key: ReadKey, session: SessionDep, settings: SettingsDep
+) -> StreamingResponse:
+    get_owned_job(session, key.project_id, job_id)
+    return StreamingResponse(
+        _job_events(job_id, poll_s=settings.events_poll_s, stream_s=settings.events_stream_s),
+        media_type="text/event-stream",
+        # Proxies must pass each event on at once rather than buffer the stream.
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+#: A comment line this often keeps proxies and load balancers from closing a quiet stream.
+KEEPALIVE_S = 15.0
+
+
+def _job_events(job_id: str, *, poll_s: float, stream_s: float) -> Iterator[str]:
+    """The job's state whenever it changes, read from the database (the truth about a job;
+    the broker knows nothing of progress). Each poll uses a short session of its own."""
+    started = last_sent = time.monotonic()
+    last: tuple[object, ...] | None = None
+    while True:
+        with session_factory()() as session:
+            row = session.get(Job, job_id)
+            job = JobOut.of(row) if row is not None else None
+        if job is None:  # its project was deleted meanwhile
+            return
+        now = time.monotonic()
+        state = (job.status, job.stage, job.progress.fraction, job.progress.message, job.attempts)
+        if state != last:
+            last, last_sent = state, now
+            yield f"event: job\ndata: {job.model_dump_json()}\n\n"
+        elif now - last_sent >= KEEPALIVE_S:
+            last_sent = now
+            yield ": keep-alive\n\n"
+        if job.status in FINAL_STATUSES or now - started >= stream_s:
+            return
+        time.sleep(poll_s)

@@ -97,6 +97,13 @@ def project_a(client: TestClient, tmp_path: Path) -> dict[str, str]:
     )
     assert job.status_code == 202, job.text
     job_id = job.json()["id"]
+    batch = client.post(
+        "/v1/batches",
+        json={
+            "jobs": [{"model_id": model["id"], "passes": [{"kind": "quantize", "method": "fp16"}]}]
+        },
+    )
+    assert batch.status_code == 202, batch.text
     project_id = next(p["id"] for p in client.get("/v1/projects").json() if p["name"] == "default")
     key_id = client.get("/v1/keys").json()[0]["id"]
 
@@ -126,6 +133,7 @@ def project_a(client: TestClient, tmp_path: Path) -> dict[str, str]:
         "model_id": model["id"],
         "dataset_id": dataset["id"],
         "job_id": job_id,
+        "batch_id": batch.json()["id"],
         "artifact_id": artifact_id,
         "project_id": project_id,
         "key_id": key_id,

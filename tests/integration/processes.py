@@ -125,6 +125,8 @@ def run_service(
         "MODELPRESS_PORT": str(port),
         "MODELPRESS_BOOTSTRAP_KEY": ADMIN_KEY,
         "MODELPRESS_HEARTBEAT_INTERVAL_S": "0.5",
+        # Often enough that a job's event stream shows even its short stages.
+        "MODELPRESS_EVENTS_POLL_S": "0.1",
         "PYTHONUNBUFFERED": "1",
     }
     env.pop("MODELPRESS_DATABASE_URL", None)

@@ -3,6 +3,7 @@ numbers, download the optimized model and run it."""
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,25 @@ def wait_for_job(
     raise AssertionError(f"job stuck in {job.get('status')}: {job}\n{service.dump_logs()}")
 
 
+def follow_events(
+    service: Service, client: httpx.Client, job_id: str, timeout: float = 180
+) -> list[dict[str, Any]]:
+    """The job's server-sent events up to its final state, reconnecting as EventSource does."""
+    events: list[dict[str, Any]] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with client.stream("GET", f"/v1/jobs/{job_id}/events", timeout=timeout) as response:
+            assert response.status_code == 200, response.read()
+            events += [
+                json.loads(line.removeprefix("data: "))
+                for line in response.iter_lines()
+                if line.startswith("data: ")
+            ]
+        if events and events[-1]["status"] in {"succeeded", "failed", "canceled"}:
+            return events
+    raise AssertionError(f"no final state in {events}\n{service.dump_logs()}")
+
+
 def wait_for_stage(service: Service, client: httpx.Client, job_id: str, stage: str) -> None:
     deadline = time.monotonic() + 60
     while client.get(f"/v1/jobs/{job_id}").json()["stage"] != stage:
@@ -69,8 +89,12 @@ def run_quantization_job(service: Service, tmp_path: Path) -> None:
         }
         created = client.post("/v1/jobs", json=spec)
         assert created.status_code == 202, created.text
-        job = wait_for_job(service, client, created.json()["id"], {"succeeded", "failed"})
+        events = follow_events(service, client, created.json()["id"])
+        job = events[-1]
         assert job["status"] == "succeeded", f"{job['error']}\n{service.dump_logs()}"
+        # The stream showed the job's way there, stage by stage.
+        stages = [event["stage"] for event in events if event["status"] == "running"]
+        assert len(set(stages)) >= 2, stages
         assert job["attempts"] == 1 and job["progress"]["fraction"] == 1.0
         assert job["started_at"] and job["finished_at"]
 

@@ -1,0 +1,153 @@
+"""/v1/batches: many job specs submitted at once (a sweep), followed as one."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from datetime import timedelta
+
+from fastapi import APIRouter, Response
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from api.deps import IdempotencyKey, ReadKey, SessionDep, SettingsDep, WriteKey
+from api.errors import Problem, not_found
+from api.pagination import paginate
+from api.schemas import BatchOut, BatchSummary, JobOut, Page
+from api.submit import new_job, request_hash, send_committed
+from core import jobstate
+from core.db import new_id, utcnow
+from core.jobspec import BatchSpec
+from core.models import Batch, Job, JobStatus
+
+router = APIRouter(prefix="/v1/batches", tags=["batches"])
+
+
+@router.post("", status_code=202, response_model=BatchOut)
+def create_batch(
+    spec: BatchSpec,
+    response: Response,
+    key: WriteKey,
+    session: SessionDep,
+    settings: SettingsDep,
+    idempotency_key: IdempotencyKey = None,
+) -> BatchOut:
+    """Every job spec is checked first: one bad spec refuses the whole batch (its error names
+    the job by position) and no job is created."""
+    hashed = request_hash(spec)
+    if idempotency_key:
+        existing = _find_by_idempotency_key(session, key.project_id, idempotency_key)
+        if existing is not None:
+            return _replay(session, existing, hashed, response)
+    batch = Batch(
+        id=new_id("bat"),
+        project_id=key.project_id,
+        name=spec.name,
+        idempotency_key=idempotency_key,
+        request_hash=hashed,
+        created_at=utcnow(),
+    )
+    session.add(batch)
+    jobs = [
+        new_job(
+            session,
+            settings,
+            key.project_id,
+            job_spec,
+            loc=["body", "jobs", index],
+            batch_id=batch.id,
+            # Each job a microsecond after the one before: a batch lists in the order given.
+            created_at=batch.created_at + timedelta(microseconds=index),
+        )
+        for index, job_spec in enumerate(spec.jobs)
+    ]
+    try:
+        session.commit()
+    except IntegrityError:  # a concurrent request with the same Idempotency-Key won
+        session.rollback()
+        existing = _find_by_idempotency_key(session, key.project_id, idempotency_key or "")
+        if existing is None:
+            raise
+        return _replay(session, existing, hashed, response)
+    send_committed(session, jobs)
+    response.headers["Location"] = f"/v1/batches/{batch.id}"
+    return _batch_out(session, batch)
+
+
+@router.get("", response_model=Page[BatchSummary])
+def list_batches(
+    key: ReadKey, session: SessionDep, page_size: int = 50, page_token: str | None = None
+) -> Page[BatchSummary]:
+    query = select(Batch).where(Batch.project_id == key.project_id)
+    rows, token = paginate(session, query, Batch, page_size=page_size, page_token=page_token)
+    counts = _counts(session, [row.id for row in rows])
+    return Page(items=[BatchSummary.of(row, counts[row.id]) for row in rows], next_page_token=token)
+
+
+@router.get("/{batch_id}", response_model=BatchOut)
+def get_batch(batch_id: str, key: ReadKey, session: SessionDep) -> BatchOut:
+    return _batch_out(session, get_owned_batch(session, key.project_id, batch_id))
+
+
+@router.post("/{batch_id}/cancel", status_code=202, response_model=BatchOut)
+def cancel_batch(batch_id: str, key: WriteKey, session: SessionDep) -> BatchOut:
+    """Cancels every job of the batch that is queued or running; finished jobs stay as they
+    are. Canceling a batch with nothing left to cancel changes nothing."""
+    batch = get_owned_batch(session, key.project_id, batch_id)
+    active = (JobStatus.queued, JobStatus.running)
+    for job in session.scalars(
+        select(Job).where(Job.batch_id == batch.id, Job.status.in_(active))
+    ).all():
+        jobstate.request_cancel(session, job)
+    session.commit()
+    session.expire_all()
+    return _batch_out(session, batch)
+
+
+def get_owned_batch(session: Session, project_id: str, batch_id: str) -> Batch:
+    row = session.get(Batch, batch_id)
+    if row is None or row.project_id != project_id:
+        raise not_found("batch", batch_id)
+    return row
+
+
+def _find_by_idempotency_key(session: Session, project_id: str, key: str) -> Batch | None:
+    return session.scalar(
+        select(Batch).where(Batch.project_id == project_id, Batch.idempotency_key == key)
+    )
+
+
+def _replay(session: Session, existing: Batch, hashed: str, response: Response) -> BatchOut:
+    if existing.request_hash != hashed:
+        raise Problem(
+            422,
+            "this Idempotency-Key was already used with a different batch",
+            type="idempotency-key-reused",
+        )
+    response.headers["Location"] = f"/v1/batches/{existing.id}"
+    response.headers["Idempotent-Replayed"] = "true"
+    return _batch_out(session, existing)
+
+
+def _counts(session: Session, batch_ids: list[str]) -> dict[str, dict[str, int]]:
+    counts: dict[str, dict[str, int]] = defaultdict(dict)
+    if batch_ids:
+        rows = session.execute(
+            select(Job.batch_id, Job.status, func.count())
+            .where(Job.batch_id.in_(batch_ids))
+            .group_by(Job.batch_id, Job.status)
+        ).all()
+        for batch_id, status, count in rows:
+            counts[str(batch_id)][status] = count
+    return counts
+
+
+def _batch_out(session: Session, batch: Batch) -> BatchOut:
+    jobs = session.scalars(
+        select(Job).where(Job.batch_id == batch.id).order_by(Job.created_at, Job.id)
+    ).all()
+    counts: dict[str, int] = defaultdict(int)
+    for job in jobs:
+        counts[job.status] += 1
+    summary = BatchSummary.of(batch, counts)
+    return BatchOut(**summary.model_dump(), jobs=[JobOut.of(job) for job in jobs])

@@ -1,0 +1,119 @@
+"""Turning a job spec into a queued job: the checks against this project's models and datasets,
+the row, and the broker message after commit. Used by single jobs, batches and retries."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from typing import Any
+
+from pydantic import BaseModel
+from sqlalchemy.orm import Session
+
+from api.errors import Problem, field_error
+from api.routes.datasets import get_owned_dataset
+from core.db import new_id, utcnow
+from core.jobspec import JobSpec
+from core.models import Job, JobStatus, StoredModel
+from core.queue import enqueue_job
+from core.settings import Settings
+from optimizers.checks import check_spec
+from optimizers.errors import OptimizerError
+from optimizers.types import DatasetInfo, ModelInfo
+
+log = logging.getLogger(__name__)
+
+Loc = list[str | int]
+
+
+def request_hash(body: BaseModel) -> str:
+    """What an Idempotency-Key is bound to: the request body, canonically encoded."""
+    canonical = json.dumps(body.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def new_job(
+    session: Session,
+    settings: Settings,
+    project_id: str,
+    spec: JobSpec,
+    *,
+    loc: Loc,
+    **columns: Any,
+) -> Job:
+    """A queued job for `spec`, checked against the project's models and datasets and added to
+    the session (not committed). A field error points at `loc` + the field within the spec."""
+    model = session.get(StoredModel, spec.model_id)
+    if model is None or model.project_id != project_id:
+        raise field_error([*loc, "model_id"], f"no model {spec.model_id!r} in this project")
+    datasets: dict[str, DatasetInfo] = {}
+    for dataset_id in spec.dataset_ids():
+        try:
+            row = get_owned_dataset(session, project_id, dataset_id)
+        except Problem:
+            raise field_error(loc, f"no dataset {dataset_id!r} in this project") from None
+        datasets[dataset_id] = DatasetInfo.model_validate(row.info)
+    models = _extra_models(session, project_id, spec, loc)
+    try:
+        check_spec(ModelInfo.model_validate(model.info), spec, datasets, models=models)
+    except OptimizerError as exc:
+        where = "" if loc == ["body"] else f"{'.'.join(str(p) for p in loc)}: "
+        raise Problem(422, where + exc.message, type=exc.type.replace("_", "-")) from exc
+
+    now = utcnow()
+    values: dict[str, Any] = dict(
+        id=new_id("job"),
+        project_id=project_id,
+        model_id=model.id,
+        # What the user set, not the defaults filled in: a dump with every default does not
+        # validate again for every pass (e.g. a structured prune with magnitude's `sparsity`).
+        spec=spec.model_dump(mode="json", exclude_unset=True),
+        dataset_ids=list(datasets),
+        extra_model_ids=list(models),
+        queue="gpu" if spec.benchmark.device == "cuda" else "cpu",
+        status=JobStatus.queued,
+        progress=0.0,
+        progress_message="waiting for a worker",
+        attempts=0,
+        max_attempts=spec.max_attempts or settings.max_attempts,
+        created_at=now,
+        queued_at=now,
+    )
+    job = Job(**(values | columns))
+    session.add(job)
+    return job
+
+
+def _extra_models(
+    session: Session, project_id: str, spec: JobSpec, loc: Loc
+) -> dict[str, ModelInfo]:
+    """The other models the passes read (distillation students), each of this project."""
+    found: dict[str, ModelInfo] = {}
+    for index, config in enumerate(spec.passes):
+        for model_id in config.model_ids():
+            if model_id in found:
+                continue
+            row = session.get(StoredModel, model_id)
+            if row is None or row.project_id != project_id:
+                raise field_error(
+                    [*loc, "passes", index, "student", "model_id"],
+                    f"no model {model_id!r} in this project",
+                )
+            found[model_id] = ModelInfo.model_validate(row.info)
+    return found
+
+
+def send_committed(session: Session, jobs: list[Job]) -> None:
+    """Hands committed jobs to the broker. Only the id travels; a job the broker cannot take
+    now stays queued in the database, which re-sends it later (worker.reaper)."""
+    unsent = False
+    for job in jobs:
+        try:
+            enqueue_job(job.id, job.queue)
+        except Exception:
+            log.exception("could not enqueue job %s; it stays queued until it is re-sent", job.id)
+            job.progress_message = "not yet handed to a worker: the broker is unreachable"
+            unsent = True
+    if unsent:
+        session.commit()
