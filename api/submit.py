@@ -8,6 +8,7 @@ import json
 import logging
 from typing import Any
 
+from fastapi import Response
 from pydantic import BaseModel
 from sqlalchemy.orm import Session
 
@@ -31,6 +32,19 @@ def request_hash(body: BaseModel) -> str:
     """What an Idempotency-Key is bound to: the request body, canonically encoded."""
     canonical = json.dumps(body.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def replay(stored_hash: str | None, hashed: str, response: Response, location: str) -> None:
+    """A request repeated with an Idempotency-Key already used: the same body gets the first
+    answer (marked as replayed); another body is refused."""
+    if stored_hash != hashed:
+        raise Problem(
+            422,
+            "this Idempotency-Key was already used with a different request body",
+            type="idempotency-key-reused",
+        )
+    response.headers["Location"] = location
+    response.headers["Idempotent-Replayed"] = "true"
 
 
 def new_job(

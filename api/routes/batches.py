@@ -11,10 +11,10 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from api.deps import IdempotencyKey, ReadKey, SessionDep, SettingsDep, WriteKey
-from api.errors import Problem, not_found
+from api.errors import not_found
 from api.pagination import paginate
 from api.schemas import BatchOut, BatchSummary, JobOut, Page
-from api.submit import new_job, request_hash, send_committed
+from api.submit import new_job, replay, request_hash, send_committed
 from core import jobstate
 from core.db import new_id, utcnow
 from core.jobspec import BatchSpec
@@ -118,14 +118,7 @@ def _find_by_idempotency_key(session: Session, project_id: str, key: str) -> Bat
 
 
 def _replay(session: Session, existing: Batch, hashed: str, response: Response) -> BatchOut:
-    if existing.request_hash != hashed:
-        raise Problem(
-            422,
-            "this Idempotency-Key was already used with a different batch",
-            type="idempotency-key-reused",
-        )
-    response.headers["Location"] = f"/v1/batches/{existing.id}"
-    response.headers["Idempotent-Replayed"] = "true"
+    replay(existing.request_hash, hashed, response, f"/v1/batches/{existing.id}")
     return _batch_out(session, existing)
 
 

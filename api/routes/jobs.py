@@ -16,7 +16,7 @@ from api.deps import IdempotencyKey, ReadKey, SessionDep, SettingsDep, WriteKey
 from api.errors import Problem, not_found
 from api.pagination import paginate
 from api.schemas import ArtifactOut, JobOut, Page
-from api.submit import new_job, request_hash, send_committed
+from api.submit import new_job, replay, request_hash, send_committed
 from core import jobstate
 from core.db import session_factory
 from core.jobspec import JobSpec
@@ -35,15 +35,8 @@ def _find_by_idempotency_key(session: SessionDep, project_id: str, key: str) -> 
     )
 
 
-def _replay(existing: Job, request_hash: str, response: Response) -> JobOut:
-    if existing.request_hash != request_hash:
-        raise Problem(
-            422,
-            "this Idempotency-Key was already used with a different job spec",
-            type="idempotency-key-reused",
-        )
-    response.headers["Location"] = f"/v1/jobs/{existing.id}"
-    response.headers["Idempotent-Replayed"] = "true"
+def _replay(existing: Job, hashed: str, response: Response) -> JobOut:
+    replay(existing.request_hash, hashed, response, f"/v1/jobs/{existing.id}")
     return JobOut.of(existing)
 
 
