@@ -1,6 +1,6 @@
 # modelpress: `make run` starts the service on embedded defaults, `make test` runs the tests,
-# `make lint` checks style and types, `make audit` checks the installed packages for known
-# vulnerabilities.
+# `make lint` checks style and types and audits the installed packages for known
+# vulnerabilities (`make audit` alone).
 PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -54,7 +54,7 @@ test: install system-packages
 test-fast: install
 	$(BIN)/python -m pytest -ra -m "not slow" -n $(TEST_WORKERS) --dist loadgroup
 
-lint: style
+lint: style audit
 	$(BIN)/mypy api core worker optimizers
 
 style: install
