@@ -7,12 +7,13 @@ from collections.abc import Iterator
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from api.deps import IdempotencyKey, ReadKey, SessionDep, SettingsDep, WriteKey
+from api.deps import IdempotencyKey, ReadKey, SessionDep, SettingsDep, StorageDep, WriteKey
+from api.downloads import download_response
 from api.errors import Problem, not_found
 from api.pagination import paginate
 from api.schemas import ArtifactOut, JobOut, Page
@@ -138,6 +139,44 @@ def list_job_artifacts(job_id: str, key: ReadKey, session: SessionDep) -> list[A
         select(Artifact).where(Artifact.job_id == job.id).order_by(Artifact.created_at)
     ).all()
     return [ArtifactOut.of(r) for r in rows]
+
+
+@router.get(
+    "/{job_id}/report",
+    response_class=Response,
+    responses={
+        200: {
+            "description": "The job's report (`report.json`): spec, metrics, notes, stages.",
+            "content": {"application/json": {"schema": {"type": "object"}}},
+        }
+    },
+)
+def get_job_report(
+    job_id: str, request: Request, key: ReadKey, session: SessionDep, storage: StorageDep
+) -> Response:
+    """The report artifact of a succeeded job, served like any artifact (ETag, Range)."""
+    job = get_owned_job(session, key.project_id, job_id)
+    row = session.scalar(
+        select(Artifact)
+        .where(Artifact.job_id == job.id, Artifact.kind == "report")
+        .order_by(Artifact.created_at.desc())
+    )
+    if row is None:
+        raise Problem(
+            404,
+            f"job {job_id!r} has no report: it is {job.status}, and a job has one once it "
+            "succeeded (its stage reports are among its artifacts)",
+            type="no-report",
+        )
+    return download_response(
+        request,
+        storage,
+        key=row.storage_key,
+        size=row.size_bytes,
+        sha256=row.sha256,
+        filename=row.name,
+        content_type=row.content_type,
+    )
 
 
 @router.post("/{job_id}/retry", status_code=202, response_model=JobOut)

@@ -145,6 +145,7 @@ def run_quantization_job(service: Service, tmp_path: Path) -> None:
 
         report = client.get(f"/v1/artifacts/{kinds['report']['id']}/content").json()
         assert report["metrics"]["comparison"] == comparison
+        assert client.get(f"/v1/jobs/{job['id']}/report").json() == report
 
 
 def test_job_through_redis_s3_and_a_celery_worker(redis_service: Service, tmp_path: Path) -> None:

@@ -1,8 +1,9 @@
-"""Retrying a failed job, and following a job through its event stream (no worker running;
-state changes are written the way a worker writes them)."""
+"""Following a job: its event stream, its report, and a retry when it failed (no worker
+running; state changes and artifacts are written the way a worker writes them)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 import time
@@ -13,9 +14,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from core import jobstate
-from core.db import session_factory
-from core.models import JobStatus
+from core.db import new_id, session_factory
+from core.models import Artifact, JobStatus
 from core.settings import get_settings
+from core.storage import get_storage
 from tests.api.helpers import upload_model
 from tests.factories import make_mlp
 
@@ -151,3 +153,40 @@ def test_events_of_a_job_that_does_not_move_end_after_the_stream_limit(
     # MODELPRESS_EVENTS_STREAM_S is 2 s in tests; a client reconnects for more.
     events = _events(client, job["id"])
     assert [e["status"] for e in events] == ["queued"]
+
+
+def test_report_of_a_succeeded_job(client: TestClient, job: dict[str, Any], tmp_path: Path) -> None:
+    missing = client.get(f"/v1/jobs/{job['id']}/report")
+    assert missing.status_code == 404
+    assert missing.json()["type"].endswith("/no-report")
+    assert "queued" in missing.json()["detail"]
+
+    attempt = _claim(job["id"])
+    report = {"job_id": job["id"], "metrics": {"comparison": {"speedup": {"8": 1.9}}}}
+    content = json.dumps(report).encode()
+    path = tmp_path / "report.json"
+    path.write_bytes(content)
+    storage_key = f"jobs/{job['id']}/report.json"
+    get_storage().put_file(storage_key, path)
+    with session_factory()() as session:
+        session.add(
+            Artifact(
+                id=new_id("art"),
+                project_id=client.get("/v1/projects").json()[0]["id"],
+                job_id=job["id"],
+                kind="report",
+                name="report.json",
+                content_type="application/json",
+                sha256=hashlib.sha256(content).hexdigest(),
+                size_bytes=len(content),
+                storage_key=storage_key,
+            )
+        )
+        session.commit()
+    _finish(job["id"], attempt, JobStatus.succeeded)
+
+    response = client.get(f"/v1/jobs/{job['id']}/report")
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/json"
+    assert response.json() == report
+    assert response.headers["etag"] == f'"{hashlib.sha256(content).hexdigest()}"'
