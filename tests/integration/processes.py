@@ -74,8 +74,14 @@ class Service:
     processes: dict[str, Process] = field(default_factory=dict)
 
     def client(self) -> httpx.Client:
+        # A new connection per request: the server closes a kept-alive connection after 5 idle
+        # seconds, and a test process stalled that long on a busy machine would otherwise send
+        # its next request into a connection the server is closing.
         return httpx.Client(
-            base_url=self.base_url, headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=30
+            base_url=self.base_url,
+            headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+            timeout=30,
+            limits=httpx.Limits(max_keepalive_connections=0),
         )
 
     def start_worker(self, name: str = "worker") -> Process:

@@ -32,8 +32,8 @@ def wait_for_job(
         try:
             job = client.get(f"/v1/jobs/{job_id}").json()
         except httpx.TransportError:
-            # A kept-alive connection the server closed as the request went out; a server
-            # that really died fails below with its logs.
+            # A server busy restarting or refusing for a moment; a server that really died
+            # fails below with its logs.
             time.sleep(0.5)
             continue
         if job["status"] in states:
