@@ -9,6 +9,7 @@ from api.downloads import download_response
 from api.errors import not_found
 from api.schemas import ArtifactOut
 from core.models import Artifact
+from core.storage import Storage
 
 router = APIRouter(prefix="/v1/artifacts", tags=["artifacts"])
 
@@ -29,7 +30,13 @@ def get_artifact(artifact_id: str, key: ReadKey, session: SessionDep) -> Artifac
 def download_artifact(
     artifact_id: str, request: Request, key: ReadKey, session: SessionDep, storage: StorageDep
 ) -> Response:
-    row = get_owned_artifact(session, key.project_id, artifact_id)
+    return artifact_response(
+        request, storage, get_owned_artifact(session, key.project_id, artifact_id)
+    )
+
+
+def artifact_response(request: Request, storage: Storage, row: Artifact) -> Response:
+    """An artifact's content, with its ETag and Range support."""
     return download_response(
         request,
         storage,

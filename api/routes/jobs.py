@@ -13,9 +13,9 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from api.deps import IdempotencyKey, ReadKey, SessionDep, SettingsDep, StorageDep, WriteKey
-from api.downloads import download_response
 from api.errors import Problem, not_found
 from api.pagination import paginate
+from api.routes.artifacts import artifact_response
 from api.schemas import ArtifactOut, JobOut, Page
 from api.submit import new_job, replay, request_hash, send_committed
 from core import jobstate
@@ -168,15 +168,7 @@ def get_job_report(
             "succeeded (its stage reports are among its artifacts)",
             type="no-report",
         )
-    return download_response(
-        request,
-        storage,
-        key=row.storage_key,
-        size=row.size_bytes,
-        sha256=row.sha256,
-        filename=row.name,
-        content_type=row.content_type,
-    )
+    return artifact_response(request, storage, row)
 
 
 @router.post("/{job_id}/retry", status_code=202, response_model=JobOut)
