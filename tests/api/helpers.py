@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -22,3 +23,33 @@ def upload_dataset(client: TestClient, path: Path, **fields: str) -> dict[str, A
         )
     assert response.status_code == 201, response.text
     return response.json()
+
+
+def store_report(project_id: str, job_id: str, content: bytes, folder: Path) -> str:
+    """What a worker leaves when a job succeeds: a report artifact, in storage and in the
+    database. Returns the artifact's id."""
+    from core.db import new_id, session_factory
+    from core.models import Artifact
+    from core.storage import get_storage
+
+    path = folder / "report.json"
+    path.write_bytes(content)
+    artifact_id = new_id("art")
+    storage_key = f"{project_id}/jobs/{job_id}/report.json"
+    get_storage().put_file(storage_key, path)
+    with session_factory()() as session:
+        session.add(
+            Artifact(
+                id=artifact_id,
+                project_id=project_id,
+                job_id=job_id,
+                kind="report",
+                name="report.json",
+                content_type="application/json",
+                sha256=hashlib.sha256(content).hexdigest(),
+                size_bytes=len(content),
+                storage_key=storage_key,
+            )
+        )
+        session.commit()
+    return artifact_id

@@ -3,7 +3,6 @@ resources. The routes are read from the app, so a route added later is checked t
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -12,10 +11,7 @@ from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 
 from api.deps import require_admin, require_read, require_write
-from core.db import new_id, session_factory
-from core.models import Artifact
-from core.storage import get_storage
-from tests.api.helpers import upload_dataset, upload_model
+from tests.api.helpers import store_report, upload_dataset, upload_model
 from tests.factories import make_dataset, make_mlp
 
 #: Routes anyone may call: liveness and readiness carry no project data.
@@ -108,27 +104,7 @@ def project_a(client: TestClient, tmp_path: Path) -> dict[str, str]:
     key_id = client.get("/v1/keys").json()[0]["id"]
 
     # No worker runs here, so the artifact a finished job would have is written directly.
-    report = tmp_path / "report.json"
-    content = b'{"metrics": {}}'
-    report.write_bytes(content)
-    artifact_id = new_id("art")
-    storage_key = f"{project_id}/jobs/{job_id}/report.json"
-    get_storage().put_file(storage_key, report)
-    with session_factory()() as session:
-        session.add(
-            Artifact(
-                id=artifact_id,
-                project_id=project_id,
-                job_id=job_id,
-                kind="report",
-                name="report.json",
-                content_type="application/json",
-                sha256=hashlib.sha256(content).hexdigest(),
-                size_bytes=len(content),
-                storage_key=storage_key,
-            )
-        )
-        session.commit()
+    artifact_id = store_report(project_id, job_id, b'{"metrics": {}}', tmp_path)
     return {
         "model_id": model["id"],
         "dataset_id": dataset["id"],

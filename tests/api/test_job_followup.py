@@ -14,11 +14,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from core import jobstate
-from core.db import new_id, session_factory
-from core.models import Artifact, JobStatus
+from core.db import session_factory
+from core.models import JobStatus
 from core.settings import get_settings
-from core.storage import get_storage
-from tests.api.helpers import upload_model
+from tests.api.helpers import store_report, upload_model
 from tests.factories import make_mlp
 
 
@@ -164,25 +163,8 @@ def test_report_of_a_succeeded_job(client: TestClient, job: dict[str, Any], tmp_
     attempt = _claim(job["id"])
     report = {"job_id": job["id"], "metrics": {"comparison": {"speedup": {"8": 1.9}}}}
     content = json.dumps(report).encode()
-    path = tmp_path / "report.json"
-    path.write_bytes(content)
-    storage_key = f"jobs/{job['id']}/report.json"
-    get_storage().put_file(storage_key, path)
-    with session_factory()() as session:
-        session.add(
-            Artifact(
-                id=new_id("art"),
-                project_id=client.get("/v1/projects").json()[0]["id"],
-                job_id=job["id"],
-                kind="report",
-                name="report.json",
-                content_type="application/json",
-                sha256=hashlib.sha256(content).hexdigest(),
-                size_bytes=len(content),
-                storage_key=storage_key,
-            )
-        )
-        session.commit()
+    project_id = client.get("/v1/projects").json()[0]["id"]
+    store_report(project_id, job["id"], content, tmp_path)
     _finish(job["id"], attempt, JobStatus.succeeded)
 
     response = client.get(f"/v1/jobs/{job['id']}/report")
