@@ -184,6 +184,11 @@ class TrainingSettings(StrictModel):
     dataset_id: DatasetId
     epochs: int = Field(default=5, ge=1, le=1000)
     learning_rate: float = Field(default=1e-3, gt=0.0, le=10.0)
+    lr_schedule: Literal["cosine", "constant"] = Field(
+        default="cosine",
+        description="`cosine`: the learning rate falls from `learning_rate` to zero along a "
+        "half cosine over the `epochs`, step by step; `constant`: it stays at `learning_rate`.",
+    )
     batch_size: int = Field(default=32, ge=1, le=4096)
     validation_split: float = Field(
         default=0.1,
@@ -213,8 +218,9 @@ class TrainingSettings(StrictModel):
 
 
 class FinetuneConfig(TrainingSettings):
-    """Recovery training after pruning: cross-entropy on `labels` when the dataset has them,
-    else distillation from the unpruned model."""
+    """Recovery training after pruning, with the unpruned model as teacher: with `labels`,
+    alpha * distillation + (1 - alpha) * cross-entropy (alpha 0: cross-entropy alone);
+    without labels, distillation alone."""
 
 
 class PruneConfig(PassConfig):

@@ -63,9 +63,13 @@ def prune(model_path: Path, config: PruneConfig, ctx: PassContext) -> PassResult
     names_by_node = {**module_names_by_node(model_path), **aliases}
     node_by_name = {sub: node for node, sub in names_by_node.items() if node not in aliases}
     excluded = structured.layers_for_nodes(module, names_by_node, config.exclude_layers)
+    # The unpruned model teaches the pruned one: its soft outputs carry more than labels do,
+    # and without labels they are all there is to learn from.
     teacher = (
         copy.deepcopy(module).eval()
-        if data is not None and data.labels is None  # without labels: learn from the original
+        if config.finetune is not None
+        and data is not None
+        and (data.labels is None or config.finetune.alpha > 0.0)
         else None
     )
     module.eval()

@@ -240,6 +240,7 @@ def fit(
                 # Seeded per epoch, so dropout in a resumed epoch draws what it would have.
                 torch.manual_seed(settings.seed * 100_003 + epoch)
                 for number, batch in enumerate(batches, 1):
+                    _set_learning_rate(optimizer, settings, epoch, number, len(batches))
                     feed = [tensor[batch].to(device) for tensor in inputs]
                     target = labels[batch].to(device) if labels is not None else None
                     soft = None
@@ -404,6 +405,23 @@ def _loss(
     return settings.alpha * kd + (1.0 - settings.alpha) * ce
 
 
+def _set_learning_rate(
+    optimizer: torch.optim.Optimizer,
+    settings: TrainingSettings,
+    epoch: int,
+    step: int,
+    steps_per_epoch: int,
+) -> None:
+    """The rate for `step` (1-based) of `epoch`: a function of the position alone, so a
+    resumed run follows the same schedule without saving a scheduler."""
+    rate = settings.learning_rate
+    if settings.lr_schedule == "cosine":
+        done = ((epoch - 1) * steps_per_epoch + step - 1) / (settings.epochs * steps_per_epoch)
+        rate *= 0.5 * (1.0 + math.cos(math.pi * done))
+    for group in optimizer.param_groups:
+        group["lr"] = rate
+
+
 def _batches(indices: np.ndarray, batch_size: int, *, seed: int, epoch: int) -> list[np.ndarray]:
     """Shuffled batches, drawn from (seed, epoch) so a resumed epoch sees the same ones. A
     last batch of one sample joins the one before (batch norm cannot train on one sample)."""
@@ -468,6 +486,10 @@ def _fingerprint(
         "validation_split": settings.validation_split,
         "batch_size": settings.batch_size,
         "learning_rate": settings.learning_rate,
+        # The cosine schedule spans the epochs: with another count, saved epochs ran at rates
+        # the new schedule would not have used.
+        "lr_schedule": settings.lr_schedule,
+        "epochs": settings.epochs if settings.lr_schedule == "cosine" else None,
         "temperature": settings.temperature,
         "alpha": settings.alpha,
     }

@@ -336,6 +336,7 @@ def test_finetune_with_labels_recovers_accuracy_and_keeps_the_zeros(
     report = result.details["finetune"]
     assert report["metric"] == "accuracy"
     assert report["best_score"] > report["initial_score"]
+    assert report["teacher_score"] is not None  # the unpruned model taught it (alpha 0.5)
     for _, weight, is_output in _weights(result.model_path):
         if not is_output:
             assert (weight == 0).mean() >= 0.9 - 0.01  # trained, and the zeros stayed zero

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from optimizers.config import TrainingSettings
 from optimizers.errors import DatasetMismatchError, UnsupportedError
@@ -174,6 +175,37 @@ def test_after_step_runs_after_every_optimizer_step(tmp_path: Path) -> None:
 
     assert len(calls) == 2 * 4  # 64 samples, batches of 16, two epochs
     assert torch.count_nonzero(student[0].weight[:, :4]) == 0
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "constant"])
+def test_learning_rate_follows_the_schedule(tmp_path: Path, schedule: str) -> None:
+    x, y = _task(samples=64)
+    rates: list[float] = []
+
+    def record(optimizer: torch.optim.Optimizer, *_: object) -> None:
+        rates.append(optimizer.param_groups[0]["lr"])
+
+    hook = register_optimizer_step_pre_hook(record)
+    try:
+        fit(
+            _mlp(seed=1),
+            TrainingData(inputs={"x": x}, labels=y),
+            _settings(epochs=2, learning_rate=0.02, lr_schedule=schedule, validation_split=0.0),
+            _ctx(tmp_path),
+            input_names=["x"],
+            stage="finetuning",
+            progress_span=(0.0, 1.0),
+        )
+    finally:
+        hook.remove()
+
+    assert len(rates) == 2 * 4 and rates[0] == pytest.approx(0.02)
+    if schedule == "constant":
+        assert rates == [pytest.approx(0.02)] * 8
+    else:  # a half cosine over all steps: falling every step, nearly zero at the last
+        assert all(later < earlier for earlier, later in zip(rates, rates[1:], strict=False))
+        assert rates[4] == pytest.approx(0.01)  # half way: half the rate
+        assert rates[-1] < 0.001
 
 
 def test_early_stopping_stops_when_nothing_improves(tmp_path: Path) -> None:
