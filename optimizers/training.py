@@ -24,7 +24,7 @@ from optimizers.errors import DatasetMismatchError, InvalidDatasetError, Unsuppo
 from optimizers.types import ModelInfo, PassContext
 
 #: Version of the checkpoint layout; a checkpoint of another version is ignored.
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2
 #: Progress reports per epoch while training (besides the one at the end of each epoch).
 _PROGRESS_PER_EPOCH = 4
 
@@ -127,9 +127,11 @@ class FitReport:
     #: epoch whose weights the student ends with; 0: training never beat the initial weights
     best_epoch: int
     best_score: float
+    #: validation cross-entropy (against labels, or the teacher's top-1) of the kept weights
+    best_loss: float
     stopped_early: bool
     resumed_from_epoch: int | None
-    history: list[dict[str, float]]  # per epoch: epoch, train_loss, val_score
+    history: list[dict[str, float]]  # per epoch: epoch, train_loss, val_score, val_loss
     #: validation score of the student before training
     initial_score: float = math.nan
     #: validation score of the teacher in the same metric (agreement: always 1.0)
@@ -141,6 +143,7 @@ class FitReport:
     def as_details(self) -> dict[str, Any]:
         details = asdict(self)
         details["initial_score"] = None if math.isnan(self.initial_score) else self.initial_score
+        details["best_loss"] = None if math.isinf(self.best_loss) else self.best_loss
         return details
 
 
@@ -198,13 +201,15 @@ def fit(
         if labels is not None:
             val_targets = labels[val_idx]
             teacher_score = (
-                _score(teacher, inputs, val_idx, val_targets, device, settings.batch_size)
+                _validate(teacher, inputs, val_idx, val_targets, device, settings.batch_size)[0]
                 if teacher is not None
                 else None
             )
         else:
             assert teacher is not None
-            val_targets = _predict(teacher, inputs, val_idx, device, settings.batch_size)
+            val_targets = _predict_logits(
+                teacher, inputs, val_idx, device, settings.batch_size
+            ).argmax(dim=1)
             teacher_score = 1.0
 
         trainable = [p for p in student.parameters() if p.requires_grad]
@@ -223,7 +228,7 @@ def fit(
             if checkpoint_ignored is None:
                 resumed_from = state.epoch
         if resumed_from is None:
-            state.initial_score = _score(
+            state.initial_score, state.best_loss = _validate(
                 student, inputs, val_idx, val_targets, device, settings.batch_size
             )
             state.best_score = state.initial_score
@@ -264,13 +269,21 @@ def fit(
                             f"epoch {epoch}/{epochs}: batch {number}/{len(batches)}",
                         )
             train_loss = float(np.mean(losses))
-            val_score = _score(student, inputs, val_idx, val_targets, device, settings.batch_size)
+            val_score, val_loss = _validate(
+                student, inputs, val_idx, val_targets, device, settings.batch_size
+            )
             state.epoch = epoch
             state.history.append(
-                {"epoch": float(epoch), "train_loss": train_loss, "val_score": val_score}
+                {
+                    "epoch": float(epoch),
+                    "train_loss": train_loss,
+                    "val_score": val_score,
+                    "val_loss": val_loss,
+                }
             )
-            if val_score > state.best_score:
-                state.best_score, state.best_epoch, state.stale = val_score, epoch, 0
+            if _better(val_score, val_loss, state.best_score, state.best_loss):
+                state.best_score, state.best_loss = val_score, val_loss
+                state.best_epoch, state.stale = epoch, 0
                 state.best_state = _cpu_state(student)
             else:
                 state.stale += 1
@@ -295,6 +308,7 @@ def fit(
         epochs_run=state.epoch,
         best_epoch=state.best_epoch,
         best_score=state.best_score,
+        best_loss=state.best_loss,
         stopped_early=state.stopped_early,
         resumed_from_epoch=resumed_from,
         history=state.history,
@@ -325,6 +339,7 @@ class _TrainingState:
     epoch: int = 0
     best_epoch: int = 0
     best_score: float = -math.inf
+    best_loss: float = math.inf
     initial_score: float = math.nan
     stale: int = 0
     stopped_early: bool = False
@@ -437,37 +452,52 @@ def _chunks(indices: np.ndarray, size: int) -> Iterator[np.ndarray]:
         yield indices[start : start + size]
 
 
-def _predict(
+def _predict_logits(
     module: torch.nn.Module,
     inputs: list[torch.Tensor],
     indices: np.ndarray,
     device: torch.device,
     batch_size: int,
 ) -> torch.Tensor:
-    """Top-1 classes of `module` on the samples `indices`, on the CPU."""
+    """Logits of `module` on the samples `indices`, on the CPU, in float32."""
     was_training = module.training
     module.eval()
-    predictions = []
+    outputs = []
     try:
         with torch.no_grad():
             for chunk in _chunks(indices, max(batch_size, 64)):
                 out = _logits(module(*[tensor[chunk].to(device) for tensor in inputs]))
-                predictions.append(out.argmax(dim=1).cpu())
+                outputs.append(out.float().cpu())
     finally:
         module.train(was_training)
-    return torch.cat(predictions)
+    return torch.cat(outputs)
 
 
-def _score(
+#: Share by which the validation loss must fall for an epoch that ties on the score to count.
+_LOSS_MIN_IMPROVEMENT = 1e-3
+
+
+def _better(score: float, loss: float, best_score: float, best_loss: float) -> bool:
+    """A higher score wins; on a tie, a clearly lower loss. A small validation split soon
+    scores 100% and then ties every epoch, while the loss still tells the epochs apart."""
+    if score != best_score:
+        return score > best_score
+    return loss < best_loss * (1.0 - _LOSS_MIN_IMPROVEMENT)
+
+
+def _validate(
     module: torch.nn.Module,
     inputs: list[torch.Tensor],
     indices: np.ndarray,
     targets: torch.Tensor,
     device: torch.device,
     batch_size: int,
-) -> float:
-    predicted = _predict(module, inputs, indices, device, batch_size)
-    return float((predicted == targets).float().mean())
+) -> tuple[float, float]:
+    """Top-1 accuracy of `module` on the samples `indices` against `targets`, and its mean
+    cross-entropy against them."""
+    logits = _predict_logits(module, inputs, indices, device, batch_size)
+    accuracy = float((logits.argmax(dim=1) == targets).float().mean())
+    return accuracy, float(F.cross_entropy(logits, targets))
 
 
 def _cpu_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -516,6 +546,7 @@ def _save(
             "best_state": state.best_state,
             "best_epoch": state.best_epoch,
             "best_score": state.best_score,
+            "best_loss": state.best_loss,
             "initial_score": state.initial_score,
             "stale": state.stale,
             "stopped_early": state.stopped_early,
@@ -563,6 +594,7 @@ def _resume(
     state.best_state = saved["best_state"]
     state.best_epoch = int(saved["best_epoch"])
     state.best_score = float(saved["best_score"])
+    state.best_loss = float(saved["best_loss"])
     state.initial_score = float(saved["initial_score"])
     state.stale = int(saved["stale"])
     state.stopped_early = bool(saved["stopped_early"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -125,6 +126,29 @@ def test_cross_entropy_training_lifts_accuracy(tmp_path: Path) -> None:
     assert details["best_epoch"] == report.best_epoch and len(details["history"]) == 3
 
 
+def test_epochs_that_tie_on_accuracy_are_told_apart_by_the_validation_loss(
+    tmp_path: Path,
+) -> None:
+    x, y = _task(samples=160)
+    report = fit(
+        _mlp(seed=1, hidden=32),
+        TrainingData(inputs={"x": x}, labels=y),
+        _settings(epochs=12, learning_rate=0.05, lr_schedule="constant", validation_split=0.1),
+        _ctx(tmp_path),
+        input_names=["x"],
+        stage="finetuning",
+        progress_span=(0.0, 1.0),
+    )
+
+    top = max(entry["val_score"] for entry in report.history)
+    tied = [entry for entry in report.history if entry["val_score"] == top]
+    assert len(tied) >= 2  # the case in question: several epochs share the best score
+    kept = report.history[report.best_epoch - 1]
+    assert kept["val_score"] == top and report.best_score == top
+    assert kept["val_loss"] == pytest.approx(min(entry["val_loss"] for entry in tied), rel=1e-3)
+    assert report.best_loss == kept["val_loss"]
+
+
 def test_distillation_without_labels_raises_agreement(tmp_path: Path) -> None:
     x, _ = _task(samples=192)
     teacher = _mlp(seed=7, hidden=32)
@@ -203,7 +227,7 @@ def test_learning_rate_follows_the_schedule(tmp_path: Path, schedule: str) -> No
     if schedule == "constant":
         assert rates == [pytest.approx(0.02)] * 8
     else:  # a half cosine over all steps: falling every step, nearly zero at the last
-        assert all(later < earlier for earlier, later in zip(rates, rates[1:], strict=False))
+        assert all(later < earlier for earlier, later in itertools.pairwise(rates))
         assert rates[4] == pytest.approx(0.01)  # half way: half the rate
         assert rates[-1] < 0.001
 
