@@ -35,6 +35,7 @@ def onnx_to_torch(path: Path) -> torch.nn.Module:
     from onnx2torch.node_converters.registry import get_converter
 
     proto = onnx.load(str(path))
+    _inline_initializer_aliases(proto)
     opset = _default_opset(proto)
     for node in proto.graph.node:
         domain = node.domain or ""
@@ -58,6 +59,31 @@ def onnx_to_torch(path: Path) -> torch.nn.Module:
         ) from exc
     module.float()
     return module
+
+
+def _inline_initializer_aliases(proto: onnx.ModelProto) -> None:
+    """Replace `Identity(initializer)` nodes by a copy of the initializer under the alias.
+
+    The torch exporter stores equal weights once and aliases the copies with Identity nodes
+    (freshly initialised batch norms fold into equal biases), while onnx2torch reads a
+    layer's weights from initializers only."""
+    graph = proto.graph
+    initializers = {tensor.name: tensor for tensor in graph.initializer}
+    outputs = {value.name for value in graph.output}
+    kept = []
+    for node in graph.node:
+        source = node.input[0] if node.op_type == "Identity" and node.input else None
+        if source in initializers and node.output[0] not in outputs:
+            alias = onnx.TensorProto()
+            alias.CopyFrom(initializers[source])
+            alias.name = node.output[0]
+            graph.initializer.append(alias)
+            initializers[alias.name] = alias
+        else:
+            kept.append(node)
+    if len(kept) != len(graph.node):
+        del graph.node[:]
+        graph.node.extend(kept)
 
 
 def module_names_by_node(path: Path) -> dict[str, str]:

@@ -75,3 +75,29 @@ def test_an_op_without_a_converter_is_refused_by_node_name(tmp_path: Path) -> No
 
     with pytest.raises(UnsupportedError, match=r"'mystery'.*Frobnicate"):
         onnx_to_torch(path)
+
+
+def test_weights_the_exporter_stored_once_under_two_names_convert(tmp_path: Path) -> None:
+    import torch
+
+    from optimizers.torch_bridge import onnx_to_torch
+
+    # Untrained batch norms fold into equal (zero) biases; the exporter keeps one of them and
+    # aliases it with an Identity node.
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 4, 3, bias=False),
+        torch.nn.BatchNorm2d(4),
+        torch.nn.Conv2d(4, 4, 3, bias=False),
+        torch.nn.BatchNorm2d(4),
+    ).eval()
+    path = tmp_path / "aliased.onnx"
+    torch.onnx.export(model, (torch.zeros(1, 1, 8, 8),), str(path), input_names=["x"], dynamo=False)
+    assert "Identity" in {node.op_type for node in onnx.load(str(path)).graph.node}
+
+    module = onnx_to_torch(path)
+
+    x = np.random.default_rng(0).standard_normal((1, 1, 8, 8)).astype(np.float32)
+    with torch.no_grad():
+        actual = module(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(actual, _outputs(path, {"x": x})[0], rtol=1e-4, atol=1e-5)
