@@ -3,8 +3,8 @@ upsampled to 32x32), a CNN of about 240 k parameters trained here, then each rec
 through `run_pipeline` exactly as a worker runs a job. Prints accuracy on a held-out test
 split, parameters, size and p50 latency at batch 8, and the goal lines.
 
-    .venv/bin/python bench/prune_distill.py [--teacher-epochs 12] [--epochs 8]
-        [--iterations 50] [--recipes all] [--json out.json]
+    .venv/bin/python bench/prune_distill.py [--seeds 3] [--teacher-epochs 12] [--epochs 20]
+        [--threads 1] [--iterations 200] [--recipes all] [--json out.json]
 
 Goals: structured 50% with fine-tuning at least 2x faster at batch 8 with accuracy within
 1 point of the original; the distilled half-width student keeps at least 97% of the
@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import math
 import sys
 import tempfile
 import time
@@ -35,6 +36,9 @@ from optimizers.inspect import inspect_model  # noqa: E402
 from optimizers.pipeline import preload, run_pipeline  # noqa: E402
 
 TRAIN, TEST = "train", "test"
+SCRATCH = "scratch-student"
+#: Learning rate of every model trained from random weights: the teacher, the scratch student.
+TEACHER_LR = 2e-3
 INPUT, OUTPUT = "image", "logits"
 SIDE = 32
 GOAL_STRUCTURED_SPEEDUP, GOAL_STRUCTURED_DROP = 2.0, 0.01
@@ -75,8 +79,10 @@ def load_digits_32(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.nd
     return (x_train - mean) / std, (x_test - mean) / std, y_train, y_test
 
 
-def build_cnn() -> Any:
+def build_cnn(width: float = 1.0) -> Any:
     import torch
+
+    c1, c2, c3 = (max(1, round(c * width)) for c in (32, 64, 128))
 
     def block(inputs: int, outputs: int) -> list[torch.nn.Module]:
         return [
@@ -88,15 +94,15 @@ def build_cnn() -> Any:
     # Pooling early keeps training to minutes on a 2-core CPU (about 19 M multiply-adds per
     # image); the 128-channel layers hold most of the parameters.
     return torch.nn.Sequential(
-        *block(1, 32),
+        *block(1, c1),
         torch.nn.MaxPool2d(2),
-        *block(32, 64),
+        *block(c1, c2),
         torch.nn.MaxPool2d(2),
-        *block(64, 128),
-        *block(128, 128),
+        *block(c2, c3),
+        *block(c3, c3),
         torch.nn.AdaptiveAvgPool2d(1),
         torch.nn.Flatten(),
-        torch.nn.Linear(128, 10),
+        torch.nn.Linear(c3, 10),
     )
 
 
@@ -108,9 +114,12 @@ def train_teacher(
 
     torch.manual_seed(seed)
     model = build_cnn()
-    optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
+    optimizer = torch.optim.Adam(model.parameters(), lr=TEACHER_LR)
     inputs, labels = torch.from_numpy(x_train), torch.from_numpy(y_train)
     generator = torch.Generator().manual_seed(seed)
+    steps = epochs * math.ceil(len(inputs) / 64)
+    # The same cosine decay the service trains with (lr_schedule: cosine).
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
     for epoch in range(epochs):
         model.train()
         order = torch.randperm(len(inputs), generator=generator)
@@ -121,13 +130,21 @@ def train_teacher(
             loss = torch.nn.functional.cross_entropy(model(inputs[batch]), labels[batch])
             loss.backward()
             optimizer.step()
+            schedule.step()
             total += loss.item() * len(batch)
         print(f"#   teacher epoch {epoch + 1}/{epochs}: loss {total / len(order):.4f}", flush=True)
+    return export(model, path)
+
+
+def export(model: Any, path: Path) -> Path:
+    """The model in eval mode as ONNX, batch axis dynamic."""
+    import torch
+
     model.eval()
     with torch.no_grad():
         torch.onnx.export(
             model,
-            (inputs[:2],),
+            (torch.zeros(2, 1, SIDE, SIDE),),
             str(path),
             input_names=[INPUT],
             output_names=[OUTPUT],
@@ -138,6 +155,15 @@ def train_teacher(
     return path
 
 
+def scratch_student(seed: int, path: Path) -> Path:
+    """The half-width CNN with fresh random weights: the derived student's architecture,
+    with nothing taken from the teacher."""
+    import torch
+
+    torch.manual_seed(seed + 1)
+    return export(build_cnn(width=0.5), path)
+
+
 def recipes(args: argparse.Namespace) -> dict[str, tuple[str, list[dict[str, Any]]]]:
     training = {
         "dataset_id": TRAIN,
@@ -145,7 +171,7 @@ def recipes(args: argparse.Namespace) -> dict[str, tuple[str, list[dict[str, Any
         "learning_rate": args.learning_rate,
         "batch_size": 64,
         "validation_split": 0.1,
-        "patience": 3,
+        "patience": args.patience or None,
         "seed": args.seed,
     }
     student = {"derive": "width", "ratio": 0.5}
@@ -170,9 +196,22 @@ def recipes(args: argparse.Namespace) -> dict[str, tuple[str, list[dict[str, Any
                 }
             ],
         ),
-        "student_without_teacher": (
-            "same half-width student, cross-entropy only (alpha 0)",
+        "student_labels_only": (
+            "the same derived student (the teacher's pruned weights), cross-entropy only (alpha 0)",
             [{"kind": "distill", "student": student, **training, "alpha": 0.0}],
+        ),
+        "student_from_scratch": (
+            "the same half-width architecture from random weights, cross-entropy only at the "
+            "teacher's learning rate: trained without the teacher",
+            [
+                {
+                    "kind": "distill",
+                    "student": {"model_id": SCRATCH},
+                    **training,
+                    "learning_rate": TEACHER_LR,
+                    "alpha": 0.0,
+                }
+            ],
         ),
     }
 
@@ -184,6 +223,7 @@ def run_recipe(
     *,
     model_path: Path,
     datasets: dict[str, Path],
+    models: dict[str, Path],
     workdir: Path,
     args: argparse.Namespace,
 ) -> tuple[Row, dict[str, Any] | None]:
@@ -205,6 +245,7 @@ def run_recipe(
             model_path=model_path,
             spec=PipelineSpec.model_validate(spec),
             datasets=datasets,
+            models=models,
             workdir=workdir,
         )
     except OptimizerError as exc:
@@ -263,33 +304,56 @@ def print_table(rows: list[Row]) -> None:
         )
 
 
-def goal_lines(rows: dict[str, Row]) -> list[str]:
+def goal_lines(runs: list[dict[str, Row]]) -> list[str]:
+    """The goal lines, judged on the mean over the seeds' runs (every run must have the row)."""
     lines: list[str] = []
-    original = rows.get("original")
-    structured = rows.get("structured_50_finetune")
-    if original and structured and structured.accuracy is not None:
-        drop = (original.accuracy or 0.0) - structured.accuracy
-        speed = structured.speedup_b8 or 0.0
-        met = speed >= GOAL_STRUCTURED_SPEEDUP and drop <= GOAL_STRUCTURED_DROP + 1e-9
+
+    def mean(recipe: str, value: str) -> float | None:
+        values = [getattr(run[recipe], value) for run in runs if recipe in run]
+        if len(values) != len(runs) or any(v is None for v in values):
+            return None
+        return float(np.mean(values))
+
+    original = mean("original", "accuracy")
+    structured = mean("structured_50_finetune", "accuracy")
+    speeds = [
+        run["structured_50_finetune"].speedup_b8 for run in runs if "structured_50_finetune" in run
+    ]
+    if original is not None and structured is not None and all(speeds):
+        drop = original - structured
+        slowest = min(float(v or 0.0) for v in speeds)
+        met = slowest >= GOAL_STRUCTURED_SPEEDUP and drop <= GOAL_STRUCTURED_DROP + 1e-9
         lines.append(
-            f"Goal, structured 50% + fine-tuning: speedup at batch 8 {speed:.2f} (goal >= "
-            f"{GOAL_STRUCTURED_SPEEDUP}), accuracy drop {drop * 100:+.1f} points (goal <= 1.0) "
-            f"-> {'MET' if met else 'NOT MET'}"
+            f"Goal, structured 50% + fine-tuning: lowest speedup at batch 8 {slowest:.2f} (goal "
+            f">= {GOAL_STRUCTURED_SPEEDUP}), mean accuracy drop {drop * 100:+.2f} points (goal "
+            f"<= 1.0) -> {'MET' if met else 'NOT MET'}"
         )
-    student = rows.get("distilled_half_width")
-    alone = rows.get("student_without_teacher")
-    if original and student and student.accuracy is not None and original.accuracy:
-        keeps = student.accuracy / original.accuracy
-        beats = (
-            alone is not None and alone.accuracy is not None and student.accuracy > (alone.accuracy)
-        )
+    student = mean("distilled_half_width", "accuracy")
+    scratch = mean("student_from_scratch", "accuracy")
+    labels_only = mean("student_labels_only", "accuracy")
+    if original and student is not None:
+        keeps = student / original
+        beats = scratch is not None and student > scratch
         met = keeps >= GOAL_STUDENT_KEEPS and beats
         lines.append(
             f"Goal, distilled half-width student: keeps {keeps * 100:.1f}% of the teacher's "
-            f"accuracy (goal >= {GOAL_STUDENT_KEEPS * 100:.0f}%), "
-            f"{_pct(student.accuracy)} vs {_pct(alone.accuracy if alone else None)} without "
-            f"the teacher (goal: higher) -> {'MET' if met else 'NOT MET'}"
+            f"accuracy (goal >= {GOAL_STUDENT_KEEPS * 100:.0f}%), mean {_pct(student)} vs "
+            f"{_pct(scratch)} for the same student trained without the teacher (goal: higher) "
+            f"-> {'MET' if met else 'NOT MET'}"
         )
+        if labels_only is not None:
+            verdict = (
+                "higher"
+                if student > labels_only
+                else "not higher"
+                if student < labels_only
+                else "the same"
+            )
+            lines.append(
+                f"  (the distillation loss alone, same start: {_pct(student)} vs "
+                f"{_pct(labels_only)} with labels only from the teacher's pruned weights: "
+                f"{verdict})"
+            )
     return lines
 
 
@@ -304,20 +368,25 @@ def _x(value: float | None) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--teacher-epochs", type=int, default=12)
-    parser.add_argument("--epochs", type=int, default=8, help="fine-tuning / distillation")
+    parser.add_argument("--epochs", type=int, default=20, help="fine-tuning / distillation")
     parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument(
+        "--patience", type=int, default=0, help="early stopping patience; 0: every epoch"
+    )
     parser.add_argument("--temperature", type=float, default=4.0)
     parser.add_argument("--alpha", type=float, default=0.7)
-    parser.add_argument("--iterations", type=int, default=50, help="timed runs at batch 8")
-    parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=0, help="intra-op threads; 0: cores")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--iterations", type=int, default=200, help="timed runs at batch 8")
+    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=1, help="intra-op threads; 0: cores")
+    parser.add_argument(
+        "--seeds", type=int, default=3, help="runs, each with its own split, teacher and order"
+    )
     parser.add_argument("--recipes", default="all", help="comma-separated, or 'all'")
     parser.add_argument("--json", type=Path, help="write every row's numbers here")
     parser.add_argument("--verbose", action="store_true", help="print tracebacks of failures")
     args = parser.parse_args()
 
-    available = recipes(args)
+    available = recipes(argparse.Namespace(**{**vars(args), "seed": 0}))
     names = (
         list(available)
         if args.recipes == "all"
@@ -329,20 +398,60 @@ def main() -> None:
 
     preload()
     gc.freeze()
+    runs: list[dict[str, Row]] = []
+    for seed in range(args.seeds):
+        runs.append(run_seed(seed, names, available, args))
+        if args.json:
+            args.json.write_text(
+                json.dumps(
+                    [{name: row.__dict__ for name, row in run.items()} for run in runs],
+                    indent=2,
+                    default=str,
+                )
+            )
+
+    print()
+    print(
+        f"test accuracy on the held-out digits; latency p50 over {args.iterations} runs at "
+        f"batch 8 (threads {args.threads or 'default'}); speedup = original p50 / recipe p50, "
+        "measured in the same job"
+    )
+    for seed, run in enumerate(runs):
+        print(f"\nseed {seed}:")
+        print_table(list(run.values()))
+    if len(runs) > 1:
+        print(f"\nmean over {len(runs)} seeds:")
+        print_means(runs)
+    print()
+    for line in goal_lines(runs):
+        print(line)
+
+
+def run_seed(
+    seed: int,
+    names: list[str],
+    available: dict[str, tuple[str, list[dict[str, Any]]]],
+    args: argparse.Namespace,
+) -> dict[str, Row]:
+    """Every recipe on one split of the data, with a teacher trained on it."""
+    import torch
+
+    torch.manual_seed(seed)
     rows: dict[str, Row] = {}
     with tempfile.TemporaryDirectory(prefix="modelpress-prune-bench-") as tmp:
         tmp_path = Path(tmp)
-        x_train, x_test, y_train, y_test = load_digits_32(args.seed)
+        x_train, x_test, y_train, y_test = load_digits_32(seed)
         np.savez(tmp_path / "train.npz", **{INPUT: x_train, "labels": y_train})
         np.savez(tmp_path / "test.npz", **{INPUT: x_test, "labels": y_test})
         datasets = {TRAIN: tmp_path / "train.npz", TEST: tmp_path / "test.npz"}
+        models = {SCRATCH: scratch_student(seed, tmp_path / "scratch.onnx")}
         print(
-            f"# digits: {len(x_train)} train / {len(x_test)} test images, 1x{SIDE}x{SIDE}",
+            f"# seed {seed}: {len(x_train)} train / {len(x_test)} test images, 1x{SIDE}x{SIDE}",
             flush=True,
         )
         began = time.perf_counter()
         teacher = train_teacher(
-            x_train, y_train, epochs=args.teacher_epochs, seed=args.seed, path=tmp_path / "cnn.onnx"
+            x_train, y_train, epochs=args.teacher_epochs, seed=seed, path=tmp_path / "cnn.onnx"
         )
         info = inspect_model(teacher)
         print(
@@ -350,23 +459,24 @@ def main() -> None:
             f"{time.perf_counter() - began:.0f} s",
             flush=True,
         )
-        original: Row | None = None
+        seeded = argparse.Namespace(**{**vars(args), "seed": seed})
         for name in names:
-            description, passes = available[name]
+            description, passes = recipes(seeded)[name]
             row, metrics = run_recipe(
                 name,
                 description,
                 passes,
                 model_path=teacher,
                 datasets=datasets,
+                models=models,
                 workdir=tmp_path / name,
                 args=args,
             )
-            if original is None and metrics is not None:
+            if "original" not in rows and metrics is not None:
                 # The baseline of every job is the same teacher, measured in each run; the
                 # first run's numbers stand for it in the table.
                 baseline = metrics["baseline"]
-                original = Row(
+                rows["original"] = Row(
                     recipe="original",
                     description="the trained CNN",
                     accuracy=baseline["accuracy"],
@@ -375,28 +485,29 @@ def main() -> None:
                     p50_ms_b8=_p50(baseline),
                     speedup_b8=1.0,
                 )
-                rows["original"] = original
             rows[name] = row
             print(
                 f"#   {name}: accuracy {_pct(row.accuracy)}, speedup b8 {_x(row.speedup_b8)}"
                 f"{', ERROR ' + row.error if row.error else ''} ({row.seconds:.0f} s)",
                 flush=True,
             )
-            if args.json:
-                args.json.write_text(
-                    json.dumps([r.__dict__ for r in rows.values()], indent=2, default=str)
-                )
+    return rows
 
-    print()
-    print(
-        f"test accuracy on {len(y_test)} held-out digits; latency p50 over {args.iterations} "
-        f"runs at batch 8 (threads {args.threads or 'default'}); speedup = original p50 / "
-        "recipe p50, measured in the same job"
-    )
-    print_table(list(rows.values()))
-    print()
-    for line in goal_lines(rows):
-        print(line)
+
+def print_means(runs: list[dict[str, Row]]) -> None:
+    print("| recipe | mean test accuracy | lowest | highest | mean speedup b8 |")
+    print("|---|---|---|---|---|")
+    for name in runs[0]:
+        accuracies = [run[name].accuracy for run in runs if name in run]
+        speedups = [run[name].speedup_b8 for run in runs if name in run]
+        if len(accuracies) != len(runs) or any(a is None for a in accuracies + speedups):
+            print(f"| {name} | n/a | | | |")
+            continue
+        values = [float(a) for a in accuracies if a is not None]
+        print(
+            f"| {name} | {_pct(float(np.mean(values)))} | {_pct(min(values))} | "
+            f"{_pct(max(values))} | {_x(float(np.mean([float(x or 0) for x in speedups])))} |"
+        )
 
 
 def _p50(measured: dict[str, Any]) -> float:
