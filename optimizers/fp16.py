@@ -3,6 +3,7 @@ run that refuses a model whose float16 outputs overflow."""
 
 from __future__ import annotations
 
+import heapq
 import logging
 from pathlib import Path
 from typing import Any
@@ -67,6 +68,7 @@ def quantize_fp16(model_path: Path, config: QuantizeConfig, ctx: PassContext) ->
     except Exception as exc:
         raise QuantizationError(f"onnxruntime could not convert the model to fp16: {exc}") from exc
     _drop_cast_round_trips(converted)
+    _sort_topologically(converted.graph)
     ctx.workdir.mkdir(parents=True, exist_ok=True)
     output = ctx.workdir / f"{model_path.stem}.fp16.onnx"
     save_model(converted, output, external_data=external_data)
@@ -282,6 +284,49 @@ def _drop_cast_round_trips(model: onnx.ModelProto) -> None:
             dropped.append(down)
     for node in dropped:
         graph.node.remove(node)
+
+
+def _sort_topologically(graph: onnx.GraphProto) -> None:
+    """Order the nodes so that each comes after the producers of what it reads, as the ONNX
+    checker requires: the converter appends the casts of the graph inputs at the end. Nodes
+    already in order keep it; a subgraph's reads of outer values count as inputs."""
+    producer = {name: index for index, node in enumerate(graph.node) for name in node.output}
+    needs = [
+        {producer[name] for name in _reads(node) if name in producer and producer[name] != index}
+        for index, node in enumerate(graph.node)
+    ]
+    readers: list[list[int]] = [[] for _ in graph.node]
+    for index, before in enumerate(needs):
+        for producer_index in before:
+            readers[producer_index].append(index)
+    waiting = [len(before) for before in needs]
+    ready = [index for index, count in enumerate(waiting) if count == 0]
+    heapq.heapify(ready)
+    order: list[int] = []
+    while ready:
+        index = heapq.heappop(ready)  # the earliest node that can go next keeps its place
+        order.append(index)
+        for reader in readers[index]:
+            waiting[reader] -= 1
+            if waiting[reader] == 0:
+                heapq.heappush(ready, reader)
+    if len(order) != len(graph.node):
+        raise QuantizationError("the float16 model has a cycle; its nodes cannot be ordered")
+    if order != list(range(len(graph.node))):
+        nodes = [graph.node[index] for index in order]
+        del graph.node[:]
+        graph.node.extend(nodes)
+
+
+def _reads(node: onnx.NodeProto) -> set[str]:
+    """The values `node` reads: its inputs, and whatever its subgraphs read."""
+    names = {name for name in node.input if name}
+    for attribute in node.attribute:
+        subgraphs = [attribute.g] if attribute.HasField("g") else list(attribute.graphs)
+        for subgraph in subgraphs:
+            for inner in subgraph.node:
+                names |= _reads(inner)
+    return names
 
 
 def _is_cast(node: onnx.NodeProto, to: int) -> bool:

@@ -10,6 +10,7 @@ import pytest
 
 from optimizers.config import QuantizeConfig
 from optimizers.errors import QuantizationError
+from optimizers.inspect import inspect_model
 from optimizers.passes import run_pass
 from optimizers.types import PassContext
 from tests.optimizers.helpers import cosine
@@ -36,6 +37,9 @@ def test_fp16_halves_the_model_and_keeps_float32_io(
     assert result.details["check"]["inputs"] == "dataset 'd'"
     assert result.details["check"]["max_abs_diff"] < 0.05
     assert result.details["fp32_nodes"] == []
+    # The pipeline describes every pass's output, which runs the ONNX checker on it: the
+    # casts the converter adds must come before the nodes that read them.
+    assert inspect_model(result.model_path).inputs[0].dtype == "float32"
 
 
 def test_fp16_overflow_is_an_error_naming_output_and_nodes(tmp_path: Path) -> None:
