@@ -1,6 +1,14 @@
-"""float16 check for a GPU machine: convert a small transformer encoder with the project's
-fp16 quantize pass, check its outputs on CPU onnxruntime (no NaN/Inf, cosine to float32),
-then time the same encoder in torch, float32 vs float16, on CUDA at batch 1 and 8.
+"""Checks for a GPU machine, in two parts.
+
+float16: convert a small transformer encoder with the project's fp16 quantize pass, check
+its outputs on CPU onnxruntime (no NaN/Inf, cosine to float32), then time the same encoder
+in torch, float32 vs float16, on CUDA at batch 1 and 8.
+
+2:4: prune an MLP with the project's prune pass (`method: 2:4`, training device cuda), check
+that every group of 4 weights along the input dimension of each pruned layer has at most 2
+non-zeros, then on CUDA time its largest layer in float16 dense against the same weights as
+a torch semi-structured sparse tensor (`to_sparse_semi_structured`, sparse tensor cores)
+and compare the outputs.
 
     python bench/gpu_check.py [--iterations 50]     # from the repository root
 
@@ -161,6 +169,129 @@ def time_cuda(module: object, iterations: int, warmup: int) -> None:
         )
 
 
+#: The 2:4 check's MLP: widths that semi-structured kernels accept (multiples of 64).
+SPARSE_WIDTHS = (1024, 4096, 1024)
+SPARSE_BATCHES = (8, 2048)
+
+
+def build_mlp() -> object:
+    import torch
+
+    torch.manual_seed(0)
+    first, hidden, last = SPARSE_WIDTHS
+    return torch.nn.Sequential(
+        torch.nn.Linear(first, hidden),
+        torch.nn.ReLU(),
+        torch.nn.Linear(hidden, last),
+        torch.nn.ReLU(),
+        torch.nn.Linear(last, CLASSES),
+    ).eval()
+
+
+def prune_two_four(workdir: Path) -> tuple[Path, bool]:
+    """The project's 2:4 pass on the MLP; whether every pruned layer holds the pattern."""
+    import onnx
+    import torch
+    from onnx import numpy_helper
+
+    from optimizers.config import PruneConfig
+
+    source = workdir / "mlp.onnx"
+    with torch.no_grad():
+        torch.onnx.export(
+            build_mlp(),
+            (torch.randn(2, SPARSE_WIDTHS[0]),),
+            str(source),
+            input_names=["x"],
+            output_names=["logits"],
+            dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}},
+            opset_version=17,
+            dynamo=False,
+        )
+    context = PassContext(workdir=workdir / "two-four", datasets={}, device="cuda")
+    result = run_pass(source, PruneConfig(kind="prune", method="2:4"), context)
+    ok = True
+    pruned_layers = 0
+    for tensor in onnx.load(str(result.model_path)).graph.initializer:
+        weight = numpy_helper.to_array(tensor)
+        if weight.ndim != 2 or weight.shape[1] % 4:
+            continue
+        kept = (weight.reshape(weight.shape[0], -1, 4) != 0).sum(axis=2)
+        if kept.max() <= 2:
+            pruned_layers += 1
+        elif weight.shape[0] != CLASSES:  # the output layer is left dense on purpose
+            ok = False
+            print(f"!! {tensor.name}: a group of 4 holds {kept.max()} non-zeros")
+    details = result.details
+    print(
+        f"2:4 pass: {pruned_layers} layer(s) with at most 2 non-zeros in every group of 4, "
+        f"sparsity {details.get('sparsity'):.3f} of the pruned layers, kept dense: "
+        f"{details.get('kept_layers') or 'none'} -> {'OK' if ok and pruned_layers else 'FAILED'}"
+    )
+    for note in result.notes:
+        print(f"   note: {note}")
+    return result.model_path, ok and pruned_layers > 0
+
+
+def time_two_four(model_path: Path, iterations: int, warmup: int) -> None:
+    """Dense float16 against semi-structured sparse float16 for the MLP's largest layer."""
+    import onnx
+    import torch
+    from onnx import numpy_helper
+
+    if not torch.cuda.is_available():
+        print("CUDA is not available: skipping the 2:4 sparse tensor core timing")
+        return
+    try:
+        from torch.sparse import to_sparse_semi_structured
+    except ImportError as exc:
+        print(f"this torch has no semi-structured sparsity ({exc}): skipping the timing")
+        return
+    weights = [
+        numpy_helper.to_array(t)
+        for t in onnx.load(str(model_path)).graph.initializer
+        if numpy_helper.to_array(t).ndim == 2
+    ]
+    weight = max(weights, key=lambda w: w.size)
+    dense = torch.from_numpy(weight.copy()).half().cuda()
+    # The exporter stores Linear weights as [out, in] (Gemm transB) or [in, out] (MatMul).
+    if dense.shape[1] not in SPARSE_WIDTHS[:2]:
+        dense = dense.t().contiguous()
+    try:
+        sparse = to_sparse_semi_structured(dense)
+    except Exception as exc:
+        print(
+            f"!! to_sparse_semi_structured refused the pruned weight: {type(exc).__name__}: {exc}"
+        )
+        return
+    print(f"largest pruned layer: {tuple(dense.shape)} float16")
+    print("| batch | dense fp16 p50 ms | 2:4 sparse fp16 p50 ms | speedup | cosine |")
+    print("|---|---|---|---|---|")
+    with torch.inference_mode():
+        for batch in SPARSE_BATCHES:
+            x = torch.randn(batch, dense.shape[1], device="cuda", dtype=torch.float16)
+            medians = {}
+            outputs = {}
+            for name, matrix in (("dense", dense), ("sparse", sparse)):
+                for _ in range(warmup):
+                    torch.nn.functional.linear(x, matrix)
+                torch.cuda.synchronize()
+                times = []
+                for _ in range(iterations):
+                    began = time.perf_counter()
+                    outputs[name] = torch.nn.functional.linear(x, matrix)
+                    torch.cuda.synchronize()
+                    times.append(time.perf_counter() - began)
+                medians[name] = float(np.median(times)) * 1e3
+            cosine = torch.nn.functional.cosine_similarity(
+                outputs["dense"].float().flatten(), outputs["sparse"].float().flatten(), dim=0
+            )
+            print(
+                f"| {batch} | {medians['dense']:.4f} | {medians['sparse']:.4f} | "
+                f"{medians['dense'] / medians['sparse']:.2f}x | {float(cosine):.5f} |"
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--iterations", type=int, default=50)
@@ -181,7 +312,11 @@ def main() -> None:
         inputs = np.random.default_rng(1).standard_normal((16, SEQ_LEN, D_MODEL))
         ok = check_onnx(fp32_path, fp16_path, inputs.astype(np.float32))
     time_cuda(module, args.iterations, args.warmup)
-    if not ok:
+
+    with tempfile.TemporaryDirectory(prefix="modelpress-gpu-check-") as tmp:
+        pruned, two_four_ok = prune_two_four(Path(tmp))
+        time_two_four(pruned, args.iterations, args.warmup)
+    if not (ok and two_four_ok):
         sys.exit(1)
 
 
