@@ -48,6 +48,10 @@ def create_session(path: Path, *, provider: str, threads: int) -> ort.InferenceS
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # Idle intra-op threads otherwise spin for a while after each run. The benchmark times two
+    # sessions in turn, and one session's spinning threads took the cores from the other's
+    # run (on 2 cores both models measured up to 1.6x slower, the int8 one most).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     # CPU stays in the list for the few ops a GPU provider does not implement.
     providers = [provider] if provider == CPU else [provider, CPU]
     try:
