@@ -150,6 +150,7 @@ def _structured(
         keep=excluded,
     )
     after = structured.layer_widths(module)
+    left_whole = [node_by_name.get(name, name) for name in counts.pop("left_whole")]
     changed = {
         node_by_name.get(name, name): {"before": width, "after": after[name]}
         for name, width in before.items()
@@ -171,6 +172,14 @@ def _structured(
         f"{counts['macs_before']:,} -> {counts['macs_after']:,}; the output layer(s) and "
         "excluded layers keep their widths."
     ]
+    if left_whole:
+        details["left_whole"] = left_whole
+        notes.append(
+            f"{len(left_whole)} layer(s) kept their width because removing their channels "
+            "breaks the model (e.g. attention projections split into heads by Reshape ops, "
+            f"and the residual width they share): {left_whole[:10]}"
+            + (f" and {len(left_whole) - 10} more" if len(left_whole) > 10 else "")
+        )
     return notes, details
 
 

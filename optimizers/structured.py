@@ -8,6 +8,7 @@ Worker side only (imports torch). Modules are usually `torch.fx.GraphModule`s ma
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -29,7 +30,7 @@ def shrink(
     ratio: float,
     importance: str = "l2",
     keep: list[nn.Module],
-) -> dict[str, int]:
+) -> dict[str, Any]:
     """Remove `ratio` of the output channels / hidden units of every Linear and Conv layer of
     `module`, in place, ranking them by the `importance` norm ("l1" or "l2") of their weights;
     layers that depend on each other (e.g. a conv and the next layer's inputs) shrink together.
@@ -37,7 +38,12 @@ def shrink(
     outputs keep their shapes. Call `linearize` first when `module` came from ONNX MatMul
     layers, so they are Linear layers this can prune.
 
-    Deterministic. Returns parameters and MACs before and after. Raises UnsupportedError,
+    Layers whose channels cannot be removed without breaking the model (attention
+    projections split into heads by Reshape ops, and the residual width they share) keep
+    their width, and the others are pruned.
+
+    Deterministic. Returns parameters and MACs before and after, and `left_whole`: the names
+    of the layers kept at their width for that reason. Raises UnsupportedError,
     naming the layer at fault where it can, when the pruned module no longer runs or its
     outputs change shape; `module` is then left half pruned and must be discarded.
     """
@@ -60,11 +66,17 @@ def shrink(
             shapes_before = _output_shapes(module(*example_inputs))
         macs_before, params_before = tp.utils.count_ops_and_params(module, example_inputs)
         widths_before = layer_widths(module)
+        scorer = tp.importance.MagnitudeImportance(p=norms[importance])
         try:
+            left_whole: list[nn.Module] = []
+            if _untraceable_roots(module, example_inputs, scorer, ignored):
+                # Attention: keep whatever cannot be pruned on its own and still run.
+                left_whole = _unsafe_roots(module, example_inputs, ignored)
+                ignored = _unique([*ignored, *left_whole])
             pruner = tp.pruner.MetaPruner(
                 module,
                 example_inputs,
-                importance=tp.importance.MagnitudeImportance(p=norms[importance]),
+                importance=scorer,
                 pruning_ratio=ratio,
                 ignored_layers=ignored,
             )
@@ -89,7 +101,71 @@ def shrink(
         "parameters_after": int(params_after),
         "macs_before": int(macs_before),
         "macs_after": int(macs_after),
+        "left_whole": [
+            name for name, layer in prunable.items() if any(layer is k for k in left_whole)
+        ],
     }
+
+
+def _untraceable_roots(
+    module: nn.Module,
+    example_inputs: tuple[torch.Tensor, ...],
+    scorer: Any,
+    ignored: list[nn.Module],
+) -> list[nn.Module]:
+    """Layers whose channel group torch-pruning cannot map, to leave at their width.
+
+    Attention exported to ONNX packs the Q/K/V projections into one layer and splits its
+    output into heads with Reshape/Slice ops, and the converted graph's index mapping through
+    them fails; such groups (and the residual width they couple to) are skipped, so the
+    hidden units of the feed-forward layers are still pruned. A group is tried from each of
+    its layers in turn, so the search repeats until every remaining group maps."""
+    graph = tp.DependencyGraph().build_dependency(module, example_inputs=example_inputs)
+    skipped: list[nn.Module] = []
+    while True:
+        failed = None
+        for group in graph.get_all_groups(ignored_layers=[*ignored, *skipped]):
+            try:
+                scorer(group)
+            except (IndexError, RuntimeError, ValueError):
+                failed = group[0].dep.target.module
+                break
+        if failed is None or any(failed is layer for layer in skipped):
+            return skipped
+        skipped.append(failed)
+
+
+def _unsafe_roots(
+    module: nn.Module, example_inputs: tuple[torch.Tensor, ...], ignored: list[nn.Module]
+) -> list[nn.Module]:
+    """The layers of `module` whose output channels cannot be halved on their own, the
+    channels that depend on them included, with the model still running and giving outputs
+    of the same shapes. Each is tried on a copy."""
+    with torch.no_grad():
+        shapes = _output_shapes(module(*example_inputs))
+    skipped = {id(layer) for layer in ignored}
+    unsafe: list[nn.Module] = []
+    for name, layer in prunable_layers(module).items():
+        if id(layer) in skipped:
+            continue
+        trial = copy.deepcopy(module)
+        target = trial.get_submodule(name)
+        try:
+            graph = tp.DependencyGraph().build_dependency(trial, example_inputs=example_inputs)
+            width = layer_widths(trial)[name]
+            group = graph.get_pruning_group(
+                target,
+                graph.get_pruner_of_module(target).prune_out_channels,
+                idxs=list(range(width // 2)),
+            )
+            group.prune()
+            with torch.no_grad():
+                ok = _output_shapes(trial(*example_inputs)) == shapes
+        except Exception:  # any failure means: leave this layer alone
+            ok = False
+        if not ok:
+            unsafe.append(layer)
+    return unsafe
 
 
 def prunable_layers(module: nn.Module) -> dict[str, nn.Module]:

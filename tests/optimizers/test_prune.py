@@ -255,6 +255,45 @@ def test_structured_makes_the_model_smaller_and_keeps_excluded_widths(
     assert _run(result.model_path, x).shape == (3, CLASSES)
 
 
+def test_structured_on_a_transformer_prunes_feed_forward_units_and_keeps_attention(
+    tmp_path: Path,
+) -> None:
+    import torch
+
+    from optimizers.config import PruneConfig
+    from optimizers.passes import run_pass
+
+    class Encoder(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            layer = torch.nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True)
+            self.encoder = torch.nn.TransformerEncoder(layer, 1, enable_nested_tensor=False)
+            self.head = torch.nn.Linear(16, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(self.encoder(x).mean(dim=1))
+
+    torch.manual_seed(0)
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)  # the fused kernel has no ONNX export
+    try:
+        path = _export(Encoder().eval(), tmp_path / "encoder.onnx", torch.randn(2, 5, 16))
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
+
+    result = run_pass(path, PruneConfig(method="structured", ratio=0.5), _ctx(tmp_path))
+
+    # The feed-forward hidden units are halved; the attention projections, split into heads
+    # by Reshape ops, and the residual width keep their widths, and the result says so.
+    assert [change["after"] for change in result.details["layers"].values()] == [16]
+    assert any("linear1" in name for name in result.details["layers"])
+    assert any("self_attn" in name for name in result.details["left_whole"])
+    assert any("kept their width because removing" in note for note in result.notes)
+    assert result.details["parameters_after"] < result.details["parameters_before"]
+    x = np.random.default_rng(0).standard_normal((4, 5, 16)).astype(np.float32)
+    assert _run(result.model_path, x).shape == (4, 3)
+
+
 def test_structured_refuses_unknown_layer_names(cnn: Path, tmp_path: Path) -> None:
     from optimizers.config import PruneConfig
     from optimizers.passes import run_pass
