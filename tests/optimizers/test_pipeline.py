@@ -139,6 +139,35 @@ def test_without_evaluate_fidelity_comes_from_synthetic_inputs(tmp_path: Path, m
     assert report["status"] == "ok" and report["inputs"]["source"] == "synthetic_inputs"
 
 
+@pytest.mark.parametrize(
+    "quantize",
+    [
+        {"method": "dynamic", "per_channel": True},
+        {"method": "static", "calibration": {"dataset_id": "data", "samples": 8}},
+        {"method": "fp16"},
+        {"method": "int4_weight_only"},
+        {"method": "dynamic", "scope": "partial", "include": {"op_types": ["MatMul"]}},
+    ],
+    ids=["dynamic", "static", "fp16", "int4", "partial"],
+)
+def test_every_method_gives_a_model_the_pipeline_accepts(
+    tmp_path: Path, mlp: Path, mlp_data: Path, quantize: dict[str, Any]
+) -> None:
+    # The pipeline describes each pass's output with the ONNX checker and runs it: a method
+    # whose output onnxruntime happens to load but the checker refuses fails the job here.
+    spec = PipelineSpec.model_validate(
+        {
+            "passes": [{"kind": "quantize", **quantize}],
+            "evaluate": {"dataset_id": "data", "samples": 16},
+            "benchmark": FAST_BENCHMARK,
+        }
+    )
+    result = run_pipeline(model_path=mlp, spec=spec, datasets={"data": mlp_data}, workdir=tmp_path)
+
+    assert inspect_model(result.model_path).inputs[0].dtype == "float32"
+    assert result.metrics["fidelity"]["cosine_mean"] > 0.99
+
+
 def test_every_quantize_pass_gets_a_sensitivity_report(tmp_path: Path) -> None:
     model = make_outlier_mlp(tmp_path / "outlier.onnx")
     data = make_inputs(tmp_path / "outlier.npz")
