@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from optimizers.config import DistillConfig, PipelineSpec, PruneConfig, QuantizeConfig
 from optimizers.datasets import check_fits
 from optimizers.errors import DatasetMismatchError, UnsupportedError
-from optimizers.types import DatasetInfo, ModelInfo, TensorInfo
+from optimizers.types import DatasetInfo, Dim, ModelInfo, TensorInfo
 
 #: Input element types that modelpress can read from datasets and synthesize for benchmarks.
 SUPPORTED_INPUT_DTYPES = frozenset(
@@ -71,7 +71,7 @@ def check_spec(
         for dataset_id in config.dataset_ids():
             check_fits(model, _dataset(datasets, dataset_id), purpose=_purpose(config))
         if isinstance(config, DistillConfig) and config.student.model_id is not None:
-            _check_student(model, _model(models, config.student.model_id))
+            check_student(model, _model(models, config.student.model_id))
 
     if spec.evaluate is not None:
         evaluate_data = _dataset(datasets, spec.evaluate.dataset_id)
@@ -140,32 +140,52 @@ def _model(models: Mapping[str, ModelInfo], model_id: str) -> ModelInfo:
         raise DatasetMismatchError(f"student model '{model_id}' was not found") from None
 
 
-def _check_student(teacher: ModelInfo, student: ModelInfo) -> None:
-    """The student is fed the teacher's inputs and replaces it: same input names, same first
-    output shape apart from the batch axis."""
-    want = [tensor.name for tensor in teacher.inputs]
-    have = [tensor.name for tensor in student.inputs]
+def check_student(teacher: ModelInfo, student: ModelInfo) -> None:
+    """The student takes the teacher's inputs and replaces it: same input names and types,
+    the same sizes apart from the batch axis, as many outputs, and a first output of the same
+    width. Checked when a job is submitted and again in the worker; a dimension or output
+    list a description leaves open (a PyTorch upload's outputs) is not compared."""
+    want = {tensor.name: tensor for tensor in teacher.inputs}
+    have = {tensor.name: tensor for tensor in student.inputs}
     if sorted(want) != sorted(have):
         raise DatasetMismatchError(
-            f"the distillation student's inputs are {have} but the model it learns from has "
-            f"{want}; the student must take the same inputs (same names) as the teacher"
+            f"the distillation student's inputs are {sorted(have)} but the teacher's are "
+            f"{sorted(want)}; the student must take the same inputs (same names) as the teacher"
         )
-    teacher_types = {tensor.name: tensor.dtype for tensor in teacher.inputs}
-    for tensor in student.inputs:
-        if tensor.dtype != teacher_types[tensor.name]:
+    for name, tensor in have.items():
+        other = want[name]
+        if tensor.dtype != other.dtype:
             raise DatasetMismatchError(
-                f"the distillation student's input '{tensor.name}' is {tensor.dtype} but the "
-                f"teacher's is {teacher_types[tensor.name]}"
+                f"the distillation student's input '{name}' is {tensor.dtype} but the "
+                f"teacher's is {other.dtype}"
             )
-    if teacher.outputs and student.outputs:
-        want_shape, have_shape = teacher.outputs[0].shape[1:], student.outputs[0].shape[1:]
-        fixed = all(isinstance(dim, int) for dim in (*want_shape, *have_shape))
-        if fixed and want_shape != have_shape:
+        if tensor.shape and other.shape and not _same_sizes(tensor.shape, other.shape):
             raise DatasetMismatchError(
-                f"the distillation student's first output has shape {student.outputs[0].shape} "
-                f"but the teacher's has {teacher.outputs[0].shape}; distillation matches them "
-                "sample by sample"
+                f"the distillation student's input '{name}' has shape {tensor.shape} but the "
+                f"teacher's has {other.shape}; they may differ in the batch axis only"
             )
+    if not (teacher.outputs and student.outputs):
+        return
+    if len(student.outputs) != len(teacher.outputs):
+        raise UnsupportedError(
+            f"the distillation student has {len(student.outputs)} output(s) but the teacher has "
+            f"{len(teacher.outputs)}; the student replaces the teacher, so it needs the same "
+            "outputs"
+        )
+    if not _same_sizes(student.outputs[0].shape, teacher.outputs[0].shape):
+        raise DatasetMismatchError(
+            f"the distillation student's first output has shape {student.outputs[0].shape} but "
+            f"the teacher's has {teacher.outputs[0].shape}; distillation matches them class by "
+            "class"
+        )
+
+
+def _same_sizes(shape: list[Dim], other: list[Dim]) -> bool:
+    """Same rank and the same fixed sizes after the batch axis; symbolic sizes match any."""
+    return len(shape) == len(other) and all(
+        not (isinstance(a, int) and isinstance(b, int)) or a == b
+        for a, b in zip(shape[1:], other[1:], strict=True)
+    )
 
 
 def _dataset(datasets: Mapping[str, DatasetInfo], dataset_id: str) -> DatasetInfo:

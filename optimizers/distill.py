@@ -13,6 +13,7 @@ import copy
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from optimizers.checks import check_student
 from optimizers.config import DistillConfig
 from optimizers.errors import DatasetMismatchError, UnsupportedError
 from optimizers.inspect import inspect_model
@@ -114,7 +115,7 @@ def _uploaded_student(model_id: str, teacher: ModelInfo, ctx: PassContext) -> to
     if path is None:
         raise DatasetMismatchError(f"student model '{model_id}' was not found")
     info = inspect_model(path)
-    _check_compatible(teacher, info)
+    check_student(teacher, info)
     module = onnx_to_torch(path)
     # MatMul weights are constants (buffers) after conversion; as Linear layers they train.
     linearize(module)
@@ -123,49 +124,6 @@ def _uploaded_student(model_id: str, teacher: ModelInfo, ctx: PassContext) -> to
     if order != wanted:
         return _reordered(module, [wanted.index(name) for name in order])
     return module
-
-
-def _check_compatible(teacher: ModelInfo, student: ModelInfo) -> None:
-    """The student takes the teacher's inputs and replaces it: same input names, types and
-    sizes (batch axis aside), as many outputs, and a first output of the same width."""
-    want = {tensor.name: tensor for tensor in teacher.inputs}
-    have = {tensor.name: tensor for tensor in student.inputs}
-    if sorted(want) != sorted(have):
-        raise DatasetMismatchError(
-            f"the distillation student's inputs are {sorted(have)} but the teacher's are "
-            f"{sorted(want)}; the student must take the same inputs (same names) as the teacher"
-        )
-    for name, tensor in have.items():
-        other = want[name]
-        if tensor.dtype != other.dtype:
-            raise DatasetMismatchError(
-                f"the distillation student's input '{name}' is {tensor.dtype} but the "
-                f"teacher's is {other.dtype}"
-            )
-        if len(tensor.shape) != len(other.shape) or any(
-            isinstance(a, int) and isinstance(b, int) and a != b
-            for a, b in zip(tensor.shape[1:], other.shape[1:], strict=False)
-        ):
-            raise DatasetMismatchError(
-                f"the distillation student's input '{name}' has shape {tensor.shape} but the "
-                f"teacher's has {other.shape}; they may differ in the batch axis only"
-            )
-    if len(student.outputs) != len(teacher.outputs):
-        raise UnsupportedError(
-            f"the distillation student has {len(student.outputs)} output(s) but the teacher has "
-            f"{len(teacher.outputs)}; the student replaces the teacher, so it needs the same "
-            "outputs"
-        )
-    want_out, have_out = teacher.outputs[0].shape[1:], student.outputs[0].shape[1:]
-    if len(want_out) != len(have_out) or any(
-        isinstance(a, int) and isinstance(b, int) and a != b
-        for a, b in zip(want_out, have_out, strict=False)
-    ):
-        raise DatasetMismatchError(
-            f"the distillation student's first output has shape {student.outputs[0].shape} but "
-            f"the teacher's has {teacher.outputs[0].shape}; distillation matches them class by "
-            "class"
-        )
 
 
 def _reordered(module: torch.nn.Module, positions: list[int]) -> torch.nn.Module:

@@ -245,6 +245,14 @@ def test_distillation_student_must_take_the_teachers_inputs(
     assert "student's inputs are ['image']" in response.json()["detail"]
     assert "['x']" in response.json()["detail"]
 
+    # The same input name with another size is refused as well, before anything runs.
+    narrow = upload_model(client, make_mlp(tmp_path / "narrow.onnx", in_features=7))
+    response = client.post(
+        "/v1/jobs", json=_distill_spec(mlp["id"], dataset["id"], {"model_id": narrow["id"]})
+    )
+    assert response.status_code == 422, response.text
+    assert "may differ in the batch axis only" in response.json()["detail"]
+
 
 def test_prune_finetune_data_must_fit_the_model(
     client: TestClient, mlp: dict[str, Any], tmp_path: Path
