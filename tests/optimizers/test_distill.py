@@ -19,9 +19,6 @@ from optimizers.types import DirectoryCheckpoints, PassContext, ProgressFn
 from tests.factories import make_cnn, make_dataset
 from tests.optimizers.helpers import make_sequence_model, save_npz
 
-# Training: minutes of CPU on a small machine.
-pytestmark = pytest.mark.slow
-
 IN_FEATURES, CLASSES, SAMPLES = 12, 4, 160
 nn = torch.nn
 

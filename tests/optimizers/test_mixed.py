@@ -11,9 +11,6 @@ from optimizers.runtime import create_session
 from optimizers.types import PassContext, PassResult
 from tests.optimizers.sensitive_models import SENSITIVE_NODE, make_inputs, make_outlier_mlp
 
-# Repeated quantize-and-evaluate rounds: minutes of CPU on a small machine.
-pytestmark = pytest.mark.slow
-
 #: Full int8 quantization of the outlier model loses about 0.009 (1 - cosine); keeping its
 #: outlier layer float brings that to about 0.002.
 STRICT = 0.004

@@ -16,9 +16,6 @@ from optimizers.pipeline import ArtifactFiles, _verdict, run_pipeline
 from tests.optimizers.helpers import make_sequence_model, partial_quantize
 from tests.optimizers.sensitive_models import SENSITIVE_NODE, make_inputs, make_outlier_mlp
 
-# Whole pipelines with calibration, evaluation and sensitivity: minutes on a small machine.
-pytestmark = pytest.mark.slow
-
 SIDE = {"size_bytes", "latency_ms", "throughput_per_s", "peak_memory_bytes", "accuracy"}
 FIDELITY = {
     "cosine_mean",

@@ -15,9 +15,6 @@ from onnx import numpy_helper
 from optimizers.errors import OptimizerError
 from tests.factories import make_mlp
 
-# Pruning with fine-tuning, and ONNX <-> torch round trips: minutes of CPU on a small machine.
-pytestmark = pytest.mark.slow
-
 torch = pytest.importorskip("torch")
 nn = torch.nn
 

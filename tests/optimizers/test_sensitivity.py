@@ -14,9 +14,6 @@ from optimizers.sensitivity import analysis_feeds, analyze
 from optimizers.types import PassContext
 from tests.optimizers.sensitive_models import SENSITIVE_NODE, make_inputs, make_outlier_mlp
 
-# Per-node analysis over every intermediate tensor: minutes of CPU on a small machine.
-pytestmark = pytest.mark.slow
-
 
 @pytest.fixture(scope="module")
 def outlier(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:

@@ -24,9 +24,6 @@ from tests.torch_models import (
     tiny_module,
 )
 
-# torch.export tracing and ONNX conversion: minutes of CPU on a small machine.
-pytestmark = pytest.mark.slow
-
 LIMIT = 64 << 20
 
 

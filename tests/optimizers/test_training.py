@@ -29,9 +29,6 @@ from optimizers.types import (
 )
 from tests.optimizers.helpers import save_npz
 
-# Training: minutes of CPU on a small machine.
-pytestmark = pytest.mark.slow
-
 FEATURES, CLASSES = 8, 4
 
 

@@ -25,7 +25,7 @@ from tests.optimizers.helpers import partial_quantize
 from worker.runner import execute_job
 
 # The first job imports torch (quantization pre-processing): minutes on a busy small machine.
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+pytestmark = pytest.mark.timeout(900)
 
 BENCHMARK = {"batch_sizes": [1], "warmup": 1, "iterations": 5, "threads": 1}
 
