@@ -111,8 +111,10 @@ def export_to_onnx(
         torch.zeros(_example_shape(tensor.shape, example_batch), dtype=_torch_dtype(tensor.dtype))
         for tensor in like.inputs
     )
-    input_names = [tensor.name for tensor in like.inputs]
-    output_names = [tensor.name for tensor in like.outputs]
+    # The exporter refuses some valid ONNX names (numbers such as '188', which torch gives
+    # outputs exported without names); placeholders go in, the real names are put back after.
+    input_names = [f"modelpress_input_{index}" for index in range(len(like.inputs))]
+    output_names = [f"modelpress_output_{index}" for index in range(len(like.outputs))]
     dynamic_axes: dict[str, dict[int, str]] = {name: {0: BATCH_AXIS} for name in input_names}
     dynamic_axes.update({name: {0: BATCH_AXIS} for name in output_names})
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -137,7 +139,52 @@ def export_to_onnx(
         ) from exc
     finally:
         module.train(was_training)
+    proto = onnx.load(str(path), load_external_data=False)
+    _rename_values(
+        proto.graph,
+        {
+            **dict(zip(input_names, (tensor.name for tensor in like.inputs), strict=True)),
+            **dict(zip(output_names, (tensor.name for tensor in like.outputs), strict=True)),
+        },
+    )
+    onnx.save(proto, str(path))
     return inspect_model(path)
+
+
+def _rename_values(graph: onnx.GraphProto, renames: dict[str, str]) -> None:
+    """Rename values of `graph` (and their uses in subgraphs) as `renames` says; a value that
+    already holds one of the new names is renamed out of the way first."""
+    taken = set(renames.values()) - set(renames)
+    existing = _value_names(graph)
+    moves = dict(renames)
+    for index, name in enumerate(sorted(existing & taken)):
+        moves[name] = f"{name}__{index}"
+        while moves[name] in existing:
+            moves[name] += "_"
+    _apply_renames(graph, moves)
+
+
+def _value_names(graph: onnx.GraphProto) -> set[str]:
+    names = {value.name for value in [*graph.input, *graph.output, *graph.value_info]}
+    names |= {tensor.name for tensor in graph.initializer}
+    for node in graph.node:
+        names |= set(node.output)
+    return names
+
+
+def _apply_renames(graph: onnx.GraphProto, moves: dict[str, str]) -> None:
+    for value in [*graph.input, *graph.output, *graph.value_info]:
+        value.name = moves.get(value.name, value.name)
+    for tensor in graph.initializer:
+        tensor.name = moves.get(tensor.name, tensor.name)
+    for node in graph.node:
+        for index, name in enumerate(node.input):
+            node.input[index] = moves.get(name, name)
+        for index, name in enumerate(node.output):
+            node.output[index] = moves.get(name, name)
+        for attribute in node.attribute:
+            for subgraph in [attribute.g] if attribute.HasField("g") else attribute.graphs:
+                _apply_renames(subgraph, moves)
 
 
 def _example_shape(shape: list[Any], batch: int) -> list[int]:

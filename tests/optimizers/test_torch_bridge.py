@@ -101,3 +101,34 @@ def test_weights_the_exporter_stored_once_under_two_names_convert(tmp_path: Path
     with torch.no_grad():
         actual = module(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(actual, _outputs(path, {"x": x})[0], rtol=1e-4, atol=1e-5)
+
+
+def test_numeric_input_and_output_names_survive_the_round_trip(tmp_path: Path) -> None:
+    from optimizers.inspect import inspect_model
+    from optimizers.torch_bridge import export_to_onnx, onnx_to_torch
+
+    # torch names the outputs of a model exported without names by number ('188'), a name
+    # its own exporter then refuses to give.
+    model = onnx.load(str(make_mlp(tmp_path / "named.onnx")))
+    renames = {model.graph.input[0].name: "0", model.graph.output[0].name: "188"}
+    for value in [*model.graph.input, *model.graph.output]:
+        value.name = renames[value.name]
+    for node in model.graph.node:
+        node.input[:] = [renames.get(name, name) for name in node.input]
+        node.output[:] = [renames.get(name, name) for name in node.output]
+    original = tmp_path / "numbered.onnx"
+    onnx.save(model, str(original))
+
+    exported = export_to_onnx(
+        onnx_to_torch(original), tmp_path / "exported.onnx", like=inspect_model(original)
+    )
+
+    assert [t.name for t in exported.inputs] == ["0"]
+    assert [t.name for t in exported.outputs] == ["188"]
+    feeds = {"0": np.random.default_rng(0).standard_normal((3, 16)).astype(np.float32)}
+    np.testing.assert_allclose(
+        _outputs(tmp_path / "exported.onnx", feeds)[0],
+        _outputs(original, feeds)[0],
+        rtol=1e-4,
+        atol=1e-5,
+    )
