@@ -176,8 +176,9 @@ def _structured(
         details["left_whole"] = left_whole
         notes.append(
             f"{len(left_whole)} layer(s) kept their width because removing their channels "
-            "breaks the model (e.g. attention projections split into heads by Reshape ops, "
-            f"and the residual width they share): {left_whole[:10]}"
+            "breaks the model (their width is fixed by a constant Reshape shape, such as a "
+            "flatten before a linear layer or attention split into heads, or shared with such "
+            f"a layer): {left_whole[:10]}"
             + (f" and {len(left_whole) - 10} more" if len(left_whole) > 10 else "")
         )
     return notes, details

@@ -67,12 +67,13 @@ def shrink(
         macs_before, params_before = tp.utils.count_ops_and_params(module, example_inputs)
         widths_before = layer_widths(module)
         scorer = tp.importance.MagnitudeImportance(p=norms[importance])
+        left_whole: list[nn.Module] = []
+        if not _prunes_cleanly(module, example_inputs, scorer, ratio, ignored, shapes_before):
+            # Some layers cannot lose channels without breaking the model (attention split
+            # into heads, a constant Reshape): those keep their width, the others are pruned.
+            left_whole = _unsafe_roots(module, example_inputs, ignored)
+            ignored = _unique([*ignored, *left_whole])
         try:
-            left_whole: list[nn.Module] = []
-            if _untraceable_roots(module, example_inputs, scorer, ignored):
-                # Attention: keep whatever cannot be pruned on its own and still run.
-                left_whole = _unsafe_roots(module, example_inputs, ignored)
-                ignored = _unique([*ignored, *left_whole])
             pruner = tp.pruner.MetaPruner(
                 module,
                 example_inputs,
@@ -107,32 +108,31 @@ def shrink(
     }
 
 
-def _untraceable_roots(
+def _prunes_cleanly(
     module: nn.Module,
     example_inputs: tuple[torch.Tensor, ...],
     scorer: Any,
+    ratio: float,
     ignored: list[nn.Module],
-) -> list[nn.Module]:
-    """Layers whose channel group torch-pruning cannot map, to leave at their width.
-
-    Attention exported to ONNX packs the Q/K/V projections into one layer and splits its
-    output into heads with Reshape/Slice ops, and the converted graph's index mapping through
-    them fails; such groups (and the residual width they couple to) are skipped, so the
-    hidden units of the feed-forward layers are still pruned. A group is tried from each of
-    its layers in turn, so the search repeats until every remaining group maps."""
-    graph = tp.DependencyGraph().build_dependency(module, example_inputs=example_inputs)
-    skipped: list[nn.Module] = []
-    while True:
-        failed = None
-        for group in graph.get_all_groups(ignored_layers=[*ignored, *skipped]):
-            try:
-                scorer(group)
-            except (IndexError, RuntimeError, ValueError):
-                failed = group[0].dep.target.module
-                break
-        if failed is None or any(failed is layer for layer in skipped):
-            return skipped
-        skipped.append(failed)
+    shapes: list[Any],
+) -> bool:
+    """Whether pruning a copy of `module` as asked leaves a model that runs and gives outputs
+    of the same shapes."""
+    names = {id(layer): name for name, layer in module.named_modules()}
+    trial = copy.deepcopy(module)
+    try:
+        pruner = tp.pruner.MetaPruner(
+            trial,
+            example_inputs,
+            importance=scorer,
+            pruning_ratio=ratio,
+            ignored_layers=[trial.get_submodule(names[id(layer)]) for layer in ignored],
+        )
+        pruner.step()
+        with torch.no_grad():
+            return bool(_output_shapes(trial(*example_inputs)) == shapes)
+    except Exception:  # any failure means: find the layers at fault
+        return False
 
 
 def _unsafe_roots(

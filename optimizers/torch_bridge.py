@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import onnx
+import onnx.numpy_helper
 
 from optimizers.errors import InvalidModelError, UnsupportedError
 from optimizers.inspect import inspect_model
@@ -24,6 +25,9 @@ if TYPE_CHECKING:
 
 #: Opset of models exported from torch by the training passes.
 EXPORT_OPSET = 17
+#: Opset that models of a later opset are converted down to when onnx2torch cannot convert
+#: them as they are.
+CONVERTIBLE_OPSET = 17
 #: Name of the batch axis in exported models.
 BATCH_AXIS = "batch"
 
@@ -36,20 +40,24 @@ def onnx_to_torch(path: Path) -> torch.nn.Module:
 
     proto = onnx.load(str(path))
     _inline_initializer_aliases(proto)
-    opset = _default_opset(proto)
-    for node in proto.graph.node:
+    missing = _without_converter(proto, get_converter)
+    if missing is not None and _default_opset(proto) > CONVERTIBLE_OPSET:
+        # torch's default exporter writes opset 18 and later, where some ops changed form
+        # (ReduceMean takes its axes as an input); onnx2torch knows their opset 17 form.
+        older = _older_opset(proto)
+        if older is not None and _without_converter(older, get_converter) is None:
+            proto, missing = older, None
+    if missing is not None:
+        node, version = missing
         domain = node.domain or ""
-        version = opset if domain in ("", "ai.onnx") else _opset_of(proto, domain)
-        try:
-            get_converter(node.op_type, version, domain or "")
-        except NotImplementedError:
-            label = f"'{node.name}' " if node.name else ""
-            raise UnsupportedError(
-                f"node {label}({domain + '::' if domain else ''}{node.op_type}, opset "
-                f"{version}) cannot be converted to a trainable torch module; training passes "
-                "(prune, distill) support the standard ONNX ops of common CNN, MLP and "
-                "transformer layers"
-            ) from None
+        label = f"'{node.name}' " if node.name else ""
+        raise UnsupportedError(
+            f"node {label}({domain + '::' if domain else ''}{node.op_type}, opset "
+            f"{version}) cannot be converted to a trainable torch module; training passes "
+            "(prune, distill) support the standard ONNX ops of common CNN, MLP and "
+            "transformer layers"
+        )
+    _drop_needless_allowzero(proto)
     try:
         module = onnx2torch.convert(proto)
     except Exception as exc:  # onnx2torch raises plain exceptions for unsupported attributes
@@ -59,6 +67,66 @@ def onnx_to_torch(path: Path) -> torch.nn.Module:
         ) from exc
     module.float()
     return module
+
+
+def _without_converter(
+    proto: onnx.ModelProto, get_converter: Any
+) -> tuple[onnx.NodeProto, int] | None:
+    """The first node onnx2torch has no converter for, with its opset, or None."""
+    opset = _default_opset(proto)
+    for node in proto.graph.node:
+        domain = node.domain or ""
+        version = opset if domain in ("", "ai.onnx") else _opset_of(proto, domain)
+        try:
+            get_converter(node.op_type, version, domain)
+        except NotImplementedError:
+            return node, version
+    return None
+
+
+def _older_opset(proto: onnx.ModelProto) -> onnx.ModelProto | None:
+    """`proto` converted to CONVERTIBLE_OPSET, or None when ONNX cannot convert it."""
+    from onnx import version_converter
+
+    try:
+        older = version_converter.convert_version(proto, CONVERTIBLE_OPSET)
+    except Exception:  # the converter has no adapter for some op: keep the original error
+        return None
+    for node in older.graph.node:
+        # The opset 18 -> 17 adapter of the Reduce ops keeps an attribute opset 17 does not
+        # have (ReduceSum has had it since 13); its default 0 is what opset 17 does anyway.
+        if node.op_type.startswith("Reduce") and node.op_type != "ReduceSum":
+            kept = [a for a in node.attribute if a.name != "noop_with_empty_axes" or a.i == 0]
+            if len(kept) != len(node.attribute):
+                return None
+            del node.attribute[:]
+            node.attribute.extend(a for a in kept if a.name != "noop_with_empty_axes")
+    try:
+        onnx.checker.check_model(older)
+    except onnx.checker.ValidationError:
+        return None
+    return older
+
+
+def _drop_needless_allowzero(proto: onnx.ModelProto) -> None:
+    """Clear `allowzero=1` on Reshape nodes whose target shape is a constant without zeros:
+    the flag only changes what a 0 in the shape means, and onnx2torch refuses it (torch's
+    exporter sets it on every Reshape)."""
+    graph = proto.graph
+    constants = {tensor.name: tensor for tensor in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            constants[node.output[0]] = node.attribute[0].t
+    for node in graph.node:
+        if node.op_type != "Reshape" or len(node.input) < 2 or node.input[1] not in constants:
+            continue
+        shape = onnx.numpy_helper.to_array(constants[node.input[1]])
+        if (shape == 0).any():
+            continue
+        kept = [a for a in node.attribute if not (a.name == "allowzero" and a.i == 1)]
+        if len(kept) != len(node.attribute):
+            del node.attribute[:]
+            node.attribute.extend(kept)
 
 
 def _inline_initializer_aliases(proto: onnx.ModelProto) -> None:

@@ -291,6 +291,45 @@ def test_structured_on_a_transformer_prunes_feed_forward_units_and_keeps_attenti
     assert _run(result.model_path, x).shape == (4, 3)
 
 
+def test_structured_on_a_model_from_torchs_default_exporter(tmp_path: Path) -> None:
+    import torch
+
+    from optimizers.config import PruneConfig
+    from optimizers.passes import run_pass
+
+    # Opset 18+, ReduceMean with axes as an input, a flatten written as a Reshape to a
+    # constant [-1, 16] with allowzero=1: the conv feeding it must keep its width.
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(8, 16, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(16, CLASSES),
+    ).eval()
+    path = tmp_path / "dynamo.onnx"
+    torch.onnx.export(
+        model,
+        (torch.randn(2, 3, 8, 8),),
+        str(path),
+        input_names=["image"],
+        output_names=["logits"],
+        dynamic_shapes={"input": {0: torch.export.Dim("batch")}},
+        dynamo=True,
+    )
+    assert onnx.load(str(path)).opset_import[0].version >= 18
+
+    result = run_pass(path, PruneConfig(method="structured", ratio=0.5), _ctx(tmp_path))
+
+    assert [change["after"] for change in result.details["layers"].values()] == [4]
+    assert len(result.details["left_whole"]) == 1
+    assert any("constant Reshape shape" in note for note in result.notes)
+    x = np.random.default_rng(0).standard_normal((3, 3, 8, 8)).astype(np.float32)
+    assert _run(result.model_path, x).shape == (3, CLASSES)
+
+
 def test_structured_refuses_unknown_layer_names(cnn: Path, tmp_path: Path) -> None:
     from optimizers.config import PruneConfig
     from optimizers.passes import run_pass
