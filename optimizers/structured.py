@@ -38,9 +38,9 @@ def shrink(
     outputs keep their shapes. Call `linearize` first when `module` came from ONNX MatMul
     layers, so they are Linear layers this can prune.
 
-    Layers whose channels cannot be removed without breaking the model (attention
-    projections split into heads by Reshape ops, and the residual width they share) keep
-    their width, and the others are pruned.
+    Layers whose channels cannot be removed without breaking the model (a width fixed by a
+    constant Reshape shape: a flatten, attention split into heads; or shared with such a
+    layer) keep their width, and the others are pruned.
 
     Deterministic. Returns parameters and MACs before and after, and `left_whole`: the names
     of the layers kept at their width for that reason. Raises UnsupportedError,
@@ -71,7 +71,7 @@ def shrink(
         if not _prunes_cleanly(module, example_inputs, scorer, ratio, ignored, shapes_before):
             # Some layers cannot lose channels without breaking the model (attention split
             # into heads, a constant Reshape): those keep their width, the others are pruned.
-            left_whole = _unsafe_roots(module, example_inputs, ignored)
+            left_whole = _unsafe_roots(module, example_inputs, ignored, shapes_before)
             ignored = _unique([*ignored, *left_whole])
         try:
             pruner = tp.pruner.MetaPruner(
@@ -136,13 +136,14 @@ def _prunes_cleanly(
 
 
 def _unsafe_roots(
-    module: nn.Module, example_inputs: tuple[torch.Tensor, ...], ignored: list[nn.Module]
+    module: nn.Module,
+    example_inputs: tuple[torch.Tensor, ...],
+    ignored: list[nn.Module],
+    shapes: list[Any],
 ) -> list[nn.Module]:
     """The layers of `module` whose output channels cannot be halved on their own, the
     channels that depend on them included, with the model still running and giving outputs
-    of the same shapes. Each is tried on a copy."""
-    with torch.no_grad():
-        shapes = _output_shapes(module(*example_inputs))
+    of the same `shapes`. Each is tried on a copy."""
     skipped = {id(layer) for layer in ignored}
     unsafe: list[nn.Module] = []
     for name, layer in prunable_layers(module).items():
