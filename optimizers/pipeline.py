@@ -593,7 +593,7 @@ def _verdict(
             + "".join(f", {_times(s)} at batch {batch}" for batch, s in others)
         )
     if slower:
-        parts = [f"batch {batch} ({s:.2f}x)" for batch, s in slower]
+        parts = [f"batch {batch} ({_times(s)})" for batch, s in slower]
         bad.append("SLOWER than the original at " + " and ".join(parts))
 
     neutral = ""
@@ -627,8 +627,12 @@ def _verdict(
 
 
 def _times(ratio: float) -> str:
-    # Two decimals near 1x, where "1.0x faster" would hide whether it is faster at all.
-    return f"{ratio:.1f}x" if ratio >= 1.1 else f"{ratio:.2f}x"
+    # More decimals near 1x, where "1.0x faster" or "SLOWER (1.00x)" would hide which side
+    # of 1 the measurement fell on.
+    if ratio >= 1.1:
+        return f"{ratio:.1f}x"
+    text = f"{ratio:.2f}x"
+    return f"{ratio:.3f}x" if text == "1.00x" else text
 
 
 def _points(fraction: float) -> str:

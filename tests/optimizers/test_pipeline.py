@@ -230,6 +230,9 @@ def test_verdict_sentences() -> None:
     assert _say(size_ratio=1.2).startswith("1.9x faster at batch 8")
     assert "NOT smaller" in _say(size_ratio=1.2)
     assert "1.02x faster" in _say(speedups={"1": 1.02})
+    # Near 1x, enough digits to tell which side of 1 the measurement fell on.
+    assert "SLOWER than the original at batch 4 (0.998x)" in _say(speedups={"4": 0.998})
+    assert "1.003x faster at batch 1" in _say(speedups={"1": 1.003})
     fidelity = _say(metric="fidelity", drop=0.02, max_drop=0.01)
     assert "OVER the 0.01 limit" in fidelity
     unchecked = _say(metric="fidelity", drop=0.0009, max_drop=None)
