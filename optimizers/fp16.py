@@ -321,11 +321,9 @@ def _sort_topologically(graph: onnx.GraphProto) -> None:
 def _reads(node: onnx.NodeProto) -> set[str]:
     """The values `node` reads: its inputs, and whatever its subgraphs read."""
     names = {name for name in node.input if name}
-    for attribute in node.attribute:
-        subgraphs = [attribute.g] if attribute.HasField("g") else list(attribute.graphs)
-        for subgraph in subgraphs:
-            for inner in subgraph.node:
-                names |= _reads(inner)
+    for subgraph in selection.subgraphs(node):
+        for inner in subgraph.node:
+            names |= _reads(inner)
     return names
 
 

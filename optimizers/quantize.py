@@ -494,16 +494,13 @@ def _count_quantized_nodes(path: Path) -> int:
 def _float_subgraph_nodes(path: Path, quantizable: set[str]) -> list[str]:
     """Quantizable nodes left float inside the subgraphs of the model at `path`."""
     model = onnx.load(str(path), load_external_data=False)
-    left: list[str] = []
-    for node in model.graph.node:
-        for attribute in node.attribute:
-            for subgraph in [attribute.g] if attribute.HasField("g") else attribute.graphs:
-                left.extend(
-                    inner.name or inner.op_type
-                    for inner in selection.iter_nodes(subgraph)
-                    if inner.op_type in quantizable
-                )
-    return left
+    return [
+        inner.name or inner.op_type
+        for node in model.graph.node
+        for subgraph in selection.subgraphs(node)
+        for inner in selection.iter_nodes(subgraph)
+        if inner.op_type in quantizable
+    ]
 
 
 def _is_quantized(node: onnx.NodeProto) -> bool:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import onnx
 import onnx.numpy_helper
 
+from optimizers import selection
 from optimizers.errors import InvalidModelError, UnsupportedError
 from optimizers.inspect import inspect_model
 from optimizers.types import ModelInfo
@@ -250,9 +251,8 @@ def _apply_renames(graph: onnx.GraphProto, moves: dict[str, str]) -> None:
             node.input[index] = moves.get(name, name)
         for index, name in enumerate(node.output):
             node.output[index] = moves.get(name, name)
-        for attribute in node.attribute:
-            for subgraph in [attribute.g] if attribute.HasField("g") else attribute.graphs:
-                _apply_renames(subgraph, moves)
+        for subgraph in selection.subgraphs(node):
+            _apply_renames(subgraph, moves)
 
 
 def _example_shape(shape: list[Any], batch: int) -> list[int]:
