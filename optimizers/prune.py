@@ -19,6 +19,7 @@ from optimizers.config import PruneConfig
 from optimizers.errors import UnsupportedError
 from optimizers.inspect import inspect_model
 from optimizers.passes import register_pass
+from optimizers.selection import listing
 from optimizers.torch_bridge import export_to_onnx, module_names_by_node, onnx_to_torch
 from optimizers.types import ModelInfo, PassContext, PassResult
 
@@ -178,8 +179,7 @@ def _structured(
             f"{len(left_whole)} layer(s) kept their width because removing their channels "
             "breaks the model (their width is fixed by a constant Reshape shape, such as a "
             "flatten before a linear layer or attention split into heads, or shared with such "
-            f"a layer): {left_whole[:10]}"
-            + (f" and {len(left_whole) - 10} more" if len(left_whole) > 10 else "")
+            f"a layer): {listing(left_whole)}"
         )
     return notes, details
 

@@ -80,16 +80,16 @@ def check_op_types(model: onnx.ModelProto, config: QuantizeConfig) -> None:
         missing = [op for op in selection.op_types if op not in present]
         if missing:
             raise QuantizationError(
-                f"{label}.op_types names {_listing(missing)}, which the model does not have; "
-                f"its op types are: {_listing(sorted(present))}"
+                f"{label}.op_types names {listing(missing)}, which the model does not have; "
+                f"its op types are: {listing(sorted(present))}"
             )
 
 
 def unknown_names_error(model: onnx.ModelProto, missing: list[str]) -> QuantizationError:
     named = [node.name for node in iter_nodes(model.graph) if node.name]
     return QuantizationError(
-        f"the model has no node named {_listing(missing)}; node names are those of the uploaded "
-        f"model (e.g. {_listing(named) if named else 'none: its nodes are unnamed'})"
+        f"the model has no node named {listing(missing)}; node names are those of the uploaded "
+        f"model (e.g. {listing(named) if named else 'none: its nodes are unnamed'})"
     )
 
 
@@ -158,9 +158,10 @@ def left_float(model: onnx.ModelProto, resolved: Resolved, quantizable: Iterable
     ]
 
 
-def _listing(items: list[str]) -> str:
-    shown = ", ".join(f"'{item}'" for item in items[:_EXAMPLES])
-    more = len(items) - _EXAMPLES
+def listing(items: list[str], examples: int = _EXAMPLES) -> str:
+    """`items` quoted for a message, the first `examples` of them and how many more."""
+    shown = ", ".join(f"'{item}'" for item in items[:examples])
+    more = len(items) - examples
     return f"{shown} and {more} more" if more > 0 else shown
 
 

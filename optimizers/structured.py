@@ -17,6 +17,7 @@ import torch_pruning as tp
 from torch import fx, nn
 
 from optimizers.errors import OptimizerError, UnsupportedError
+from optimizers.selection import listing
 
 #: Layers whose output channels / hidden units structured pruning removes.
 PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.modules.conv._ConvNd)
@@ -95,7 +96,7 @@ def shrink(
         kept = [name for name, layer in prunable.items() if any(layer is k for k in ignored)]
         raise UnsupportedError(
             "structured pruning found no channel it could remove: every prunable layer is an "
-            f"output layer or excluded ({_listing(kept)}), or too narrow at ratio {ratio}"
+            f"output layer or excluded ({listing(kept, _EXAMPLES)}), or too narrow at ratio {ratio}"
         )
     return {
         "parameters_before": int(params_before),
@@ -227,8 +228,8 @@ def layers_for_nodes(
         layers = set(prunable_layers(module))
         valid = [node for node, sub in names_by_node.items() if sub in layers]
         raise OptimizerError(
-            f"{field}: the model has no node called {_listing(missing)}; its Linear/Conv "
-            f"layers are: {_listing(valid) if valid else 'none'}"
+            f"{field}: the model has no node called {listing(missing, _EXAMPLES)}; its Linear/Conv "
+            f"layers are: {listing(valid, _EXAMPLES) if valid else 'none'}"
         )
     found: list[nn.Module] = []
     for name in requested:
@@ -409,9 +410,3 @@ def _unique(layers: Iterable[nn.Module]) -> list[nn.Module]:
             seen.add(id(layer))
             unique.append(layer)
     return unique
-
-
-def _listing(items: list[str]) -> str:
-    shown = ", ".join(f"'{item}'" for item in items[:_EXAMPLES])
-    more = len(items) - _EXAMPLES
-    return f"{shown} and {more} more" if more > 0 else shown
