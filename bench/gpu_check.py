@@ -65,7 +65,8 @@ def build_encoder() -> object:
     return EncoderClassifier().eval()
 
 
-def export(module: object, path: Path) -> None:
+def export(module: object, path: Path, example: object, input_name: str) -> None:
+    """`module` as ONNX with one input and a `logits` output, batch axis dynamic."""
     import torch
 
     assert isinstance(module, torch.nn.Module)
@@ -75,11 +76,11 @@ def export(module: object, path: Path) -> None:
         with torch.no_grad():
             torch.onnx.export(
                 module,
-                (torch.randn(2, SEQ_LEN, D_MODEL),),
+                (example,),
                 str(path),
-                input_names=["embeddings"],
+                input_names=[input_name],
                 output_names=["logits"],
-                dynamic_axes={"embeddings": {0: "batch"}, "logits": {0: "batch"}},
+                dynamic_axes={input_name: {0: "batch"}, "logits": {0: "batch"}},
                 opset_version=17,
                 dynamo=False,
             )
@@ -197,17 +198,7 @@ def prune_two_four(workdir: Path) -> tuple[Path, bool]:
     from optimizers.config import PruneConfig
 
     source = workdir / "mlp.onnx"
-    with torch.no_grad():
-        torch.onnx.export(
-            build_mlp(),
-            (torch.randn(2, SPARSE_WIDTHS[0]),),
-            str(source),
-            input_names=["x"],
-            output_names=["logits"],
-            dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}},
-            opset_version=17,
-            dynamo=False,
-        )
+    export(build_mlp(), source, torch.randn(2, SPARSE_WIDTHS[0]), "x")
     context = PassContext(workdir=workdir / "two-four", datasets={}, device="cuda")
     result = run_pass(source, PruneConfig(kind="prune", method="2:4"), context)
     ok = True
@@ -297,12 +288,13 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=50)
     parser.add_argument("--warmup", type=int, default=10)
     args = parser.parse_args()
+    import torch
 
     module = build_encoder()
     with tempfile.TemporaryDirectory(prefix="modelpress-gpu-check-") as tmp:
         workdir = Path(tmp)
         fp32_path = workdir / "encoder.onnx"
-        export(module, fp32_path)
+        export(module, fp32_path, torch.randn(2, SEQ_LEN, D_MODEL), "embeddings")
         fp16_path, how = to_fp16(fp32_path, workdir)
         print(
             f"encoder d_model {D_MODEL}, {HEADS} heads, {LAYERS} layers, seq {SEQ_LEN}: "

@@ -308,20 +308,16 @@ def goal_lines(runs: list[dict[str, Row]]) -> list[str]:
     """The goal lines, judged on the mean over the seeds' runs (every run must have the row)."""
     lines: list[str] = []
 
-    def mean(recipe: str, value: str) -> float | None:
-        values = [getattr(run[recipe], value) for run in runs if recipe in run]
-        if len(values) != len(runs) or any(v is None for v in values):
-            return None
-        return float(np.mean(values))
+    def mean(recipe: str, field: str) -> float | None:
+        values = _values(runs, recipe, field)
+        return None if values is None else float(np.mean(values))
 
     original = mean("original", "accuracy")
     structured = mean("structured_50_finetune", "accuracy")
-    speeds = [
-        run["structured_50_finetune"].speedup_b8 for run in runs if "structured_50_finetune" in run
-    ]
-    if original is not None and structured is not None and all(speeds):
+    speeds = _values(runs, "structured_50_finetune", "speedup_b8")
+    if original is not None and structured is not None and speeds:
         drop = original - structured
-        slowest = min(float(v or 0.0) for v in speeds)
+        slowest = min(speeds)
         met = slowest >= GOAL_STRUCTURED_SPEEDUP and drop <= GOAL_STRUCTURED_DROP + 1e-9
         lines.append(
             f"Goal, structured 50% + fine-tuning: lowest speedup at batch 8 {slowest:.2f} (goal "
@@ -400,7 +396,7 @@ def main() -> None:
     gc.freeze()
     runs: list[dict[str, Row]] = []
     for seed in range(args.seeds):
-        runs.append(run_seed(seed, names, available, args))
+        runs.append(run_seed(seed, names, args))
         if args.json:
             args.json.write_text(
                 json.dumps(
@@ -427,12 +423,7 @@ def main() -> None:
         print(line)
 
 
-def run_seed(
-    seed: int,
-    names: list[str],
-    available: dict[str, tuple[str, list[dict[str, Any]]]],
-    args: argparse.Namespace,
-) -> dict[str, Row]:
+def run_seed(seed: int, names: list[str], args: argparse.Namespace) -> dict[str, Row]:
     """Every recipe on one split of the data, with a teacher trained on it."""
     import torch
 
@@ -498,16 +489,23 @@ def print_means(runs: list[dict[str, Row]]) -> None:
     print("| recipe | mean test accuracy | lowest | highest | mean speedup b8 |")
     print("|---|---|---|---|---|")
     for name in runs[0]:
-        accuracies = [run[name].accuracy for run in runs if name in run]
-        speedups = [run[name].speedup_b8 for run in runs if name in run]
-        if len(accuracies) != len(runs) or any(a is None for a in accuracies + speedups):
+        accuracies = _values(runs, name, "accuracy")
+        speedups = _values(runs, name, "speedup_b8")
+        if accuracies is None or speedups is None:
             print(f"| {name} | n/a | | | |")
             continue
-        values = [float(a) for a in accuracies if a is not None]
         print(
-            f"| {name} | {_pct(float(np.mean(values)))} | {_pct(min(values))} | "
-            f"{_pct(max(values))} | {_x(float(np.mean([float(x or 0) for x in speedups])))} |"
+            f"| {name} | {_pct(float(np.mean(accuracies)))} | {_pct(min(accuracies))} | "
+            f"{_pct(max(accuracies))} | {_x(float(np.mean(speedups)))} |"
         )
+
+
+def _values(runs: list[dict[str, Row]], recipe: str, field: str) -> list[float] | None:
+    """`field` of `recipe` in every seed's run, or None when a run lacks it."""
+    values = [getattr(run[recipe], field) if recipe in run else None for run in runs]
+    if any(value is None for value in values):
+        return None
+    return [float(value) for value in values]
 
 
 def _p50(measured: dict[str, Any]) -> float:
