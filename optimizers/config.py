@@ -245,10 +245,12 @@ class PruneConfig(PassConfig):
         default=0.5,
         gt=0.0,
         lt=1.0,
-        description="structured: share of channels / hidden units removed from each layer.",
+        description="structured: share of channels / hidden units removed from each layer, "
+        "and of heads (rounded) from each attention block.",
     )
     importance: Literal["l1", "l2"] = Field(
-        default="l2", description="structured: norm that ranks channels (smallest go first)."
+        default="l2",
+        description="structured: norm that ranks channels and heads (smallest go first).",
     )
     exclude_layers: list[NodeName] = Field(
         default_factory=list,

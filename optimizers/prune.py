@@ -152,6 +152,10 @@ def _structured(
     )
     after = structured.layer_widths(module)
     left_whole = [node_by_name.get(name, name) for name in counts.pop("left_whole")]
+    heads = {
+        node_by_name.get(name, name): change
+        for name, change in counts.pop("attention_heads").items()
+    }
     changed = {
         node_by_name.get(name, name): {"before": width, "after": after[name]}
         for name, width in before.items()
@@ -173,6 +177,13 @@ def _structured(
         f"{counts['macs_before']:,} -> {counts['macs_after']:,}; the output layer(s) and "
         "excluded layers keep their widths."
     ]
+    if heads:
+        details["attention_heads"] = heads
+        changes = [f"{name} {c['before']} -> {c['after']}" for name, c in heads.items()]
+        notes.append(
+            f"{len(heads)} attention block(s) lost whole heads, their query, key, value and "
+            f"output projections shrinking with them: {listing(changes)}"
+        )
     if left_whole:
         details["left_whole"] = left_whole
         notes.append(

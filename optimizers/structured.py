@@ -16,6 +16,7 @@ import torch
 import torch_pruning as tp
 from torch import fx, nn
 
+from optimizers.attention_heads import prune_heads
 from optimizers.errors import OptimizerError, UnsupportedError
 from optimizers.selection import listing
 
@@ -39,12 +40,14 @@ def shrink(
     outputs keep their shapes. Call `linearize` first when `module` came from ONNX MatMul
     layers, so they are Linear layers this can prune.
 
+    Attention blocks lose round(`ratio` x heads) whole heads (see `attention_heads`).
     Layers whose channels cannot be removed without breaking the model (a width fixed by a
-    constant Reshape shape: a flatten, attention split into heads; or shared with such a
-    layer) keep their width, and the others are pruned.
+    constant Reshape shape: a flatten, attention whose heads could not be pruned; or shared
+    with such a layer) keep their width, and the others are pruned.
 
-    Deterministic. Returns parameters and MACs before and after, and `left_whole`: the names
-    of the layers kept at their width for that reason. Raises UnsupportedError,
+    Deterministic. Returns parameters and MACs before and after, `attention_heads`: {output
+    projection name: {"before": heads, "after": heads}}, and `left_whole`: the names of the
+    layers kept at their width for that reason. Raises UnsupportedError,
     naming the layer at fault where it can, when the pruned module no longer runs or its
     outputs change shape; `module` is then left half pruned and must be discarded.
     """
@@ -67,6 +70,13 @@ def shrink(
             shapes_before = _output_shapes(module(*example_inputs))
         macs_before, params_before = tp.utils.count_ops_and_params(module, example_inputs)
         widths_before = layer_widths(module)
+        # Attention heads first: torch-pruning cannot follow a width into the Reshape that
+        # splits it into heads, so whole heads are removed here and those layers left alone.
+        heads = prune_heads(
+            module, example_inputs, ratio=ratio, norm=norms[importance], keep=ignored
+        )
+        attention = [module.get_submodule(name) for block, _ in heads for name in block.layers]
+        ignored = _unique([*ignored, *attention])
         scorer = tp.importance.MagnitudeImportance(p=norms[importance])
         left_whole: list[nn.Module] = []
         if not _prunes_cleanly(module, example_inputs, scorer, ratio, ignored, shapes_before):
@@ -106,6 +116,9 @@ def shrink(
         "left_whole": [
             name for name, layer in prunable.items() if any(layer is k for k in left_whole)
         ],
+        "attention_heads": {
+            block.output: {"before": block.heads, "after": kept} for block, kept in heads
+        },
     }
 
 

@@ -8,11 +8,14 @@ reports), and exported back with the TorchScript exporter with a dynamic batch a
 
 from __future__ import annotations
 
+import copy
+import math
 import sys
 import types
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import onnx
 import onnx.numpy_helper
 
@@ -89,6 +92,7 @@ def _older_opset(proto: onnx.ModelProto) -> onnx.ModelProto | None:
     """`proto` converted to CONVERTIBLE_OPSET, or None when ONNX cannot convert it."""
     from onnx import version_converter
 
+    proto = _without_gelu(proto)
     try:
         older = version_converter.convert_version(proto, CONVERTIBLE_OPSET)
     except Exception:  # the converter has no adapter for some op: keep the original error
@@ -107,6 +111,63 @@ def _older_opset(proto: onnx.ModelProto) -> onnx.ModelProto | None:
     except onnx.checker.ValidationError:
         return None
     return older
+
+
+def _without_gelu(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of `proto` with each opset 20 Gelu written out in ops that opset 17 has
+    (0.5 x (1 + erf(x / sqrt 2)), or the tanh form for approximate="tanh"): Gelu has no
+    earlier version to convert to, and torch's exporter writes it for nn.GELU."""
+    if not any(node.op_type == "Gelu" and node.domain in ("", "ai.onnx") for node in proto.graph.node):
+        return proto
+    from onnx import helper, numpy_helper
+
+    proto = copy.deepcopy(proto)
+    graph = proto.graph
+    constants = {
+        "half": 0.5,
+        "one": 1.0,
+        "inv_sqrt2": 1.0 / math.sqrt(2.0),
+        "tanh_scale": math.sqrt(2.0 / math.pi),
+        "cubic": 0.044715,
+    }
+    prefix = "gelu_decomposed"
+    for key, value in constants.items():
+        graph.initializer.append(
+            numpy_helper.from_array(np.array(value, dtype=np.float32), f"{prefix}_{key}")
+        )
+    nodes: list[onnx.NodeProto] = []
+    for index, node in enumerate(graph.node):
+        if node.op_type != "Gelu" or node.domain not in ("", "ai.onnx"):
+            nodes.append(node)
+            continue
+        x, (y,) = node.input[0], node.output
+        tag = f"{prefix}_{index}"
+        approximate = next(
+            (a.s.decode() for a in node.attribute if a.name == "approximate"), "none"
+        )
+        if approximate == "tanh":
+            inner = [
+                helper.make_node("Mul", [x, x], [f"{tag}_x2"]),
+                helper.make_node("Mul", [f"{tag}_x2", x], [f"{tag}_x3"]),
+                helper.make_node("Mul", [f"{tag}_x3", f"{prefix}_cubic"], [f"{tag}_c"]),
+                helper.make_node("Add", [x, f"{tag}_c"], [f"{tag}_s"]),
+                helper.make_node("Mul", [f"{tag}_s", f"{prefix}_tanh_scale"], [f"{tag}_t"]),
+                helper.make_node("Tanh", [f"{tag}_t"], [f"{tag}_e"]),
+            ]
+        else:
+            inner = [
+                helper.make_node("Mul", [x, f"{prefix}_inv_sqrt2"], [f"{tag}_t"]),
+                helper.make_node("Erf", [f"{tag}_t"], [f"{tag}_e"]),
+            ]
+        nodes.extend(inner)
+        nodes.extend([
+            helper.make_node("Add", [f"{tag}_e", f"{prefix}_one"], [f"{tag}_p"]),
+            helper.make_node("Mul", [x, f"{tag}_p"], [f"{tag}_m"]),
+            helper.make_node("Mul", [f"{tag}_m", f"{prefix}_half"], [y], name=node.name),
+        ])
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return proto
 
 
 def _drop_needless_allowzero(proto: onnx.ModelProto) -> None:

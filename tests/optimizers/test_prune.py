@@ -3,6 +3,8 @@ exported to ONNX in fixtures."""
 
 from __future__ import annotations
 
+import copy
+
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -252,18 +254,14 @@ def test_structured_makes_the_model_smaller_and_keeps_excluded_widths(
     assert _run(result.model_path, x).shape == (3, CLASSES)
 
 
-def test_structured_on_a_transformer_prunes_feed_forward_units_and_keeps_attention(
-    tmp_path: Path,
-) -> None:
-    import torch
-
-    from optimizers.config import PruneConfig
-    from optimizers.passes import run_pass
+def _encoder(heads: int = 2) -> Any:
+    """A one-layer post-norm encoder (torch's MultiheadAttention: fused query/key/value
+    projection) with a linear head: [batch, 5, 16] -> [batch, 3]."""
 
     class Encoder(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            layer = torch.nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True)
+            layer = torch.nn.TransformerEncoderLayer(16, heads, 32, dropout=0.0, batch_first=True)
             self.encoder = torch.nn.TransformerEncoder(layer, 1, enable_nested_tensor=False)
             self.head = torch.nn.Linear(16, 3)
 
@@ -271,24 +269,143 @@ def test_structured_on_a_transformer_prunes_feed_forward_units_and_keeps_attenti
             return self.head(self.encoder(x).mean(dim=1))
 
     torch.manual_seed(0)
+    return Encoder().eval()
+
+
+def _export_encoder(module: Any, path: Path) -> Path:
     fastpath = torch.backends.mha.get_fastpath_enabled()
     torch.backends.mha.set_fastpath_enabled(False)  # the fused kernel has no ONNX export
     try:
-        path = _export(Encoder().eval(), tmp_path / "encoder.onnx", torch.randn(2, 5, 16))
+        return _export(module, path, torch.randn(2, 5, 16))
     finally:
         torch.backends.mha.set_fastpath_enabled(fastpath)
 
-    result = run_pass(path, PruneConfig(method="structured", ratio=0.5), _ctx(tmp_path))
 
-    # The feed-forward hidden units are halved; the attention projections, split into heads
-    # by Reshape ops, and the residual width keep their widths, and the result says so.
+def _without_heads(encoder: Any, heads: int, removed: list[int], x: np.ndarray) -> np.ndarray:
+    """What `encoder` computes with the `removed` heads' share of the output projection
+    zeroed: what a model with those heads pruned must compute."""
+    model = copy.deepcopy(encoder)
+    weight = model.encoder.layers[0].self_attn.out_proj.weight
+    head_dim = weight.shape[1] // heads
+    with torch.no_grad():
+        for head in removed:
+            weight[:, head * head_dim : (head + 1) * head_dim] = 0.0
+        return model(torch.from_numpy(x)).numpy()
+
+
+def test_structured_on_a_transformer_removes_whole_attention_heads(tmp_path: Path) -> None:
+    from optimizers.config import PruneConfig
+    from optimizers.inspect import inspect_model
+    from optimizers.passes import run_pass
+
+    encoder = _encoder(heads=4)
+    path = _export_encoder(encoder, tmp_path / "encoder.onnx")
+    feed_forward = next(name for name, _, _ in _weights(path) if "linear1" in name)
+    config = PruneConfig(method="structured", ratio=0.5, exclude_layers=[feed_forward])
+
+    result = run_pass(path, config, _ctx(tmp_path))
+
+    # Two of the four heads are gone: the fused query/key/value projection goes from 48 to
+    # 24 outputs (the feed-forward layer was excluded, so that only heads change).
+    (block,) = result.details["attention_heads"].values()
+    assert block == {"before": 4, "after": 2}
+    assert [change["after"] for change in result.details["layers"].values()] == [24]
+    assert any("lost whole heads" in note for note in result.notes)
+    assert "left_whole" not in result.details or not any(
+        "self_attn" in name for name in result.details["left_whole"]
+    )
+    assert inspect_model(result.model_path).parameter_count < inspect_model(path).parameter_count
+    # Before fine-tuning, the pruned model computes exactly what the original does without
+    # two of its heads, at a batch size other than the one it was traced with.
+    x = np.random.default_rng(0).standard_normal((6, 5, 16)).astype(np.float32)
+    got = _run(result.model_path, x)
+    candidates = [[a, b] for a in range(4) for b in range(a + 1, 4)]
+    assert any(
+        np.allclose(got, _without_heads(encoder, 4, removed, x), atol=1e-4)
+        for removed in candidates
+    )
+    assert not np.allclose(got, encoder(torch.from_numpy(x)).detach().numpy(), atol=1e-4)
+
+
+def test_structured_keeps_the_heads_of_an_excluded_attention_block(tmp_path: Path) -> None:
+    from optimizers.config import PruneConfig
+    from optimizers.passes import run_pass
+
+    path = _export_encoder(_encoder(), tmp_path / "encoder.onnx")
+    in_projection = next(
+        name for name, _, _ in _weights(path) if "self_attn" in name and "MatMul" in name
+    )
+    config = PruneConfig(method="structured", ratio=0.5, exclude_layers=[in_projection])
+
+    result = run_pass(path, config, _ctx(tmp_path))
+
+    # The attention block keeps its heads; its output projection, split from the heads by
+    # Reshape ops, keeps its width and says so; the feed-forward units are still halved.
+    assert "attention_heads" not in result.details
     assert [change["after"] for change in result.details["layers"].values()] == [16]
     assert any("linear1" in name for name in result.details["layers"])
     assert any("self_attn" in name for name in result.details["left_whole"])
     assert any("kept their width because removing" in note for note in result.notes)
-    assert result.details["parameters_after"] < result.details["parameters_before"]
     x = np.random.default_rng(0).standard_normal((4, 5, 16)).astype(np.float32)
     assert _run(result.model_path, x).shape == (4, 3)
+
+
+def test_structured_removes_heads_of_separate_projections_from_torchs_default_exporter(
+    tmp_path: Path,
+) -> None:
+    from optimizers.config import PruneConfig
+    from optimizers.passes import run_pass
+
+    class Attention(torch.nn.Module):
+        """Separate query/key/value projections viewed as [batch, seq, heads, dim], as most
+        hand-written transformers do, and a GELU feed-forward (an opset 20 Gelu)."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.q, self.k, self.v, self.o = (torch.nn.Linear(32, 32) for _ in range(4))
+            self.ff = torch.nn.Sequential(
+                torch.nn.Linear(32, 64), torch.nn.GELU(), torch.nn.Linear(64, 32)
+            )
+            self.head = torch.nn.Linear(32, CLASSES)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            batch, seq, _ = x.shape
+
+            def split(t: torch.Tensor) -> torch.Tensor:
+                return t.view(batch, seq, 4, -1).transpose(1, 2)
+
+            q, k, v = split(self.q(x)), split(self.k(x)), split(self.v(x))
+            weights = torch.softmax(q @ k.transpose(-1, -2) / 8**0.5, dim=-1)
+            x = x + self.o((weights @ v).transpose(1, 2).reshape(batch, seq, 32))
+            return self.head((x + self.ff(x)).mean(dim=1))
+
+    torch.manual_seed(0)
+    model = Attention().eval()
+    path = tmp_path / "attention.onnx"
+    torch.onnx.export(
+        model,
+        (torch.randn(2, 6, 32),),
+        str(path),
+        input_names=["x"],
+        output_names=["logits"],
+        dynamic_shapes={"x": {0: torch.export.Dim("batch")}},
+        dynamo=True,
+    )
+    assert any(node.op_type == "Gelu" for node in onnx.load(str(path)).graph.node)
+
+    result = run_pass(path, PruneConfig(method="structured", ratio=0.5), _ctx(tmp_path))
+
+    (block,) = result.details["attention_heads"].values()
+    assert block == {"before": 4, "after": 2}
+    # query, key and value 32 -> 16; the feed-forward 64 -> 32
+    assert sorted(change["after"] for change in result.details["layers"].values()) == [
+        16,
+        16,
+        16,
+        32,
+    ]
+    x = np.random.default_rng(0).standard_normal((3, 6, 32)).astype(np.float32)
+    assert _run(result.model_path, x).shape == (3, CLASSES)
 
 
 def test_structured_on_a_model_from_torchs_default_exporter(tmp_path: Path) -> None:
