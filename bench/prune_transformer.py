@@ -5,7 +5,7 @@ batch 8, the output cosine and top-1 agreement with the original on held-out inp
 how many heads each attention block kept.
 
     .venv/bin/python bench/prune_transformer.py [--threads 2] [--iterations 50]
-        [--epochs 4] [--train-samples 1024] [--json out.json]
+        [--epochs 6] [--train-samples 1024] [--json out.json]
 
 Recipes: `ffn_only` keeps every head (the in-projections are excluded, so only the
 feed-forward hidden units go); `heads_and_ffn` removes half the heads too; and
@@ -155,7 +155,7 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=50, help="timed runs")
     parser.add_argument("--warmup", type=int, default=5, help="untimed runs")
     parser.add_argument("--threads", type=int, default=2, help="intra-op threads")
-    parser.add_argument("--epochs", type=int, default=4, help="fine-tuning epochs")
+    parser.add_argument("--epochs", type=int, default=6, help="fine-tuning epochs")
     parser.add_argument("--learning-rate", type=float, default=5e-4)
     parser.add_argument("--train-samples", type=int, default=1024)
     parser.add_argument("--eval-samples", type=int, default=256)

@@ -56,7 +56,9 @@ class AttentionBlock:
     heads: int
     head_dim: int
     width: int  # heads x head_dim: the output projection's input features
-    reshapes: list[str] = field(default_factory=list)  # OnnxReshape node names to adapt
+    #: OnnxReshape node name -> (input shape, output shape) in the unpruned model on the
+    #: probe inputs: the Reshapes to adapt.
+    reshapes: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = field(default_factory=dict)
 
     @property
     def layers(self) -> list[str]:
@@ -76,7 +78,7 @@ def find_blocks(
     blocks: list[AttentionBlock] = []
     claimed: set[str] = set()
     for node in module.graph.nodes:
-        if node.op != "call_module" or not isinstance(module.get_submodule(str(node.target)), nn.Softmax):
+        if _module_name(module, node) not in ("Softmax", "OnnxSoftmaxV1V11"):
             continue
         block = _block_of(module, node, values)
         if block is None or claimed & set(block.layers):
@@ -104,7 +106,7 @@ def prune_heads(
     for block in find_blocks(module, probe):
         if any(id(module.get_submodule(name)) in kept_ids for name in block.layers):
             continue
-        removed = min(block.heads - 1, int(round(block.heads * ratio)))
+        removed = min(block.heads - 1, round(block.heads * ratio))
         if removed <= 0:
             continue
         survivors = _strongest_heads(module, block, block.heads - removed, norm)
@@ -156,7 +158,12 @@ def _block_of(
     widths = [int(module.get_submodule(name).out_features) for name in projections]
     if widths != ([3 * width] if len(projections) == 1 else [width] * 3):
         return None
-    reshapes = _reshapes_between(module, [n for n in found if n is not None], output_node)
+    reshapes = {
+        name: (tuple(values[data].shape), tuple(values[name].shape))
+        for name, data in _reshapes_between(
+            module, [n for n in found if n is not None], output_node
+        ).items()
+    }
     return AttentionBlock(
         projections=projections,
         output=output,
@@ -224,16 +231,18 @@ def _data_input(node: fx.Node, values: dict[str, Any]) -> fx.Node | None:
         value = values.get(arg.name)
         if isinstance(value, tuple | list):  # a Split: its getitem picks the element
             value = next((item for item in value if isinstance(item, torch.Tensor)), None)
-        if isinstance(value, torch.Tensor) and value.is_floating_point():
-            if value.numel() > best_size:
-                best, best_size = arg, value.numel()
+        if not isinstance(value, torch.Tensor) or not value.is_floating_point():
+            continue
+        if value.numel() > best_size:
+            best, best_size = arg, value.numel()
     return best
 
 
 def _reshapes_between(
     module: fx.GraphModule, projections: list[fx.Node], output: fx.Node
-) -> list[str]:
-    """The OnnxReshape nodes on a path from a projection to the output projection."""
+) -> dict[str, str]:
+    """The OnnxReshape nodes on a path from a projection to the output projection, each
+    with the name of the node whose values it reshapes."""
     ahead: set[fx.Node] = set()
     pending = list(projections)
     while pending:
@@ -250,15 +259,16 @@ def _reshapes_between(
             if arg not in behind:
                 behind.add(arg)
                 pending.append(arg)
-    return [
-        node.name
-        for node in module.graph.nodes
-        if node in ahead
-        and node in behind
-        and _module_name(module, node).startswith("OnnxReshape")
-        and isinstance(node.args[0], fx.Node)
-        and node.args[0] in ahead | set(projections)
-    ]
+    found: dict[str, str] = {}
+    for node in module.graph.nodes:
+        if node not in ahead or node not in behind:
+            continue
+        if not _module_name(module, node).startswith("OnnxReshape"):
+            continue
+        data = node.args[0]
+        if isinstance(data, fx.Node) and (data in ahead or data in projections):
+            found[node.name] = data.name
+    return found
 
 
 def _module_name(module: fx.GraphModule, node: fx.Node) -> str:
@@ -268,7 +278,9 @@ def _module_name(module: fx.GraphModule, node: fx.Node) -> str:
 
 
 def _is_linear(module: fx.GraphModule, node: fx.Node) -> bool:
-    return node.op == "call_module" and isinstance(module.get_submodule(str(node.target)), nn.Linear)
+    if node.op != "call_module":
+        return False
+    return isinstance(module.get_submodule(str(node.target)), nn.Linear)
 
 
 def _is_matmul(module: fx.GraphModule, node: fx.Node) -> bool:
@@ -368,8 +380,15 @@ def _projection_rows(
     if len(block.projections) == 1:
         (name,) = block.projections
         return [
-            [(name, [[part * block.width + col for col in _head_columns(block, head)]
-                     for head in range(block.heads)])]
+            [
+                (
+                    name,
+                    [
+                        [part * block.width + col for col in _head_columns(block, head)]
+                        for head in range(block.heads)
+                    ],
+                )
+            ]
             for part in range(3)
         ]
     return [
@@ -487,9 +506,8 @@ def _adapt_reshapes(
     """Give each Reshape of `block` the shape it needs with `kept` heads. A shape computed
     from the pruned tensors already has it; a shape from constants or from the model's
     input sizes gets one entry (heads, batch x heads or the projection width) rescaled.
-    Worked out by running the model on the examples, Reshape by Reshape."""
+    Worked out by running the model on the `probe` inputs, Reshape by Reshape."""
     batch = int(probe[0].shape[0]) if probe and probe[0].dim() else 1
-    targets = set(block.reshapes)
     fixes: dict[str, HeadCount] = {}
 
     class Adapter(fx.Interpreter):
@@ -497,9 +515,13 @@ def _adapt_reshapes(
 
         def call_module(self, target: Any, args: Any, kwargs: Any) -> Any:
             node = self.current
-            if node is not None and node.name in targets:
+            if node is not None and node.name in block.reshapes:
                 data, shape = args
-                axis = _axis_to_rescale(data, shape, block, kept, batch, later_first)
+                before_in, before_out = block.reshapes[node.name]
+                wanted = _wanted_shape(
+                    before_in, before_out, tuple(data.shape), block, kept, batch, later_first
+                )
+                axis = _axis_to_rescale(data, shape, wanted, block.heads, kept)
                 if axis is not None:
                     fixes[node.name] = HeadCount(len(shape), axis, block.heads, kept)
                     args = (data, fixes[node.name](shape))
@@ -524,45 +546,86 @@ def _adapt_reshapes(
     module.recompile()
 
 
-def _axis_to_rescale(
-    data: torch.Tensor,
-    shape: torch.Tensor,
+def _wanted_shape(
+    before_in: tuple[int, ...],
+    before_out: tuple[int, ...],
+    now_in: tuple[int, ...],
     block: AttentionBlock,
     kept: int,
     batch: int,
     later_first: bool,
-) -> int | None:
-    """Which entry of the Reshape target `shape` must change from `block.heads` to `kept`
-    heads for `data`, whose head-carrying dimension has already shrunk; None if the shape
-    fits as it is. An entry equal to batch x heads comes first, then entries equal to the
-    head count or the projection width, the later ones first if `later_first` ([.., seq,
-    heads, dim] with seq == heads), else the earlier ones ([.., heads, dim] with dim ==
-    heads). Raises ValueError when no entry can be rescaled to fit."""
-    wanted = [int(value) for value in shape.tolist()]
-    inferred = -1 in wanted  # a -1 entry would silently absorb the change
+) -> tuple[int, ...]:
+    """The output shape a Reshape must give now that its input went from `before_in` to
+    `now_in` (one axis shrunk by kept / heads): `before_out` with the entry that carries
+    the heads rescaled. That entry lies over the shrunk input axis and equals batch x heads
+    (first), the head count or the projection width; among equals, the later entry first
+    if `later_first` ([.., seq, heads, dim] with seq == heads), else the earlier one
+    ([.., heads, dim] with dim == heads). Raises ValueError when no entry qualifies."""
+    if now_in == before_in:
+        return before_out
+    shrunk = [axis for axis, (a, b) in enumerate(zip(before_in, now_in, strict=True)) if a != b]
+    if len(shrunk) != 1:
+        raise ValueError(f"the Reshape input went from {before_in} to {now_in}")
+    over = _axes_over(before_in, shrunk[0], before_out)
     candidates: list[tuple[int, int, int]] = []  # (preference, order, axis)
-    for axis, value in enumerate(wanted):
+    for axis in over:
+        value = before_out[axis]
         order = -axis if later_first else axis
         if batch > 1 and value == batch * block.heads:
             candidates.append((0, order, axis))
-        elif value in (block.heads, block.width):
+        elif value in (block.heads, block.width, 3 * block.width):
             candidates.append((1, order, axis))
-    if _fits(data, wanted) and not (inferred and candidates):
+    if not candidates:
+        raise ValueError(f"no entry of the Reshape output {before_out} carries the heads")
+    _, _, axis = min(candidates)
+    wanted = list(before_out)
+    wanted[axis] = wanted[axis] // block.heads * kept
+    return tuple(wanted)
+
+
+def _axes_over(shape_in: tuple[int, ...], axis: int, shape_out: tuple[int, ...]) -> list[int]:
+    """The axes of `shape_out` whose elements overlap input `axis` of `shape_in` in the
+    row-major order a Reshape keeps: their stride ranges intersect."""
+
+    def ranges(shape: tuple[int, ...]) -> list[tuple[int, int]]:
+        spans: list[tuple[int, int]] = []
+        stride = 1
+        for size in reversed(shape):
+            spans.append((stride, stride * size))
+            stride *= size
+        return spans[::-1]
+
+    low, high = ranges(shape_in)[axis]
+    return [
+        index
+        for index, (start, stop) in enumerate(ranges(shape_out))
+        if stop > start and max(start, low) < min(stop, high)
+    ]
+
+
+def _axis_to_rescale(
+    data: torch.Tensor, shape: torch.Tensor, wanted: tuple[int, ...], heads: int, kept: int
+) -> int | None:
+    """None if reshaping `data` to the target `shape` gives `wanted`; else the entry of
+    `shape` that, rescaled from `heads` to `kept`, does. Raises ValueError if none does."""
+    target = [int(value) for value in shape.tolist()]
+    if _result(data, target) == wanted:
         return None
-    for _, _, axis in sorted(candidates):
-        trial = list(wanted)
-        trial[axis] = trial[axis] // block.heads * kept
-        if _fits(data, trial):
+    for axis, value in enumerate(target):
+        if value <= 0 or value % heads:
+            continue
+        trial = list(target)
+        trial[axis] = value // heads * kept
+        if _result(data, trial) == wanted:
             return axis
-    if _fits(data, wanted):
-        return None
-    raise ValueError(f"no entry of the Reshape shape {wanted} carries the head count")
+    raise ValueError(f"no entry of the Reshape shape {target} gives {wanted}")
 
 
-def _fits(data: torch.Tensor, shape: list[int]) -> bool:
+def _result(data: torch.Tensor, shape: list[int]) -> tuple[int, ...] | None:
+    """The shape ONNX Reshape gives `data` for target `shape` (0 copies the input's size),
+    or None if it cannot."""
     resolved = [data.shape[i] if value == 0 else value for i, value in enumerate(shape)]
     try:
-        data.reshape(resolved)
+        return tuple(data.reshape(resolved).shape)
     except RuntimeError:
-        return False
-    return True
+        return None

@@ -117,7 +117,7 @@ def _without_gelu(proto: onnx.ModelProto) -> onnx.ModelProto:
     """A copy of `proto` with each opset 20 Gelu written out in ops that opset 17 has
     (0.5 x (1 + erf(x / sqrt 2)), or the tanh form for approximate="tanh"): Gelu has no
     earlier version to convert to, and torch's exporter writes it for nn.GELU."""
-    if not any(node.op_type == "Gelu" and node.domain in ("", "ai.onnx") for node in proto.graph.node):
+    if not any(_is_gelu(node) for node in proto.graph.node):
         return proto
     from onnx import helper, numpy_helper
 
@@ -137,7 +137,7 @@ def _without_gelu(proto: onnx.ModelProto) -> onnx.ModelProto:
         )
     nodes: list[onnx.NodeProto] = []
     for index, node in enumerate(graph.node):
-        if node.op_type != "Gelu" or node.domain not in ("", "ai.onnx"):
+        if not _is_gelu(node):
             nodes.append(node)
             continue
         x, (y,) = node.input[0], node.output
@@ -160,14 +160,20 @@ def _without_gelu(proto: onnx.ModelProto) -> onnx.ModelProto:
                 helper.make_node("Erf", [f"{tag}_t"], [f"{tag}_e"]),
             ]
         nodes.extend(inner)
-        nodes.extend([
-            helper.make_node("Add", [f"{tag}_e", f"{prefix}_one"], [f"{tag}_p"]),
-            helper.make_node("Mul", [x, f"{tag}_p"], [f"{tag}_m"]),
-            helper.make_node("Mul", [f"{tag}_m", f"{prefix}_half"], [y], name=node.name),
-        ])
+        nodes.extend(
+            [
+                helper.make_node("Add", [f"{tag}_e", f"{prefix}_one"], [f"{tag}_p"]),
+                helper.make_node("Mul", [x, f"{tag}_p"], [f"{tag}_m"]),
+                helper.make_node("Mul", [f"{tag}_m", f"{prefix}_half"], [y], name=node.name),
+            ]
+        )
     del graph.node[:]
     graph.node.extend(nodes)
     return proto
+
+
+def _is_gelu(node: onnx.NodeProto) -> bool:
+    return node.op_type == "Gelu" and node.domain in ("", "ai.onnx")
 
 
 def _drop_needless_allowzero(proto: onnx.ModelProto) -> None:

@@ -273,3 +273,43 @@ def test_symbolic_input_sizes_are_refused_before_training(tmp_path: Path) -> Non
     data = save_npz(tmp_path / "seq.npz", x=np.zeros((4, 3, 8), np.float32))
     with pytest.raises(UnsupportedError, match="fixed input sizes"):
         run_pass(model, _config(dataset_id="seq"), _ctx(tmp_path / "work", {"seq": data}))
+
+
+def test_derived_student_of_a_transformer_has_half_the_heads(tmp_path: Path) -> None:
+    class Encoder(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            layer = nn.TransformerEncoderLayer(16, 4, 32, dropout=0.0, batch_first=True)
+            self.encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+            self.head = nn.Linear(16, CLASSES)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(self.encoder(x).mean(dim=1))
+
+    torch.manual_seed(0)
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)  # the fused kernel has no ONNX export
+    try:
+        teacher = tmp_path / "encoder.onnx"
+        torch.onnx.export(
+            Encoder().eval(),
+            (torch.randn(2, 5, 16),),
+            str(teacher),
+            input_names=["x"],
+            output_names=["logits"],
+            dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}},
+            opset_version=17,
+            dynamo=False,
+        )
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
+    x = np.random.default_rng(0).standard_normal((32, 5, 16)).astype(np.float32)
+    data = save_npz(tmp_path / "tokens.npz", x=x)
+    config = _config(dataset_id="tokens", epochs=1, validation_split=0.0)
+
+    result = run_pass(teacher, config, _ctx(tmp_path / "work", {"tokens": data}))
+
+    heads = result.details["student"]["attention_heads"]
+    assert [change["after"] for change in heads.values()] == [2, 2]
+    assert result.details["student_parameters"] < 0.6 * result.details["teacher_parameters"]
+    assert _outputs(result.model_path, x[:3]).shape == (3, CLASSES)

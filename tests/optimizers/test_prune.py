@@ -4,7 +4,6 @@ exported to ONNX in fixtures."""
 from __future__ import annotations
 
 import copy
-
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -406,6 +405,34 @@ def test_structured_removes_heads_of_separate_projections_from_torchs_default_ex
     ]
     x = np.random.default_rng(0).standard_normal((3, 6, 32)).astype(np.float32)
     assert _run(result.model_path, x).shape == (3, CLASSES)
+
+
+def test_structured_removes_heads_from_a_pt2_upload(tmp_path: Path) -> None:
+    from optimizers.config import PruneConfig
+    from optimizers.formats import inspect_upload
+    from optimizers.passes import run_pass
+    from optimizers.torch_export import convert_to_onnx
+
+    # A .pt2 program is converted with torch's default exporter, which writes attention
+    # with other Reshapes than the TorchScript one (here with head size == head count).
+    encoder = _encoder(heads=4)
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    program = torch.export.export(
+        encoder, (torch.randn(4, 5, 16),), dynamic_shapes={"x": {0: batch}}
+    )
+    upload = tmp_path / "encoder.pt2"
+    torch.export.save(program, str(upload))
+    info = inspect_upload(upload, max_total_bytes=10**8, fields={}, tmp_dir=tmp_path)
+    converted = convert_to_onnx(upload, info, tmp_path / "converted", max_total_bytes=10**8)
+
+    result = run_pass(
+        converted.model_path, PruneConfig(method="structured", ratio=0.5), _ctx(tmp_path)
+    )
+
+    (block,) = result.details["attention_heads"].values()
+    assert block == {"before": 4, "after": 2}
+    x = np.random.default_rng(0).standard_normal((3, 5, 16)).astype(np.float32)
+    assert _run(result.model_path, x).shape == (3, 3)
 
 
 def test_structured_on_a_model_from_torchs_default_exporter(tmp_path: Path) -> None:
