@@ -176,9 +176,12 @@ def _export_torchscript(path: Path, info: ModelInfo, target: Path) -> str:
             opset_version=TORCHSCRIPT_OPSET,
         )
     except Exception as exc:
+        # torch's exporter sees no tensor ranks in a loaded archive, so some modules that
+        # export from Python (torch's MultiheadAttention) do not export from TorchScript.
         raise InvalidModelError(
             f"the TorchScript module could not be converted to ONNX: {type(exc).__name__}: "
-            f"{_first_line(exc)}"
+            f"{_first_line(exc)}. Upload the model as a .pt2 program (torch.export) or as "
+            "ONNX instead"
         ) from exc
     return str(torch.__version__)
 

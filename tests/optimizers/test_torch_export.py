@@ -80,6 +80,24 @@ def test_torchscript_with_wrong_shapes_fails_with_a_reason(tmp_path: Path) -> No
         convert_to_onnx(path, info, tmp_path / "out", max_total_bytes=LIMIT)
 
 
+def test_torchscript_that_torch_cannot_export_points_to_pt2(tmp_path: Path) -> None:
+    import torch
+
+    # torch's exporter sees no tensor ranks in a loaded TorchScript archive, and the way
+    # MultiheadAttention splits its fused projection needs them.
+    layer = torch.nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True).eval()
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        path = tmp_path / "encoder.pt"
+        torch.jit.trace(layer, torch.randn(2, 5, 16)).save(str(path))
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
+    info = describe(path, tmp_path, input_shapes=json.dumps({"src": ["batch", 5, 16]}))
+    with pytest.raises(InvalidModelError, match=r"could not be converted.*\.pt2 program"):
+        convert_to_onnx(path, info, tmp_path / "out", max_total_bytes=LIMIT)
+
+
 class _RunsCode:
     def __init__(self, marker: Path) -> None:
         self.marker = marker
