@@ -492,7 +492,9 @@ class HeadCount(nn.Module):
         self.register_buffer("multiplier", multiplier, persistent=False)
 
     def forward(self, shape: torch.Tensor) -> torch.Tensor:
-        return torch.div(shape, self.divisor, rounding_mode="floor") * self.multiplier
+        # Truncation exports as a plain integer Div; the entry it divides is positive, so it
+        # equals floor division here.
+        return torch.div(shape, self.divisor, rounding_mode="trunc") * self.multiplier
 
 
 def _adapt_reshapes(

@@ -283,8 +283,67 @@ def export_to_onnx(
             **dict(zip(output_names, (tensor.name for tensor in like.outputs), strict=True)),
         },
     )
-    onnx.save(proto, str(path))
+    onnx.save(_simplified(proto, like), str(path))
     return inspect_model(path)
+
+
+def _simplified(proto: onnx.ModelProto, like: ModelInfo) -> onnx.ModelProto:
+    """`proto` with constants folded and no-op nodes (Identity, Casts to the same type)
+    removed by onnxscript's optimizer, when that gives a valid model with fewer nodes that
+    computes the same outputs; else `proto`. Each export of a converted module adds such
+    nodes, so a pipeline of training passes would otherwise grow the file pass by pass."""
+    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer):
+        return proto
+    try:
+        from onnxscript import optimizer
+
+        simpler = optimizer.optimize(copy.deepcopy(proto))
+        onnx.checker.check_model(simpler)
+    except Exception:  # an optimizer failure only costs the simplification
+        return proto
+    if len(simpler.graph.node) >= len(proto.graph.node):
+        return proto
+    return simpler if _same_outputs(proto, simpler, like) else proto
+
+
+def _same_outputs(first: onnx.ModelProto, second: onnx.ModelProto, like: ModelInfo) -> bool:
+    """Whether both models give the same outputs, to float tolerance, on seeded random
+    inputs of batch 3 shaped like `like`'s."""
+    import onnxruntime as ort
+
+    rng = np.random.default_rng(0)
+    feeds: dict[str, np.ndarray] = {}
+    for tensor in like.inputs:
+        shape = _example_shape(tensor.shape, 3)
+        try:
+            dtype = np.dtype(tensor.dtype)
+        except TypeError:  # bfloat16 and others numpy has no name for
+            return False
+        feeds[tensor.name] = (
+            rng.standard_normal(shape).astype(dtype)
+            if np.issubdtype(dtype, np.floating)
+            else np.zeros(shape, dtype)
+        )
+    try:
+        results = [
+            ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+                None, feeds
+            )
+            for model in (first, second)
+        ]
+    except Exception:  # either fails on these inputs: keep the model as exported
+        return False
+    for want, got in zip(*results, strict=True):
+        want, got = np.asarray(want), np.asarray(got)
+        if want.shape != got.shape:
+            return False
+        if np.issubdtype(want.dtype, np.floating):
+            scale = float(np.abs(want).max()) if want.size else 0.0
+            if not np.allclose(got, want, rtol=1e-4, atol=1e-5 * max(1.0, scale)):
+                return False
+        elif not np.array_equal(got, want):
+            return False
+    return True
 
 
 def _rename_values(graph: onnx.GraphProto, renames: dict[str, str]) -> None:
