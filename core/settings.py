@@ -56,6 +56,12 @@ class Settings(BaseSettings):
     events_stream_s: float = Field(600.0, gt=0)
 
     @model_validator(mode="after")
+    def _absolute_data_dir(self) -> Settings:
+        # Every path under it stays valid whatever directory a job's code runs in.
+        self.data_dir = self.data_dir.resolve()
+        return self
+
+    @model_validator(mode="after")
     def _time_limits_in_order(self) -> Settings:
         # Celery's limit kills the whole pool process; the job's own limits must come first.
         if not self.job_soft_time_limit_s < self.job_hard_time_limit_s < self.task_time_limit_s:

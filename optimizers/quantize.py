@@ -461,11 +461,13 @@ def _run_pre_process(
     inference saves the model it gave up on ('sym_shape_infer_temp.onnx' and a data file)
     in the current directory, which must not fill the service's own."""
     data_file_for(output).unlink(missing_ok=True)  # onnx appends to an existing data file
-    scratch = workdir / "pre-process-scratch"
+    # Resolved before the directory changes: relative paths would then point into scratch.
+    source, target = model_path.resolve(), output.resolve()
+    scratch = (workdir / "pre-process-scratch").resolve()
     scratch.mkdir(parents=True, exist_ok=True)
     try:
         with _working_directory(scratch):
-            quant_pre_process(str(model_path.resolve()), str(output.resolve()), **arguments)
+            quant_pre_process(str(source), str(target), **arguments)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 

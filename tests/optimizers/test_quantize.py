@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -119,6 +120,22 @@ def test_per_channel_upgrades_opset_12_models(tmp_path: Path, mlp_data: Path, me
     assert "upgraded the model from opset 12 to 13 for per-channel quantization" in result.notes
     assert onnx.load(str(result.model_path)).opset_import[0].version >= 13
     _assert_close_and_loadable(model, result.model_path, mlp_data, "x")
+
+
+def test_pre_processing_works_with_relative_paths(
+    tmp_path: Path, mlp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A worker started in the project folder with the default data folder ("./data") hands
+    # passes relative paths; pre-processing runs in a scratch directory of its own.
+    shutil.copy(mlp, tmp_path / "model.onnx")
+    monkeypatch.chdir(tmp_path)
+    ctx = PassContext(workdir=Path("work"), datasets={})
+
+    result = run_pass(Path("model.onnx"), QuantizeConfig(method="dynamic"), ctx)
+
+    assert result.details["pre_processed"] == "full"
+    assert not any("pre-processing" in note for note in result.notes)
+    assert (tmp_path / result.model_path).stat().st_size < mlp.stat().st_size / 2
 
 
 def test_failed_pre_processing_is_a_note(

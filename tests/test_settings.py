@@ -1,0 +1,23 @@
+"""Settings read from the environment."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from core.settings import Settings
+
+
+def test_a_relative_data_folder_is_made_absolute(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Job code changes directory at times (quantization pre-processing); paths under the
+    # data folder must not change meaning when it does.
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MODELPRESS_DATA_DIR", "data")
+
+    settings = Settings()
+
+    assert settings.data_dir == tmp_path.resolve() / "data"
+    assert settings.tmp_dir.is_absolute() and settings.storage_dir.is_absolute()
