@@ -54,6 +54,7 @@ def benchmark_pair(
 
     latencies: dict[str, dict[str, dict[str, float]]] = {name: {} for name in _MODELS}
     throughput: dict[str, dict[str, float]] = {name: {} for name in _MODELS}
+    paired: dict[str, dict[str, float]] = {}
     total_steps = len(config.batch_sizes) * config.iterations
     last_report = time.monotonic()
     for batch_index, batch in enumerate(config.batch_sizes):
@@ -81,6 +82,7 @@ def benchmark_pair(
             stats = _latency_stats(times_ns[name])
             latencies[name][str(batch)] = stats
             throughput[name][str(batch)] = round(batch / (stats["mean"] / 1000.0), 2)
+        paired[str(batch)] = paired_speedup(times_ns["baseline"], times_ns["optimized"])
     progress("benchmarking", end, "benchmark finished")
 
     result: dict[str, Any] = {
@@ -92,9 +94,34 @@ def benchmark_pair(
         for name in _MODELS
     }
     result.update(
-        threads=threads, provider=provider, warmup=config.warmup, iterations=config.iterations
+        threads=threads,
+        provider=provider,
+        warmup=config.warmup,
+        iterations=config.iterations,
+        speedup_paired=paired,
     )
     return result
+
+
+def paired_speedup(baseline_ns: list[int], optimized_ns: list[int]) -> dict[str, float]:
+    """The median of the speedups of back-to-back runs (baseline time / optimized time) with
+    a distribution-free 95% interval for it (order statistics of the sorted speedups; with
+    fewer than 6 runs, their whole range). Runs are paired because they were timed in turn,
+    under the same load: an interval that contains 1 means no measurable difference."""
+    ratios = np.sort(
+        np.asarray(baseline_ns, dtype=np.float64)
+        / np.maximum(np.asarray(optimized_ns, dtype=np.float64), 1.0)
+    )
+    count = len(ratios)
+    if count == 0:
+        raise ValueError("no timed runs")
+    # Rank k (1-based) of the lower bound: P(Binomial(n, 1/2) < k) is about 2.5%.
+    rank = max(1, int((count - 1.96 * count**0.5) / 2))
+    return {
+        "median": round(float(np.median(ratios)), 3),
+        "low": round(float(ratios[rank - 1]), 3),
+        "high": round(float(ratios[count - rank]), 3),
+    }
 
 
 def make_feeds(

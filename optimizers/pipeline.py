@@ -238,7 +238,7 @@ def run_pipeline(
     metrics: dict[str, Any] = {
         **measured,
         "fidelity": fidelity,
-        "comparison": _compare(spec, measured, fidelity),
+        "comparison": _compare(spec, measured, fidelity, bench["speedup_paired"]),
         "benchmark": {
             "provider": bench["provider"],
             "threads": bench["threads"],
@@ -519,7 +519,10 @@ def _synthetic_feeds(model: ModelInfo, spec: PipelineSpec) -> Iterator[dict[str,
 
 
 def _compare(
-    spec: PipelineSpec, measured: dict[str, dict[str, Any]], fidelity: dict[str, Any]
+    spec: PipelineSpec,
+    measured: dict[str, dict[str, Any]],
+    fidelity: dict[str, Any],
+    paired: dict[str, dict[str, float]],
 ) -> dict[str, Any]:
     base, opt = measured["baseline"], measured["optimized"]
     size_ratio = opt["size_bytes"] / base["size_bytes"]
@@ -527,6 +530,7 @@ def _compare(
         batch: round(base["latency_ms"][batch]["p50"] / opt["latency_ms"][batch]["p50"], 3)
         for batch in base["latency_ms"]
     }
+    intervals = {batch: (paired[batch]["low"], paired[batch]["high"]) for batch in speedups}
     accuracy_drop = (
         base["accuracy"] - opt["accuracy"]
         if base["accuracy"] is not None and opt["accuracy"] is not None
@@ -549,15 +553,19 @@ def _compare(
     return {
         "size_ratio": round(size_ratio, 4),
         "speedup_p50": speedups,
+        "speedup_interval": {batch: list(bounds) for batch, bounds in intervals.items()},
         "accuracy_drop": accuracy_drop,
         "metric": metric,
         "drop": drop,
         "max_drop": max_drop,
-        "slower_than_baseline": any(s < 1.0 for s in speedups.values()),
+        "slower_than_baseline": any(
+            _speed_change(s, intervals[batch]) == "slower" for batch, s in speedups.items()
+        ),
         "within_tolerance": within,
         "verdict": _verdict(
             size_ratio=size_ratio,
             speedups=speedups,
+            intervals=intervals,
             metric=metric,
             drop=drop,
             max_drop=max_drop,
@@ -566,10 +574,24 @@ def _compare(
     }
 
 
+def _speed_change(speedup: float, interval: tuple[float, float] | None) -> str:
+    """ "faster", "slower" or "same": a change counts when the 95% interval of the paired
+    speedups lies wholly on the side of 1 the median speedup is on."""
+    if interval is None:  # no paired timings: the median speedup alone decides
+        return "faster" if speedup >= 1.0 else "slower"
+    low, high = interval
+    if speedup < 1.0 and high < 1.0:
+        return "slower"
+    if speedup >= 1.0 and low > 1.0:
+        return "faster"
+    return "same"
+
+
 def _verdict(
     *,
     size_ratio: float,
     speedups: dict[str, float],
+    intervals: dict[str, tuple[float, float]] | None = None,
     metric: str,
     drop: float,
     max_drop: float | None,
@@ -584,14 +606,22 @@ def _verdict(
     else:
         bad.append(f"NOT smaller ({size_ratio:.2f}x the original size)")
 
-    faster = [(batch, s) for batch, s in speedups.items() if s >= 1.0]
-    slower = [(batch, s) for batch, s in speedups.items() if s < 1.0]
+    change = {
+        batch: _speed_change(s, None if intervals is None else intervals.get(batch))
+        for batch, s in speedups.items()
+    }
+    faster = [(batch, s) for batch, s in speedups.items() if change[batch] == "faster"]
+    slower = [(batch, s) for batch, s in speedups.items() if change[batch] == "slower"]
+    same = [(batch, s) for batch, s in speedups.items() if change[batch] == "same"]
     if faster:
         (first_batch, first), *others = faster
         good.append(
             f"{_times(first)} faster at batch {first_batch}"
             + "".join(f", {_times(s)} at batch {batch}" for batch, s in others)
         )
+    if same:
+        parts = [f"batch {batch} ({_times(s)})" for batch, s in same]
+        good.append("no measurable speed difference at " + " and ".join(parts))
     if slower:
         parts = [f"batch {batch} ({_times(s)})" for batch, s in slower]
         bad.append("SLOWER than the original at " + " and ".join(parts))

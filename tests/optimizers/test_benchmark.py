@@ -6,7 +6,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from optimizers.benchmark import _load_and_measure, benchmark_pair, make_feeds
+from optimizers.benchmark import _load_and_measure, benchmark_pair, make_feeds, paired_speedup
 from optimizers.config import BenchmarkConfig
 from optimizers.errors import UnsupportedError
 from optimizers.inspect import inspect_model
@@ -40,6 +40,35 @@ def test_benchmark_reports_every_number(mlp: Path) -> None:
     assert {stage for stage, _, _ in events} == {"benchmarking"}
     fractions = [fraction for _, fraction, _ in events]
     assert fractions == sorted(fractions) and fractions[-1] == pytest.approx(0.97)
+
+
+def test_a_model_doing_far_more_work_is_measurably_slower(tmp_path: Path) -> None:
+    small = make_mlp(tmp_path / "small.onnx", in_features=64, hidden=16, classes=4)
+    large = make_mlp(tmp_path / "large.onnx", in_features=64, hidden=2048, classes=4)
+    model = inspect_model(small)
+    config = BenchmarkConfig(batch_sizes=[32], warmup=2, iterations=20, threads=1)
+    result = benchmark_pair(
+        small,
+        large,
+        config,
+        feeds_for_batch=lambda batch: make_feeds(model, batch, dataset=None, input_shapes=None),
+    )
+    paired = result["speedup_paired"]["32"]
+    assert paired["low"] <= paired["median"] <= paired["high"] < 1.0
+
+
+def test_paired_speedup_interval() -> None:
+    assert paired_speedup([100] * 20, [50] * 20) == {"median": 2.0, "low": 2.0, "high": 2.0}
+    # Runs that go either way around equal times: the interval contains 1.
+    baseline = [100, 104, 97, 101, 99, 103, 96, 100, 102, 98] * 3
+    even = paired_speedup(baseline, [100] * 30)
+    assert even["low"] < 1.0 < even["high"]
+    # With fewer than 6 runs the interval is their whole range.
+    assert paired_speedup([90, 100, 110], [100, 100, 100]) == {
+        "median": 1.0,
+        "low": 0.9,
+        "high": 1.1,
+    }
 
 
 def test_peak_memory_counts_the_model(tmp_path: Path) -> None:

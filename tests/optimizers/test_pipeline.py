@@ -29,6 +29,7 @@ FIDELITY = {
 COMPARISON = {
     "size_ratio",
     "speedup_p50",
+    "speedup_interval",
     "accuracy_drop",
     "metric",
     "drop",
@@ -82,7 +83,11 @@ def test_static_quantization_end_to_end(tmp_path: Path, mlp: Path, mlp_data: Pat
     assert comparison["accuracy_drop"] == comparison["drop"]
     assert comparison["max_drop"] == 0.05
     assert comparison["within_tolerance"] is (comparison["drop"] <= 0.05)
-    slower = any(s < 1.0 for s in comparison["speedup_p50"].values())
+    intervals = comparison["speedup_interval"]
+    assert set(intervals) == {"1", "4"}
+    assert all(low <= high for low, high in intervals.values())
+    # Slower only where the paired runs' interval lies wholly below 1.
+    slower = any(s < 1.0 and intervals[b][1] < 1.0 for b, s in comparison["speedup_p50"].items())
     assert comparison["slower_than_baseline"] is slower
     assert ("SLOWER" in comparison["verdict"]) is slower
     assert "smaller" in comparison["verdict"]
@@ -233,6 +238,15 @@ def test_verdict_sentences() -> None:
     # Near 1x, enough digits to tell which side of 1 the measurement fell on.
     assert "SLOWER than the original at batch 4 (0.998x)" in _say(speedups={"4": 0.998})
     assert "1.003x faster at batch 1" in _say(speedups={"1": 1.003})
+    # With the paired runs' 95% interval: a change counts only when the interval excludes 1.
+    noisy = _say(speedups={"1": 0.98, "8": 1.9}, intervals={"1": (0.95, 1.01), "8": (1.8, 2.0)})
+    assert noisy == (
+        "3.8x smaller, 1.9x faster at batch 8, no measurable speed difference at batch 1 "
+        "(0.98x), accuracy drop 0.2 points (within 1.0)"
+    )
+    clear = _say(speedups={"1": 0.98}, intervals={"1": (0.97, 0.99)})
+    assert "SLOWER than the original at batch 1 (0.98x)" in clear
+    assert "no measurable" in _say(speedups={"1": 1.05}, intervals={"1": (0.99, 1.1)})
     fidelity = _say(metric="fidelity", drop=0.02, max_drop=0.01)
     assert "OVER the 0.01 limit" in fidelity
     unchecked = _say(metric="fidelity", drop=0.0009, max_drop=None)
