@@ -84,3 +84,51 @@ def rewrite_zip(source: Path, target: Path, replace: dict[str, bytes]) -> Path:
         for info in old.infolist():
             new.writestr(info, replace.get(info.filename, old.read(info)))
     return target
+
+
+def encoder_classifier(
+    *, width: int = 16, heads: int = 2, layers: int = 1, classes: int = 3
+) -> Any:
+    """torch's post-norm TransformerEncoder (MultiheadAttention: one fused query/key/value
+    projection) with a mean-pooled linear head: [batch, seq, width] -> [batch, classes]."""
+    import torch
+
+    class EncoderClassifier(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            layer = torch.nn.TransformerEncoderLayer(
+                width, heads, 2 * width, dropout=0.0, batch_first=True
+            )
+            self.encoder = torch.nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+            self.head = torch.nn.Linear(width, classes)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(self.encoder(x).mean(dim=1))
+
+    torch.manual_seed(0)
+    return EncoderClassifier().eval()
+
+
+def export_encoder(
+    module: Any, path: Path, *, width: int = 16, seq: int = 5, output: str = "logits"
+) -> Path:
+    """`module` (input 'x' of [batch, seq, width]) exported with torch's TorchScript exporter,
+    opset 17, batch axis dynamic."""
+    import torch
+
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)  # the fused kernel has no ONNX export
+    try:
+        torch.onnx.export(
+            module,
+            (torch.randn(2, seq, width),),
+            str(path),
+            input_names=["x"],
+            output_names=[output],
+            dynamic_axes={"x": {0: "batch"}, output: {0: "batch"}},
+            opset_version=17,
+            dynamo=False,
+        )
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
+    return path

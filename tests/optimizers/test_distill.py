@@ -18,6 +18,7 @@ from optimizers.passes import run_pass
 from optimizers.types import DirectoryCheckpoints, PassContext, ProgressFn
 from tests.factories import make_cnn, make_dataset
 from tests.optimizers.helpers import make_sequence_model, save_npz
+from tests.torch_models import encoder_classifier, export_encoder
 
 IN_FEATURES, CLASSES, SAMPLES = 12, 4, 160
 nn = torch.nn
@@ -276,33 +277,8 @@ def test_symbolic_input_sizes_are_refused_before_training(tmp_path: Path) -> Non
 
 
 def test_derived_student_of_a_transformer_has_half_the_heads(tmp_path: Path) -> None:
-    class Encoder(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            layer = nn.TransformerEncoderLayer(16, 4, 32, dropout=0.0, batch_first=True)
-            self.encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
-            self.head = nn.Linear(16, CLASSES)
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.head(self.encoder(x).mean(dim=1))
-
-    torch.manual_seed(0)
-    fastpath = torch.backends.mha.get_fastpath_enabled()
-    torch.backends.mha.set_fastpath_enabled(False)  # the fused kernel has no ONNX export
-    try:
-        teacher = tmp_path / "encoder.onnx"
-        torch.onnx.export(
-            Encoder().eval(),
-            (torch.randn(2, 5, 16),),
-            str(teacher),
-            input_names=["x"],
-            output_names=["logits"],
-            dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}},
-            opset_version=17,
-            dynamo=False,
-        )
-    finally:
-        torch.backends.mha.set_fastpath_enabled(fastpath)
+    encoder = encoder_classifier(heads=4, layers=2, classes=CLASSES)
+    teacher = export_encoder(encoder, tmp_path / "encoder.onnx")
     x = np.random.default_rng(0).standard_normal((32, 5, 16)).astype(np.float32)
     data = save_npz(tmp_path / "tokens.npz", x=x)
     config = _config(dataset_id="tokens", epochs=1, validation_split=0.0)

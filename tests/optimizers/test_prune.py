@@ -15,6 +15,7 @@ from onnx import numpy_helper
 
 from optimizers.errors import OptimizerError
 from tests.factories import make_mlp
+from tests.torch_models import encoder_classifier, export_encoder
 
 torch = pytest.importorskip("torch")
 nn = torch.nn
@@ -253,33 +254,6 @@ def test_structured_makes_the_model_smaller_and_keeps_excluded_widths(
     assert _run(result.model_path, x).shape == (3, CLASSES)
 
 
-def _encoder(heads: int = 2) -> Any:
-    """A one-layer post-norm encoder (torch's MultiheadAttention: fused query/key/value
-    projection) with a linear head: [batch, 5, 16] -> [batch, 3]."""
-
-    class Encoder(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            layer = torch.nn.TransformerEncoderLayer(16, heads, 32, dropout=0.0, batch_first=True)
-            self.encoder = torch.nn.TransformerEncoder(layer, 1, enable_nested_tensor=False)
-            self.head = torch.nn.Linear(16, 3)
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.head(self.encoder(x).mean(dim=1))
-
-    torch.manual_seed(0)
-    return Encoder().eval()
-
-
-def _export_encoder(module: Any, path: Path) -> Path:
-    fastpath = torch.backends.mha.get_fastpath_enabled()
-    torch.backends.mha.set_fastpath_enabled(False)  # the fused kernel has no ONNX export
-    try:
-        return _export(module, path, torch.randn(2, 5, 16))
-    finally:
-        torch.backends.mha.set_fastpath_enabled(fastpath)
-
-
 def _without_heads(encoder: Any, heads: int, removed: list[int], x: np.ndarray) -> np.ndarray:
     """What `encoder` computes with the `removed` heads' share of the output projection
     zeroed: what a model with those heads pruned must compute."""
@@ -297,8 +271,8 @@ def test_structured_on_a_transformer_removes_whole_attention_heads(tmp_path: Pat
     from optimizers.inspect import inspect_model
     from optimizers.passes import run_pass
 
-    encoder = _encoder(heads=4)
-    path = _export_encoder(encoder, tmp_path / "encoder.onnx")
+    encoder = encoder_classifier(heads=4)
+    path = export_encoder(encoder, tmp_path / "encoder.onnx")
     feed_forward = next(name for name, _, _ in _weights(path) if "linear1" in name)
     config = PruneConfig(method="structured", ratio=0.5, exclude_layers=[feed_forward])
 
@@ -330,7 +304,7 @@ def test_structured_keeps_the_heads_of_an_excluded_attention_block(tmp_path: Pat
     from optimizers.config import PruneConfig
     from optimizers.passes import run_pass
 
-    path = _export_encoder(_encoder(), tmp_path / "encoder.onnx")
+    path = export_encoder(encoder_classifier(), tmp_path / "encoder.onnx")
     in_projection = next(
         name for name, _, _ in _weights(path) if "self_attn" in name and "MatMul" in name
     )
@@ -415,7 +389,7 @@ def test_structured_removes_heads_from_a_pt2_upload(tmp_path: Path) -> None:
 
     # A .pt2 program is converted with torch's default exporter, which writes attention
     # with other Reshapes than the TorchScript one (here with head size == head count).
-    encoder = _encoder(heads=4)
+    encoder = encoder_classifier(heads=4)
     batch = torch.export.Dim("batch", min=1, max=1024)
     program = torch.export.export(
         encoder, (torch.randn(4, 5, 16),), dynamic_shapes={"x": {0: batch}}

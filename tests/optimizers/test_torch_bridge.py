@@ -13,6 +13,7 @@ from onnx import TensorProto, helper
 
 from optimizers.errors import UnsupportedError
 from tests.factories import make_cnn, make_mlp
+from tests.torch_models import encoder_classifier, export_encoder
 
 pytest.importorskip("torch")
 
@@ -135,36 +136,12 @@ def test_numeric_input_and_output_names_survive_the_round_trip(tmp_path: Path) -
 
 
 def test_round_trips_do_not_grow_the_graph(tmp_path: Path) -> None:
-    import torch
-
     from optimizers.inspect import inspect_model
     from optimizers.torch_bridge import export_to_onnx, onnx_to_torch
 
     # Each training pass converts and exports again; the shape arithmetic of attention is
     # where re-exported graphs pile up Identity and Cast nodes unless they are simplified.
-    torch.manual_seed(0)
-    layer = torch.nn.TransformerEncoder(
-        torch.nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True),
-        1,
-        enable_nested_tensor=False,
-    ).eval()
-    original = tmp_path / "original.onnx"
-    fastpath = torch.backends.mha.get_fastpath_enabled()
-    torch.backends.mha.set_fastpath_enabled(False)  # the fused kernel has no ONNX export
-    try:
-        torch.onnx.export(
-            layer,
-            (torch.randn(2, 5, 16),),
-            str(original),
-            input_names=["x"],
-            output_names=["y"],
-            dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}},
-            opset_version=17,
-            dynamo=False,
-        )
-    finally:
-        torch.backends.mha.set_fastpath_enabled(fastpath)
-
+    original = export_encoder(encoder_classifier(), tmp_path / "original.onnx")
     path = original
     for round_trip in range(3):
         target = tmp_path / f"round-{round_trip}.onnx"
