@@ -139,7 +139,7 @@ def _block_of(
     query_node, key_node = scores.args
     value_node = context.args[1]
     found = [
-        _walk_back(module, start, values, _is_movement, _is_linear)
+        _walk_back(module, start, values, _is_projection_path_op, _is_linear)
         for start in (query_node, key_node, value_node)
     ]
     output_node = _walk_forward(module, context, _is_linear)
@@ -301,6 +301,13 @@ def _is_movement(module: fx.GraphModule, node: fx.Node) -> bool:
         torch.mul,
         torch.div,
     )
+
+
+def _is_projection_path_op(module: fx.GraphModule, node: fx.Node) -> bool:
+    """Between a projection and the attention MatMuls: movement, scaling, and the sums of
+    rotary position embeddings (q cos + rotate_half(q) sin, followed through q cos)."""
+    name = _module_name(module, node)
+    return _is_movement(module, node) or name == "OnnxBinaryMathOperation"
 
 
 def _is_score_op(module: fx.GraphModule, node: fx.Node) -> bool:

@@ -381,6 +381,67 @@ def test_structured_removes_heads_of_separate_projections_from_torchs_default_ex
     assert _run(result.model_path, x).shape == (3, CLASSES)
 
 
+def test_structured_removes_heads_of_attention_with_rotary_position_embeddings(
+    tmp_path: Path,
+) -> None:
+    from optimizers.config import PruneConfig
+    from optimizers.passes import run_pass
+
+    def rotate_half(x: torch.Tensor) -> torch.Tensor:
+        half = x.shape[-1] // 2
+        return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+    class RotaryAttention(torch.nn.Module):
+        """Llama-style: separate bias-free projections, rotary embeddings on queries and keys."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.q, self.k, self.v, self.o = (torch.nn.Linear(32, 32, bias=False) for _ in range(4))
+            frequencies = torch.outer(
+                torch.arange(6).float(), 1.0 / 10000 ** (torch.arange(0, 8, 2).float() / 8)
+            )
+            angles = torch.cat((frequencies, frequencies), dim=-1)
+            self.register_buffer("cos", angles.cos()[None, None])
+            self.register_buffer("sin", angles.sin()[None, None])
+            self.head = torch.nn.Linear(32, CLASSES)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            batch, seq, _ = x.shape
+
+            def split(t: torch.Tensor) -> torch.Tensor:
+                return t.view(batch, seq, 4, -1).transpose(1, 2)
+
+            q, k, v = split(self.q(x)), split(self.k(x)), split(self.v(x))
+            q = q * self.cos + rotate_half(q) * self.sin
+            k = k * self.cos + rotate_half(k) * self.sin
+            weights = torch.softmax(q @ k.transpose(-1, -2) / 8**0.5, dim=-1)
+            context = (weights @ v).transpose(1, 2).reshape(batch, seq, 32)
+            return self.head((x + self.o(context)).mean(dim=1))
+
+    torch.manual_seed(0)
+    model = RotaryAttention().eval()
+    path = _export(model, tmp_path / "rotary.onnx", torch.randn(2, 6, 32))
+
+    result = run_pass(path, PruneConfig(method="structured", ratio=0.5), _ctx(tmp_path))
+
+    (block,) = result.details["attention_heads"].values()
+    assert block == {"before": 4, "after": 2}
+    assert [change["after"] for change in result.details["layers"].values()] == [16, 16, 16]
+    # It computes what the original computes without two of its heads.
+    x = np.random.default_rng(0).standard_normal((3, 6, 32)).astype(np.float32)
+    got = _run(result.model_path, x)
+
+    def without(removed: tuple[int, int]) -> np.ndarray:
+        masked = copy.deepcopy(model)
+        with torch.no_grad():
+            for head in removed:
+                masked.o.weight[:, head * 8 : (head + 1) * 8] = 0.0
+            return masked(torch.from_numpy(x)).numpy()
+
+    pairs = [(a, b) for a in range(4) for b in range(a + 1, 4)]
+    assert any(np.allclose(got, without(pair), atol=1e-4) for pair in pairs)
+
+
 def test_structured_removes_heads_from_a_pt2_upload(tmp_path: Path) -> None:
     from optimizers.config import PruneConfig
     from optimizers.formats import inspect_upload
