@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch_pruning as tp
 from torch import fx, nn
 
 #: onnx2torch module classes that only move, select or rescale values: the path from a
@@ -416,18 +417,19 @@ def _apply(
     *,
     later_first: bool,
 ) -> None:
-    """Slice the projections to the `survivors` heads and adapt the Reshape shapes, worked
-    out on `probe` inputs (see `_axis_to_rescale` for `later_first`)."""
+    """Remove the other heads from the projections and adapt the Reshape shapes, worked out
+    on `probe` inputs (see `_wanted_shape` for `later_first`)."""
+    removed = [head for head in range(block.heads) if head not in survivors]
     rows_by_layer: dict[str, list[int]] = {}
     for projection in _projection_rows(module, block):
         for name, positions in projection:
             rows_by_layer.setdefault(name, []).extend(
-                row for head in survivors for row in positions[head]
+                row for head in removed for row in positions[head]
             )
     for name, rows in rows_by_layer.items():
-        _keep_rows(module.get_submodule(name), sorted(rows))
-    columns = [col for head in survivors for col in _head_columns(block, head)]
-    _keep_columns(module.get_submodule(block.output), columns)
+        tp.prune_linear_out_channels(module.get_submodule(name), idxs=sorted(rows))
+    columns = [col for head in removed for col in _head_columns(block, head)]
+    tp.prune_linear_in_channels(module.get_submodule(block.output), idxs=columns)
     _adapt_reshapes(module, block, len(survivors), probe, later_first=later_first)
 
 
@@ -455,45 +457,32 @@ def _matches_masked(
             saved = output.weight[:, removed].clone()
             output.weight[:, removed] = 0.0
             try:
-                expected = _flat_outputs(module(*inputs))
+                expected = flat_outputs(module(*inputs))
             finally:
                 output.weight[:, removed] = saved
-            actual = _flat_outputs(pruned(*inputs))
+            actual = flat_outputs(pruned(*inputs))
             if len(expected) != len(actual):
                 return False
             for want, got in zip(expected, actual, strict=True):
                 if want.shape != got.shape:
                     return False
+                want, got = want.float(), got.float()
                 scale = float(want.abs().max()) if want.numel() else 0.0
                 if not torch.allclose(got, want, rtol=1e-4, atol=1e-5 * max(1.0, scale)):
                     return False
     return True
 
 
-def _flat_outputs(outputs: Any) -> list[torch.Tensor]:
+def flat_outputs(outputs: Any) -> list[torch.Tensor]:
+    """The tensors of a module's outputs (a tensor, or lists, tuples and dicts of them), in
+    order; dict entries by key."""
     if isinstance(outputs, torch.Tensor):
-        return [outputs.float()]
+        return [outputs]
     if isinstance(outputs, list | tuple):
-        return [tensor for item in outputs for tensor in _flat_outputs(item)]
+        return [tensor for item in outputs for tensor in flat_outputs(item)]
     if isinstance(outputs, dict):
-        return [tensor for key in sorted(outputs) for tensor in _flat_outputs(outputs[key])]
+        return [tensor for key in sorted(outputs) for tensor in flat_outputs(outputs[key])]
     return []
-
-
-def _keep_rows(layer: nn.Module, rows: list[int]) -> None:
-    assert isinstance(layer, nn.Linear)
-    index = torch.tensor(rows, dtype=torch.long)
-    layer.weight = nn.Parameter(layer.weight.detach()[index].clone())
-    if layer.bias is not None:
-        layer.bias = nn.Parameter(layer.bias.detach()[index].clone())
-    layer.out_features = len(rows)
-
-
-def _keep_columns(layer: nn.Module, columns: list[int]) -> None:
-    assert isinstance(layer, nn.Linear)
-    index = torch.tensor(columns, dtype=torch.long)
-    layer.weight = nn.Parameter(layer.weight.detach()[:, index].clone())
-    layer.in_features = len(columns)
 
 
 class HeadCount(nn.Module):
@@ -578,8 +567,8 @@ def _wanted_shape(
     `now_in` (one axis shrunk by kept / heads): `before_out` with the entry that carries
     the heads rescaled. That entry lies over the shrunk input axis and equals batch x heads
     (first), the head count or the projection width; among equals, the later entry first
-    if `later_first` ([.., seq, heads, dim] with seq == heads), else the earlier one
-    ([.., heads, dim] with dim == heads). Raises ValueError when no entry qualifies."""
+    if `later_first` ([.., 3, width] of a fused projection with 3 heads), else the earlier
+    one ([.., heads, dim] with dim == heads). Raises ValueError when no entry qualifies."""
     if now_in == before_in:
         return before_out
     shrunk = [axis for axis, (a, b) in enumerate(zip(before_in, now_in, strict=True)) if a != b]

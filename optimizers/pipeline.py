@@ -574,11 +574,9 @@ def _compare(
     }
 
 
-def _speed_change(speedup: float, interval: tuple[float, float] | None) -> str:
+def _speed_change(speedup: float, interval: tuple[float, float]) -> str:
     """ "faster", "slower" or "same": a change counts when the 95% interval of the paired
     speedups lies wholly on the side of 1 the median speedup is on."""
-    if interval is None:  # no paired timings: the median speedup alone decides
-        return "faster" if speedup >= 1.0 else "slower"
     low, high = interval
     if speedup < 1.0 and high < 1.0:
         return "slower"
@@ -591,7 +589,7 @@ def _verdict(
     *,
     size_ratio: float,
     speedups: dict[str, float],
-    intervals: dict[str, tuple[float, float]] | None = None,
+    intervals: dict[str, tuple[float, float]],
     metric: str,
     drop: float,
     max_drop: float | None,
@@ -606,10 +604,7 @@ def _verdict(
     else:
         bad.append(f"NOT smaller ({size_ratio:.2f}x the original size)")
 
-    change = {
-        batch: _speed_change(s, None if intervals is None else intervals.get(batch))
-        for batch, s in speedups.items()
-    }
+    change = {batch: _speed_change(s, intervals[batch]) for batch, s in speedups.items()}
     faster = [(batch, s) for batch, s in speedups.items() if change[batch] == "faster"]
     slower = [(batch, s) for batch, s in speedups.items() if change[batch] == "slower"]
     same = [(batch, s) for batch, s in speedups.items() if change[batch] == "same"]

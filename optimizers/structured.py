@@ -16,7 +16,7 @@ import torch
 import torch_pruning as tp
 from torch import fx, nn
 
-from optimizers.attention_heads import prune_heads
+from optimizers.attention_heads import flat_outputs, prune_heads
 from optimizers.errors import OptimizerError, UnsupportedError
 from optimizers.selection import listing
 
@@ -406,13 +406,7 @@ def _failing_node(module: nn.Module, example_inputs: tuple[torch.Tensor, ...]) -
 
 
 def _output_shapes(outputs: Any) -> list[Any]:
-    if isinstance(outputs, torch.Tensor):
-        return [tuple(outputs.shape)]
-    if isinstance(outputs, list | tuple):
-        return [shape for item in outputs for shape in _output_shapes(item)]
-    if isinstance(outputs, dict):
-        return [shape for key in sorted(outputs) for shape in _output_shapes(outputs[key])]
-    return []
+    return [tuple(tensor.shape) for tensor in flat_outputs(outputs)]
 
 
 def _unique(layers: Iterable[nn.Module]) -> list[nn.Module]:

@@ -307,31 +307,21 @@ def _simplified(proto: onnx.ModelProto, like: ModelInfo) -> onnx.ModelProto:
 
 
 def _same_outputs(first: onnx.ModelProto, second: onnx.ModelProto, like: ModelInfo) -> bool:
-    """Whether both models give the same outputs, to float tolerance, on seeded random
-    inputs of batch 3 shaped like `like`'s."""
+    """Whether both models give the same outputs, to float tolerance, on the benchmark's
+    seeded random inputs of batch 3 for a model like `like`."""
     import onnxruntime as ort
 
-    rng = np.random.default_rng(0)
-    feeds: dict[str, np.ndarray] = {}
-    for tensor in like.inputs:
-        shape = _example_shape(tensor.shape, 3)
-        try:
-            dtype = np.dtype(tensor.dtype)
-        except TypeError:  # bfloat16 and others numpy has no name for
-            return False
-        feeds[tensor.name] = (
-            rng.standard_normal(shape).astype(dtype)
-            if np.issubdtype(dtype, np.floating)
-            else np.zeros(shape, dtype)
-        )
+    from optimizers.benchmark import make_feeds
+
     try:
+        feeds = make_feeds(like, 3, dataset=None, input_shapes=None)
         results = [
             ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
                 None, feeds
             )
             for model in (first, second)
         ]
-    except Exception:  # either fails on these inputs: keep the model as exported
+    except Exception:  # no inputs to make, or either fails on them: keep the model as exported
         return False
     for want, got in zip(*results, strict=True):
         want, got = np.asarray(want), np.asarray(got)

@@ -222,6 +222,8 @@ def _say(**overrides: Any) -> str:
         "fidelity": {"cosine_mean": 0.9991, "source": "synthetic_inputs"},
     }
     arguments.update(overrides)
+    # Unless given, each speedup was measured without spread: its interval is itself.
+    arguments.setdefault("intervals", {b: (s, s) for b, s in arguments["speedups"].items()})
     return _verdict(**arguments)
 
 

@@ -254,16 +254,71 @@ def test_structured_makes_the_model_smaller_and_keeps_excluded_widths(
     assert _run(result.model_path, x).shape == (3, CLASSES)
 
 
-def _without_heads(encoder: Any, heads: int, removed: list[int], x: np.ndarray) -> np.ndarray:
-    """What `encoder` computes with the `removed` heads' share of the output projection
-    zeroed: what a model with those heads pruned must compute."""
-    model = copy.deepcopy(encoder)
-    weight = model.encoder.layers[0].self_attn.out_proj.weight
+def _without_heads(
+    model: Any, output_projection: str, heads: int, removed: tuple[int, ...], x: np.ndarray
+) -> np.ndarray:
+    """What `model` computes with the `removed` heads' share of its output projection (the
+    submodule `output_projection`) zeroed: what a model with those heads pruned must
+    compute."""
+    masked = copy.deepcopy(model)
+    weight = masked.get_submodule(output_projection).weight
     head_dim = weight.shape[1] // heads
     with torch.no_grad():
         for head in removed:
             weight[:, head * head_dim : (head + 1) * head_dim] = 0.0
-        return model(torch.from_numpy(x)).numpy()
+        return masked(torch.from_numpy(x)).numpy()
+
+
+def _pairs(heads: int) -> list[tuple[int, int]]:
+    return [(a, b) for a in range(heads) for b in range(a + 1, heads)]
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+class _HandWrittenAttention(torch.nn.Module):
+    """Separate query/key/value projections viewed as [batch, seq, 4 heads, 8], as most
+    hand-written transformers do, on [batch, 6, 32]. `rotary`: Llama-style, bias-free
+    projections and rotary embeddings on queries and keys. `feed_forward`: a GELU
+    feed-forward (an opset 20 Gelu from torch's default exporter)."""
+
+    def __init__(self, *, rotary: bool = False, feed_forward: bool = False) -> None:
+        super().__init__()
+        self.rotary = rotary
+        self.q, self.k, self.v, self.o = (
+            torch.nn.Linear(32, 32, bias=not rotary) for _ in range(4)
+        )
+        if rotary:
+            frequencies = torch.outer(
+                torch.arange(6).float(), 1.0 / 10000 ** (torch.arange(0, 8, 2).float() / 8)
+            )
+            angles = torch.cat((frequencies, frequencies), dim=-1)
+            self.register_buffer("cos", angles.cos()[None, None])
+            self.register_buffer("sin", angles.sin()[None, None])
+        self.ff = (
+            torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.GELU(), torch.nn.Linear(64, 32))
+            if feed_forward
+            else None
+        )
+        self.head = torch.nn.Linear(32, CLASSES)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, seq, _ = x.shape
+
+        def split(t: torch.Tensor) -> torch.Tensor:
+            return t.view(batch, seq, 4, -1).transpose(1, 2)
+
+        q, k, v = split(self.q(x)), split(self.k(x)), split(self.v(x))
+        if self.rotary:
+            q = q * self.cos + _rotate_half(q) * self.sin
+            k = k * self.cos + _rotate_half(k) * self.sin
+        weights = torch.softmax(q @ k.transpose(-1, -2) / 8**0.5, dim=-1)
+        x = x + self.o((weights @ v).transpose(1, 2).reshape(batch, seq, 32))
+        if self.ff is not None:
+            x = x + self.ff(x)
+        return self.head(x.mean(dim=1))
 
 
 def test_structured_on_a_transformer_removes_whole_attention_heads(tmp_path: Path) -> None:
@@ -292,10 +347,10 @@ def test_structured_on_a_transformer_removes_whole_attention_heads(tmp_path: Pat
     # two of its heads, at a batch size other than the one it was traced with.
     x = np.random.default_rng(0).standard_normal((6, 5, 16)).astype(np.float32)
     got = _run(result.model_path, x)
-    candidates = [[a, b] for a in range(4) for b in range(a + 1, 4)]
+    out_projection = "encoder.layers.0.self_attn.out_proj"
     assert any(
-        np.allclose(got, _without_heads(encoder, 4, removed, x), atol=1e-4)
-        for removed in candidates
+        np.allclose(got, _without_heads(encoder, out_projection, 4, pair, x), atol=1e-4)
+        for pair in _pairs(4)
     )
     assert not np.allclose(got, encoder(torch.from_numpy(x)).detach().numpy(), atol=1e-4)
 
@@ -329,31 +384,8 @@ def test_structured_removes_heads_of_separate_projections_from_torchs_default_ex
     from optimizers.config import PruneConfig
     from optimizers.passes import run_pass
 
-    class Attention(torch.nn.Module):
-        """Separate query/key/value projections viewed as [batch, seq, heads, dim], as most
-        hand-written transformers do, and a GELU feed-forward (an opset 20 Gelu)."""
-
-        def __init__(self) -> None:
-            super().__init__()
-            self.q, self.k, self.v, self.o = (torch.nn.Linear(32, 32) for _ in range(4))
-            self.ff = torch.nn.Sequential(
-                torch.nn.Linear(32, 64), torch.nn.GELU(), torch.nn.Linear(64, 32)
-            )
-            self.head = torch.nn.Linear(32, CLASSES)
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            batch, seq, _ = x.shape
-
-            def split(t: torch.Tensor) -> torch.Tensor:
-                return t.view(batch, seq, 4, -1).transpose(1, 2)
-
-            q, k, v = split(self.q(x)), split(self.k(x)), split(self.v(x))
-            weights = torch.softmax(q @ k.transpose(-1, -2) / 8**0.5, dim=-1)
-            x = x + self.o((weights @ v).transpose(1, 2).reshape(batch, seq, 32))
-            return self.head((x + self.ff(x)).mean(dim=1))
-
     torch.manual_seed(0)
-    model = Attention().eval()
+    model = _HandWrittenAttention(feed_forward=True).eval()
     path = tmp_path / "attention.onnx"
     torch.onnx.export(
         model,
@@ -387,39 +419,8 @@ def test_structured_removes_heads_of_attention_with_rotary_position_embeddings(
     from optimizers.config import PruneConfig
     from optimizers.passes import run_pass
 
-    def rotate_half(x: torch.Tensor) -> torch.Tensor:
-        half = x.shape[-1] // 2
-        return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-
-    class RotaryAttention(torch.nn.Module):
-        """Llama-style: separate bias-free projections, rotary embeddings on queries and keys."""
-
-        def __init__(self) -> None:
-            super().__init__()
-            self.q, self.k, self.v, self.o = (torch.nn.Linear(32, 32, bias=False) for _ in range(4))
-            frequencies = torch.outer(
-                torch.arange(6).float(), 1.0 / 10000 ** (torch.arange(0, 8, 2).float() / 8)
-            )
-            angles = torch.cat((frequencies, frequencies), dim=-1)
-            self.register_buffer("cos", angles.cos()[None, None])
-            self.register_buffer("sin", angles.sin()[None, None])
-            self.head = torch.nn.Linear(32, CLASSES)
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            batch, seq, _ = x.shape
-
-            def split(t: torch.Tensor) -> torch.Tensor:
-                return t.view(batch, seq, 4, -1).transpose(1, 2)
-
-            q, k, v = split(self.q(x)), split(self.k(x)), split(self.v(x))
-            q = q * self.cos + rotate_half(q) * self.sin
-            k = k * self.cos + rotate_half(k) * self.sin
-            weights = torch.softmax(q @ k.transpose(-1, -2) / 8**0.5, dim=-1)
-            context = (weights @ v).transpose(1, 2).reshape(batch, seq, 32)
-            return self.head((x + self.o(context)).mean(dim=1))
-
     torch.manual_seed(0)
-    model = RotaryAttention().eval()
+    model = _HandWrittenAttention(rotary=True).eval()
     path = _export(model, tmp_path / "rotary.onnx", torch.randn(2, 6, 32))
 
     result = run_pass(path, PruneConfig(method="structured", ratio=0.5), _ctx(tmp_path))
@@ -430,16 +431,9 @@ def test_structured_removes_heads_of_attention_with_rotary_position_embeddings(
     # It computes what the original computes without two of its heads.
     x = np.random.default_rng(0).standard_normal((3, 6, 32)).astype(np.float32)
     got = _run(result.model_path, x)
-
-    def without(removed: tuple[int, int]) -> np.ndarray:
-        masked = copy.deepcopy(model)
-        with torch.no_grad():
-            for head in removed:
-                masked.o.weight[:, head * 8 : (head + 1) * 8] = 0.0
-            return masked(torch.from_numpy(x)).numpy()
-
-    pairs = [(a, b) for a in range(4) for b in range(a + 1, 4)]
-    assert any(np.allclose(got, without(pair), atol=1e-4) for pair in pairs)
+    assert any(
+        np.allclose(got, _without_heads(model, "o", 4, pair, x), atol=1e-4) for pair in _pairs(4)
+    )
 
 
 def test_structured_removes_heads_from_a_pt2_upload(tmp_path: Path) -> None:
