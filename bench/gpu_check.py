@@ -10,6 +10,15 @@ non-zeros, then on CUDA time its largest layer in float16 dense against the same
 a torch semi-structured sparse tensor (`to_sparse_semi_structured`, sparse tensor cores)
 and compare the outputs.
 
+Training on CUDA: a CNN trained on scikit-learn's bundled digits, then the project's
+structured-pruning pass with fine-tuning (the training loop distillation uses too), run with
+training device cpu and cuda; prints the wall time of each pass, the accuracy of the
+ONNX model it returns (onnxruntime CPU, held-out split) and the GPU memory the pass used, which
+shows the training really ran on the device.
+
+onnxruntime: which execution providers the installed build offers (the CUDA provider needs
+the onnxruntime-gpu build, which the `gpu` extra installs).
+
     python bench/gpu_check.py [--iterations 50]     # from the repository root
 
 Needs torch, onnx, onnxruntime (a CPU build is enough) and what `optimizers` imports
@@ -24,18 +33,19 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from optimizers.config import QuantizeConfig  # noqa: E402
+from optimizers.config import PruneConfig, QuantizeConfig  # noqa: E402
 from optimizers.passes import run_pass  # noqa: E402
 from optimizers.types import PassContext  # noqa: E402
 
 D_MODEL, HEADS, LAYERS, SEQ_LEN, CLASSES = 384, 6, 4, 128, 10
-BATCH_SIZES = (1, 8)
+BATCH_SIZES = (1, 8, 64)
 MIN_COSINE = 0.999
 
 
@@ -172,7 +182,7 @@ def time_cuda(module: object, iterations: int, warmup: int) -> None:
 
 #: The 2:4 check's MLP: widths that semi-structured kernels accept (multiples of 64).
 SPARSE_WIDTHS = (1024, 4096, 1024)
-SPARSE_BATCHES = (8, 2048)
+SPARSE_BATCHES = (8, 2048, 16384)
 
 
 def build_mlp() -> object:
@@ -194,8 +204,6 @@ def prune_two_four(workdir: Path) -> tuple[Path, bool]:
     import onnx
     import torch
     from onnx import numpy_helper
-
-    from optimizers.config import PruneConfig
 
     source = workdir / "mlp.onnx"
     export(build_mlp(), source, torch.randn(2, SPARSE_WIDTHS[0]), "x")
@@ -234,7 +242,7 @@ def time_two_four(model_path: Path, iterations: int, warmup: int) -> None:
         print("CUDA is not available: skipping the 2:4 sparse tensor core timing")
         return
     try:
-        from torch.sparse import to_sparse_semi_structured
+        from torch.sparse import to_sparse_semi_structured  # noqa: F401
     except ImportError as exc:
         print(f"this torch has no semi-structured sparsity ({exc}): skipping the timing")
         return
@@ -248,16 +256,35 @@ def time_two_four(model_path: Path, iterations: int, warmup: int) -> None:
     # The exporter stores Linear weights as [out, in] (Gemm transB) or [in, out] (MatMul).
     if dense.shape[1] not in SPARSE_WIDTHS[:2]:
         dense = dense.t().contiguous()
-    try:
-        sparse = to_sparse_semi_structured(dense)
-    except Exception as exc:
-        print(
-            f"!! to_sparse_semi_structured refused the pruned weight: {type(exc).__name__}: {exc}"
-        )
-        return
     print(f"largest pruned layer: {tuple(dense.shape)} float16")
-    print("| batch | dense fp16 p50 ms | 2:4 sparse fp16 p50 ms | speedup | cosine |")
-    print("|---|---|---|---|---|")
+    time_sparse_backends(dense, iterations, warmup)
+
+
+def time_sparse_backends(dense: Any, iterations: int, warmup: int) -> None:
+    """Dense float16 against each semi-structured backend torch has (cuSPARSELt, CUTLASS)."""
+    from torch.sparse import SparseSemiStructuredTensor, to_sparse_semi_structured
+
+    print("| backend | batch | dense fp16 p50 ms | 2:4 sparse fp16 p50 ms | speedup | cosine |")
+    print("|---|---|---|---|---|---|")
+    for backend, force_cutlass in (("cuSPARSELt", False), ("CUTLASS", True)):
+        SparseSemiStructuredTensor._FORCE_CUTLASS = force_cutlass
+        try:
+            sparse = to_sparse_semi_structured(dense)
+        except Exception as exc:
+            print(f"| {backend} | refused the weight: {type(exc).__name__}: {exc} | | | | |")
+            continue
+        try:
+            time_sparse_backend(backend, dense, sparse, iterations, warmup)
+        except RuntimeError as exc:  # e.g. CUTLASS's kernels exist for compute capability 8.x only
+            print(f"| {backend} | refused the product: {exc} | | | | |")
+    SparseSemiStructuredTensor._FORCE_CUTLASS = False
+
+
+def time_sparse_backend(
+    backend: str, dense: Any, sparse: Any, iterations: int, warmup: int
+) -> None:
+    import torch
+
     with torch.inference_mode():
         for batch in SPARSE_BATCHES:
             x = torch.randn(batch, dense.shape[1], device="cuda", dtype=torch.float16)
@@ -278,17 +305,90 @@ def time_two_four(model_path: Path, iterations: int, warmup: int) -> None:
                 outputs["dense"].float().flatten(), outputs["sparse"].float().flatten(), dim=0
             )
             print(
-                f"| {batch} | {medians['dense']:.4f} | {medians['sparse']:.4f} | "
+                f"| {backend} | {batch} | {medians['dense']:.4f} | {medians['sparse']:.4f} | "
                 f"{medians['dense'] / medians['sparse']:.2f}x | {float(cosine):.5f} |"
             )
+
+
+def check_training(epochs: int) -> bool:
+    """Structured pruning with fine-tuning and distillation, trained on cpu and on cuda."""
+    import onnxruntime as ort
+    import torch
+
+    from bench.prune_distill import INPUT, load_digits_32, train_teacher
+
+    cuda = torch.cuda.is_available()
+    if not cuda:
+        print("CUDA is not available: the training passes run on cpu only")
+    training = {"dataset_id": "train", "epochs": epochs, "batch_size": 64, "seed": 0}
+    # A derived distillation student is this same pruned model trained the same way, so one
+    # pass covers both training paths.
+    configs = {
+        "structured 50% + fine-tuning": PruneConfig(
+            kind="prune", method="structured", ratio=0.5, finetune=training
+        ),
+    }
+    ok = True
+    with tempfile.TemporaryDirectory(prefix="modelpress-gpu-check-") as tmp:
+        workdir = Path(tmp)
+        x_train, x_test, y_train, y_test = load_digits_32(0)
+        np.savez(workdir / "train.npz", **{INPUT: x_train, "labels": y_train})
+        teacher = train_teacher(x_train, y_train, epochs=8, seed=0, path=workdir / "cnn.onnx")
+
+        def accuracy(path: Path) -> float:
+            session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+            logits = session.run(None, {INPUT: x_test})[0]
+            return float(np.mean(np.argmax(logits, axis=1) == y_test))
+
+        print(f"teacher (digits CNN, trained here): test accuracy {accuracy(teacher):.4f}")
+        print("| pass | training device | seconds | test accuracy | peak GPU memory MB |")
+        print("|---|---|---|---|---|")
+        for name, config in configs.items():
+            for device in ("cpu", "cuda") if cuda else ("cpu",):
+                if cuda:
+                    torch.cuda.reset_peak_memory_stats()
+                    held = torch.cuda.memory_allocated()
+                context = PassContext(
+                    workdir=workdir / f"{name[:5]}-{device}",
+                    datasets={"train": workdir / "train.npz"},
+                    device=device,
+                )
+                began = time.perf_counter()
+                result = run_pass(teacher, config, context)
+                seconds = time.perf_counter() - began
+                # What the pass itself allocated on the GPU, beyond what earlier checks hold.
+                peak_mb = (torch.cuda.max_memory_allocated() - held) / 2**20 if cuda else 0.0
+                if device == "cuda" and peak_mb == 0:
+                    ok = False
+                    print(f"!! {name}: nothing was allocated on the GPU: training ran on cpu")
+                print(
+                    f"| {name} | {device} | {seconds:.1f} | "
+                    f"{accuracy(result.model_path):.4f} | {peak_mb:.0f} |"
+                )
+    return ok
+
+
+def report_onnxruntime_providers() -> None:
+    import onnxruntime as ort
+
+    providers = ort.get_available_providers()
+    print(f"onnxruntime {ort.__version__}: providers {providers}")
+    if "CUDAExecutionProvider" not in providers:
+        print(
+            "the CUDA execution provider is not in this onnxruntime build: benchmarks with "
+            "device 'cuda' are not checked here (they need the onnxruntime-gpu build)"
+        )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--iterations", type=int, default=50)
     parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--epochs", type=int, default=10, help="training epochs per pass")
     args = parser.parse_args()
     import torch
+
+    report_onnxruntime_providers()
 
     module = build_encoder()
     with tempfile.TemporaryDirectory(prefix="modelpress-gpu-check-") as tmp:
@@ -308,7 +408,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="modelpress-gpu-check-") as tmp:
         pruned, two_four_ok = prune_two_four(Path(tmp))
         time_two_four(pruned, args.iterations, args.warmup)
-    if not (ok and two_four_ok):
+    training_ok = check_training(args.epochs)
+    if not (ok and two_four_ok and training_ok):
         sys.exit(1)
 
 

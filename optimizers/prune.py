@@ -420,9 +420,11 @@ def _two_four_note(details: dict[str, Any]) -> str:
     )
     return (
         f"2:4 sparsity applied to {len(details['layers'])} layer(s).{skipped_text} onnxruntime "
-        "runs the model dense, so it is no faster there; the speedup needs a runtime that uses "
-        "sparse tensor cores (e.g. TensorRT with sparse weights enabled, or torch "
-        "`to_sparse_semi_structured`) on an Ampere or newer GPU."
+        "runs the model dense, so it is no faster there; a speedup needs a runtime that uses "
+        "sparse tensor cores (e.g. TensorRT with sparse weights enabled) on an Ampere or newer "
+        "GPU, and is not certain there: on an H200 torch's `to_sparse_semi_structured` "
+        "(cuSPARSELt) ran a pruned 4096x1024 layer 3x to 20x slower than dense float16 "
+        "(docs/performance.md), so time the model on its target before relying on it."
     )
 
 
