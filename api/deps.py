@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from typing import Annotated
 
 from fastapi import Depends, Header, Request
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from api.errors import Problem
@@ -15,13 +17,37 @@ from core.models import ApiKey
 from core.settings import Settings, get_settings
 from core.storage import Storage, get_storage
 
+log = logging.getLogger(__name__)
+
 
 def get_session() -> Iterator[Session]:
-    """Commits when the request succeeds, rolls back when it raises; services only flush."""
+    """Commits when the request succeeds, rolls back when it raises; services only flush.
+
+    A commit that fails becomes the answer (409 for a conflict, else 503): the caller is
+    never told that a change happened when the database did not keep it.
+    """
     session = session_factory()()
     try:
         yield session
-        session.commit()
+        try:
+            session.commit()
+        except IntegrityError as exc:
+            log.warning("commit refused by a constraint: %s", exc.orig)
+            raise Problem(
+                409,
+                "the change conflicts with the current state (another request changed the "
+                "same thing at the same moment); nothing was changed, read it again and retry",
+                type="conflict",
+            ) from exc
+        except SQLAlchemyError as exc:
+            log.exception("commit failed")
+            raise Problem(
+                503,
+                "the database did not confirm the change, so it may not have been saved; "
+                "read the resource again before retrying",
+                type="database-unavailable",
+                headers={"Retry-After": "1"},
+            ) from exc
     except BaseException:
         session.rollback()
         raise
@@ -29,7 +55,10 @@ def get_session() -> Iterator[Session]:
         session.close()
 
 
-SessionDep = Annotated[Session, Depends(get_session)]
+# scope="function": the commit runs when the route returns and before the answer is sent
+# (FastAPI runs a request-scoped dependency's exit after the response is on the wire), so a
+# failed commit can still turn the answer into an error.
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 StorageDep = Annotated[Storage, Depends(get_storage)]
 IdempotencyKey = Annotated[
