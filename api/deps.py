@@ -92,8 +92,18 @@ def current_key(request: Request, session: SessionDep) -> ApiKey:
 CurrentKey = Annotated[ApiKey, Depends(current_key)]
 
 
+def held_scopes(key: ApiKey) -> set[str]:
+    """What a key may do: `instance` implies `admin`, and `admin` implies `read` and `write`."""
+    held = set(key.scopes)
+    if "instance" in held:
+        held.add("admin")
+    if "admin" in held:
+        held |= {"read", "write"}
+    return held
+
+
 def _check_scope(key: ApiKey, scope: str) -> ApiKey:
-    if scope not in key.scopes and "admin" not in key.scopes:
+    if scope not in held_scopes(key):
         raise Problem(403, f"this API key lacks the {scope!r} scope", type="forbidden")
     return key
 
@@ -112,9 +122,15 @@ def require_admin(key: CurrentKey) -> ApiKey:
     return _check_scope(key, "admin")
 
 
+def require_instance(key: CurrentKey) -> ApiKey:
+    return _check_scope(key, "instance")
+
+
 #: Every resource route takes one of these; the key's `project_id` is the only project
 #: whose rows the route may read or change.
 ReadKey = Annotated[ApiKey, Depends(require_read)]
 WriteKey = Annotated[ApiKey, Depends(require_write)]
-#: Admin routes manage projects and keys across the whole service.
+#: Manages the keys of the key's own project only.
 AdminKey = Annotated[ApiKey, Depends(require_admin)]
+#: Manages projects, and the keys of every project (the first-start key holds it).
+InstanceKey = Annotated[ApiKey, Depends(require_instance)]

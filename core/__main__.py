@@ -54,7 +54,13 @@ def _parser() -> argparse.ArgumentParser:
         "create", help="create a key; the key is printed on stdout, this once only"
     )
     create_key.add_argument("--project", required=True, metavar="NAME_OR_ID")
-    create_key.add_argument("--scopes", type=_scopes, default=["read", "write"])
+    create_key.add_argument(
+        "--scopes",
+        type=_scopes,
+        default=["read", "write"],
+        help="comma-separated, default read,write. admin: manages its own project's keys; "
+        "instance: manages projects and every project's keys (give it to operators only)",
+    )
     create_key.add_argument("--expires-in-days", type=_positive_days, metavar="N")
     create_key.add_argument("--name", default="cli")
     list_keys = key_commands.add_parser("list", help="list keys (never the secrets)")

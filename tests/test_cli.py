@@ -73,3 +73,24 @@ def test_cli_refuses_bad_input_with_a_message(client: TestClient) -> None:
     assert bad_name.returncode == 1 and "project name" in bad_name.stderr
     assert [p["name"] for p in client.get("/v1/projects").json()] == ["default"]
     assert len(client.get("/v1/keys").json()) == 1
+
+
+def test_cli_makes_project_admins_and_instance_keys(client: TestClient) -> None:
+    assert cli("projects", "create", "team-ops").returncode == 0
+    keys = {}
+    for scope in ("admin", "instance"):
+        made = cli("keys", "create", "--project", "team-ops", "--scopes", scope)
+        assert made.returncode == 0, made.stderr
+        keys[scope] = {"Authorization": f"Bearer {made.stdout.strip()}"}
+    default = next(p for p in client.get("/v1/projects").json() if p["name"] == "default")
+    for_default = {"project_id": default["id"], "name": "x", "scopes": ["read"]}
+
+    assert (
+        client.post("/v1/projects", json={"name": "p1"}, headers=keys["admin"]).status_code == 403
+    )
+    assert client.post("/v1/keys", json=for_default, headers=keys["admin"]).status_code == 403
+    assert (
+        client.post("/v1/projects", json={"name": "p2"}, headers=keys["instance"]).status_code
+        == 201
+    )
+    assert client.post("/v1/keys", json=for_default, headers=keys["instance"]).status_code == 201
