@@ -27,6 +27,9 @@ def make_celery(settings: Settings) -> Celery:
     if not settings.uses_embedded_broker:
         # Above the hard time limit, so Redis never hands a long job to a second worker.
         transport_options["visibility_timeout"] = settings.task_time_limit_s + 600
+        # A broker host that drops packets would otherwise hold a request for the OS's TCP
+        # connect timeout (minutes) before the jobs are left to the reaper (send_jobs).
+        transport_options["socket_connect_timeout"] = 3
     app.conf.update(
         task_queues=[Queue(name) for name in QUEUES],
         task_default_queue="cpu",
