@@ -8,6 +8,8 @@ import sys
 
 from fastapi.testclient import TestClient
 
+from tests.api.test_commit_before_answer import refuse_commits_that_change
+
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
@@ -94,3 +96,21 @@ def test_cli_makes_project_admins_and_instance_keys(client: TestClient) -> None:
         == 201
     )
     assert client.post("/v1/keys", json=for_default, headers=keys["instance"]).status_code == 201
+
+
+def test_cli_says_nothing_happened_when_the_database_refused_it(client: TestClient) -> None:
+    project = client.post("/v1/projects", json={"name": "team-z"}).json()
+    key = client.post("/v1/keys", json={"project_id": project["id"], "name": "ci"}).json()
+    refuse_commits_that_change("api_keys", "UPDATE")
+    refuse_commits_that_change("api_keys", "INSERT")
+
+    revoke = cli("keys", "revoke", key["id"])
+    assert revoke.returncode == 1 and "revoked" not in revoke.stderr
+    assert "did not save" in revoke.stderr
+    assert (
+        client.get("/v1/models", headers={"Authorization": f"Bearer {key['key']}"}).status_code
+        == 200
+    )
+
+    made = cli("keys", "create", "--project", "team-z")
+    assert made.returncode == 1 and made.stdout == ""  # no key printed that does not exist
