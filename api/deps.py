@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from typing import Annotated
 
 from fastapi import Depends, Header, Request
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from api.errors import Problem
@@ -15,13 +17,37 @@ from core.models import ApiKey
 from core.settings import Settings, get_settings
 from core.storage import Storage, get_storage
 
+log = logging.getLogger(__name__)
+
 
 def get_session() -> Iterator[Session]:
-    """Commits when the request succeeds, rolls back when it raises; services only flush."""
+    """Commits when the request succeeds, rolls back when it raises; services only flush.
+
+    A commit that fails becomes the answer (409 for a conflict, else 503): the caller is
+    never told that a change happened when the database did not keep it.
+    """
     session = session_factory()()
     try:
         yield session
-        session.commit()
+        try:
+            session.commit()
+        except IntegrityError as exc:
+            log.warning("commit refused by a constraint: %s", exc.orig)
+            raise Problem(
+                409,
+                "the change conflicts with the current state (another request changed the "
+                "same thing at the same moment); nothing was changed, read it again and retry",
+                type="conflict",
+            ) from exc
+        except SQLAlchemyError as exc:
+            log.exception("commit failed")
+            raise Problem(
+                503,
+                "the database did not confirm the change, so it may not have been saved; "
+                "read the resource again before retrying",
+                type="database-unavailable",
+                headers={"Retry-After": "1"},
+            ) from exc
     except BaseException:
         session.rollback()
         raise
@@ -29,7 +55,10 @@ def get_session() -> Iterator[Session]:
         session.close()
 
 
-SessionDep = Annotated[Session, Depends(get_session)]
+# scope="function": the commit runs when the route returns and before the answer is sent
+# (FastAPI runs a request-scoped dependency's exit after the response is on the wire), so a
+# failed commit can still turn the answer into an error.
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 StorageDep = Annotated[Storage, Depends(get_storage)]
 IdempotencyKey = Annotated[
@@ -63,8 +92,18 @@ def current_key(request: Request, session: SessionDep) -> ApiKey:
 CurrentKey = Annotated[ApiKey, Depends(current_key)]
 
 
+def held_scopes(key: ApiKey) -> set[str]:
+    """What a key may do: `instance` implies `admin`, and `admin` implies `read` and `write`."""
+    held = set(key.scopes)
+    if "instance" in held:
+        held.add("admin")
+    if "admin" in held:
+        held |= {"read", "write"}
+    return held
+
+
 def _check_scope(key: ApiKey, scope: str) -> ApiKey:
-    if scope not in key.scopes and "admin" not in key.scopes:
+    if scope not in held_scopes(key):
         raise Problem(403, f"this API key lacks the {scope!r} scope", type="forbidden")
     return key
 
@@ -83,9 +122,15 @@ def require_admin(key: CurrentKey) -> ApiKey:
     return _check_scope(key, "admin")
 
 
+def require_instance(key: CurrentKey) -> ApiKey:
+    return _check_scope(key, "instance")
+
+
 #: Every resource route takes one of these; the key's `project_id` is the only project
 #: whose rows the route may read or change.
 ReadKey = Annotated[ApiKey, Depends(require_read)]
 WriteKey = Annotated[ApiKey, Depends(require_write)]
-#: Admin routes manage projects and keys across the whole service.
+#: Manages the keys of the key's own project only.
 AdminKey = Annotated[ApiKey, Depends(require_admin)]
+#: Manages projects, and the keys of every project (the first-start key holds it).
+InstanceKey = Annotated[ApiKey, Depends(require_instance)]

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 from typing import Any
 
 from fastapi import Response
@@ -15,15 +14,15 @@ from sqlalchemy.orm import Session
 from api.errors import Problem, field_error
 from api.routes.datasets import get_owned_dataset
 from core.db import new_id, utcnow
+from core.dbclock import db_utcnow
 from core.jobspec import JobSpec
+from core.jobstate import mark_unsent
 from core.models import Job, JobStatus, StoredModel
-from core.queue import enqueue_job
+from core.queue import send_jobs
 from core.settings import Settings
 from optimizers.checks import check_spec
 from optimizers.errors import OptimizerError
 from optimizers.types import DatasetInfo, ModelInfo
-
-log = logging.getLogger(__name__)
 
 Loc = list[str | int]
 
@@ -93,6 +92,8 @@ def new_job(
         max_attempts=spec.max_attempts or settings.max_attempts,
         created_at=now,
         queued_at=now,
+        # Sent right after the commit; set to NULL (not sent) if the broker does not take it.
+        sent_at=db_utcnow(),
     )
     job = Job(**(values | columns))
     session.add(job)
@@ -119,15 +120,13 @@ def _extra_models(
 
 
 def send_committed(session: Session, jobs: list[Job]) -> None:
-    """Hands committed jobs to the broker. Only the id travels; a job the broker cannot take
-    now stays queued in the database, which re-sends it later (worker.reaper)."""
-    unsent = False
-    for job in jobs:
-        try:
-            enqueue_job(job.id, job.queue)
-        except Exception:
-            log.exception("could not enqueue job %s; it stays queued until it is re-sent", job.id)
-            job.progress_message = "not yet handed to a worker: the broker is unreachable"
-            unsent = True
+    """Hands committed jobs to the broker; only the id travels. When the broker is down this
+    costs one failed send, not one per job: the jobs it did not take stay queued, marked as
+    not sent, and the reaper (worker.reaper) sends them as soon as the broker is back."""
+    unsent = send_jobs([(job.id, job.queue) for job in jobs])
     if unsent:
+        mark_unsent(session, unsent)
         session.commit()
+        for job in jobs:
+            if job.id in unsent:  # the answer shows the job as the database now has it
+                session.expire(job)

@@ -7,6 +7,8 @@ import sys
 from collections.abc import Sequence
 from datetime import timedelta
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from core import admin
 from core.db import session_scope, utcnow
 from core.models import ApiKey
@@ -54,7 +56,13 @@ def _parser() -> argparse.ArgumentParser:
         "create", help="create a key; the key is printed on stdout, this once only"
     )
     create_key.add_argument("--project", required=True, metavar="NAME_OR_ID")
-    create_key.add_argument("--scopes", type=_scopes, default=["read", "write"])
+    create_key.add_argument(
+        "--scopes",
+        type=_scopes,
+        default=["read", "write"],
+        help="comma-separated, default read,write. admin: manages its own project's keys; "
+        "instance: manages projects and every project's keys (give it to operators only)",
+    )
     create_key.add_argument("--expires-in-days", type=_positive_days, metavar="N")
     create_key.add_argument("--name", default="cli")
     list_keys = key_commands.add_parser("list", help="list keys (never the secrets)")
@@ -73,20 +81,23 @@ def _key_state(key: ApiKey) -> str:
     return "active"
 
 
-def _run(args: argparse.Namespace) -> None:
+def _run(args: argparse.Namespace) -> list[tuple[str, bool]]:
+    """Does the command and returns what to print, (text, to stderr), once it is committed:
+    nothing says a change happened (or prints a key) that the database did not keep."""
+    out: list[tuple[str, bool]] = []
     with session_scope() as session:
         if args.command == "projects" and args.action == "create":
             project = admin.create_project(session, name=args.name)
-            print(f"{project.id}\t{project.name}")
+            out.append((f"{project.id}\t{project.name}", False))
         elif args.command == "projects" and args.action == "list":
             counts = admin.active_key_counts(session)
             for project in admin.list_projects(session):
                 active = counts.get(project.id, 0)
-                print(f"{project.id}\t{project.name}\t{active} active key(s)")
+                out.append((f"{project.id}\t{project.name}\t{active} active key(s)", False))
         elif args.command == "projects" and args.action == "revoke":
             project = admin.find_project(session, args.project)
             revoked = admin.revoke_project(session, project)
-            print(f"revoked {revoked} key(s) of project {project.name!r}", file=sys.stderr)
+            out.append((f"revoked {revoked} key(s) of project {project.name!r}", True))
         elif args.command == "keys" and args.action == "create":
             project = admin.find_project(session, args.project)
             expires_at = None
@@ -99,23 +110,29 @@ def _run(args: argparse.Namespace) -> None:
                 scopes=args.scopes,
                 expires_at=expires_at,
             )
-            print(
-                f"created key {row.id} for project {project.name!r} "
-                f"(scopes {','.join(row.scopes)}, {_key_state(row)}); "
-                "it is shown only now:",
-                file=sys.stderr,
+            out.append(
+                (
+                    f"created key {row.id} for project {project.name!r} "
+                    f"(scopes {','.join(row.scopes)}, {_key_state(row)}); "
+                    "it is shown only now:",
+                    True,
+                )
             )
-            print(plain)
+            out.append((plain, False))
         elif args.command == "keys" and args.action == "list":
             project_id = admin.find_project(session, args.project).id if args.project else None
             for key in admin.list_keys(session, project_id=project_id):
-                print(
-                    f"{key.id}\t{key.project_id}\t{key.name}\t{key.display_prefix}…\t"
-                    f"{','.join(key.scopes)}\t{_key_state(key)}"
+                out.append(
+                    (
+                        f"{key.id}\t{key.project_id}\t{key.name}\t{key.display_prefix}…\t"
+                        f"{','.join(key.scopes)}\t{_key_state(key)}",
+                        False,
+                    )
                 )
         elif args.command == "keys" and args.action == "revoke":
             row = admin.revoke_key(session, args.key_id)
-            print(f"key {row.id} revoked", file=sys.stderr)
+            out.append((f"key {row.id} revoked", True))
+    return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -127,10 +144,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("database is up to date", file=sys.stderr)
         return 0
     try:
-        _run(args)
+        output = _run(args)
     except admin.AdminError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return 1
+    except SQLAlchemyError as exc:
+        reason = getattr(exc, "orig", None) or exc
+        print(f"error: the database did not save the change: {reason}", file=sys.stderr)
+        return 1
+    for text, to_stderr in output:
+        print(text, file=sys.stderr if to_stderr else sys.stdout)
     return 0
 
 

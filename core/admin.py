@@ -14,7 +14,9 @@ from core.db import new_id, utcnow
 from core.keys import display_prefix, generate_key, hash_key
 from core.models import ApiKey, Project
 
-SCOPES = ("read", "write", "admin")
+#: `admin` manages the keys of its own project; `instance` manages projects and the keys of
+#: every project (the key made on first start holds it). Each implies the ones before it.
+SCOPES = ("read", "write", "admin", "instance")
 PROJECT_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\- ]*$"
 PROJECT_NAME_MAX = 200
 KEY_NAME_MAX = 200
@@ -141,11 +143,16 @@ def list_keys(session: Session, *, project_id: str | None = None) -> list[ApiKey
     return list(session.scalars(query))
 
 
-def revoke_key(session: Session, key_id: str) -> ApiKey:
-    """Revoking twice keeps the first revocation time."""
+def find_key(session: Session, key_id: str) -> ApiKey:
     row = session.get(ApiKey, key_id)
     if row is None:
         raise AdminError("not-found", f"key {key_id!r} was not found")
+    return row
+
+
+def revoke_key(session: Session, key_id: str) -> ApiKey:
+    """Revoking twice keeps the first revocation time."""
+    row = find_key(session, key_id)
     if row.revoked_at is None:
         row.revoked_at = utcnow()
         session.flush()

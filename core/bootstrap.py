@@ -1,4 +1,5 @@
-"""First start on an empty database: a default project and its admin key."""
+"""First start on an empty database: a default project and its key with every scope
+(`instance` included: it manages every project)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ DEFAULT_PROJECT = "default"
 
 
 def ensure_admin_key(session: Session, bootstrap_key: str | None) -> str | None:
-    """Create the first project and admin key when there is no key at all.
+    """Create the first project and its instance key when there is no key at all.
 
     Returns the plain key when one was generated (so the caller can print it once).
     """

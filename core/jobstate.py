@@ -1,15 +1,20 @@
 """Every job state change, as a conditional UPDATE, so two processes can never both move
-the same job (two workers finishing it, a cancel racing a completion)."""
+the same job (two workers finishing it, a cancel racing a completion).
+
+Heartbeats, send times and the cutoffs they are judged by are read from the database
+server's clock (core.dbclock), never a worker's: a worker whose clock runs hours fast or slow
+neither reaps healthy jobs nor keeps a dead one alive."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from core.db import utcnow
+from core.dbclock import db_utcnow
 from core.models import Job, JobStatus
 
 RUNNING = (JobStatus.running, JobStatus.cancelling)
@@ -25,7 +30,7 @@ def claim(session: Session, job_id: str, worker: str) -> int | None:
             status=JobStatus.running,
             attempts=Job.attempts + 1,
             started_at=now,
-            heartbeat_at=now,
+            heartbeat_at=db_utcnow(),
             worker=worker,
             stage="loading",
             progress=0.0,
@@ -46,11 +51,10 @@ def claim(session: Session, job_id: str, worker: str) -> int | None:
 
 def heartbeat(session: Session, job_id: str, attempt: int) -> str | None:
     """Refresh the heartbeat; returns the job's status, or None if this attempt lost the job."""
-    now = utcnow()
     result = session.execute(
         update(Job)
         .where(Job.id == job_id, Job.attempts == attempt, Job.status.in_(RUNNING))
-        .values(heartbeat_at=now)
+        .values(heartbeat_at=db_utcnow())
         .execution_options(synchronize_session=False)
     )
     if result.rowcount != 1:  # type: ignore[attr-defined]
@@ -69,7 +73,7 @@ def report_progress(
             stage=stage,
             progress=max(0.0, min(1.0, progress)),
             progress_message=message[:2000],
-            heartbeat_at=now,
+            heartbeat_at=db_utcnow(),
             updated_at=now,
         )
         .execution_options(synchronize_session=False)
@@ -84,7 +88,7 @@ def record_result(session: Session, job_id: str, attempt: int, *, result: dict[s
     outcome = session.execute(
         update(Job)
         .where(Job.id == job_id, Job.attempts == attempt, Job.status.in_(RUNNING))
-        .values(result=result, heartbeat_at=now, updated_at=now)
+        .values(result=result, heartbeat_at=db_utcnow(), updated_at=now)
         .execution_options(synchronize_session=False)
     )
     return outcome.rowcount == 1  # type: ignore[attr-defined]
@@ -151,7 +155,7 @@ def reap_stale(session: Session, *, timeout_s: float) -> list[tuple[str, str]]:
 
     Returns (job_id, queue) of the jobs to re-send to the broker after commit.
     """
-    cutoff = utcnow() - timedelta(seconds=timeout_s)
+    cutoff = db_utcnow(-timeout_s)
     # Plain rows, not ORM objects: an identity-mapped Job could carry stale values.
     stale = session.execute(
         select(Job.id, Job.status, Job.attempts, Job.max_attempts, Job.queue).where(
@@ -161,8 +165,12 @@ def reap_stale(session: Session, *, timeout_s: float) -> list[tuple[str, str]]:
     requeue: list[tuple[str, str]] = []
     now = utcnow()
     for job in stale:
+        # Still stale when updated: a heartbeat since the SELECT keeps the job.
         base = update(Job).where(
-            Job.id == job.id, Job.attempts == job.attempts, Job.status == job.status
+            Job.id == job.id,
+            Job.attempts == job.attempts,
+            Job.status == job.status,
+            Job.heartbeat_at < cutoff,
         )
         if job.status == JobStatus.cancelling:
             values: dict[str, Any] = {
@@ -175,7 +183,8 @@ def reap_stale(session: Session, *, timeout_s: float) -> list[tuple[str, str]]:
             values = {
                 "status": JobStatus.queued,
                 "queued_at": now,
-                "sent_at": None,
+                # Sent by the caller right after the commit (mark_unsent if that fails).
+                "sent_at": db_utcnow(),
                 "stage": None,
                 "progress": 0.0,
                 "progress_message": (
@@ -203,27 +212,44 @@ def reap_stale(session: Session, *, timeout_s: float) -> list[tuple[str, str]]:
 
 
 def resend_stale_queued(session: Session, *, after_s: float) -> list[tuple[str, str]]:
-    """Queued jobs handed to the broker more than `after_s` ago and still not claimed: the
-    broker may have lost them. Marks each as sent now and returns (job_id, queue) to send.
+    """Queued jobs to hand to the broker (again): those it never took (sent_at is NULL: it was
+    unreachable when they were queued or re-queued) and those sent more than `after_s` ago and
+    still not claimed (the broker may have lost them). Marks each as sent now and returns
+    (job_id, queue) to send.
 
     A job the broker did not lose gets a second message; that is harmless because `claim` is
     conditional: the first message to arrive runs the job, any later one finds it no longer
     queued and is dropped. Marking is conditional too, so of several reapers only one re-sends.
     """
-    cutoff = utcnow() - timedelta(seconds=after_s)
-    last_sent = func.coalesce(Job.sent_at, Job.queued_at)
+    due = or_(Job.sent_at.is_(None), Job.sent_at < db_utcnow(-after_s))
     waiting = session.execute(
-        select(Job.id, Job.queue).where(Job.status == JobStatus.queued, last_sent < cutoff)
+        select(Job.id, Job.queue)
+        .where(Job.status == JobStatus.queued, due)
+        .order_by(Job.queued_at, Job.id)
     ).all()
-    now = utcnow()
     resend: list[tuple[str, str]] = []
     for job in waiting:
         outcome = session.execute(
             update(Job)
-            .where(Job.id == job.id, Job.status == JobStatus.queued, last_sent < cutoff)
-            .values(sent_at=now)
+            .where(Job.id == job.id, Job.status == JobStatus.queued, due)
+            .values(sent_at=db_utcnow())
             .execution_options(synchronize_session=False)
         )
         if outcome.rowcount == 1:  # type: ignore[attr-defined]
             resend.append((job.id, job.queue))
     return resend
+
+
+def mark_unsent(session: Session, job_ids: Sequence[str]) -> None:
+    """The broker did not take these jobs: the reaper's next pass sends them."""
+    if job_ids:
+        session.execute(
+            update(Job)
+            .where(Job.id.in_(job_ids), Job.status == JobStatus.queued)
+            .values(
+                sent_at=None,
+                progress_message="not yet handed to a worker: the broker is unreachable; "
+                "it is sent as soon as the broker is back",
+            )
+            .execution_options(synchronize_session=False)
+        )

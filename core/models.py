@@ -147,9 +147,11 @@ class Job(Base):
     request_hash: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     queued_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    #: When a worker last re-sent the job to the broker; None: only the API sent it (queued_at).
+    #: When the job was last handed to the broker, by the database's clock; None: the broker
+    #: has not taken it (it was unreachable), and the reaper's next pass sends it.
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    #: By the database's clock (core.dbclock), as the reaper's cutoff is.
     heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     cancel_requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

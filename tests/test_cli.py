@@ -8,6 +8,8 @@ import sys
 
 from fastapi.testclient import TestClient
 
+from tests.api.test_commit_before_answer import refuse_commits_that_change
+
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
@@ -73,3 +75,42 @@ def test_cli_refuses_bad_input_with_a_message(client: TestClient) -> None:
     assert bad_name.returncode == 1 and "project name" in bad_name.stderr
     assert [p["name"] for p in client.get("/v1/projects").json()] == ["default"]
     assert len(client.get("/v1/keys").json()) == 1
+
+
+def test_cli_makes_project_admins_and_instance_keys(client: TestClient) -> None:
+    assert cli("projects", "create", "team-ops").returncode == 0
+    keys = {}
+    for scope in ("admin", "instance"):
+        made = cli("keys", "create", "--project", "team-ops", "--scopes", scope)
+        assert made.returncode == 0, made.stderr
+        keys[scope] = {"Authorization": f"Bearer {made.stdout.strip()}"}
+    default = next(p for p in client.get("/v1/projects").json() if p["name"] == "default")
+    for_default = {"project_id": default["id"], "name": "x", "scopes": ["read"]}
+
+    assert (
+        client.post("/v1/projects", json={"name": "p1"}, headers=keys["admin"]).status_code == 403
+    )
+    assert client.post("/v1/keys", json=for_default, headers=keys["admin"]).status_code == 403
+    assert (
+        client.post("/v1/projects", json={"name": "p2"}, headers=keys["instance"]).status_code
+        == 201
+    )
+    assert client.post("/v1/keys", json=for_default, headers=keys["instance"]).status_code == 201
+
+
+def test_cli_says_nothing_happened_when_the_database_refused_it(client: TestClient) -> None:
+    project = client.post("/v1/projects", json={"name": "team-z"}).json()
+    key = client.post("/v1/keys", json={"project_id": project["id"], "name": "ci"}).json()
+    refuse_commits_that_change("api_keys", "UPDATE")
+    refuse_commits_that_change("api_keys", "INSERT")
+
+    revoke = cli("keys", "revoke", key["id"])
+    assert revoke.returncode == 1 and "revoked" not in revoke.stderr
+    assert "did not save" in revoke.stderr
+    assert (
+        client.get("/v1/models", headers={"Authorization": f"Bearer {key['key']}"}).status_code
+        == 200
+    )
+
+    made = cli("keys", "create", "--project", "team-z")
+    assert made.returncode == 1 and made.stdout == ""  # no key printed that does not exist

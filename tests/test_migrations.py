@@ -3,14 +3,19 @@ and can be rolled back."""
 
 from __future__ import annotations
 
+import json
+from datetime import datetime
+
 import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import inspect
+from sqlalchemy import inspect, text
 
 from core.db import Base, make_engine
 from core.migrate import alembic_config
+
+T = datetime(2026, 11, 1, 12, 0)
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
@@ -34,3 +39,50 @@ def test_upgrade_matches_models_and_downgrade_works(
         diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
     engine.dispose()
     assert diff == [], f"models and migrations disagree: {diff}"
+
+
+def test_stored_keys_and_queued_jobs_keep_working_across_the_instance_scope_revision(
+    service_env: dict[str, str],
+) -> None:
+    from core.settings import get_settings
+
+    url = get_settings().resolved_database_url
+    config = alembic_config(url)
+    command.downgrade(config, "0004")
+    engine = make_engine(url)
+    keys = {"bootstrap admin": ["read", "write", "admin"], "team admin": ["admin"], "ci": ["read"]}
+    with engine.begin() as conn:
+        conn.execute(text("DELETE FROM api_keys"))
+        conn.execute(
+            text("INSERT INTO projects (id, name, created_at) VALUES ('p', 'p', :t)"), {"t": T}
+        )
+        for name, scopes in keys.items():
+            conn.execute(
+                text(
+                    "INSERT INTO api_keys (id, project_id, name, display_prefix, key_hash, scopes,"
+                    " created_at) VALUES (:id, 'p', :name, 'mpk_x', :id, :scopes, :t)"
+                ),
+                {"id": f"key_{name}", "name": name, "scopes": json.dumps(scopes), "t": T},
+            )
+        conn.execute(
+            text(
+                "INSERT INTO jobs (id, project_id, spec, dataset_ids, extra_model_ids, queue, "
+                "status, progress, attempts, max_attempts, created_at, queued_at, updated_at) "
+                "VALUES ('job_q', 'p', '{}', '[]', '[]', 'cpu', 'queued', 0, 0, 3, :t, :t, :t)"
+            ),
+            {"t": T},
+        )
+
+    command.upgrade(config, "head")
+    with engine.connect() as conn:
+        stored = {
+            name: json.loads(scopes) if isinstance(scopes, str) else scopes
+            for name, scopes in conn.execute(text("SELECT name, scopes FROM api_keys"))
+        }
+        sent_at = conn.execute(text("SELECT sent_at FROM jobs WHERE id = 'job_q'")).scalar_one()
+    engine.dispose()
+    # The first-start key keeps managing every project; the others keep what they had, now
+    # within their own project.
+    assert stored == {**keys, "bootstrap admin": ["read", "write", "admin", "instance"]}
+    # A job the API had sent (sent_at NULL until now) is not taken for one it never sent.
+    assert sent_at is not None

@@ -8,30 +8,30 @@ import threading
 
 from core import jobstate
 from core.db import session_scope
-from core.queue import enqueue_job
+from core.queue import send_jobs
 from core.settings import Settings
 
 log = logging.getLogger(__name__)
 
 
 def reap_once(settings: Settings) -> list[str]:
-    """Returns the ids of the jobs it sent to the broker."""
+    """Returns the ids of the jobs it handed to the broker."""
     with session_scope() as session:
         requeue = jobstate.reap_stale(session, timeout_s=settings.heartbeat_timeout_s)
-    # Sent after the commit, like every enqueue.
-    for job_id, queue in requeue:
+    for job_id, _ in requeue:
         log.warning("job %s lost its worker; queued again", job_id)
-        enqueue_job(job_id, queue)
     with session_scope() as session:
         resend = jobstate.resend_stale_queued(session, after_s=settings.requeue_after_s)
-    for job_id, queue in resend:
-        log.warning(
-            "job %s still queued %.0f s after it was sent; sent again",
-            job_id,
-            settings.requeue_after_s,
-        )
-        enqueue_job(job_id, queue)
-    return [job_id for job_id, _ in [*requeue, *resend]]
+    for job_id, _ in resend:
+        log.warning("job %s is queued and not (or no longer) in the broker; sent", job_id)
+    # Sent after the commits, like every enqueue; what the broker does not take now is
+    # marked unsent and sent again on the next pass.
+    jobs = [*requeue, *resend]
+    unsent = send_jobs(jobs)
+    if unsent:
+        with session_scope() as session:
+            jobstate.mark_unsent(session, unsent)
+    return [job_id for job_id, _ in jobs if job_id not in unsent]
 
 
 def start_reaper(settings: Settings) -> threading.Event:

@@ -1,4 +1,5 @@
-"""/v1/projects and /v1/keys: admin-only management of projects and their API keys."""
+"""/v1/projects and /v1/keys: projects and their API keys. An `admin` key manages the keys of
+its own project; projects, and the keys of other projects, need the `instance` scope."""
 
 from __future__ import annotations
 
@@ -8,10 +9,11 @@ from typing import Literal
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
-from api.deps import AdminKey, SessionDep
+from api.deps import AdminKey, InstanceKey, SessionDep, held_scopes
 from api.errors import Problem
 from api.schemas import KeyCreated, KeyOut, ProjectOut
 from core import admin
+from core.models import ApiKey
 
 router = APIRouter(tags=["keys"])
 
@@ -36,14 +38,24 @@ class ProjectCreate(BaseModel):
 class KeyCreate(BaseModel):
     project_id: str
     name: str = Field(min_length=1, max_length=admin.KEY_NAME_MAX)
-    scopes: list[Literal["read", "write", "admin"]] = Field(["read", "write"], min_length=1)
+    scopes: list[Literal["read", "write", "admin", "instance"]] = Field(
+        ["read", "write"], min_length=1
+    )
     expires_at: datetime | None = Field(
         None, description="When the key stops working; with a time zone, in the future."
     )
 
 
+def _is_instance(key: ApiKey) -> bool:
+    return "instance" in held_scopes(key)
+
+
+def _needs_instance(what: str) -> Problem:
+    return Problem(403, f"{what} needs an API key with the 'instance' scope", type="forbidden")
+
+
 @router.post("/v1/projects", status_code=201, response_model=ProjectOut)
-def create_project(body: ProjectCreate, key: AdminKey, session: SessionDep) -> ProjectOut:
+def create_project(body: ProjectCreate, key: InstanceKey, session: SessionDep) -> ProjectOut:
     try:
         project = admin.create_project(session, name=body.name)
     except admin.AdminError as exc:
@@ -53,8 +65,12 @@ def create_project(body: ProjectCreate, key: AdminKey, session: SessionDep) -> P
 
 @router.get("/v1/projects", response_model=list[ProjectOut])
 def list_projects(key: AdminKey, session: SessionDep) -> list[ProjectOut]:
+    """Every project for an `instance` key; an `admin` key sees its own project only."""
     counts = admin.active_key_counts(session)
-    return [ProjectOut.of(p, active_keys=counts.get(p.id, 0)) for p in admin.list_projects(session)]
+    projects = admin.list_projects(session)
+    if not _is_instance(key):
+        projects = [p for p in projects if p.id == key.project_id]
+    return [ProjectOut.of(p, active_keys=counts.get(p.id, 0)) for p in projects]
 
 
 @router.delete(
@@ -62,7 +78,7 @@ def list_projects(key: AdminKey, session: SessionDep) -> list[ProjectOut]:
     response_model=ProjectOut,
     responses={409: {"description": "The project of the key making the request"}},
 )
-def revoke_project(project_id: str, key: AdminKey, session: SessionDep) -> ProjectOut:
+def revoke_project(project_id: str, key: InstanceKey, session: SessionDep) -> ProjectOut:
     """Revoke every key of the project; its models, datasets, jobs and artifacts are kept."""
     try:
         project = admin.find_project(session, project_id)
@@ -73,7 +89,7 @@ def revoke_project(project_id: str, key: AdminKey, session: SessionDep) -> Proje
         raise Problem(
             409,
             "this is the project of the key making the request; revoke it with another "
-            "project's admin key or with `python -m core projects revoke`",
+            "project's instance key or with `python -m core projects revoke`",
             type="own-project",
         )
     admin.revoke_project(session, project)
@@ -82,6 +98,11 @@ def revoke_project(project_id: str, key: AdminKey, session: SessionDep) -> Proje
 
 @router.post("/v1/keys", status_code=201, response_model=KeyCreated)
 def create_api_key(body: KeyCreate, key: AdminKey, session: SessionDep) -> KeyCreated:
+    """An `admin` key creates keys for its own project, with any scope but `instance`."""
+    if body.project_id != key.project_id and not _is_instance(key):
+        raise _needs_instance("creating a key for another project")
+    if "instance" in body.scopes and not _is_instance(key):
+        raise _needs_instance("granting the 'instance' scope")
     try:
         row, plain = admin.create_key(
             session,
@@ -99,12 +120,23 @@ def create_api_key(body: KeyCreate, key: AdminKey, session: SessionDep) -> KeyCr
 def list_api_keys(
     key: AdminKey, session: SessionDep, project_id: str | None = None
 ) -> list[KeyOut]:
+    """Every project's keys for an `instance` key; an `admin` key sees its own project's."""
+    if not _is_instance(key):
+        if project_id not in (None, key.project_id):
+            raise _needs_instance("listing another project's keys")
+        project_id = key.project_id
     return [KeyOut.of(k) for k in admin.list_keys(session, project_id=project_id)]
 
 
 @router.delete("/v1/keys/{key_id}", response_model=KeyOut)
 def revoke_api_key(key_id: str, key: AdminKey, session: SessionDep) -> KeyOut:
     try:
-        return KeyOut.of(admin.revoke_key(session, key_id))
+        row = admin.find_key(session, key_id)
     except admin.AdminError as exc:
         raise _problem(exc) from None
+    if not _is_instance(key):
+        if row.project_id != key.project_id:  # as if it did not exist, like any resource
+            raise _problem(admin.AdminError("not-found", f"key {key_id!r} was not found"))
+        if "instance" in row.scopes:
+            raise _needs_instance("revoking a key with the 'instance' scope")
+    return KeyOut.of(admin.revoke_key(session, row.id))

@@ -10,7 +10,7 @@ import pytest
 from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 
-from api.deps import require_admin, require_read, require_write
+from api.deps import require_admin, require_instance, require_read, require_write
 from tests.api.helpers import store_report, upload_dataset, upload_model
 from tests.factories import make_dataset, make_mlp
 
@@ -50,7 +50,7 @@ def app_routes(app: Any) -> list[Any]:
 
 
 def _is_admin(route: Any) -> bool:
-    return require_admin in _dependency_calls(route)
+    return bool({require_admin, require_instance} & _dependency_calls(route))
 
 
 def _methods(route: Any) -> list[str]:
@@ -127,13 +127,13 @@ def project_b(client: TestClient) -> dict[str, TestClient]:
 
 
 def test_every_route_needs_a_key_or_is_public(client: TestClient) -> None:
-    guards = {require_read, require_write, require_admin}
+    guards = {require_read, require_write, require_admin, require_instance}
     unguarded = {
         f"{sorted(r.methods)} {r.path}"
         for r in app_routes(client.app)
         if not guards & _dependency_calls(r) and r.path not in PUBLIC_PATHS
     }
-    assert unguarded == set(), "routes that take no ReadKey, WriteKey or AdminKey"
+    assert unguarded == set(), "routes that take no ReadKey, WriteKey, AdminKey or InstanceKey"
 
 
 def test_another_projects_key_gets_404_on_every_route(

@@ -5,10 +5,13 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
+import time_machine
+from sqlalchemy import text, update
 from sqlalchemy.orm import Session
 
 from core import jobstate
-from core.db import new_id, session_factory, utcnow
+from core.db import new_id, reset_engines, session_factory, utcnow
+from core.dbclock import db_utcnow
 from core.models import Job, JobStatus, Project
 
 
@@ -21,15 +24,20 @@ def _job(session: Session, **values: object) -> str:
     project = Project(id=new_id("prj"), name=new_id("p"))
     session.add(project)
     session.flush()
+    now = utcnow()
     job = Job(
-        id=new_id("job"),
-        project_id=project.id,
-        spec={},
-        dataset_ids=[],
-        status=JobStatus.queued,
-        max_attempts=2,
-        queued_at=utcnow(),
-        **values,
+        **{
+            "id": new_id("job"),
+            "project_id": project.id,
+            "spec": {},
+            "dataset_ids": [],
+            "status": JobStatus.queued,
+            "max_attempts": 2,
+            "queued_at": now,
+            # As the API queues a job: sent to the broker right after the commit.
+            "sent_at": now,
+            **values,
+        }
     )
     session.add(job)
     session.commit()
@@ -115,7 +123,7 @@ def test_queued_jobs_the_broker_may_have_lost_are_resent_once_per_interval(
         fresh = _job(session)
         running = _job(session)
         old = utcnow() - timedelta(minutes=10)
-        session.query(Job).filter(Job.id.in_([waiting, running])).update({"queued_at": old})
+        session.query(Job).filter(Job.id.in_([waiting, running])).update({"sent_at": old})
         jobstate.claim(session, running, "busy")
         session.commit()
 
@@ -128,3 +136,91 @@ def test_queued_jobs_the_broker_may_have_lost_are_resent_once_per_interval(
         assert jobstate.claim(session, waiting, "w2") is None
         session.commit()
         assert jobstate.resend_stale_queued(session, after_s=0.001) == [(fresh, "cpu")]
+
+
+def test_jobs_the_broker_never_took_are_sent_at_the_next_pass(service_env: dict[str, str]) -> None:
+    with session_factory()() as session:
+        unsent = _job(session)
+        sent = _job(session)
+        jobstate.mark_unsent(session, [unsent])
+        session.commit()
+        # However recently queued: the broker was down, so there is nothing to wait for.
+        assert jobstate.resend_stale_queued(session, after_s=300) == [(unsent, "cpu")]
+        session.commit()
+        assert jobstate.resend_stale_queued(session, after_s=300) == []
+        assert sent != unsent
+
+
+def _clock_off_by(hours: float) -> time_machine.travel:
+    """This process's clock (time.time, datetime.now, ...) set hours away from the real time,
+    and still ticking; the database server's clock is left alone."""
+    return time_machine.travel(utcnow() + timedelta(hours=hours), tick=True)
+
+
+def _status(session: Session, job_id: str) -> str:
+    session.expire_all()
+    return session.get_one(Job, job_id).status
+
+
+def test_a_reaper_whose_clock_runs_hours_fast_takes_no_healthy_job(
+    service_env: dict[str, str],
+) -> None:
+    with session_factory()() as session:
+        running = _job(session)
+        assert jobstate.claim(session, running, "healthy") == 1
+        just_sent = _job(session)
+        session.commit()
+
+        with _clock_off_by(+3):
+            assert utcnow() - timedelta(hours=2) > session.get_one(Job, running).heartbeat_at
+            assert jobstate.reap_stale(session, timeout_s=60) == []
+            assert jobstate.resend_stale_queued(session, after_s=300) == []
+            session.commit()
+        assert _status(session, running) == "running"
+        assert _status(session, just_sent) == "queued"
+
+
+def test_a_worker_whose_clock_runs_hours_slow_keeps_its_job(service_env: dict[str, str]) -> None:
+    with session_factory()() as session:
+        job_id = _job(session)
+        with _clock_off_by(-3):
+            assert jobstate.claim(session, job_id, "slow-clock") == 1
+            assert jobstate.heartbeat(session, job_id, 1) == JobStatus.running
+            session.commit()
+        assert jobstate.reap_stale(session, timeout_s=60) == []
+        session.commit()
+        assert _status(session, job_id) == "running"
+
+
+def test_a_reaper_whose_clock_runs_hours_slow_still_reaps_a_dead_job(
+    service_env: dict[str, str],
+) -> None:
+    with session_factory()() as session:
+        job_id = _job(session)
+        assert jobstate.claim(session, job_id, "died") == 1
+        # Its worker died ten minutes ago, by the database's clock.
+        session.execute(update(Job).where(Job.id == job_id).values(heartbeat_at=db_utcnow(-600)))
+        session.commit()
+        with _clock_off_by(-3):
+            assert jobstate.reap_stale(session, timeout_s=60) == [(job_id, "cpu")]
+            session.commit()
+        assert _status(session, job_id) == "queued"
+
+
+def test_heartbeats_are_utc_whatever_the_database_time_zone(service_env: dict[str, str]) -> None:
+    with session_factory()() as session:
+        if session.get_bind().dialect.name == "postgresql":
+            # Fourteen hours ahead of UTC: a bare now() would be stored fourteen hours off.
+            name = session.scalar(text("SELECT current_database()"))
+            session.execute(text(f"ALTER DATABASE \"{name}\" SET TimeZone TO 'Pacific/Kiritimati'"))
+            session.commit()
+    reset_engines()  # new connections, which take the database's time zone
+    with session_factory()() as session:
+        if session.get_bind().dialect.name == "postgresql":
+            assert session.scalar(text("SHOW TimeZone")) == "Pacific/Kiritimati"
+        job_id = _job(session)
+        assert jobstate.claim(session, job_id, "w") == 1
+        session.commit()
+        heartbeat = session.get_one(Job, job_id).heartbeat_at
+        assert heartbeat is not None
+        assert abs(heartbeat - utcnow()) < timedelta(minutes=1)
