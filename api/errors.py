@@ -40,6 +40,26 @@ class Problem(Exception):
         self.headers = headers
 
 
+class BodyTooLarge(StarletteHTTPException):
+    """A request body over MODELPRESS_MAX_JSON_BODY_BYTES, found while it is read. An
+    HTTPException, because FastAPI passes those on from its body parsing (any other error
+    there becomes a 400)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        super().__init__(413, self.problem().detail)
+
+    def problem(self) -> Problem:
+        return Problem(
+            413,
+            f"the request body is larger than the limit of {self.limit} bytes "
+            "(MODELPRESS_MAX_JSON_BODY_BYTES)",
+            type="body-too-large",
+            # The rest of the body is not read: the connection cannot carry another request.
+            headers={"Connection": "close"},
+        )
+
+
 def not_found(kind: str, resource_id: str) -> Problem:
     return Problem(404, f"{kind} {resource_id!r} was not found", type="not-found")
 
@@ -136,6 +156,10 @@ def install_error_handlers(app: FastAPI) -> None:
             errors=exc.errors,
             headers=exc.headers,
         )
+
+    @app.exception_handler(BodyTooLarge)
+    async def _body_too_large(request: Request, exc: BodyTooLarge) -> JSONResponse:
+        return await _problem(request, exc.problem())
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
