@@ -41,6 +41,7 @@ IdempotencyKey = Annotated[
     ),
 ]
 
+
 async def current_key(request: Request) -> ApiKey:
     """The key `api.middleware.RequestGuard` authenticated before the body was read: no
     database session, so a route holds none unless it asks for one (a stream waits without)."""

@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from api.errors import install_error_handlers
-from api.middleware import RequestGuard, parses_its_own_body
+from api.middleware import RequestGuard, streamed_uploads
 from api.routes import artifacts, batches, datasets, health, jobs, keys, models
 from api.uploads import sweep_stale_uploads
 from core.bootstrap import ensure_admin_key
@@ -62,7 +62,7 @@ def create_app() -> FastAPI:
         app.include_router(router)
     app.add_middleware(
         RequestGuard,
-        streamed_body_routes=[route for route in app.routes if parses_its_own_body(route)],
+        streamed_body_routes=streamed_uploads(app.openapi()),
     )
     return app
 

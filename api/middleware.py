@@ -8,11 +8,13 @@ make the server read a body of any size."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
+from typing import Any
 
 import anyio.to_thread
 from fastapi import Request
-from starlette.routing import BaseRoute, Match
+from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.errors import BodyTooLarge, Problem, problem_response
@@ -32,16 +34,23 @@ _UNAUTHORIZED_HEADERS = {"WWW-Authenticate": 'Bearer realm="modelpress"'}
 _MAX_LENGTH_DIGITS = 18
 
 
-def parses_its_own_body(route: BaseRoute) -> bool:
-    """Upload routes document a multipart body that they stream to disk themselves
-    (`api.uploads.receive_upload`), holding it to MODELPRESS_MAX_UPLOAD_BYTES."""
-    extra = getattr(route, "openapi_extra", None) or {}
-    content = extra.get("requestBody", {}).get("content", {})
-    return "multipart/form-data" in content
+def streamed_uploads(openapi: dict[str, Any]) -> list[tuple[str, re.Pattern[str]]]:
+    """(method, path pattern) of the routes whose body is multipart: they stream it to disk
+    themselves (`api.uploads.receive_upload`) and hold it to MODELPRESS_MAX_UPLOAD_BYTES.
+    Read from the OpenAPI document, where every route is listed however routers nest."""
+    found = []
+    for path, operations in openapi.get("paths", {}).items():
+        for method, operation in operations.items():
+            content = operation.get("requestBody", {}).get("content", {})
+            if "multipart/form-data" in content:
+                found.append((method.upper(), compile_path(path)[0]))
+    return found
 
 
 class RequestGuard:
-    def __init__(self, app: ASGIApp, *, streamed_body_routes: Sequence[BaseRoute]) -> None:
+    def __init__(
+        self, app: ASGIApp, *, streamed_body_routes: Sequence[tuple[str, re.Pattern[str]]]
+    ) -> None:
         self.app = app
         self.streamed_body_routes = tuple(streamed_body_routes)
 
@@ -61,7 +70,8 @@ class RequestGuard:
                 await _refuse(scope, receive, send, key)
                 return
             scope.setdefault("state", {})[STATE_KEY] = key
-        if any(route.matches(scope)[0] is Match.FULL for route in self.streamed_body_routes):
+        method, path = scope["method"], scope["path"]
+        if any(m == method and p.fullmatch(path) for m, p in self.streamed_body_routes):
             await self.app(scope, receive, send)
             return
         limit = get_settings().max_json_body_bytes

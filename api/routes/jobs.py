@@ -287,7 +287,8 @@ async def job_events(
             job = await _read(_job_of, visible)
             if job is None:
                 return
-            last = (job.status, job.stage, job.progress.fraction, job.progress.message, job.attempts)
+            progress = job.progress
+            last = (job.status, job.stage, progress.fraction, progress.message, job.attempts)
             yield ServerSentEvent(event="job", raw_data=job.model_dump_json())
             if job.status in FINAL_STATUSES:
                 return
