@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
-from datetime import datetime
 from typing import Annotated, Any, TypeVar
 from weakref import WeakKeyDictionary
 
@@ -13,12 +12,13 @@ import anyio
 import anyio.to_thread
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.sse import EventSourceResponse, ServerSentEvent
+from pydantic import AfterValidator, AwareDatetime
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from api.deps import IdempotencyKey, ReadKey, SessionDep, SettingsDep, StorageDep, WriteKey
 from api.errors import Problem, not_found
-from api.pagination import paginate
+from api.pagination import as_utc, paginate
 from api.routes.artifacts import artifact_response
 from api.schemas import ArtifactOut, JobOut, Page
 from api.submit import new_job, replay, request_hash, send_committed
@@ -34,6 +34,13 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 JobStatusName = Annotated[
     list[JobStatus] | None, Query(description="Only jobs in these states (repeatable).")
+]
+
+
+#: A time without a time zone names no instant; a 422 says so rather than guess one.
+CreatedBound = Annotated[
+    Annotated[AwareDatetime, AfterValidator(as_utc)] | None,
+    Query(description="ISO 8601 with a time zone, e.g. 2026-11-29T12:00:00Z."),
 ]
 
 
@@ -92,8 +99,8 @@ def list_jobs(
     session: SessionDep,
     status: JobStatusName = None,
     model_id: str | None = None,
-    created_after: datetime | None = None,
-    created_before: datetime | None = None,
+    created_after: CreatedBound = None,
+    created_before: CreatedBound = None,
     page_size: int = 50,
     page_token: str | None = None,
 ) -> Page[JobOut]:
