@@ -42,7 +42,9 @@ def test_a_range_with_thousands_of_digits_is_416_not_500(
     # A first byte inside the object and an enormous last byte: up to the end.
     tail = client.get(url, headers={"Range": f"bytes=10-{huge}"})
     assert tail.status_code == 206
-    assert tail.headers["content-range"] == f"bytes 10-{model['size_bytes'] - 1}/{model['size_bytes']}"
+    assert (
+        tail.headers["content-range"] == f"bytes 10-{model['size_bytes'] - 1}/{model['size_bytes']}"
+    )
 
 
 @pytest.mark.parametrize(

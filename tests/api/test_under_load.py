@@ -185,7 +185,9 @@ def test_health_answers_while_an_upload_waits_for_a_locked_database(
     """An upload's row is written in a worker thread: while that write waits for a lock,
     the event loop still serves other requests."""
     model = make_mlp(tmp_path / "m.onnx")
-    lock = sqlite3.connect(Path(api.env["MODELPRESS_DATA_DIR"]) / "modelpress.db")
+    lock = sqlite3.connect(
+        Path(api.env["MODELPRESS_DATA_DIR"]) / "modelpress.db", check_same_thread=False
+    )
     lock.execute("BEGIN IMMEDIATE")  # holds the write lock until released below
     released = threading.Event()
 
