@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any, TypeVar
@@ -286,6 +287,7 @@ async def job_events(
     settings = get_settings()
     started = time.monotonic()
     last: tuple[object, ...] | None = None
+    first_poll = True
     while True:
         state = await _read(_state_of, visible)
         if state is None:  # its project was deleted meanwhile
@@ -301,4 +303,7 @@ async def job_events(
                 return
         if time.monotonic() - started >= settings.events_stream_s:
             return
-        await anyio.sleep(settings.events_poll_s)
+        # Streams opened together (a dashboard, clients reconnecting after a restart) would
+        # all read in the same instant of every interval; a random first wait spreads them.
+        await anyio.sleep(settings.events_poll_s * (random.random() if first_poll else 1.0))
+        first_poll = False
