@@ -114,7 +114,7 @@ def test_a_content_length_of_thousands_of_digits_is_4xx(api: Service) -> None:
             f"{credentials}Content-Length: {'9' * 5000}\r\n\r\n"
         )
         answer, _ = _raw_exchange(api, head, b"{}")
-        assert answer[9:10] == b"4", answer[:300]
+        assert answer.startswith(b"HTTP/1.1 400 "), answer[:300]
 
 
 async def _open_stream(
