@@ -10,6 +10,7 @@ from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger(__name__)
@@ -160,6 +161,19 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(BodyTooLarge)
     async def _body_too_large(request: Request, exc: BodyTooLarge) -> JSONResponse:
         return await _problem(request, exc.problem())
+
+    @app.exception_handler(DataError)
+    async def _unstorable(request: Request, exc: DataError) -> JSONResponse:
+        # The database refused a value the request carried (PostgreSQL: a NUL in a string,
+        # a number out of a column's range); the request can be corrected, the service is fine.
+        log.warning("refused a value on %s %s: %s", request.method, request.url.path, exc.orig)
+        return problem_response(
+            request,
+            status=422,
+            type="unstorable-value",
+            title="Unprocessable Content",
+            detail=f"a value in the request cannot be stored: {str(exc.orig).splitlines()[0]}",
+        )
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:

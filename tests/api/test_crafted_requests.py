@@ -114,9 +114,33 @@ def test_bytes_that_are_not_utf8_in_the_query_or_path_are_4xx(
     _assert_problem(client.get("/v1/models/%c3%28/content"), 404, "not-found")
 
 
+@pytest.mark.parametrize(
+    "db_backend", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+)
 def test_a_nul_in_the_url_is_400(client: TestClient, model: dict[str, Any]) -> None:
-    for url in ("/v1/jobs/job%00x", "/v1/jobs?model_id=a%00b", f"/v1/models/{model['id']}%00"):
+    # PostgreSQL refuses strings with a NUL: without the check these were 500s there.
+    for url in (
+        "/v1/jobs/job%00x",
+        "/v1/jobs?model_id=a%00b",
+        f"/v1/models/{model['id']}%00",
+        "/v1/keys?project_id=%00",
+        "/v1/artifacts/%00/content",
+    ):
         _assert_problem(client.get(url), 400, "invalid-url")
+
+
+@pytest.mark.parametrize(
+    "db_backend", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+)
+def test_a_nul_in_a_stored_string_is_not_a_500(client: TestClient) -> None:
+    project = client.post("/v1/projects", json={"name": "team-nul"}).json()
+    response = client.post("/v1/keys", json={"project_id": project["id"], "name": "ci\u0000x"})
+    if response.status_code == 422:  # PostgreSQL cannot store it, and says so
+        _assert_problem(response, 422, "unstorable-value")
+        assert "NUL" in response.json()["detail"]
+    else:  # SQLite stores it as it came
+        assert response.status_code == 201 and response.json()["name"] == "ci\u0000x"
+    assert client.get("/v1/keys").status_code == 200
 
 
 def test_a_json_body_over_the_limit_is_413_before_it_is_parsed(
