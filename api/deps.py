@@ -62,15 +62,15 @@ def _check_scope(key: ApiKey, scope: str) -> ApiKey:
 
 # One named function per scope, so a route's scope can be read from its dependencies
 # (tests walk every route and check what each scope may do).
-async def require_read(key: CurrentKey) -> ApiKey:
+def require_read(key: CurrentKey) -> ApiKey:
     return _check_scope(key, "read")
 
 
-async def require_write(key: CurrentKey) -> ApiKey:
+def require_write(key: CurrentKey) -> ApiKey:
     return _check_scope(key, "write")
 
 
-async def require_admin(key: CurrentKey) -> ApiKey:
+def require_admin(key: CurrentKey) -> ApiKey:
     return _check_scope(key, "admin")
 
 
