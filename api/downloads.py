@@ -10,7 +10,35 @@ from fastapi.responses import Response, StreamingResponse
 from api.errors import Problem
 from core.storage import Storage
 
-_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+_RANGE = re.compile(r"bytes=(\d*)-(\d*)")
+#: Any position with more digits lies past the end of every object (and Python refuses to
+#: parse integers of over 4,300 digits).
+_MAX_DIGITS = 18
+_UNSATISFIABLE = (-1, -1)
+
+
+def _position(digits: str) -> int:
+    return int(digits) if len(digits) <= _MAX_DIGITS else 10**_MAX_DIGITS
+
+
+def _parse_range(header: str, size: int) -> tuple[int, int] | None:
+    """(first, last) byte of a single range, `_UNSATISFIABLE`, or None to serve the whole
+    object: RFC 9110 lets a server ignore a Range it does not understand (several ranges, a
+    unit other than bytes, a malformed or backwards range)."""
+    match = _RANGE.fullmatch(header.strip())
+    if match is None or not (match.group(1) or match.group(2)):
+        return None
+    first, last = match.group(1), match.group(2)
+    if first:
+        start = _position(first)
+        if last and _position(last) < start:
+            return None
+        end = min(_position(last), size - 1) if last else size - 1
+    else:  # suffix range: the last N bytes
+        start, end = max(size - _position(last), 0), size - 1
+    if start >= size or start > end:
+        return _UNSATISFIABLE
+    return start, end
 
 
 def download_response(
@@ -38,22 +66,16 @@ def download_response(
     range_header = request.headers.get("range")
     if_range = request.headers.get("if-range")
     if range_header and (if_range is None or if_range.strip() == etag):
-        match = _RANGE.match(range_header.strip())
-        # Multiple ranges are legal to ignore: the whole body is served instead.
-        if match and (match.group(1) or match.group(2)):
-            first, last = match.group(1), match.group(2)
-            if first:
-                start = int(first)
-                end = min(int(last), size - 1) if last else size - 1
-            else:  # suffix range: the last N bytes
-                start = max(size - int(last), 0)
-            if start >= size or start > end:
-                raise Problem(
-                    416,
-                    f"the range {range_header!r} is outside the {size}-byte object",
-                    type="range-not-satisfiable",
-                    headers={"Content-Range": f"bytes */{size}"},
-                )
+        wanted = _parse_range(range_header, size)
+        if wanted == _UNSATISFIABLE:
+            raise Problem(
+                416,
+                f"the range {range_header[:100]!r} is outside the {size}-byte object",
+                type="range-not-satisfiable",
+                headers={"Content-Range": f"bytes */{size}"},
+            )
+        if wanted is not None:
+            start, end = wanted
             status = 206
             headers["Content-Range"] = f"bytes {start}-{end}/{size}"
     headers["Content-Length"] = str(end - start + 1 if size else 0)

@@ -10,6 +10,7 @@ from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,26 @@ class Problem(Exception):
         self.title = title or HTTPStatus(status).phrase
         self.errors = errors
         self.headers = headers
+
+
+class BodyTooLarge(StarletteHTTPException):
+    """A request body over MODELPRESS_MAX_JSON_BODY_BYTES, found while it is read. An
+    HTTPException, because FastAPI passes those on from its body parsing (any other error
+    there becomes a 400)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        super().__init__(413, self.problem().detail)
+
+    def problem(self) -> Problem:
+        return Problem(
+            413,
+            f"the request body is larger than the limit of {self.limit} bytes "
+            "(MODELPRESS_MAX_JSON_BODY_BYTES)",
+            type="body-too-large",
+            # The rest of the body is not read: the connection cannot carry another request.
+            headers={"Connection": "close"},
+        )
 
 
 def not_found(kind: str, resource_id: str) -> Problem:
@@ -135,6 +156,23 @@ def install_error_handlers(app: FastAPI) -> None:
             detail=exc.detail,
             errors=exc.errors,
             headers=exc.headers,
+        )
+
+    @app.exception_handler(BodyTooLarge)
+    async def _body_too_large(request: Request, exc: BodyTooLarge) -> JSONResponse:
+        return await _problem(request, exc.problem())
+
+    @app.exception_handler(DataError)
+    async def _unstorable(request: Request, exc: DataError) -> JSONResponse:
+        # The database refused a value the request carried (PostgreSQL: a NUL in a string,
+        # a number out of a column's range); the request can be corrected, the service is fine.
+        log.warning("refused a value on %s %s: %s", request.method, request.url.path, exc.orig)
+        return problem_response(
+            request,
+            status=422,
+            type="unstorable-value",
+            title="Unprocessable Content",
+            detail=f"a value in the request cannot be stored: {str(exc.orig).splitlines()[0]}",
         )
 
     @app.exception_handler(RequestValidationError)

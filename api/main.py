@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from api.errors import install_error_handlers
+from api.middleware import RequestGuard, streamed_uploads
 from api.routes import artifacts, batches, datasets, health, jobs, keys, models
 from api.uploads import sweep_stale_uploads
 from core.bootstrap import ensure_admin_key
@@ -59,6 +60,10 @@ def create_app() -> FastAPI:
         keys.router,
     ):
         app.include_router(router)
+    app.add_middleware(
+        RequestGuard,
+        streamed_body_routes=streamed_uploads(app.openapi()),
+    )
     return app
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Select, and_, or_
@@ -15,16 +15,36 @@ from api.errors import Problem
 MAX_PAGE_SIZE = 200
 
 
+def as_utc(value: datetime) -> datetime:
+    """An aware time in UTC, as the database stores it; a time that has no UTC equivalent
+    (year 1 or 9999 at the edge of a day) is a ValueError, so a 422 rather than a 500."""
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("the time is out of range once converted to UTC") from None
+
+
 def encode_token(created_at: datetime, row_id: str) -> str:
     raw = json.dumps({"c": created_at.isoformat(), "i": row_id}).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
+#: Far longer than any token `encode_token` makes.
+MAX_TOKEN_LENGTH = 512
+
+
 def decode_token(token: str) -> tuple[datetime, str]:
+    """The position a token names. It is not signed: it only says where to go on in a list
+    that the caller's project limits anyway, so a forged one shows nothing new."""
     try:
+        if len(token) > MAX_TOKEN_LENGTH:
+            raise ValueError("too long")
         padded = token + "=" * (-len(token) % 4)
         data = json.loads(base64.urlsafe_b64decode(padded))
-        return datetime.fromisoformat(data["c"]), str(data["i"])
+        created_at, row_id = datetime.fromisoformat(data["c"]), data["i"]
+        if created_at.tzinfo is None or not isinstance(row_id, str):
+            raise ValueError("not a token of ours")
+        return as_utc(created_at), row_id
     except Exception:
         raise Problem(
             422, "page_token is not a token this API returned", type="invalid-page-token"

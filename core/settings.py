@@ -30,6 +30,9 @@ class Settings(BaseSettings):
     s3_endpoint_url: str | None = None
     s3_region: str | None = None
     max_upload_bytes: int = Field(2 * 1024**3, ge=1)
+    #: Every request body but a model or dataset upload (job specs, batches, keys): larger
+    #: ones are refused with 413 before they are read.
+    max_json_body_bytes: int = Field(1024**2, ge=1024)
     bootstrap_key: str | None = None
 
     heartbeat_interval_s: float = Field(2.0, gt=0)

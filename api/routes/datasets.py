@@ -7,15 +7,18 @@ from functools import partial
 from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from api.deps import ReadKey, SessionDep, SettingsDep, StorageDep, WriteKey
 from api.errors import Problem, not_found
 from api.pagination import paginate
 from api.routes.models import ZIP_EXPANSION_LIMIT, get_owned_model
 from api.schemas import DatasetOut, Page
-from api.uploads import multipart_body_schema, receive_upload, safe_filename
+from api.uploads import Upload, multipart_body_schema, receive_upload, safe_filename
 from core.db import new_id
-from core.models import ACTIVE_STATUSES, Dataset, Job
+from core.models import ACTIVE_STATUSES, ApiKey, Dataset, Job
+from core.settings import Settings
+from core.storage import Storage
 from optimizers.datasets import check_fits, inspect_dataset
 from optimizers.errors import OptimizerError
 from optimizers.types import ModelInfo
@@ -43,14 +46,24 @@ async def upload_dataset(
     upload = await receive_upload(
         request, tmp_dir=settings.tmp_dir, max_bytes=settings.max_upload_bytes
     )
+    # Inspecting, storing, the row and its commit wait on disks and the database: in a worker
+    # thread, so the event loop goes on serving other requests meanwhile.
+    row = await run_in_threadpool(
+        partial(
+            _store_dataset, upload, key=key, session=session, settings=settings, storage=storage
+        )
+    )
+    response.headers["Location"] = f"/v1/datasets/{row.id}"
+    return DatasetOut.of(row)
+
+
+def _store_dataset(
+    upload: Upload, *, key: ApiKey, session: Session, settings: Settings, storage: Storage
+) -> Dataset:
     try:
         try:
-            info = await run_in_threadpool(
-                partial(
-                    inspect_dataset,
-                    upload.path,
-                    max_total_bytes=ZIP_EXPANSION_LIMIT * settings.max_upload_bytes,
-                )
+            info = inspect_dataset(
+                upload.path, max_total_bytes=ZIP_EXPANSION_LIMIT * settings.max_upload_bytes
             )
         except OptimizerError as exc:
             raise Problem(
@@ -76,7 +89,7 @@ async def upload_dataset(
         )
         session.add(row)
         session.flush()
-        await run_in_threadpool(storage.put_file, storage_key, upload.path)
+        storage.put_file(storage_key, upload.path)
     finally:
         upload.discard()
     try:
@@ -84,8 +97,7 @@ async def upload_dataset(
     except Exception:
         storage.delete_prefix(f"{key.project_id}/datasets/{dataset_id}")
         raise
-    response.headers["Location"] = f"/v1/datasets/{dataset_id}"
-    return DatasetOut.of(row)
+    return row
 
 
 @router.get("", response_model=Page[DatasetOut])

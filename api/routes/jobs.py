@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
+import random
 import time
-from collections.abc import Iterator
-from datetime import datetime
-from typing import Annotated, Any
+from collections.abc import AsyncIterator, Callable
+from typing import Annotated, Any, TypeVar
+from weakref import WeakKeyDictionary
 
-from fastapi import APIRouter, Query, Request, Response
-from fastapi.responses import StreamingResponse
+import anyio
+import anyio.to_thread
+from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi.sse import EventSourceResponse, ServerSentEvent
+from pydantic import AfterValidator, AwareDatetime
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from api.deps import IdempotencyKey, ReadKey, SessionDep, SettingsDep, StorageDep, WriteKey
 from api.errors import Problem, not_found
-from api.pagination import paginate
+from api.pagination import as_utc, paginate
 from api.routes.artifacts import artifact_response
 from api.schemas import ArtifactOut, JobOut, Page
 from api.submit import new_job, replay, request_hash, send_committed
@@ -22,11 +27,21 @@ from core import jobstate
 from core.db import session_factory
 from core.jobspec import JobSpec
 from core.models import FINAL_STATUSES, Artifact, Job, JobStatus
+from core.settings import get_settings
+
+T = TypeVar("T")
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 JobStatusName = Annotated[
     list[JobStatus] | None, Query(description="Only jobs in these states (repeatable).")
+]
+
+
+#: A time without a time zone names no instant; a 422 says so rather than guess one.
+CreatedBound = Annotated[
+    Annotated[AwareDatetime, AfterValidator(as_utc)] | None,
+    Query(description="ISO 8601 with a time zone, e.g. 2026-11-29T12:00:00Z."),
 ]
 
 
@@ -85,8 +100,8 @@ def list_jobs(
     session: SessionDep,
     status: JobStatusName = None,
     model_id: str | None = None,
-    created_after: datetime | None = None,
-    created_before: datetime | None = None,
+    created_after: CreatedBound = None,
+    created_before: CreatedBound = None,
     page_size: int = 50,
     page_token: str | None = None,
 ) -> Page[JobOut]:
@@ -212,43 +227,83 @@ EVENT_STREAM_DOC: dict[int | str, dict[str, Any]] = {
     }
 }
 
-
-@router.get("/{job_id}/events", response_class=StreamingResponse, responses=EVENT_STREAM_DOC)
-def job_events(
-    job_id: str, key: ReadKey, session: SessionDep, settings: SettingsDep
-) -> StreamingResponse:
-    get_owned_job(session, key.project_id, job_id)
-    return StreamingResponse(
-        _job_events(job_id, poll_s=settings.events_poll_s, stream_s=settings.events_stream_s),
-        media_type="text/event-stream",
-        # Proxies must pass each event on at once rather than buffer the stream.
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
+#: Worker threads (and so database connections) that all of a process's event streams share
+#: for their reads, however many streams are open: the other routes keep the rest.
+EVENT_STREAM_READERS = 4
+_stream_readers: WeakKeyDictionary[asyncio.AbstractEventLoop, anyio.CapacityLimiter] = (
+    WeakKeyDictionary()
+)
 
 
-#: A comment line this often keeps proxies and load balancers from closing a quiet stream.
-KEEPALIVE_S = 15.0
+def _readers() -> anyio.CapacityLimiter:
+    # A limiter belongs to the event loop it was made in (each test client runs its own).
+    loop = asyncio.get_running_loop()
+    limiter = _stream_readers.get(loop)
+    if limiter is None:
+        limiter = _stream_readers[loop] = anyio.CapacityLimiter(EVENT_STREAM_READERS)
+    return limiter
 
 
-def _job_events(job_id: str, *, poll_s: float, stream_s: float) -> Iterator[str]:
+async def _read(function: Callable[[str], T], job_id: str) -> T:
+    return await anyio.to_thread.run_sync(function, job_id, limiter=_readers())
+
+
+def _project_of(job_id: str) -> str | None:
+    with session_factory()() as session:
+        return session.scalar(select(Job.project_id).where(Job.id == job_id))
+
+
+def _state_of(job_id: str) -> tuple[object, ...] | None:
+    with session_factory()() as session:
+        row = session.execute(
+            select(Job.status, Job.stage, Job.progress, Job.progress_message, Job.attempts).where(
+                Job.id == job_id
+            )
+        ).one_or_none()
+    return None if row is None else tuple(row)
+
+
+def _job_of(job_id: str) -> JobOut | None:
+    with session_factory()() as session:
+        row = session.get(Job, job_id)
+        return None if row is None else JobOut.of(row)
+
+
+async def _visible_job_id(job_id: str, key: ReadKey) -> str:
+    """The 404 comes before the stream starts (after it, the status is already sent)."""
+    if await _read(_project_of, job_id) != key.project_id:
+        raise not_found("job", job_id)
+    return job_id
+
+
+@router.get("/{job_id}/events", response_class=EventSourceResponse, responses=EVENT_STREAM_DOC)
+async def job_events(
+    job_id: str, visible: Annotated[str, Depends(_visible_job_id)]
+) -> AsyncIterator[ServerSentEvent]:
     """The job's state whenever it changes, read from the database (the truth about a job;
-    the broker knows nothing of progress). Each poll uses a short session of its own."""
-    started = last_sent = time.monotonic()
+    the broker knows nothing of progress). Between reads the stream holds no thread and no
+    database connection; each read is one short query in a session of its own. FastAPI adds a
+    `: ping` comment to a quiet stream every 15 s."""
+    settings = get_settings()
+    started = time.monotonic()
     last: tuple[object, ...] | None = None
+    first_poll = True
     while True:
-        with session_factory()() as session:
-            row = session.get(Job, job_id)
-            job = JobOut.of(row) if row is not None else None
-        if job is None:  # its project was deleted meanwhile
+        state = await _read(_state_of, visible)
+        if state is None:  # its project was deleted meanwhile
             return
-        now = time.monotonic()
-        state = (job.status, job.stage, job.progress.fraction, job.progress.message, job.attempts)
         if state != last:
-            last, last_sent = state, now
-            yield f"event: job\ndata: {job.model_dump_json()}\n\n"
-        elif now - last_sent >= KEEPALIVE_S:
-            last_sent = now
-            yield ": keep-alive\n\n"
-        if job.status in FINAL_STATUSES or now - started >= stream_s:
+            job = await _read(_job_of, visible)
+            if job is None:
+                return
+            progress = job.progress
+            last = (job.status, job.stage, progress.fraction, progress.message, job.attempts)
+            yield ServerSentEvent(event="job", raw_data=job.model_dump_json())
+            if job.status in FINAL_STATUSES:
+                return
+        if time.monotonic() - started >= settings.events_stream_s:
             return
-        time.sleep(poll_s)
+        # Streams opened together (a dashboard, clients reconnecting after a restart) would
+        # all read in the same instant of every interval; a random first wait spreads them.
+        await anyio.sleep(settings.events_poll_s * (random.random() if first_poll else 1.0))
+        first_poll = False

@@ -8,15 +8,18 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from api.deps import ReadKey, SessionDep, SettingsDep, StorageDep, WriteKey
 from api.downloads import download_response
 from api.errors import Problem, not_found
 from api.pagination import paginate
 from api.schemas import ModelOut, Page
-from api.uploads import multipart_body_schema, receive_upload, safe_filename
+from api.uploads import Upload, multipart_body_schema, receive_upload, safe_filename
 from core.db import new_id
-from core.models import ACTIVE_STATUSES, Job, StoredModel
+from core.models import ACTIVE_STATUSES, ApiKey, Job, StoredModel
+from core.settings import Settings
+from core.storage import Storage
 from optimizers.errors import OptimizerError
 from optimizers.formats import inspect_upload, storage_name
 
@@ -65,18 +68,27 @@ async def upload_model(
     upload = await receive_upload(
         request, tmp_dir=settings.tmp_dir, max_bytes=settings.max_upload_bytes
     )
+    # Inspecting, storing, the row and its commit wait on disks and the database: in a worker
+    # thread, so the event loop goes on serving other requests meanwhile.
+    row = await run_in_threadpool(
+        partial(_store_model, upload, key=key, session=session, settings=settings, storage=storage)
+    )
+    response.headers["Location"] = f"/v1/models/{row.id}"
+    return ModelOut.of(row)
+
+
+def _store_model(
+    upload: Upload, *, key: ApiKey, session: Session, settings: Settings, storage: Storage
+) -> StoredModel:
     try:
         if upload.size_bytes == 0:
             raise Problem(422, "the uploaded file is empty", type="invalid-model")
         try:
-            info = await run_in_threadpool(
-                partial(
-                    inspect_upload,
-                    upload.path,
-                    max_total_bytes=ZIP_EXPANSION_LIMIT * settings.max_upload_bytes,
-                    fields=upload.fields,
-                    tmp_dir=upload.scratch_dir,
-                )
+            info = inspect_upload(
+                upload.path,
+                max_total_bytes=ZIP_EXPANSION_LIMIT * settings.max_upload_bytes,
+                fields=upload.fields,
+                tmp_dir=upload.scratch_dir,
             )
         except OptimizerError as exc:
             raise Problem(422, exc.message, type="invalid-model") from exc
@@ -95,7 +107,7 @@ async def upload_model(
         )
         session.add(row)
         session.flush()
-        await run_in_threadpool(storage.put_file, storage_key, upload.path)
+        storage.put_file(storage_key, upload.path)
     finally:
         upload.discard()
     try:
@@ -103,8 +115,7 @@ async def upload_model(
     except Exception:
         storage.delete_prefix(f"{key.project_id}/models/{model_id}")
         raise
-    response.headers["Location"] = f"/v1/models/{model_id}"
-    return ModelOut.of(row)
+    return row
 
 
 @router.get("", response_model=Page[ModelOut])
