@@ -115,6 +115,9 @@ def _fork_job(
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a too-large write fails, typed
         _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        # The pool process reads its memory use (/proc/PID/smaps_rollup); the host stays
+        # unreadable to it.
+        _prctl(_PR_SET_DUMPABLE, 1)
         if os.getppid() != parent:
             os._exit(1)
         if not own_namespace:
