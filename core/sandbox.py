@@ -159,19 +159,20 @@ def _gpu_binds() -> list[str]:
     return args
 
 
-_probe_cache: tuple[float, str | None] | None = None
+_probe_cache: dict[tuple[bool, str, Path], tuple[float, str | None]] = {}
 
 
 def probe(settings: Settings, *, max_age_s: float = 30.0) -> str | None:
     """None when jobs can be confined on this machine (or the settings allow unconfined
     jobs), else the reason they cannot. Runs the sandbox's Python once (a fraction of a
     second), cached for `max_age_s`."""
-    global _probe_cache
+    key = (settings.unsafe_unconfined_jobs, settings.bwrap_path, settings.data_dir)
     now = time.monotonic()
-    if _probe_cache is not None and now - _probe_cache[0] < max_age_s:
-        return _probe_cache[1]
+    cached = _probe_cache.get(key)
+    if cached is not None and now - cached[0] < max_age_s:
+        return cached[1]
     reason = _probe(settings)
-    _probe_cache = (now, reason)
+    _probe_cache[key] = (now, reason)
     return reason
 
 
