@@ -85,6 +85,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
         model = make_mlp(tmp_path / "mlp.onnx", in_features=256, hidden=1024, classes=100)
+        model_mb = model.stat().st_size / 1e6
         confined = Settings(data_dir=tmp_path / "confined")
         unconfined = Settings(data_dir=tmp_path / "unconfined", unsafe_unconfined_jobs=True)
         confined_start, confined_runs = measure(confined, model, args.runs)
@@ -102,7 +103,7 @@ def main() -> None:
     def ms(values: list[float]) -> str:
         return f"{statistics.median(values) * 1000:.1f} ms"
 
-    print(f"model copied in and out per job: {model.stat().st_size / 1e6:.1f} MB")
+    print(f"model copied in and out per job: {model_mb:.1f} MB")
     print(f"job host start-up, confined:   {confined_start:.2f} s")
     print(f"job host start-up, unconfined: {unconfined_start:.2f} s")
     print(f"per-job round trip, confined (median of {args.runs}):   {ms(confined_runs)}")
