@@ -131,6 +131,7 @@ def _watch(
     started = time.monotonic()
     next_beat = started + settings.heartbeat_interval_s
     kill_at = math.inf
+    last_beat = started
     while True:
         for message in process.poll(_POLL_S):
             reason = on_message(message)
@@ -158,6 +159,15 @@ def _watch(
         if now >= next_beat:
             next_beat = now + settings.heartbeat_interval_s
             status = _beat(job_id, attempt)
+            if status is _UNREACHABLE:
+                # Past the heartbeat timeout another worker's reaper may have taken the job
+                # over: this attempt gives up, and the database's state decides what follows.
+                if now - last_beat > settings.heartbeat_timeout_s:
+                    log.error("job %s: database unreachable past the heartbeat timeout", job_id)
+                    watch.reason = StopReason.lost
+                    break
+                continue
+            last_beat = now
             if status is None:
                 watch.reason = StopReason.lost
                 break
@@ -170,12 +180,16 @@ def _watch(
     return watch
 
 
+#: What a heartbeat returns while the database is unreachable.
+_UNREACHABLE = "unreachable"
+
+
 def _beat(job_id: str, attempt: int) -> str | None:
-    """The job's status after a heartbeat, None if this attempt lost the job. A database
-    hiccup is not a lost job: the status is then taken as unchanged."""
+    """The job's status after a heartbeat, None if this attempt lost the job, _UNREACHABLE
+    while the database is away (a hiccup is not a lost job)."""
     try:
         with session_scope() as session:
             return jobstate.heartbeat(session, job_id, attempt)
     except Exception:
         log.warning("heartbeat for job %s failed", job_id, exc_info=True)
-        return JobStatus.running
+        return _UNREACHABLE

@@ -16,15 +16,17 @@ import signal
 import socket
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import ValidationError
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from core import jobstate
-from core.db import new_id, session_scope
+from core.db import new_id
 from core.jobspec import JobLimits as RequestedLimits
 from core.jobspec import JobSpec
 from core.models import Artifact, Dataset, Job, JobStatus, StoredModel
@@ -33,6 +35,7 @@ from core.settings import Settings
 from core.storage import Storage, StorageCheckpoints, StorageError, checkpoints_prefix
 from optimizers.errors import OptimizerError
 from optimizers.types import ModelInfo
+from worker.dbretry import UNREACHABLE, retrying
 from worker.monitor import Limits, StopReason, Supervision, supervise
 from worker.protocol import (
     FILE_SIZE_LIMIT,
@@ -46,6 +49,8 @@ from worker.protocol import (
 from worker.sandbox import JobHost, JobProcess, KernelLimits, job_host, kernel_limits
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 #: Progress writes are throttled; a stage change is always written.
 _PROGRESS_MIN_INTERVAL_S = 0.5
@@ -100,9 +105,13 @@ def execute_job(job_id: str, *, settings: Settings, storage: Storage) -> str | N
             exc,
         )
         return None
-    with session_scope() as session:
+
+    def claim(session: Session) -> tuple[int | None, Any]:
         attempt = jobstate.claim(session, job_id, worker_name())
         spec = session.scalar(select(Job.spec).where(Job.id == job_id)) if attempt else None
+        return attempt, spec
+
+    attempt, spec = retrying(claim, patience_s=settings.heartbeat_timeout_s, what=f"job {job_id}")
     if attempt is None:
         log.info("job %s is not claimable (taken, canceled or out of attempts); skipping", job_id)
         return None
@@ -164,10 +173,15 @@ class _JobRun:
     def execute(self) -> str | None:
         try:
             self._progress("loading", 0.01, "fetching the model and datasets")
-            self.inputs = _load_inputs(self.job_id)
+            self.inputs = self._db(lambda session: _load_inputs(session, self.job_id), "inputs")
             self.prefix = f"{self.inputs.project_id}/jobs/{self.job_id}/attempt-{self.attempt}"
             if self.attempt > 1:
-                _drop_earlier_attempts(self.job_id, self.attempt, self.storage, keep=self.prefix)
+                keys = self._db(
+                    lambda session: _drop_earlier_attempts(session, self.job_id, keep=self.prefix),
+                    "earlier attempts",
+                )
+                for key in keys:
+                    self.storage.delete_prefix(key)
             self.host.scratch.empty()
             self._write_request(self.inputs)
         except StorageError as exc:
@@ -292,18 +306,21 @@ class _JobRun:
         self.stage = stage
         self._last_progress = now
         try:
-            with session_scope() as session:
-                owned = jobstate.report_progress(
+            owned = retrying(
+                lambda session: jobstate.report_progress(
                     session,
                     self.job_id,
                     self.attempt,
                     stage=stage,
                     progress=fraction,
                     message=message,
-                )
-        except Exception:
-            # A database hiccup: the next report or heartbeat writes again.
-            log.warning("job %s: progress not written", self.job_id, exc_info=True)
+                ),
+                # Not long: the job goes on meanwhile, and its next report is newer.
+                patience_s=2 * self.settings.heartbeat_interval_s,
+                what=f"job {self.job_id}: progress",
+            )
+        except UNREACHABLE:
+            log.warning("job %s: progress not written; the next report writes", self.job_id)
             return None
         return None if owned else StopReason.lost
 
@@ -326,16 +343,21 @@ class _JobRun:
         json.dumps(stage, allow_nan=False)
         rows = [self._store(entry) for entry in files]
         self.stages.append(stage)
-        with session_scope() as session:
-            session.add_all(rows)
+
+        def record(session: Session) -> bool:
+            session.add_all([_copy(row) for row in rows])
             session.flush()
-            if not jobstate.record_result(
+            if jobstate.record_result(
                 session, self.job_id, self.attempt, result={"stages": self.stages}
             ):
-                session.rollback()
-                for row in rows:
-                    self.storage.delete_prefix(row.storage_key)
-                return StopReason.lost
+                return True
+            session.rollback()
+            return False
+
+        if not self._db(record, "stage"):
+            for row in rows:
+                self.storage.delete_prefix(row.storage_key)
+            return StopReason.lost
         return None
 
     def _store(self, entry: dict[str, Any], *, kind: str | None = None) -> Artifact:
@@ -365,10 +387,12 @@ class _JobRun:
 
     def _record_outcome(self, watch: Supervision) -> str | None:
         """Writes the job's final state from what its process reported and how it ended."""
-        with session_scope() as session:
-            row = session.execute(
+        row = self._db(
+            lambda session: session.execute(
                 select(Job.status, Job.attempts).where(Job.id == self.job_id)
-            ).one_or_none()
+            ).one_or_none(),
+            "state",
+        )
         if row is None or row.attempts != self.attempt or watch.reason == StopReason.lost:
             log.warning(
                 "job %s: attempt %d lost the job to another attempt", self.job_id, self.attempt
@@ -433,20 +457,25 @@ class _JobRun:
                 sha256=_sha256(report_path),
             ),
         ]
-        with session_scope() as session:
-            session.add_all(artifacts)
+
+        def record(session: Session) -> bool:
+            session.add_all([_copy(row) for row in artifacts])
             session.flush()
-            if not jobstate.finish(
+            if jobstate.finish(
                 session, self.job_id, self.attempt, status=JobStatus.succeeded, result=result
             ):
-                session.rollback()
-                self.storage.delete_prefix(self.prefix)
-                log.warning(
-                    "job %s: attempt %d finished but no longer owns the job",
-                    self.job_id,
-                    self.attempt,
-                )
-                return JobStatus.canceled
+                return True
+            session.rollback()
+            return False
+
+        if not self._db(record, "result"):
+            self.storage.delete_prefix(self.prefix)
+            log.warning(
+                "job %s: attempt %d finished but no longer owns the job",
+                self.job_id,
+                self.attempt,
+            )
+            return JobStatus.canceled
         # Training state is needed only to resume an unfinished job.
         self.storage.delete_prefix(checkpoints_prefix(self.inputs.project_id, self.job_id))
         log.info("job %s: succeeded", self.job_id)
@@ -537,7 +566,26 @@ class _JobRun:
         return self._fail(status, error_type, message)
 
     def _fail(self, status: JobStatus, error_type: str, message: str) -> str:
-        return _finish_failed(self.job_id, self.attempt, status, error_type, message)
+        self._db(
+            lambda session: jobstate.finish(
+                session,
+                self.job_id,
+                self.attempt,
+                status=status,
+                error_type=error_type,
+                error_message=message,
+            ),
+            "outcome",
+        )
+        log.info("job %s: %s (%s: %s)", self.job_id, status, error_type, message)
+        return status
+
+    def _db(self, work: Callable[[Session], T], what: str) -> T:
+        return retrying(
+            work,
+            patience_s=self.settings.heartbeat_timeout_s,
+            what=f"job {self.job_id}: {what}",
+        )
 
 
 def _checkpoint_name(message: dict[str, Any]) -> str:
@@ -547,39 +595,38 @@ def _checkpoint_name(message: dict[str, Any]) -> str:
     return name
 
 
-def _load_inputs(job_id: str) -> _Inputs:
-    with session_scope() as session:
-        job = session.get(Job, job_id)
-        if job is None:
-            raise StorageError(f"job {job_id} vanished")
-        model = session.get(StoredModel, job.model_id) if job.model_id else None
-        if model is None:
-            raise StorageError("the job's model was deleted before the job ran")
-        datasets = {
-            d.id: d.storage_key
-            for d in session.scalars(select(Dataset).where(Dataset.id.in_(job.dataset_ids)))
-        }
-        missing = set(job.dataset_ids) - set(datasets)
-        if missing:
-            raise StorageError(f"dataset(s) {sorted(missing)} were deleted before the job ran")
-        spec = JobSpec.model_validate(job.spec)
-        # Jobs created before the column existed name their extra models only in the spec.
-        extra_ids = list(job.extra_model_ids or spec.model_ids())
-        extra = {
-            row.id: _stored(row)
-            for row in session.scalars(select(StoredModel).where(StoredModel.id.in_(extra_ids)))
-            if row.project_id == job.project_id
-        }
-        gone = sorted(set(extra_ids) - set(extra))
-        if gone:
-            raise StorageError(f"model(s) {gone} were deleted before the job ran")
-        return _Inputs(
-            project_id=job.project_id,
-            spec=spec,
-            model=_stored(model),
-            dataset_keys=datasets,
-            extra_models=extra,
-        )
+def _load_inputs(session: Session, job_id: str) -> _Inputs:
+    job = session.get(Job, job_id)
+    if job is None:
+        raise StorageError(f"job {job_id} vanished")
+    model = session.get(StoredModel, job.model_id) if job.model_id else None
+    if model is None:
+        raise StorageError("the job's model was deleted before the job ran")
+    datasets = {
+        d.id: d.storage_key
+        for d in session.scalars(select(Dataset).where(Dataset.id.in_(job.dataset_ids)))
+    }
+    missing = set(job.dataset_ids) - set(datasets)
+    if missing:
+        raise StorageError(f"dataset(s) {sorted(missing)} were deleted before the job ran")
+    spec = JobSpec.model_validate(job.spec)
+    # Jobs created before the column existed name their extra models only in the spec.
+    extra_ids = list(job.extra_model_ids or spec.model_ids())
+    extra = {
+        row.id: _stored(row)
+        for row in session.scalars(select(StoredModel).where(StoredModel.id.in_(extra_ids)))
+        if row.project_id == job.project_id
+    }
+    gone = sorted(set(extra_ids) - set(extra))
+    if gone:
+        raise StorageError(f"model(s) {gone} were deleted before the job ran")
+    return _Inputs(
+        project_id=job.project_id,
+        spec=spec,
+        model=_stored(model),
+        dataset_keys=datasets,
+        extra_models=extra,
+    )
 
 
 def _stored(row: StoredModel) -> _StoredModel:
@@ -616,35 +663,32 @@ def _store_file(
     return row
 
 
-def _drop_earlier_attempts(job_id: str, attempt: int, storage: Storage, *, keep: str) -> None:
+def _drop_earlier_attempts(session: Session, job_id: str, *, keep: str) -> list[str]:
     """A retried job starts over: what earlier attempts stored (stage models of the passes
-    they finished) is replaced by this attempt's. Checkpoints are kept: they let it resume."""
-    with session_scope() as session:
-        rows = session.scalars(select(Artifact).where(Artifact.job_id == job_id)).all()
-        stale = [row for row in rows if not row.storage_key.startswith(f"{keep}/")]
-        for row in stale:
-            session.delete(row)
-        keys = [row.storage_key for row in stale]
-    for key in keys:
-        storage.delete_prefix(key)
-    if keys:
-        log.info(
-            "job %s: attempt %d dropped %d artifact(s) of earlier attempts",
-            job_id,
-            attempt,
-            len(keys),
-        )
+    they finished) is replaced by this attempt's. Checkpoints are kept: they let it resume.
+    Returns the storage keys to delete once the rows are gone."""
+    rows = session.scalars(select(Artifact).where(Artifact.job_id == job_id)).all()
+    stale = [row for row in rows if not row.storage_key.startswith(f"{keep}/")]
+    for row in stale:
+        session.delete(row)
+    if stale:
+        log.info("job %s: dropping %d artifact(s) of earlier attempts", job_id, len(stale))
+    return [row.storage_key for row in stale]
 
 
-def _finish_failed(
-    job_id: str, attempt: int, status: JobStatus, error_type: str, message: str
-) -> str:
-    with session_scope() as session:
-        jobstate.finish(
-            session, job_id, attempt, status=status, error_type=error_type, error_message=message
-        )
-    log.info("job %s: %s (%s: %s)", job_id, status, error_type, message)
-    return status
+def _copy(row: Artifact) -> Artifact:
+    """A fresh row with the same values: a retried transaction adds rows anew."""
+    return Artifact(
+        id=row.id,
+        project_id=row.project_id,
+        job_id=row.job_id,
+        kind=row.kind,
+        name=row.name,
+        content_type=row.content_type,
+        sha256=row.sha256,
+        size_bytes=row.size_bytes,
+        storage_key=row.storage_key,
+    )
 
 
 def _sha256(path: Path) -> str:
