@@ -187,6 +187,8 @@ def run_job(*, events_fd: int, control_fd: int, scratch: Path) -> int:
 
 def _run(channel: Channel, scratch: Path) -> dict[str, Any]:
     request = json.loads((scratch / REQUEST_FILE).read_text())
+    # TMPDIR of an unconfined job (inside the sandbox /tmp is its own).
+    (scratch / "tmp").mkdir(exist_ok=True)
     progress = Progress(channel)
     max_total_bytes = int(request["max_total_bytes"])
     progress("loading", 0.01, "preparing the model")

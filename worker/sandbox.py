@@ -16,6 +16,7 @@ import ctypes
 import logging
 import os
 import select
+import shutil
 import signal
 import socket
 import subprocess
@@ -54,6 +55,7 @@ class JobHost:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         root = settings.tmp_dir / "sandbox"
+        _remove_stale_scratch(root)
         self.scratch = ScratchFolder(root / f"{os.getpid()}-{uuid.uuid4().hex[:8]}")
         self._sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         self.command: HostCommand = host_command(
@@ -174,6 +176,7 @@ class JobHost:
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.process.wait(10)
         self._sock.close()
+        shutil.rmtree(self.scratch.root, ignore_errors=True)
 
 
 @dataclass
@@ -258,6 +261,16 @@ def job_host(settings: Settings) -> JobHost:
 def _stop_host() -> None:
     if _host is not None:
         _host.stop()
+
+
+def _remove_stale_scratch(root: Path) -> None:
+    """Scratch folders of hosts whose pool process is gone (killed, or the worker restarted)."""
+    if not root.is_dir():
+        return
+    for folder in root.iterdir():
+        pid = folder.name.split("-", 1)[0]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def _die_with_parent() -> None:

@@ -25,6 +25,8 @@ class ScratchFolder:
         self.root = root
 
     def empty(self) -> None:
+        if not self.root.is_dir():  # its host stopped and took the folder along
+            return
         for entry in os.scandir(self.root):
             if entry.is_dir(follow_symlinks=False):
                 shutil.rmtree(entry.path, ignore_errors=True)
