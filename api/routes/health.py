@@ -10,7 +10,7 @@ from sqlalchemy import text
 
 from core.db import session_factory
 from core.queue import ping_broker
-from core.sandbox import probe
+from core.sandbox import probe as probe_sandbox
 from core.settings import get_settings
 from core.storage import get_storage
 
@@ -32,7 +32,7 @@ UNCONFINED = "off: MODELPRESS_UNSAFE_UNCONFINED_JOBS=true, jobs run unconfined"
 
 
 def _check_sandbox() -> None:
-    reason = probe(get_settings())
+    reason = probe_sandbox(get_settings())
     if reason is not None:
         raise RuntimeError(reason)
 
