@@ -353,7 +353,8 @@ def _out_of_memory(exc: BaseException) -> bool:
         if isinstance(link, MemoryError):
             return True
         text = str(link).lower()
-        if any(marker in text for marker in _OUT_OF_MEMORY_TEXTS):
+        # A GPU out of memory is not the job's (CPU) memory limit: it fails as it is.
+        if "cuda" not in text and any(marker in text for marker in _OUT_OF_MEMORY_TEXTS):
             return True
     return False
 
