@@ -9,6 +9,11 @@ ENV PYTHONUNBUFFERED=1 \
     MODELPRESS_PORT=8000 \
     MODELPRESS_DATA_DIR=/data
 
+# bubblewrap confines each job's process (docs/security.md); the worker refuses jobs without it.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends bubblewrap \
+    && rm -rf /var/lib/apt/lists/*
+
 WORKDIR /app
 COPY pyproject.toml constraints.txt README.md alembic.ini ./
 COPY api ./api

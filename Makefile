@@ -32,7 +32,7 @@ migrate: install
 	$(BIN)/python -m core migrate
 
 # One API process and one worker on SQLite, a local data folder and an embedded broker.
-run: migrate
+run: migrate system-packages
 	@trap 'kill 0' INT TERM EXIT; \
 	$(BIN)/celery -A worker.celery_app worker -Q cpu,gpu --loglevel INFO & \
 	$(BIN)/python -m api
@@ -40,10 +40,11 @@ run: migrate
 api: migrate
 	$(BIN)/python -m api
 
-worker: migrate
+worker: migrate system-packages
 	$(BIN)/celery -A worker.celery_app worker -Q $${MODELPRESS_QUEUES:-cpu} --loglevel INFO
 
-# Debian packages the integration tests start for real (redis-server).
+# Debian packages the service and the integration tests use for real (bubblewrap for the job
+# sandbox, redis-server, PostgreSQL).
 system-packages:
 	@bash scripts/system-packages.sh
 

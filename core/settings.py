@@ -57,6 +57,11 @@ class Settings(BaseSettings):
     #: An event stream ends after this long; clients reconnect (EventSource does so by itself)
     #: and get the job's current state first.
     events_stream_s: float = Field(600.0, gt=0)
+    #: Jobs run outside the sandbox: with the worker's secrets, files and network in reach of
+    #: every uploaded model. Only for a trusted single-user install (docs/security.md).
+    unsafe_unconfined_jobs: bool = False
+    #: The bubblewrap program that confines jobs (a name on PATH or a path).
+    bwrap_path: str = "bwrap"
 
     @model_validator(mode="after")
     def _absolute_data_dir(self) -> Settings:

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Installs the Debian packages the test suite runs for real (Redis, PostgreSQL) when missing.
+# Installs the Debian packages the service and its tests run for real when missing: bubblewrap
+# (the job sandbox), Redis and PostgreSQL.
 set -euo pipefail
 packages=()
+command -v bwrap >/dev/null 2>&1 || packages+=(bubblewrap)
 command -v redis-server >/dev/null 2>&1 || packages+=(redis-server)
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || packages+=(postgresql)
 if [ ${#packages[@]} -eq 0 ]; then

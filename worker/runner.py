@@ -1,45 +1,74 @@
-"""Runs one job: claim it, fetch its inputs, run the pipeline, store artifacts and numbers."""
+"""Runs one job: claim it, fetch its inputs into the confined job process's scratch folder,
+watch that process, store the artifacts and numbers it reports, and write the outcome.
+
+Only this (pool) process touches the database and storage; the job process gets files in
+its scratch folder and talks through a pipe (worker.protocol, worker.jobproc).
+"""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
 import tempfile
 import time
-import zipfile
 from collections.abc import Callable
-from dataclasses import dataclass
-from multiprocessing.synchronize import Event
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, TypeVar
 
-import onnx
 from pydantic import ValidationError
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from core import jobstate
-from core.db import new_id, session_scope
+from core.db import new_id
 from core.jobspec import JobLimits as RequestedLimits
 from core.jobspec import JobSpec
 from core.models import Artifact, Dataset, Job, JobStatus, StoredModel
+from core.sandbox import SandboxUnavailable
 from core.settings import Settings
 from core.storage import Storage, StorageCheckpoints, StorageError, checkpoints_prefix
-from optimizers.errors import InvalidModelError, OptimizerError
-from optimizers.external_data import check_relative_location, external_data_locations
-from optimizers.formats import UploadFormat, extract_onnx_zip
-from optimizers.pipeline import ArtifactFiles, preload, run_pipeline
+from optimizers.errors import OptimizerError
 from optimizers.types import ModelInfo
-from worker.monitor import JobStopped, Limits, StopReason, Supervision, run_supervised
+from worker.dbretry import UNREACHABLE, retrying
+from worker.monitor import Limits, StopReason, Supervision, supervise
+from worker.protocol import (
+    FILE_SIZE_LIMIT,
+    INTERNAL_ERROR,
+    LOG_FILE,
+    MEMORY_LIMIT,
+    REQUEST_FILE,
+    ProtocolError,
+    check_relative,
+)
+from worker.sandbox import JobHost, JobProcess, KernelLimits, job_host, kernel_limits
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 #: Progress writes are throttled; a stage change is always written.
 _PROGRESS_MIN_INTERVAL_S = 0.5
+_ARTIFACT_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,120}$")
+_ARTIFACT_KIND = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
+_CONTENT_TYPES = {"application/octet-stream", "application/zip", "application/json"}
+_FINAL_MODELS = {"optimized.onnx": "application/octet-stream", "optimized.zip": "application/zip"}
+_RESULT_KEYS = ("metrics", "notes", "passes", "stages", "source")
+
+
+def _optimizer_error_types() -> set[str]:
+    found: set[str] = set()
+    pending: list[type[OptimizerError]] = [OptimizerError]
+    while pending:
+        cls = pending.pop()
+        found.add(cls.type)
+        pending.extend(cls.__subclasses__())
+    return found
 
 
 @dataclass
@@ -65,132 +94,52 @@ def worker_name() -> str:
 
 def execute_job(job_id: str, *, settings: Settings, storage: Storage) -> str | None:
     """Returns the job's final status, or None when this worker did not get the job (or lost
-    it to another attempt). The work runs in a child process (worker.monitor); this process
-    writes the outcome when the child could not: stopped, over a limit, or dead."""
-    with session_scope() as session:
+    it to another attempt). A worker whose job sandbox cannot start leaves the job queued."""
+    try:
+        host = job_host(settings)
+        host.wait_ready()
+    except SandboxUnavailable as exc:
+        log.error(
+            "job %s left queued: this worker cannot confine jobs (%s); see docs/security.md",
+            job_id,
+            exc,
+        )
+        return None
+
+    def claim(session: Session) -> tuple[int | None, Any]:
         attempt = jobstate.claim(session, job_id, worker_name())
         spec = session.scalar(select(Job.spec).where(Job.id == job_id)) if attempt else None
+        return attempt, spec
+
+    attempt, spec = retrying(claim, patience_s=settings.heartbeat_timeout_s, what=f"job {job_id}")
     if attempt is None:
         log.info("job %s is not claimable (taken, canceled or out of attempts); skipping", job_id)
         return None
     limits = Limits.of(settings, _requested_limits(spec))
     log.info("job %s: attempt %d started (%s)", job_id, attempt, limits)
-    # Imported here once, not in every job's process (a no-op in the worker, which preloads).
-    preload()
-    workdir = Path(tempfile.mkdtemp(prefix=f"{job_id}-", dir=_jobs_dir(settings)))
-
-    def work(stop: Event) -> None:
-        _job_process(
-            job_id,
-            attempt,
-            workdir,
-            storage,
-            should_stop=stop.is_set,
-            max_total_bytes=4 * settings.max_upload_bytes,
-        )
-
+    staging = Path(tempfile.mkdtemp(prefix=f"{job_id}-", dir=_jobs_dir(settings)))
+    run = _JobRun(
+        job_id=job_id,
+        attempt=attempt,
+        settings=settings,
+        storage=storage,
+        host=host,
+        staging=staging,
+        limits=limits,
+        kernel=kernel_limits(settings, memory_mb=limits.memory_mb, hard_time_s=limits.hard_time_s),
+    )
     try:
-        watch = run_supervised(
-            work, job_id=job_id, attempt=attempt, limits=limits, settings=settings
-        )
+        return run.execute()
     finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-    return _record_outcome(job_id, attempt, watch, limits)
+        host.scratch.empty()
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _requested_limits(spec: dict[str, Any] | None) -> RequestedLimits:
     try:
         return RequestedLimits.model_validate((spec or {}).get("limits") or {})
-    except ValidationError:  # the job's process fails the job on its invalid spec
+    except ValidationError:  # the job fails on its invalid spec when it loads its inputs
         return RequestedLimits()
-
-
-def _job_process(
-    job_id: str,
-    attempt: int,
-    workdir: Path,
-    storage: Storage,
-    *,
-    should_stop: Callable[[], bool],
-    max_total_bytes: int,
-) -> None:
-    """The job's own process: runs the pipeline and writes the job's outcome, except when it
-    is told to stop; then the supervising process writes why."""
-    parent = os.getppid()
-    reporter = _ProgressReporter(
-        job_id, attempt, should_stop=lambda: should_stop() or os.getppid() != parent
-    )
-    try:
-        _run(job_id, attempt, workdir, storage, reporter, max_total_bytes=max_total_bytes)
-    except JobStopped:
-        log.info("job %s: attempt %d stopped during %s", job_id, attempt, reporter.stage)
-    except OptimizerError as exc:
-        _finish_failed(job_id, attempt, JobStatus.failed, exc.type, exc.message)
-    except StorageError as exc:
-        _finish_failed(job_id, attempt, JobStatus.failed, "missing_input", str(exc))
-    except Exception as exc:
-        log.exception("job %s: unexpected error", job_id)
-        _finish_failed(
-            job_id,
-            attempt,
-            JobStatus.failed,
-            "internal_error",
-            f"{type(exc).__name__}: {exc} (a bug in modelpress; the traceback is in the "
-            "worker log)",
-        )
-
-
-def _record_outcome(job_id: str, attempt: int, watch: Supervision, limits: Limits) -> str | None:
-    """The job's final status after its process ended; writes it if the process did not."""
-    with session_scope() as session:
-        row = session.execute(
-            select(Job.status, Job.stage, Job.attempts).where(Job.id == job_id)
-        ).one_or_none()
-    if row is None or row.attempts != attempt:
-        log.warning("job %s: attempt %d lost the job to another attempt", job_id, attempt)
-        return None
-    # Written by the job's process (a heartbeat just after that also reads as `lost`).
-    if row.status not in jobstate.RUNNING or watch.reason == StopReason.lost:
-        return str(row.status)
-    stage = row.stage or "loading"
-    status, error_type, message = JobStatus.failed, "", ""
-    if watch.reason == StopReason.canceled:
-        status, error_type = JobStatus.canceled, "canceled"
-        message = f"canceled by request during {stage}"
-        if watch.killed:
-            message += " (its process was stopped at once: it did not reach a progress report)"
-    elif watch.reason == StopReason.memory_limit:
-        error_type = "memory_limit"
-        message = (
-            f"the job used more than its memory limit of {limits.memory_mb} MB during {stage} "
-            "and was stopped; raise `limits.memory_limit_mb` (up to the worker's "
-            "MODELPRESS_JOB_MEMORY_LIMIT_MB) or use a smaller model, batch or dataset"
-        )
-    elif watch.reason == StopReason.time_limit:
-        error_type = "time_limit"
-        if watch.killed:
-            message = (
-                f"the job ran past its hard time limit of {limits.hard_time_s:g} s during "
-                f"{stage} and was killed"
-            )
-        else:
-            message = (
-                f"the job ran past its time limit of {limits.soft_time_s:g} s and was "
-                f"stopped during {stage}"
-            )
-    elif watch.exitcode < 0:
-        error_type = "crashed"
-        name = signal.Signals(-watch.exitcode).name
-        message = f"the job's process was killed by {name} during {stage}"
-        if -watch.exitcode == signal.SIGKILL:
-            message += " (from outside the worker: the machine may have run out of memory)"
-    else:
-        error_type = "internal_error"
-        message = (
-            f"the job's process ended (exit code {watch.exitcode}) during {stage} without "
-            "recording an outcome (a bug in modelpress; the worker log has the details)"
-        )
-    return _finish_failed(job_id, attempt, status, error_type, message)
 
 
 def _jobs_dir(settings: Settings) -> Path:
@@ -199,39 +148,485 @@ def _jobs_dir(settings: Settings) -> Path:
     return path
 
 
-def _load_inputs(job_id: str) -> _Inputs:
-    with session_scope() as session:
-        job = session.get(Job, job_id)
-        if job is None:
-            raise StorageError(f"job {job_id} vanished")
-        model = session.get(StoredModel, job.model_id) if job.model_id else None
-        if model is None:
-            raise StorageError("the job's model was deleted before the job ran")
-        datasets = {
-            d.id: d.storage_key
-            for d in session.scalars(select(Dataset).where(Dataset.id.in_(job.dataset_ids)))
+@dataclass
+class _JobRun:
+    """One attempt of one job, as the pool process runs it."""
+
+    job_id: str
+    attempt: int
+    settings: Settings
+    storage: Storage
+    host: JobHost
+    staging: Path
+    limits: Limits
+    kernel: KernelLimits
+    stage: str = "loading"
+    inputs: _Inputs | None = None
+    prefix: str = ""
+    process: JobProcess | None = None
+    stages: list[dict[str, Any]] = field(default_factory=list)
+    outcome: dict[str, Any] | None = None
+    protocol_error: str | None = None
+    _last_progress: float = 0.0
+    _staged: int = 0
+
+    def execute(self) -> str | None:
+        try:
+            self._progress("loading", 0.01, "fetching the model and datasets")
+            self.inputs = self._db(lambda session: _load_inputs(session, self.job_id), "inputs")
+            self.prefix = f"{self.inputs.project_id}/jobs/{self.job_id}/attempt-{self.attempt}"
+            if self.attempt > 1:
+                keys = self._db(
+                    lambda session: _drop_earlier_attempts(session, self.job_id, keep=self.prefix),
+                    "earlier attempts",
+                )
+                for key in keys:
+                    self.storage.delete_prefix(key)
+            self.host.scratch.empty()
+            self._write_request(self.inputs)
+        except StorageError as exc:
+            return self._fail(JobStatus.failed, "missing_input", str(exc))
+        except Exception as exc:
+            log.exception("job %s: unexpected error", self.job_id)
+            return self._fail(
+                JobStatus.failed,
+                INTERNAL_ERROR,
+                f"{type(exc).__name__}: {exc} (a bug in modelpress; the traceback is in the "
+                "worker log)",
+            )
+        try:
+            self.process = self.host.start_job(self.kernel)
+        except SandboxUnavailable as exc:
+            log.error("job %s: the job sandbox failed: %s", self.job_id, exc)
+            self.host.stop()
+            return self._fail(
+                JobStatus.failed,
+                "crashed",
+                f"the job's sandbox failed before the job started ({exc})",
+            )
+        try:
+            watch = supervise(
+                self.process,
+                on_message=self._on_message,
+                job_id=self.job_id,
+                attempt=self.attempt,
+                limits=self.limits,
+                settings=self.settings,
+            )
+        except Exception as exc:
+            log.exception("job %s: unexpected error", self.job_id)
+            return self._fail(
+                JobStatus.failed,
+                INTERNAL_ERROR,
+                f"{type(exc).__name__}: {exc} (a bug in modelpress; the traceback is in the "
+                "worker log)",
+            )
+        finally:
+            self.process.close()
+        return self._record_outcome(watch)
+
+    # --- before the job process starts -------------------------------------------------
+
+    def _write_request(self, inputs: _Inputs) -> None:
+        max_total_bytes = 4 * self.settings.max_upload_bytes
+        request = {
+            "job_id": self.job_id,
+            "spec": inputs.spec.model_dump(
+                mode="json", include={"passes", "evaluate", "benchmark"}
+            ),
+            "model": self._fetch_model(inputs.model, "input"),
+            "extra_models": {
+                model_id: self._fetch_model(stored, f"input/models/{model_id}")
+                for model_id, stored in inputs.extra_models.items()
+            },
+            "datasets": {
+                dataset_id: self._fetch(key, f"input/datasets/{dataset_id}.npz")
+                for dataset_id, key in inputs.dataset_keys.items()
+            },
+            "max_total_bytes": max_total_bytes,
         }
-        missing = set(job.dataset_ids) - set(datasets)
-        if missing:
-            raise StorageError(f"dataset(s) {sorted(missing)} were deleted before the job ran")
-        spec = JobSpec.model_validate(job.spec)
-        # Jobs created before the column existed name their extra models only in the spec.
-        extra_ids = list(job.extra_model_ids or spec.model_ids())
-        extra = {
-            row.id: _stored(row)
-            for row in session.scalars(select(StoredModel).where(StoredModel.id.in_(extra_ids)))
-            if row.project_id == job.project_id
-        }
-        gone = sorted(set(extra_ids) - set(extra))
-        if gone:
-            raise StorageError(f"model(s) {gone} were deleted before the job ran")
-        return _Inputs(
-            project_id=job.project_id,
-            spec=spec,
-            model=_stored(model),
-            dataset_keys=datasets,
-            extra_models=extra,
+        self.host.scratch.write_bytes(REQUEST_FILE, json.dumps(request).encode())
+
+    def _fetch_model(self, stored: _StoredModel, folder: str) -> dict[str, Any]:
+        path = self._fetch(stored.key, f"{folder}/{PurePosixPath(stored.key).name}")
+        return {"path": path, "format": stored.format, "info": stored.info.model_dump()}
+
+    def _fetch(self, key: str, relative: str) -> str:
+        """A copy of a stored object in the scratch folder (never a link: the job could
+        change a linked file, and with it the stored object)."""
+        staged = self.storage.fetch_to(key, self._staging_path())
+        try:
+            self.host.scratch.copy_in(check_relative(relative), staged)
+        finally:
+            staged.unlink(missing_ok=True)
+        return relative
+
+    def _staging_path(self) -> Path:
+        self._staged += 1
+        return self.staging / f"file-{self._staged}"
+
+    # --- while it runs -------------------------------------------------------------------
+
+    def _on_message(self, message: dict[str, Any]) -> StopReason | None:
+        try:
+            return self._handle(message)
+        except (ProtocolError, KeyError, TypeError, ValueError) as exc:
+            self.protocol_error = f"{type(exc).__name__}: {exc}"[:500]
+            log.warning("job %s: invalid message from the job process: %s", self.job_id, exc)
+            return StopReason.protocol
+
+    def _handle(self, message: dict[str, Any]) -> StopReason | None:
+        kind = message["type"]
+        if kind == "progress":
+            stage = str(message["stage"])[:40]
+            return self._progress(stage, float(message["fraction"]), str(message["message"]))
+        if kind == "stage":
+            return self._store_stage(message["stage"], message["files"])
+        if kind == "checkpoint_save":
+            self._checkpoints().save(_checkpoint_name(message), self._copy_out(message["path"]))
+            return None
+        if kind == "checkpoint_load":
+            path = check_relative(message["path"])
+            loaded = self._checkpoints().load(_checkpoint_name(message), self._staging_path())
+            if loaded is not None:
+                self.host.scratch.copy_in(path, loaded)
+                loaded.unlink(missing_ok=True)
+            assert self.process is not None
+            self.process.send({"type": "checkpoint_loaded", "found": loaded is not None})
+            return None
+        if kind in ("result", "error", "stopped"):
+            self.outcome = message
+            return None
+        raise ProtocolError(f"unknown message type {kind[:40]!r}")
+
+    def _progress(self, stage: str, fraction: float, message: str) -> StopReason | None:
+        now = time.monotonic()
+        if stage == self.stage and now - self._last_progress < _PROGRESS_MIN_INTERVAL_S:
+            return None
+        self.stage = stage
+        self._last_progress = now
+        try:
+            owned = retrying(
+                lambda session: jobstate.report_progress(
+                    session,
+                    self.job_id,
+                    self.attempt,
+                    stage=stage,
+                    progress=fraction,
+                    message=message,
+                ),
+                # Not long: the job goes on meanwhile, and its next report is newer.
+                patience_s=2 * self.settings.heartbeat_interval_s,
+                what=f"job {self.job_id}: progress",
+            )
+        except UNREACHABLE:
+            log.warning("job %s: progress not written; the next report writes", self.job_id)
+            return None
+        return None if owned else StopReason.lost
+
+    def _checkpoints(self) -> StorageCheckpoints:
+        assert self.inputs is not None
+        return StorageCheckpoints(
+            self.storage,
+            checkpoints_prefix(self.inputs.project_id, self.job_id),
+            scratch=self.staging / "checkpoints",
         )
+
+    def _copy_out(self, relative: str) -> Path:
+        dest = self._staging_path()
+        self.host.scratch.copy_out(relative, dest)
+        return dest
+
+    def _store_stage(self, stage: dict[str, Any], files: list[dict[str, Any]]) -> StopReason | None:
+        if not isinstance(stage, dict) or not isinstance(files, list) or len(files) > 32:
+            raise ProtocolError("a stage message without a stage and its files")
+        json.dumps(stage, allow_nan=False)
+        rows = [self._store(entry) for entry in files]
+        self.stages.append(stage)
+
+        def record(session: Session) -> bool:
+            session.add_all([_copy(row) for row in rows])
+            session.flush()
+            if jobstate.record_result(
+                session, self.job_id, self.attempt, result={"stages": self.stages}
+            ):
+                return True
+            session.rollback()
+            return False
+
+        if not self._db(record, "stage"):
+            for row in rows:
+                self.storage.delete_prefix(row.storage_key)
+            return StopReason.lost
+        return None
+
+    def _store(self, entry: dict[str, Any], *, kind: str | None = None) -> Artifact:
+        """Put one file the job reported in storage and return its artifact row."""
+        assert self.inputs is not None
+        kind = kind or str(entry["kind"])
+        name, content_type = str(entry["name"]), str(entry["content_type"])
+        if not _ARTIFACT_KIND.match(kind) or not _ARTIFACT_NAME.match(name) or ".." in name:
+            raise ProtocolError(f"invalid artifact {kind[:40]!r} {name[:200]!r}")
+        if content_type not in _CONTENT_TYPES:
+            raise ProtocolError(f"invalid content type {content_type[:100]!r}")
+        dest = self._staging_path()
+        sha256 = self.host.scratch.copy_out(entry["path"], dest)
+        return _store_file(
+            self.storage,
+            project_id=self.inputs.project_id,
+            job_id=self.job_id,
+            key=f"{self.prefix}/{name}",
+            kind=kind,
+            name=name,
+            content_type=content_type,
+            path=dest,
+            sha256=sha256,
+        )
+
+    # --- after it ended ------------------------------------------------------------------
+
+    def _record_outcome(self, watch: Supervision) -> str | None:
+        """Writes the job's final state from what its process reported and how it ended."""
+        row = self._db(
+            lambda session: session.execute(
+                select(Job.status, Job.attempts).where(Job.id == self.job_id)
+            ).one_or_none(),
+            "state",
+        )
+        if row is None or row.attempts != self.attempt or watch.reason == StopReason.lost:
+            log.warning(
+                "job %s: attempt %d lost the job to another attempt", self.job_id, self.attempt
+            )
+            return None
+        if row.status not in jobstate.RUNNING:
+            return str(row.status)
+        outcome = self.outcome or {}
+        if self.protocol_error is not None:
+            return self._fail(
+                JobStatus.failed,
+                "crashed",
+                f"the job's process sent an invalid message during {self.stage} and was "
+                f"stopped ({self.protocol_error})",
+            )
+        if outcome.get("type") == "result" and not watch.killed:
+            try:
+                return self._succeed(outcome)
+            except ProtocolError as exc:
+                return self._fail(
+                    JobStatus.failed,
+                    "crashed",
+                    f"the job's process reported an invalid result ({exc})",
+                )
+        if outcome.get("type") == "error" and not watch.killed:
+            return self._fail_reported(outcome)
+        return self._fail_stopped(watch)
+
+    def _succeed(self, outcome: dict[str, Any]) -> str:
+        assert self.inputs is not None
+        reported = outcome["result"]
+        if not isinstance(reported, dict):
+            raise ProtocolError("the result is not an object")
+        result = {key: reported.get(key) for key in _RESULT_KEYS}
+        model = outcome["model"]
+        name = str(model["name"])
+        if _FINAL_MODELS.get(name) != model["content_type"]:
+            raise ProtocolError(f"unexpected model artifact {name[:100]!r}")
+        report_path = self._staging_path()
+        report_path.write_text(
+            json.dumps(
+                {
+                    "job_id": self.job_id,
+                    "spec": self.inputs.spec.model_dump(mode="json"),
+                    **result,
+                },
+                indent=2,
+                allow_nan=False,
+            )
+        )
+        artifacts = [
+            self._store(model, kind="model"),
+            _store_file(
+                self.storage,
+                project_id=self.inputs.project_id,
+                job_id=self.job_id,
+                key=f"{self.prefix}/report.json",
+                kind="report",
+                name="report.json",
+                content_type="application/json",
+                path=report_path,
+                sha256=_sha256(report_path),
+            ),
+        ]
+
+        def record(session: Session) -> bool:
+            session.add_all([_copy(row) for row in artifacts])
+            session.flush()
+            if jobstate.finish(
+                session, self.job_id, self.attempt, status=JobStatus.succeeded, result=result
+            ):
+                return True
+            session.rollback()
+            return False
+
+        if not self._db(record, "result"):
+            self.storage.delete_prefix(self.prefix)
+            log.warning(
+                "job %s: attempt %d finished but no longer owns the job",
+                self.job_id,
+                self.attempt,
+            )
+            return JobStatus.canceled
+        # Training state is needed only to resume an unfinished job.
+        self.storage.delete_prefix(checkpoints_prefix(self.inputs.project_id, self.job_id))
+        log.info("job %s: succeeded", self.job_id)
+        return JobStatus.succeeded
+
+    def _fail_reported(self, outcome: dict[str, Any]) -> str:
+        error_type = str(outcome.get("error_type"))
+        message = str(outcome.get("message"))[:2000]
+        if error_type == MEMORY_LIMIT:
+            return self._fail(JobStatus.failed, MEMORY_LIMIT, self._memory_message())
+        if error_type == FILE_SIZE_LIMIT:
+            return self._fail(
+                JobStatus.failed,
+                FILE_SIZE_LIMIT,
+                f"the job wrote a file larger than its limit of "
+                f"{self.kernel.file_bytes // (1024 * 1024)} MB during {self.stage} and was "
+                "stopped",
+            )
+        if error_type in _optimizer_error_types():
+            return self._fail(JobStatus.failed, error_type, message)
+        log.error(
+            "job %s: unexpected error in the job process: %s\n%s",
+            self.job_id,
+            message,
+            str(outcome.get("traceback", ""))[-8000:],
+        )
+        return self._fail(
+            JobStatus.failed,
+            INTERNAL_ERROR,
+            f"{message} (a bug in modelpress; the traceback is in the worker log)",
+        )
+
+    def _memory_message(self) -> str:
+        return (
+            f"the job used more than its memory limit of {self.kernel.memory_mb} MB during "
+            f"{self.stage} and was stopped; raise `limits.memory_limit_mb` (up to the worker's "
+            "MODELPRESS_JOB_MEMORY_LIMIT_MB) or use a smaller model, batch or dataset"
+        )
+
+    def _fail_stopped(self, watch: Supervision) -> str:
+        """The job's process was stopped, or ended without saying how its job went."""
+        stage, limits = self.stage, self.limits
+        status, error_type, message = JobStatus.failed, "", ""
+        if watch.reason == StopReason.canceled:
+            status, error_type = JobStatus.canceled, "canceled"
+            message = f"canceled by request during {stage}"
+            if watch.killed:
+                message += " (its process was stopped at once: it did not reach a progress report)"
+        elif watch.reason == StopReason.memory_limit:
+            error_type, message = MEMORY_LIMIT, self._memory_message()
+        elif watch.reason == StopReason.time_limit:
+            error_type = "time_limit"
+            if watch.killed:
+                message = (
+                    f"the job ran past its hard time limit of {limits.hard_time_s:g} s during "
+                    f"{stage} and was killed"
+                )
+            else:
+                message = (
+                    f"the job ran past its time limit of {limits.soft_time_s:g} s and was "
+                    f"stopped during {stage}"
+                )
+        elif watch.exitcode == -signal.SIGXCPU:
+            error_type = "time_limit"
+            message = (
+                f"the job used more than its CPU time limit of {self.kernel.cpu_s} s during "
+                f"{stage} and was stopped"
+            )
+        elif watch.exitcode < 0:
+            error_type = "crashed"
+            name = signal.Signals(-watch.exitcode).name
+            message = f"the job's process was killed by {name} during {stage}"
+            if -watch.exitcode == signal.SIGKILL:
+                message += " (from outside the worker: the machine may have run out of memory)"
+        else:
+            error_type = INTERNAL_ERROR
+            tail = self.host.scratch.read_tail(LOG_FILE)
+            log.error(
+                "job %s: its process ended (exit code %d) without an outcome; its output:\n%s",
+                self.job_id,
+                watch.exitcode,
+                tail,
+            )
+            message = (
+                f"the job's process ended (exit code {watch.exitcode}) during {stage} without "
+                "recording an outcome (a bug in modelpress; the worker log has the details)"
+            )
+        return self._fail(status, error_type, message)
+
+    def _fail(self, status: JobStatus, error_type: str, message: str) -> str:
+        self._db(
+            lambda session: jobstate.finish(
+                session,
+                self.job_id,
+                self.attempt,
+                status=status,
+                error_type=error_type,
+                error_message=message,
+            ),
+            "outcome",
+        )
+        log.info("job %s: %s (%s: %s)", self.job_id, status, error_type, message)
+        return status
+
+    def _db(self, work: Callable[[Session], T], what: str) -> T:
+        return retrying(
+            work,
+            patience_s=self.settings.heartbeat_timeout_s,
+            what=f"job {self.job_id}: {what}",
+        )
+
+
+def _checkpoint_name(message: dict[str, Any]) -> str:
+    name = str(message["name"])
+    if not all(_ARTIFACT_NAME.match(part) for part in name.split("/")) or len(name) > 200:
+        raise ProtocolError(f"invalid checkpoint name {name[:200]!r}")
+    return name
+
+
+def _load_inputs(session: Session, job_id: str) -> _Inputs:
+    job = session.get(Job, job_id)
+    if job is None:
+        raise StorageError(f"job {job_id} vanished")
+    model = session.get(StoredModel, job.model_id) if job.model_id else None
+    if model is None:
+        raise StorageError("the job's model was deleted before the job ran")
+    datasets = {
+        d.id: d.storage_key
+        for d in session.scalars(select(Dataset).where(Dataset.id.in_(job.dataset_ids)))
+    }
+    missing = set(job.dataset_ids) - set(datasets)
+    if missing:
+        raise StorageError(f"dataset(s) {sorted(missing)} were deleted before the job ran")
+    spec = JobSpec.model_validate(job.spec)
+    # Jobs created before the column existed name their extra models only in the spec.
+    extra_ids = list(job.extra_model_ids or spec.model_ids())
+    extra = {
+        row.id: _stored(row)
+        for row in session.scalars(select(StoredModel).where(StoredModel.id.in_(extra_ids)))
+        if row.project_id == job.project_id
+    }
+    gone = sorted(set(extra_ids) - set(extra))
+    if gone:
+        raise StorageError(f"model(s) {gone} were deleted before the job ran")
+    return _Inputs(
+        project_id=job.project_id,
+        spec=spec,
+        model=_stored(model),
+        dataset_keys=datasets,
+        extra_models=extra,
+    )
 
 
 def _stored(row: StoredModel) -> _StoredModel:
@@ -240,121 +635,19 @@ def _stored(row: StoredModel) -> _StoredModel:
     )
 
 
-def _run(
-    job_id: str,
-    attempt: int,
-    workdir: Path,
-    storage: Storage,
-    reporter: _ProgressReporter,
-    *,
-    max_total_bytes: int,
-) -> str:
-    reporter("loading", 0.01, "fetching the model and datasets")
-    inputs = _load_inputs(job_id)
-    prefix = f"{inputs.project_id}/jobs/{job_id}/attempt-{attempt}"
-    if attempt > 1:
-        _drop_earlier_attempts(job_id, attempt, storage, keep=prefix)
-    model_path, source, source_notes = _fetch_model(
-        inputs.model, storage, workdir / "input", workdir / "model", max_total_bytes, reporter
-    )
-    extra_models: dict[str, Path] = {}
-    for model_id, stored in inputs.extra_models.items():
-        reporter("loading", 0.02, f"fetching model {model_id}")
-        extra_models[model_id], _, notes = _fetch_model(
-            stored,
-            storage,
-            workdir / "input" / model_id,
-            workdir / "models" / model_id,
-            max_total_bytes,
-            reporter,
-        )
-        source_notes.extend(f"model {model_id}: {note}" for note in notes)
-    dataset_paths = {
-        dataset_id: storage.fetch_to(key, workdir / "input" / f"{dataset_id}.npz")
-        for dataset_id, key in inputs.dataset_keys.items()
-    }
-    checkpoints_key = checkpoints_prefix(inputs.project_id, job_id)
-    recorder = _StageRecorder(
-        job_id=job_id,
-        attempt=attempt,
-        project_id=inputs.project_id,
-        prefix=prefix,
-        storage=storage,
-        workdir=workdir / "stages",
-    )
-    outcome = run_pipeline(
-        model_path=model_path,
-        spec=inputs.spec,
-        datasets=dataset_paths,
-        workdir=workdir / "work",
-        progress=reporter,
-        models=extra_models,
-        checkpoints=StorageCheckpoints(storage, checkpoints_key, scratch=workdir / "checkpoints"),
-        on_stage=recorder,
-    )
-    reporter("storing", 0.98, "storing artifacts")
-    result: dict[str, Any] = {
-        "metrics": outcome.metrics,
-        "notes": [*source_notes, *outcome.notes],
-        "passes": outcome.passes,
-        "stages": outcome.stages,
-        "source": source,
-    }
-    report_path = workdir / "report.json"
-    report_path.write_text(
-        json.dumps(
-            {"job_id": job_id, "spec": inputs.spec.model_dump(mode="json"), **result},
-            indent=2,
-            allow_nan=False,
-        )
-    )
-    # Each pass's stage model and reports were stored as the pass finished (_StageRecorder).
-    files = [
-        ("model", *_model_artifact(outcome.model_path, workdir / "package")),
-        ("report", "report.json", "application/json", report_path),
-    ]
-    artifacts = [
-        _store(storage, project_id=inputs.project_id, job_id=job_id, prefix=prefix, file=file)
-        for file in files
-    ]
-    with session_scope() as session:
-        session.add_all(artifacts)
-        session.flush()
-        if not jobstate.finish(session, job_id, attempt, status=JobStatus.succeeded, result=result):
-            session.rollback()
-            storage.delete_prefix(prefix)
-            log.warning("job %s: attempt %d finished but no longer owns the job", job_id, attempt)
-            return JobStatus.canceled
-    # Training state is needed only to resume an unfinished job.
-    storage.delete_prefix(checkpoints_key)
-    log.info("job %s: succeeded", job_id)
-    return JobStatus.succeeded
-
-
-def _fetch_model(
-    stored: _StoredModel,
-    storage: Storage,
-    input_dir: Path,
-    workdir: Path,
-    max_total_bytes: int,
-    reporter: _ProgressReporter,
-) -> tuple[Path, dict[str, Any], list[str]]:
-    stored_path = storage.fetch_to(stored.key, input_dir / PurePosixPath(stored.key).name)
-    return _prepare_model(
-        stored, stored_path, workdir, max_total_bytes=max_total_bytes, reporter=reporter
-    )
-
-
-def _store(
+def _store_file(
     storage: Storage,
     *,
     project_id: str,
     job_id: str,
-    prefix: str,
-    file: tuple[str, str, str, Path],
+    key: str,
+    kind: str,
+    name: str,
+    content_type: str,
+    path: Path,
+    sha256: str,
 ) -> Artifact:
     """Put one file in storage (moving it there) and return its artifact row."""
-    kind, name, content_type, path = file
     row = Artifact(
         id=new_id("art"),
         project_id=project_id,
@@ -362,194 +655,47 @@ def _store(
         kind=kind,
         name=name,
         content_type=content_type,
-        sha256=_sha256(path),
+        sha256=sha256,
         size_bytes=path.stat().st_size,
-        storage_key=f"{prefix}/{name}",
+        storage_key=key,
     )
     storage.put_file(row.storage_key, path)
     return row
 
 
-class _StageRecorder:
-    """The pipeline's on_stage callback: stores each finished pass's model and reports as
-    artifacts and the stages measured so far as the job's result, at once, so that they stay
-    with the job when a later pass fails."""
-
-    def __init__(
-        self,
-        *,
-        job_id: str,
-        attempt: int,
-        project_id: str,
-        prefix: str,
-        storage: Storage,
-        workdir: Path,
-    ) -> None:
-        self.job_id = job_id
-        self.attempt = attempt
-        self.project_id = project_id
-        self.prefix = prefix
-        self.storage = storage
-        self.workdir = workdir
-        self.stages: list[dict[str, Any]] = []
-
-    def __call__(self, stage: dict[str, Any], files: ArtifactFiles) -> None:
-        scratch = self.workdir / f"pass{stage['pass']}"
-        scratch.mkdir(parents=True, exist_ok=True)
-        rows: list[Artifact] = []
-        for kind, name, path in files:
-            if kind == "stage_model":
-                stem = PurePosixPath(name).stem
-                packaged, content_type, source = _model_artifact(path, scratch, stem=stem)
-                if packaged != name:  # the pipeline and the packaging disagree: a bug
-                    raise RuntimeError(f"stage model packaged as {packaged}, expected {name}")
-            else:
-                content_type, source = _content_type(path), path
-            # Storing moves the file, and later passes still read the stage's model.
-            staged = _link_or_copy(source, scratch / f"{name}.upload")
-            rows.append(
-                _store(
-                    self.storage,
-                    project_id=self.project_id,
-                    job_id=self.job_id,
-                    prefix=self.prefix,
-                    file=(kind, name, content_type, staged),
-                )
-            )
-        self.stages.append(stage)
-        with session_scope() as session:
-            session.add_all(rows)
-            session.flush()
-            if not jobstate.record_result(
-                session, self.job_id, self.attempt, result={"stages": self.stages}
-            ):
-                session.rollback()
-                for row in rows:
-                    self.storage.delete_prefix(row.storage_key)
-                raise JobStopped()
-
-
-def _drop_earlier_attempts(job_id: str, attempt: int, storage: Storage, *, keep: str) -> None:
+def _drop_earlier_attempts(session: Session, job_id: str, *, keep: str) -> list[str]:
     """A retried job starts over: what earlier attempts stored (stage models of the passes
-    they finished) is replaced by this attempt's. Checkpoints are kept: they let it resume."""
-    with session_scope() as session:
-        rows = session.scalars(select(Artifact).where(Artifact.job_id == job_id)).all()
-        stale = [row for row in rows if not row.storage_key.startswith(f"{keep}/")]
-        for row in stale:
-            session.delete(row)
-        keys = [row.storage_key for row in stale]
-    for key in keys:
-        storage.delete_prefix(key)
-    if keys:
-        log.info(
-            "job %s: attempt %d dropped %d artifact(s) of earlier attempts",
-            job_id,
-            attempt,
-            len(keys),
-        )
+    they finished) is replaced by this attempt's. Checkpoints are kept: they let it resume.
+    Returns the storage keys to delete once the rows are gone."""
+    rows = session.scalars(select(Artifact).where(Artifact.job_id == job_id)).all()
+    stale = [row for row in rows if not row.storage_key.startswith(f"{keep}/")]
+    for row in stale:
+        session.delete(row)
+    if stale:
+        log.info("job %s: dropping %d artifact(s) of earlier attempts", job_id, len(stale))
+    return [row.storage_key for row in stale]
 
 
-def _link_or_copy(source: Path, dest: Path) -> Path:
-    dest.unlink(missing_ok=True)
-    try:
-        os.link(source, dest)
-    except OSError:
-        shutil.copyfile(source, dest)
-    return dest
-
-
-def _prepare_model(
-    stored: _StoredModel,
-    stored_path: Path,
-    workdir: Path,
-    *,
-    max_total_bytes: int,
-    reporter: _ProgressReporter,
-) -> tuple[Path, dict[str, Any], list[str]]:
-    """The ONNX model the pipeline runs on, what it came from, and notes for the result."""
-    model_format = stored.format
-    if model_format == UploadFormat.onnx:
-        return stored_path, {"format": model_format, "converted": False}, []
-    if model_format == UploadFormat.onnx_zip:
-        reporter("loading", 0.02, "extracting the model and its external data")
-        path = extract_onnx_zip(stored_path, workdir, max_total_bytes=max_total_bytes)
-        return path, {"format": model_format, "converted": False}, []
-    if model_format in (UploadFormat.torch_export, UploadFormat.torchscript):
-        from optimizers.torch_export import convert_to_onnx
-
-        reporter("loading", 0.02, f"converting the {model_format} program to ONNX")
-        conversion = convert_to_onnx(
-            stored_path, stored.info, workdir, max_total_bytes=max_total_bytes
-        )
-        return conversion.model_path, conversion.source, conversion.notes
-    raise InvalidModelError(f"the model has an unknown format '{model_format}'")
-
-
-def _model_artifact(
-    model_path: Path, workdir: Path, *, stem: str = "optimized"
-) -> tuple[str, str, Path]:
-    """(name, content type, path) of a model to keep: the .onnx file, or a zip of it and its
-    external data files when its weights live beside it."""
-    proto = onnx.load(str(model_path), load_external_data=False)
-    locations = sorted(external_data_locations(proto))
-    del proto
-    if not locations:
-        return f"{stem}.onnx", "application/octet-stream", model_path
-    workdir.mkdir(parents=True, exist_ok=True)
-    package = workdir / f"{stem}.zip"
-    onnx_name = f"{stem}.onnx" if f"{stem}.onnx" not in locations else model_path.name
-    with zipfile.ZipFile(package, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
-        archive.write(model_path, arcname=onnx_name)
-        for location in locations:
-            check_relative_location(location, what="the external data location")
-            archive.write(model_path.parent / location, arcname=location)
-    return package.name, "application/zip", package
-
-
-def _finish_failed(
-    job_id: str, attempt: int, status: JobStatus, error_type: str, message: str
-) -> str:
-    with session_scope() as session:
-        jobstate.finish(
-            session, job_id, attempt, status=status, error_type=error_type, error_message=message
-        )
-    log.info("job %s: %s (%s: %s)", job_id, status, error_type, message)
-    return status
-
-
-def _content_type(path: Path) -> str:
-    return "application/json" if path.suffix == ".json" else "application/octet-stream"
+def _copy(row: Artifact) -> Artifact:
+    """A fresh row with the same values: a retried transaction adds rows anew."""
+    return Artifact(
+        id=row.id,
+        project_id=row.project_id,
+        job_id=row.job_id,
+        kind=row.kind,
+        name=row.name,
+        content_type=row.content_type,
+        sha256=row.sha256,
+        size_bytes=row.size_bytes,
+        storage_key=row.storage_key,
+    )
 
 
 def _sha256(path: Path) -> str:
+    import hashlib
+
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-class _ProgressReporter:
-    """The pipeline's progress callback: writes progress, and stops a job that must stop."""
-
-    def __init__(self, job_id: str, attempt: int, *, should_stop: Callable[[], bool]) -> None:
-        self.job_id = job_id
-        self.attempt = attempt
-        self.should_stop = should_stop
-        self.stage = "loading"
-        self._last_write = 0.0
-
-    def __call__(self, stage: str, fraction: float, message: str) -> None:
-        if self.should_stop():
-            raise JobStopped()
-        now = time.monotonic()
-        if stage == self.stage and now - self._last_write < _PROGRESS_MIN_INTERVAL_S:
-            return
-        self.stage = stage
-        self._last_write = now
-        with session_scope() as session:
-            owned = jobstate.report_progress(
-                session, self.job_id, self.attempt, stage=stage, progress=fraction, message=message
-            )
-        if not owned:  # finished or re-queued by someone else: this attempt has no say
-            raise JobStopped()

@@ -1,4 +1,5 @@
-"""Liveness and readiness: is the process up, can it reach its database, broker, storage."""
+"""Liveness and readiness: is the process up, can it reach its database, broker, storage,
+and can jobs be confined on this machine."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from sqlalchemy import text
 
 from core.db import session_factory
 from core.queue import ping_broker
+from core.sandbox import probe as probe_sandbox
+from core.settings import get_settings
 from core.storage import get_storage
 
 router = APIRouter(tags=["health"])
@@ -24,6 +27,16 @@ def _check_database() -> None:
         session.execute(text("SELECT 1"))
 
 
+#: The sandbox check's value when the settings allow unconfined jobs: ready, and says so.
+UNCONFINED = "off: MODELPRESS_UNSAFE_UNCONFINED_JOBS=true, jobs run unconfined"
+
+
+def _check_sandbox() -> None:
+    reason = probe_sandbox(get_settings())
+    if reason is not None:
+        raise RuntimeError(reason)
+
+
 @router.get("/readyz")
 async def readyz() -> JSONResponse:
     checks: dict[str, str] = {}
@@ -31,13 +44,16 @@ async def readyz() -> JSONResponse:
         ("database", _check_database),
         ("broker", ping_broker),
         ("storage", lambda: get_storage().ping()),
+        ("sandbox", _check_sandbox),
     ):
         try:
             await run_in_threadpool(probe)
             checks[name] = "ok"
         except Exception as exc:
             checks[name] = f"error: {type(exc).__name__}: {exc}"[:300]
-    ready = all(v == "ok" for v in checks.values())
+    if checks["sandbox"] == "ok" and get_settings().unsafe_unconfined_jobs:
+        checks["sandbox"] = UNCONFINED
+    ready = all(v in ("ok", UNCONFINED) for v in checks.values())
     return JSONResponse(
         {"status": "ready" if ready else "not ready", "checks": checks},
         status_code=200 if ready else 503,

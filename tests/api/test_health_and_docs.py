@@ -16,7 +16,28 @@ def test_healthz_and_readyz(client: TestClient) -> None:
     assert client.get("/healthz", headers={"Authorization": ""}).json() == {"status": "ok"}
     ready = client.get("/readyz")
     assert ready.status_code == 200, ready.text
-    assert ready.json()["checks"] == {"database": "ok", "broker": "ok", "storage": "ok"}
+    assert ready.json()["checks"] == {
+        "database": "ok",
+        "broker": "ok",
+        "storage": "ok",
+        "sandbox": "ok",
+    }
+
+
+def test_readyz_reports_a_machine_that_cannot_confine_jobs(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MODELPRESS_BWRAP_PATH", "/nonexistent/bwrap")
+    get_settings.cache_clear()
+    ready = client.get("/readyz")
+    assert ready.status_code == 503
+    assert "bubblewrap" in ready.json()["checks"]["sandbox"]
+
+    monkeypatch.setenv("MODELPRESS_UNSAFE_UNCONFINED_JOBS", "true")
+    get_settings.cache_clear()
+    ready = client.get("/readyz")
+    assert ready.status_code == 200
+    assert "unconfined" in ready.json()["checks"]["sandbox"]
 
 
 def test_readyz_reports_an_unreachable_broker(
