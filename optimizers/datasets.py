@@ -171,11 +171,15 @@ def _check_given_once(tensor: TensorInfo, array: ArrayInfo, purpose: str) -> Non
         for want, got in zip(tensor.shape, array.shape, strict=True)
     )
     if not fits:
+        settle = (
+            ""
+            if not tensor.shape
+            else f"; if it does vary per sample, set {field_hint(tensor.name)} in the job spec"
+        )
         raise DatasetMismatchError(
             f"{purpose} dataset array '{tensor.name}' has shape {array.shape}, but model input "
-            f"'{tensor.name}' (shape {tensor.shape}) has no batch axis, so the dataset gives it "
-            f"once, at the input's own shape, and it is fed as it is; if it does vary per "
-            f"sample, set {field_hint(tensor.name)} in the job spec"
+            f"'{tensor.name}' (shape {tensor.shape}) has no batch axis: it is given once, an "
+            f"array of the input's own shape, and fed as it is at every batch size{settle}"
         )
 
 
