@@ -74,9 +74,10 @@ def benchmark_pair(
         times_ns: dict[str, list[int]] = {name: [] for name in _MODELS}
         for block, size in enumerate(timing_blocks(config.iterations)):
             # Each model is timed in a block of consecutive runs, as a user timing one session
-            # after the other does: run by run alternation measured every run with the other
-            # model's weights in the caches (on a 2-core EPYC the speedup measured 2.05x
-            # alternating and 2.97x in turn). Blocks alternate in order so drift hits both.
+            # after the other does: alternating run by run started every run with the other
+            # model's weights in the caches and moved the speedup 5-50% from what plain
+            # sessions timed in turn measure (docs/performance.md). Blocks alternate in order
+            # so drift in machine load still hits both models alike.
             order = _MODELS if block % 2 == 0 else _MODELS[::-1]
             for name in order:
                 for _ in range(REWARM_RUNS):
