@@ -68,17 +68,11 @@ def batch_layout(model: ModelInfo, declared: Mapping[str, int | None] | None = N
         else:
             pending.append(tensor)
 
-    dynamic_batch = {
-        tensor.name
-        for tensor in model.inputs
-        if axes.get(tensor.name) is not None
-        and not isinstance(tensor.shape[axes[tensor.name] or 0], int)
-    }
-    batch_names = {
-        tensor.shape[axes[tensor.name] or 0]
-        for tensor in model.inputs
-        if tensor.name in dynamic_batch and isinstance(tensor.shape[axes[tensor.name] or 0], str)
-    }
+    batch_dims = [
+        tensor.shape[axis] for tensor in model.inputs if (axis := axes.get(tensor.name)) is not None
+    ]
+    dynamic_batch = [dim for dim in batch_dims if not isinstance(dim, int)]
+    batch_names = {dim for dim in dynamic_batch if isinstance(dim, str)}
     for tensor in pending:
         open_axes = [axis for axis, dim in enumerate(tensor.shape) if not isinstance(dim, int)]
         if not dynamic_batch:

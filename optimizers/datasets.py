@@ -183,11 +183,6 @@ def _check_given_once(tensor: TensorInfo, array: ArrayInfo, purpose: str) -> Non
         )
 
 
-def fixed_batch_size(model: ModelInfo, layout: BatchLayout | None = None) -> int | None:
-    """The model's batch size when an input fixes its batch axis, else None (any size)."""
-    return (layout or batch_layout(model)).fixed
-
-
 def to_feeds(
     rows: dict[str, np.ndarray],
     once: dict[str, np.ndarray],
