@@ -74,8 +74,8 @@ def recorded_feeds(
     if inputs["source"] == "synthetic":
         rng = np.random.default_rng(inputs["seed"])
         feeds: dict[str, np.ndarray] = {}
-        for name, dtype in dtypes.items():
-            shape = inputs["shapes"][str(batch)][name]
+        for name in inputs["order"]:
+            dtype, shape = dtypes[name], inputs["shapes"][str(batch)][name]
             kind = np.dtype(dtype).kind
             values = rng.standard_normal(shape) if kind == "f" else rng.integers(0, 2, size=shape)
             feeds[name] = values.astype(dtype)
@@ -86,10 +86,9 @@ def recorded_feeds(
             "with --dataset"
         )
     feeds = {}
+    rows = np.arange(batch) % int(inputs["num_samples"])
     with np.load(dataset) as arrays:
-        samples = max(len(arrays[name]) for name in dtypes if axes[name] is not None)
-        rows = np.arange(batch) % samples
-        for name in dtypes:
+        for name in inputs["order"]:
             axis = axes[name]
             array = arrays[name]
             feeds[name] = array if axis is None else np.moveaxis(array[rows], 0, axis)

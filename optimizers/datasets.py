@@ -193,7 +193,7 @@ def to_feeds(
     """Model feeds from a batch of dataset rows (sample axis first) and the arrays given once:
     rows are padded cyclically to `pad_to` rows when fewer, and their sample axis moved to
     the input's batch axis."""
-    feeds = dict(once)
+    feeds: dict[str, np.ndarray] = {}
     for name, array in rows.items():
         axis = layout.axis(name)
         if axis is None:
@@ -201,7 +201,7 @@ def to_feeds(
         if pad_to is not None and len(array) < pad_to:
             array = pad_rows(array, pad_to)
         feeds[name] = np.moveaxis(array, 0, axis) if axis else array
-    return feeds
+    return feeds | once
 
 
 @dataclass(frozen=True)

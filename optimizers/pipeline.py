@@ -557,15 +557,18 @@ def benchmark_inputs_record(
     rows, or the seed and the shape of every input at every batch size."""
     record: dict[str, Any] = {
         "source": _benchmark_inputs(spec, dataset_id),
+        # A list: JSON objects lose their key order in some databases (PostgreSQL's jsonb).
+        "order": [tensor.name for tensor in model.inputs],
         "batch_axes": layout.as_json(),
         "dtypes": {tensor.name: tensor.dtype for tensor in model.inputs},
     }
     if dataset_id is not None:
         record |= {
             "dataset_id": dataset_id,
-            "rows": "at batch size B, rows 0..B-1 of each batched input, cycled when the "
-            f"dataset has fewer than B ({num_samples} samples); inputs without a batch axis "
-            "as given once",
+            "num_samples": num_samples,
+            "rows": "at batch size B, rows 0..B-1 of each batched input (row i % num_samples "
+            "when the dataset has fewer), the sample axis moved to the input's batch axis; "
+            "inputs without a batch axis as given once",
         }
         return record
     shapes = {
@@ -579,7 +582,7 @@ def benchmark_inputs_record(
         "seed": 0,
         "shapes": shapes,
         "generator": "per batch size, rng = numpy.random.default_rng(seed); then for each "
-        "input in the model's order: float inputs rng.standard_normal(shape).astype(dtype), "
+        "input in `order`: float inputs rng.standard_normal(shape).astype(dtype), "
         "integer and bool inputs rng.integers(0, 2, size=shape).astype(dtype)",
     }
     return record

@@ -262,7 +262,9 @@ def _analyze(
     for feed in feeds:
         if not feed:
             continue
-        samples += len(next(iter(feed.values())))
+        # Batched inputs come first (datasets.to_feeds, make_feeds in model order); scalars
+        # and state given once have no sample axis to count.
+        samples += next((len(array) for array in feed.values() if np.ndim(array)), 1)
         ref_values = dict(zip(ref_outputs, ref_session.run(ref_outputs, feed), strict=True))
         quant_feed = {name: array for name, array in feed.items() if name in quant_inputs}
         quant_values = dict(

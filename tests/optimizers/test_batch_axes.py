@@ -4,6 +4,7 @@ calibration, evaluation and the benchmark all follow it."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -171,6 +172,7 @@ def test_streaming_model_quantized_evaluated_and_benchmarked(tmp_path: Path) -> 
     )
     result = run_pipeline(model_path=model, spec=spec, datasets={"d": data}, workdir=tmp_path)
     assert result.passes[0]["details"]["quantized_nodes"] > 0
+    assert result.passes[0]["sensitivity"]["status"] == "ok"
     metrics = result.metrics
     assert metrics["fidelity"]["samples"] == 24 and metrics["fidelity"]["cosine_mean"] > 0.95
     assert set(metrics["optimized"]["latency_ms"]) == {"1", "4"}
@@ -195,3 +197,28 @@ def test_exporter_style_model_is_pruned_and_benchmarked(tmp_path: Path) -> None:
     assert bench["session_options"]["config_entries"] == {"session.intra_op.allow_spinning": "0"}
     assert bench["session_options"]["intra_op_num_threads"] == 1
     assert bench["timing"]["order"] == "blocks"
+
+
+def test_the_benchmark_record_rebuilds_the_same_inputs(tmp_path: Path) -> None:
+    """What bench/verify_benchmark.py feeds from a job's record, with numpy alone, is what the
+    benchmark fed: random inputs from the seed and shapes, or dataset rows."""
+    from bench.verify_benchmark import recorded_feeds
+    from optimizers.pipeline import benchmark_inputs_record
+
+    info = inspect_model(make_streaming_model(tmp_path / "s.onnx"))
+    data = streaming_dataset(tmp_path / "d.npz", samples=5)
+    spec = _spec(inputs=STREAMING_INPUTS, benchmark={"batch_sizes": [1, 8]})
+    layout = batch_layout(info, spec.batch_axes())
+    for dataset in (None, data):
+        record = benchmark_inputs_record(
+            info, spec, "d" if dataset else None, layout=layout, num_samples=5
+        )
+        # Stored as JSON: the record must survive it.
+        stored = json.loads(json.dumps({"inputs": record}))
+        for batch in (1, 8):
+            fed = make_feeds(info, batch, dataset=dataset, input_shapes=None, layout=layout)
+            rebuilt = recorded_feeds(stored, batch, dataset)
+            assert set(rebuilt) == set(fed)
+            for name, array in fed.items():
+                assert rebuilt[name].dtype == array.dtype
+                np.testing.assert_array_equal(rebuilt[name], array)
