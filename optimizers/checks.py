@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from optimizers.batching import BatchLayout, batch_layout, field_hint
 from optimizers.config import DistillConfig, PipelineSpec, PruneConfig, QuantizeConfig
 from optimizers.datasets import check_fits
 from optimizers.errors import DatasetMismatchError, UnsupportedError
@@ -54,6 +55,7 @@ def check_spec(
                 "bool inputs are supported"
             )
 
+    layout = batch_layout(model, spec.batch_axes())
     for config in spec.passes:
         # Quantization upgrades opset 10-12 models to 13 where it needs to (per-channel scales,
         # static QDQ); older models predate onnxruntime's quantization support altogether.
@@ -66,10 +68,14 @@ def check_spec(
                 f"int8 quantization needs a model with opset {MIN_QUANTIZE_OPSET} or newer; this "
                 f"model uses opset {model.opset}. Re-export the model with opset >= 13"
             )
+        if isinstance(config, PruneConfig | DistillConfig):
+            check_trainable_layout(model, layout, kind=config.kind)
         # Passes keep the model's inputs, so every pass's data must fit the original's inputs:
         # calibration, pruning's fine-tuning data, distillation data.
         for dataset_id in config.dataset_ids():
-            check_fits(model, _dataset(datasets, dataset_id), purpose=_purpose(config))
+            check_fits(
+                model, _dataset(datasets, dataset_id), purpose=_purpose(config), layout=layout
+            )
         if isinstance(config, DistillConfig) and config.student.model_id is not None:
             check_student(model, _model(models, config.student.model_id))
 
@@ -80,20 +86,26 @@ def check_spec(
             evaluate_data,
             purpose="evaluate",
             need_labels=spec.evaluate.metric == "accuracy",
+            layout=layout,
         )
 
     benchmark = spec.benchmark
-    for tensor in model.inputs:
-        batch_dim = tensor.shape[0] if tensor.shape else None
-        if isinstance(batch_dim, int):
-            wrong = [size for size in benchmark.batch_sizes if size != batch_dim]
-            if wrong:
-                raise UnsupportedError(
-                    f"model input '{tensor.name}' has a fixed batch size of {batch_dim}, so "
-                    f"benchmark.batch_sizes can only be [{batch_dim}] (got "
-                    f"{benchmark.batch_sizes}); re-export the model with a dynamic batch axis "
-                    "to benchmark other sizes"
-                )
+    if layout.fixed is not None:
+        wrong = [size for size in benchmark.batch_sizes if size != layout.fixed]
+        if wrong:
+            name, axis = next(
+                (tensor.name, axis)
+                for tensor in model.inputs
+                if (axis := layout.axis(tensor.name)) is not None
+                and isinstance(tensor.shape[axis], int)
+            )
+            raise UnsupportedError(
+                f"model input '{name}' has a fixed batch size of {layout.fixed} (axis {axis}), "
+                f"so benchmark.batch_sizes can only be [{layout.fixed}] (got "
+                f"{benchmark.batch_sizes}); re-export the model with a dynamic batch axis to "
+                "benchmark other sizes, or, if that axis is not the batch, set "
+                f"{field_hint(name)} to the axis that is (null for none)"
+            )
 
     given_shapes = benchmark.input_shapes or {}
     input_names = {tensor.name for tensor in model.inputs}
@@ -105,24 +117,41 @@ def check_spec(
         )
     for tensor in model.inputs:
         if tensor.name in given_shapes:
-            _check_given_shape(tensor, given_shapes[tensor.name])
+            _check_given_shape(tensor, given_shapes[tensor.name], layout.axis(tensor.name))
 
     # With any dataset, benchmark inputs take their shapes from its rows (checked above).
     has_dataset = bool(spec.dataset_ids())
     if not has_dataset:
         for tensor in model.inputs:
+            axis = layout.axis(tensor.name)
             open_axes = [
-                axis
-                for axis, dim in enumerate(tensor.shape)
-                if axis > 0 and not isinstance(dim, int)
+                index
+                for index, dim in enumerate(tensor.shape)
+                if index != axis and not isinstance(dim, int)
             ]
             if open_axes and tensor.name not in given_shapes:
-                dims = ", ".join(f"axis {axis} ('{tensor.shape[axis]}')" for axis in open_axes)
+                dims = ", ".join(
+                    f"axis {index} ('{_dim_text(tensor.shape[index])}')" for index in open_axes
+                )
                 raise DatasetMismatchError(
-                    f"model input '{tensor.name}' has symbolic dims ({dims}), so benchmark inputs "
-                    "need concrete shapes: add an evaluate or calibration dataset, or set "
+                    f"model input '{tensor.name}' has symbolic dims ({dims}) besides its batch "
+                    f"axis ({'none' if axis is None else axis}), so benchmark inputs need "
+                    "concrete shapes: add an evaluate or calibration dataset, or set "
                     f'benchmark.input_shapes, e.g. {{"{tensor.name}": {_example(tensor)}}}'
                 )
+
+
+def check_trainable_layout(model: ModelInfo, layout: BatchLayout, *, kind: str) -> None:
+    """Training passes convert the model to torch and export it back with the batch on axis 0
+    of every input: a model whose inputs carry it elsewhere, or not at all, is refused."""
+    for tensor in model.inputs:
+        axis = layout.axis(tensor.name)
+        if axis != 0:
+            where = "has no batch axis" if axis is None else f"has its batch on axis {axis}"
+            raise UnsupportedError(
+                f"the {kind} pass trains the model in batches on axis 0 of every input, but "
+                f"model input '{tensor.name}' {where}; quantize such a model instead"
+            )
 
 
 def _purpose(config: QuantizeConfig | PruneConfig | DistillConfig) -> str:
@@ -195,19 +224,23 @@ def _dataset(datasets: Mapping[str, DatasetInfo], dataset_id: str) -> DatasetInf
         raise DatasetMismatchError(f"dataset '{dataset_id}' was not found") from None
 
 
-def _check_given_shape(tensor: TensorInfo, shape: list[int]) -> None:
+def _check_given_shape(tensor: TensorInfo, shape: list[int], batch_axis: int | None) -> None:
     if len(shape) != len(tensor.shape):
         raise DatasetMismatchError(
             f"benchmark.input_shapes['{tensor.name}'] has rank {len(shape)} but the model input "
             f"has rank {len(tensor.shape)} (shape {tensor.shape}); include the batch axis"
         )
     for axis, (want, got) in enumerate(zip(tensor.shape, shape, strict=True)):
-        # Axis 0 is replaced by each benchmark batch size, so its value here does not matter.
-        if axis > 0 and isinstance(want, int) and want != got:
+        # The batch axis is replaced by each benchmark batch size, so its value does not matter.
+        if axis != batch_axis and isinstance(want, int) and want != got:
             raise DatasetMismatchError(
                 f"benchmark.input_shapes['{tensor.name}'] has {got} on axis {axis} but the model "
                 f"input needs {want} (model shape {tensor.shape})"
             )
+
+
+def _dim_text(dim: Dim) -> str:
+    return "?" if dim is None else str(dim)
 
 
 def _example(tensor: TensorInfo) -> list[int]:

@@ -355,9 +355,11 @@ class BenchmarkConfig(StrictModel):
     ) = Field(
         default=None,
         max_length=1024,
-        description="Shape per input (batch axis included, replaced by each batch size) for "
-        "models with symbolic dims when no dataset gives them; at most "
-        f"{MAX_INPUT_ELEMENTS} elements per input at the largest batch size.",
+        description="Shape per input for models with symbolic dims when no dataset gives "
+        "them, used as given: the input's batch axis (see `inputs`), when it has one, is "
+        "replaced by each batch size; an input without a batch axis is fed at exactly this "
+        f"shape ([] for a scalar). At most {MAX_INPUT_ELEMENTS} elements per input at the "
+        "largest batch size.",
     )
 
     @model_validator(mode="after")
@@ -365,9 +367,10 @@ class BenchmarkConfig(StrictModel):
         self.batch_sizes = sorted(set(self.batch_sizes))
         largest = self.batch_sizes[-1]
         for name, shape in (self.input_shapes or {}).items():
-            if not 1 <= len(shape) <= 16:
-                raise ValueError(f"input_shapes['{name[:100]}'] must have 1 to 16 dimensions")
-            elements = largest * math.prod(shape[1:])
+            if len(shape) > 16:
+                raise ValueError(f"input_shapes['{name[:100]}'] must have at most 16 dimensions")
+            # Which axis is the batch is known only with the model: bound the worst case.
+            elements = largest * math.prod(shape)
             if elements > MAX_INPUT_ELEMENTS:
                 raise ValueError(
                     f"input_shapes['{name[:100]}'] at batch size {largest} is {elements} "
@@ -382,10 +385,30 @@ class BenchmarkConfig(StrictModel):
         return self
 
 
+class InputConfig(StrictModel):
+    """How one model input is fed."""
+
+    batch_axis: int | None = Field(
+        ge=0,
+        le=15,
+        description="The axis that carries the batch (e.g. 1 for a recurrent state "
+        "[layers, batch, hidden]), or null for an input without one (a scalar, a fixed-size "
+        "state), which is fed as it is at every batch size.",
+    )
+
+
 class PipelineSpec(StrictModel):
     """What to do to one model: passes in order, then evaluation and benchmark."""
 
     passes: list[AnyPass] = Field(min_length=1, max_length=16)
+    inputs: dict[Annotated[str, Field(min_length=1, max_length=1024)], InputConfig] | None = Field(
+        default=None,
+        max_length=1024,
+        description="Per model input: its batch axis, where the model does not make it "
+        "clear (inputs whose batch is not on axis 0, inputs without a batch). Used by "
+        "evaluation, calibration and the benchmark alike; inputs not named here follow the "
+        "model (a dynamic axis 0 is the batch).",
+    )
     evaluate: EvaluateConfig | None = None
     benchmark: BenchmarkConfig = Field(default_factory=BenchmarkConfig)
 
@@ -403,6 +426,10 @@ class PipelineSpec(StrictModel):
                     "or use method 'structured'"
                 )
         return self
+
+    def batch_axes(self) -> dict[str, int | None]:
+        """The batch axes the spec declares (input name -> axis or None)."""
+        return {name: config.batch_axis for name, config in (self.inputs or {}).items()}
 
     def dataset_ids(self) -> list[str]:
         ids = [d for p in self.passes for d in p.dataset_ids()]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import zipfile
 import zlib
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -14,8 +15,9 @@ from typing import IO
 
 import numpy as np
 
+from optimizers.batching import BatchLayout, batch_layout, field_hint
 from optimizers.errors import DatasetMismatchError, InvalidDatasetError
-from optimizers.types import ArrayInfo, DatasetInfo, ModelInfo
+from optimizers.types import ArrayInfo, DatasetInfo, ModelInfo, TensorInfo
 
 LABELS = "labels"
 #: Element kinds a model can consume: bool, signed and unsigned ints, floats.
@@ -61,19 +63,7 @@ def inspect_dataset(path: Path, *, max_total_bytes: int | None = None) -> Datase
     if not headers:
         raise InvalidDatasetError("the .npz archive holds no arrays")
 
-    for name, header in headers.items():
-        if len(header.shape) == 0:
-            raise InvalidDatasetError(
-                f"array '{name}' is a scalar; every array needs a first axis of samples"
-            )
-    counts = {name: header.shape[0] for name, header in headers.items()}
-    if len(set(counts.values())) > 1:
-        listing = ", ".join(f"'{name}': {count}" for name, count in counts.items())
-        raise InvalidDatasetError(
-            f"arrays have different numbers of samples (first axis): {listing}; "
-            "every array must hold one row per sample"
-        )
-    num_samples = next(iter(counts.values()))
+    num_samples = _sample_count(headers)
     if num_samples == 0:
         raise InvalidDatasetError("the dataset has zero samples")
 
@@ -99,10 +89,36 @@ def inspect_dataset(path: Path, *, max_total_bytes: int | None = None) -> Datase
     )
 
 
+def _sample_count(headers: dict[str, _Header]) -> int:
+    """The dataset's sample count: the length of `labels`, else the first-axis length most
+    arrays share (the longest on a tie). Arrays for inputs without a batch axis are given
+    once, with the input's own shape, and need not have it; check_fits, which knows the
+    model, holds every per-sample array to it."""
+    labels = headers.get(LABELS)
+    if labels is not None and labels.shape:
+        return labels.shape[0]
+    counts = Counter(header.shape[0] for header in headers.values() if header.shape)
+    if not counts:
+        raise InvalidDatasetError(
+            "every array is a scalar; the arrays that vary from sample to sample need a first "
+            "axis of samples"
+        )
+    return max(counts, key=lambda count: (counts[count], count))
+
+
 def check_fits(
-    model: ModelInfo, dataset: DatasetInfo, *, purpose: str, need_labels: bool = False
+    model: ModelInfo,
+    dataset: DatasetInfo,
+    *,
+    purpose: str,
+    need_labels: bool = False,
+    layout: BatchLayout | None = None,
 ) -> None:
-    """Raise DatasetMismatchError unless `dataset` can feed every input of `model`."""
+    """Raise DatasetMismatchError unless `dataset` can feed every input of `model`. An input
+    with a batch axis takes one row per sample: an array of the input's rank whose first axis
+    is the sample axis and whose other axes are the input's other axes, in order. An input
+    without one (`layout`) is given once, at the input's own shape."""
+    layout = layout or batch_layout(model)
     for tensor in model.inputs:
         array = dataset.arrays.get(tensor.name)
         if array is None:
@@ -116,18 +132,31 @@ def check_fits(
                 f"{purpose} dataset array '{tensor.name}' is {array.dtype} but the model input "
                 f"expects {tensor.dtype}; convert it, e.g. arr.astype(np.{tensor.dtype})"
             )
+        axis = layout.axis(tensor.name)
+        if axis is None:
+            _check_given_once(tensor, array, purpose)
+            continue
         if len(array.shape) != len(tensor.shape):
             raise DatasetMismatchError(
                 f"{purpose} dataset array '{tensor.name}' has rank {len(array.shape)} (shape "
                 f"{array.shape}) but the model input has rank {len(tensor.shape)} (shape "
                 f"{tensor.shape}); the first axis of the array is the sample axis"
             )
-        for axis, (want, got) in enumerate(zip(tensor.shape[1:], array.shape[1:], strict=True), 1):
+        if array.shape[0] != dataset.num_samples:
+            raise DatasetMismatchError(
+                f"{purpose} dataset arrays have different numbers of samples (first axis): "
+                f"'{tensor.name}' has {array.shape[0]}, the dataset {dataset.num_samples}; "
+                "every array of a batched input must hold one row per sample"
+            )
+        wanted = [dim for index, dim in enumerate(tensor.shape) if index != axis]
+        for offset, (want, got) in enumerate(zip(wanted, array.shape[1:], strict=True)):
+            model_axis = offset if offset < axis else offset + 1
             if isinstance(want, int) and want != got:
                 raise DatasetMismatchError(
-                    f"{purpose} dataset array '{tensor.name}' has size {got} on axis {axis} but "
-                    f"the model input needs {want} (model shape {tensor.shape}, dataset shape "
-                    f"{array.shape})"
+                    f"{purpose} dataset array '{tensor.name}' has size {got} on axis "
+                    f"{offset + 1} but the model input needs {want} there (its axis "
+                    f"{model_axis}; model shape {tensor.shape}, batch axis {axis}, dataset "
+                    f"shape {array.shape})"
                 )
     if need_labels and not dataset.has_labels:
         raise DatasetMismatchError(
@@ -136,12 +165,97 @@ def check_fits(
         )
 
 
-def fixed_batch_size(model: ModelInfo) -> int | None:
-    """The model's batch size when an input fixes axis 0, else None (any batch size)."""
-    for tensor in model.inputs:
-        if tensor.shape and isinstance(tensor.shape[0], int):
-            return tensor.shape[0]
-    return None
+def _check_given_once(tensor: TensorInfo, array: ArrayInfo, purpose: str) -> None:
+    fits = len(array.shape) == len(tensor.shape) and all(
+        not isinstance(want, int) or want == got
+        for want, got in zip(tensor.shape, array.shape, strict=True)
+    )
+    if not fits:
+        settle = (
+            ""
+            if not tensor.shape
+            else f"; if it does vary per sample, set {field_hint(tensor.name)} in the job spec"
+        )
+        raise DatasetMismatchError(
+            f"{purpose} dataset array '{tensor.name}' has shape {array.shape}, but model input "
+            f"'{tensor.name}' (shape {tensor.shape}) has no batch axis: it is given once, an "
+            f"array of the input's own shape, and fed as it is at every batch size{settle}"
+        )
+
+
+def to_feeds(
+    rows: dict[str, np.ndarray],
+    once: dict[str, np.ndarray],
+    layout: BatchLayout,
+    *,
+    pad_to: int | None = None,
+) -> dict[str, np.ndarray]:
+    """Model feeds from a batch of dataset rows (sample axis first) and the arrays given once:
+    rows are padded cyclically to `pad_to` rows when fewer, and their sample axis moved to
+    the input's batch axis."""
+    feeds: dict[str, np.ndarray] = {}
+    for name, array in rows.items():
+        axis = layout.axis(name)
+        if axis is None:
+            continue
+        if pad_to is not None and len(array) < pad_to:
+            array = pad_rows(array, pad_to)
+        feeds[name] = np.moveaxis(array, 0, axis) if axis else array
+    return feeds | once
+
+
+@dataclass(frozen=True)
+class FeedBatch:
+    """One run's feeds built from dataset rows: `rows` real samples (the feeds may hold more,
+    padded up to a fixed batch size), and their labels when the dataset has them."""
+
+    feeds: dict[str, np.ndarray]
+    rows: int
+    labels: np.ndarray | None
+
+
+def iter_feeds(
+    path: Path,
+    model: ModelInfo,
+    layout: BatchLayout,
+    batch_size: int,
+    *,
+    limit: int | None = None,
+    picked: np.ndarray | None = None,
+) -> Iterator[FeedBatch]:
+    """Feeds for consecutive batches of the first `limit` samples (or of the sorted row
+    indices `picked`), in file order, as the model takes them: batched inputs with their
+    sample axis at their batch axis and padded to a fixed batch size, the others given once."""
+    names = layout.batched(model)
+    once = read_once(path, layout.unbatched(model))
+    if not names:
+        # Nothing varies per sample: one run on the arrays given once.
+        yield FeedBatch(feeds=once, rows=1, labels=None)
+        return
+    batches = (
+        iter_batches(path, names, batch_size, limit=limit)
+        if picked is None
+        else iter_picked_batches(path, names, batch_size, picked)
+    )
+    for batch in batches:
+        rows = len(batch[names[0]])
+        yield FeedBatch(
+            feeds=to_feeds(batch, once, layout, pad_to=layout.fixed),
+            rows=rows,
+            labels=batch.get(LABELS),
+        )
+
+
+def read_once(path: Path, names: list[str]) -> dict[str, np.ndarray]:
+    """Whole arrays (inputs without a batch axis, given once and small)."""
+    if not names:
+        return {}
+    with _open_archive(path) as archive:
+        arrays: dict[str, np.ndarray] = {}
+        for name in names:
+            with _open_array(archive, name) as reader:
+                arrays[name] = reader.read_all()
+        return arrays
 
 
 def pad_rows(array: np.ndarray, size: int) -> np.ndarray:
@@ -234,6 +348,16 @@ class _ArrayReader:
         array = np.frombuffer(data, dtype=self.header.dtype).reshape((rows, *self._row_shape))
         # Native byte order and a writable copy, which every consumer can use as is.
         return array.astype(self.header.dtype.newbyteorder("="), copy=True)
+
+    def read_all(self) -> np.ndarray:
+        """The whole array, scalars included."""
+        if not self.header.shape:
+            data = self._read_bytes(self.header.dtype.itemsize)
+            if len(data) != self.header.dtype.itemsize:
+                raise self._truncated()
+            value = np.frombuffer(data, dtype=self.header.dtype).reshape(())
+            return value.astype(self.header.dtype.newbyteorder("="), copy=True)
+        return self.read(self.header.shape[0] - self._position)
 
     def _read_bytes(self, size: int) -> bytes:
         try:

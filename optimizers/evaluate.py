@@ -11,15 +11,9 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from optimizers.batching import BatchLayout, batch_layout
 from optimizers.config import EvaluateConfig
-from optimizers.datasets import (
-    LABELS,
-    check_fits,
-    fixed_batch_size,
-    inspect_dataset,
-    iter_batches,
-    pad_rows,
-)
+from optimizers.datasets import check_fits, inspect_dataset, iter_feeds
 from optimizers.errors import EvaluationError
 from optimizers.inspect import inspect_model
 from optimizers.runtime import create_session
@@ -40,15 +34,18 @@ def evaluate(
     threads: int,
     progress: ProgressFn = no_progress,
     progress_span: tuple[float, float] = (0.0, 1.0),
+    layout: BatchLayout | None = None,
 ) -> dict[str, Any]:
     """Run both models over the dataset (first `config.samples` rows, in file order) and
-    return accuracies (None without labels) and the fidelity of the first output."""
+    return accuracies (None without labels) and the fidelity of the first output. `layout`
+    says which axis of each input is its batch (default: decided from the model alone)."""
     model = inspect_model(baseline)
+    layout = layout or batch_layout(model)
     data = inspect_dataset(dataset)
-    check_fits(model, data, purpose="evaluate", need_labels=config.metric == "accuracy")
-    names = [tensor.name for tensor in model.inputs]
-    fixed = fixed_batch_size(model)
-    batch_size = fixed or config.batch_size
+    check_fits(
+        model, data, purpose="evaluate", need_labels=config.metric == "accuracy", layout=layout
+    )
+    batch_size = layout.fixed or config.batch_size
     total = min(config.samples or data.num_samples, data.num_samples)
 
     base_session = _session(baseline, providers, threads)
@@ -58,12 +55,9 @@ def evaluate(
     want_accuracy = data.has_labels
     start, end = progress_span
     done = 0
-    for batch in iter_batches(dataset, names, batch_size, limit=total):
-        rows = len(batch[names[0]])
-        feeds = {name: batch[name] for name in names}
-        if fixed is not None and rows < fixed:
-            # A fixed batch axis takes only full batches: pad by repeating rows, then drop them.
-            feeds = {name: pad_rows(array, fixed) for name, array in feeds.items()}
+    for batch in iter_feeds(dataset, model, layout, batch_size, limit=total):
+        # A fixed batch axis takes only full batches: the padded rows' outputs are dropped.
+        rows, feeds = batch.rows, batch.feeds
         ref = _first_output(base_session, feeds, "baseline")[:rows]
         out = _first_output(opt_session, feeds, "optimized")[:rows]
         fidelity.add(ref, out)
@@ -77,7 +71,7 @@ def evaluate(
                     )
                 want_accuracy = False
             else:
-                labels = batch[LABELS]
+                labels = batch.labels
                 correct["baseline"] += int(np.sum(np.argmax(ref, axis=-1) == labels))
                 correct["optimized"] += int(np.sum(np.argmax(out, axis=-1) == labels))
         done += rows

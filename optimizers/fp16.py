@@ -15,9 +15,10 @@ from onnx import numpy_helper
 from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
 from optimizers import selection
+from optimizers.batching import batch_layout
 from optimizers.benchmark import make_feeds
 from optimizers.config import QuantizeConfig
-from optimizers.datasets import check_fits, fixed_batch_size, inspect_dataset
+from optimizers.datasets import check_fits, inspect_dataset
 from optimizers.errors import OptimizerError, QuantizationError
 from optimizers.external_data import needs_external_data, save_model
 from optimizers.inspect import inspect_model
@@ -225,15 +226,22 @@ def _overflowing(
 
 def _check_inputs(info: ModelInfo, ctx: PassContext) -> tuple[str, dict[str, np.ndarray] | None]:
     """Rows of the first given dataset that fits the model, else seeded random inputs."""
-    batch = fixed_batch_size(info) or CHECK_ROWS
+    try:
+        layout = batch_layout(info, ctx.batch_axes)
+    except OptimizerError:
+        return "none", None
+    batch = layout.fixed or CHECK_ROWS
     for dataset_id, path in ctx.datasets.items():
         try:
-            check_fits(info, inspect_dataset(path), purpose="fp16 check")
+            check_fits(info, inspect_dataset(path), purpose="fp16 check", layout=layout)
         except OptimizerError:
             continue
-        return f"dataset '{dataset_id}'", make_feeds(info, batch, dataset=path, input_shapes=None)
+        feeds = make_feeds(info, batch, dataset=path, input_shapes=None, layout=layout)
+        return f"dataset '{dataset_id}'", feeds
     try:
-        return "random", make_feeds(info, batch, dataset=None, input_shapes=None, seed=0)
+        return "random", make_feeds(
+            info, batch, dataset=None, input_shapes=None, seed=0, layout=layout
+        )
     except OptimizerError:
         return "none", None
 

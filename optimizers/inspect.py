@@ -155,7 +155,8 @@ def _tensor_info(value: onnx.ValueInfoProto, *, kind: str) -> TensorInfo:
 
 
 def _dim(dim: onnx.TensorShapeProto.Dimension) -> Dim:
-    if dim.HasField("dim_value"):
+    # Some converters (TensorFlow's, Keras') write a dynamic dimension as -1, and a few as 0.
+    if dim.HasField("dim_value") and dim.dim_value > 0:
         return int(dim.dim_value)
     if dim.HasField("dim_param") and dim.dim_param:
         return str(dim.dim_param)

@@ -11,6 +11,7 @@ from typing import Any
 
 import onnx
 
+from optimizers.batching import BatchLayout, batch_layout
 from optimizers.config import EvaluateConfig, MixedConfig, NodeSelection, QuantizeConfig
 from optimizers.datasets import inspect_dataset
 from optimizers.errors import QuantizationError
@@ -71,6 +72,7 @@ def quantize_mixed(model_path: Path, config: QuantizeConfig, ctx: PassContext) -
     width = end - start
     threads = default_threads()
     user_excluded = list(config.exclude.nodes) if config.exclude else []
+    layout = batch_layout(inspect_model(model_path), ctx.batch_axes)
 
     def attempt(index: int, excluded: list[str], span: tuple[float, float]) -> _Round:
         workdir = ctx.workdir / f"round{index}"
@@ -83,6 +85,7 @@ def quantize_mixed(model_path: Path, config: QuantizeConfig, ctx: PassContext) -
                 datasets=ctx.datasets,
                 progress=ctx.progress,
                 progress_span=(span[0], split),
+                batch_axes=ctx.batch_axes,
             ),
         )
         model = result.model_path
@@ -91,7 +94,13 @@ def quantize_mixed(model_path: Path, config: QuantizeConfig, ctx: PassContext) -
             model = _kept_float_to_fp16(model, set(excluded), workdir, notes)
         ctx.progress("measuring", split, f"round {index}: measuring the {metric} drop")
         measured = evaluate(
-            model_path, model, dataset, eval_config, providers=[CPU], threads=threads
+            model_path,
+            model,
+            dataset,
+            eval_config,
+            providers=[CPU],
+            threads=threads,
+            layout=layout,
         )
         drop = _drop(measured, metric)
         met = drop <= mixed.max_drop + _TOLERANCE_EPSILON
@@ -107,7 +116,9 @@ def quantize_mixed(model_path: Path, config: QuantizeConfig, ctx: PassContext) -
     reasons: dict[str, str] = {}
     if not rounds[0].met:
         ctx.progress("analyzing", start + _FIRST_ROUND * width, "ranking nodes by sensitivity")
-        candidates = _rank(model_path, rounds[0].model_path, dataset, mixed, config, notes)
+        candidates = _rank(
+            model_path, rounds[0].model_path, dataset, mixed, config, notes, layout=layout
+        )
         candidates = [c for c in candidates if not set(c.nodes) <= set(user_excluded)]
         for candidate in candidates:
             for name in candidate.nodes:
@@ -178,6 +189,8 @@ def _rank(
     mixed: MixedConfig,
     config: QuantizeConfig,
     notes: list[str],
+    *,
+    layout: BatchLayout,
 ) -> list[_Candidate]:
     """Quantized nodes, most sensitive first, from the sensitivity report."""
     report = analyze(
@@ -187,6 +200,7 @@ def _rank(
             inspect_model(model_path),
             dataset=dataset,
             samples=min(mixed.samples, ANALYSIS_SAMPLES),
+            layout=layout,
         ),
         pass_config=config.model_dump(mode="json"),
         threads=default_threads(),

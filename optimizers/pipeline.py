@@ -14,7 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from optimizers.benchmark import benchmark_pair, make_feeds
+from optimizers.batching import BatchLayout, batch_layout
+from optimizers.benchmark import benchmark_pair, input_shape, make_feeds
 from optimizers.checks import check_spec
 from optimizers.config import AnyPass, EvaluateConfig, PipelineSpec
 from optimizers.datasets import inspect_dataset
@@ -109,6 +110,7 @@ def run_pipeline(
     }
     model_infos = {model_id: _inspect_model(models, model_id) for model_id in spec.model_ids()}
     check_spec(model, spec, dataset_infos, models=model_infos)
+    layout = batch_layout(model, spec.batch_axes())
     provider = resolve_provider(spec.benchmark.device)
     threads = spec.benchmark.threads or default_threads()
     # Fail before minutes of quantization if the runtime cannot even load the original.
@@ -128,6 +130,7 @@ def run_pipeline(
         bench_dataset_id=bench_dataset_id,
         provider=provider,
         threads=threads,
+        layout=layout,
     )
     current = model_path
     width = (EVALUATE_START - PASSES_START) / len(spec.passes)
@@ -146,6 +149,7 @@ def run_pipeline(
             models=models,
             checkpoints=PrefixedCheckpoints(checkpoints, f"{label}/"),
             device=spec.benchmark.device,
+            batch_axes=spec.batch_axes(),
         )
         began = time.perf_counter()
         result = run_pass(current, config, ctx)
@@ -162,7 +166,16 @@ def run_pipeline(
             progress("analyzing", split, f"pass {number}: measuring per-node sensitivity")
             name = f"pass{number}-sensitivity.json"
             report = _sensitivity(
-                current, result, config, spec, model, datasets, provider, threads, ctx.workdir
+                current,
+                result,
+                config,
+                spec,
+                model,
+                datasets,
+                provider,
+                threads,
+                ctx.workdir,
+                layout,
             )
             result.artifacts["sensitivity"] = ctx.workdir / "sensitivity.json"
             entry["sensitivity"] = _sensitivity_summary(report, name)
@@ -217,7 +230,11 @@ def run_pipeline(
         current,
         spec.benchmark,
         feeds_for_batch=lambda batch: make_feeds(
-            model, batch, dataset=bench_dataset, input_shapes=spec.benchmark.input_shapes
+            model,
+            batch,
+            dataset=bench_dataset,
+            input_shapes=spec.benchmark.input_shapes,
+            layout=layout,
         ),
         progress=progress,
         progress_span=(BENCHMARK_START, BENCHMARK_END),
@@ -244,7 +261,19 @@ def run_pipeline(
             "threads": bench["threads"],
             "warmup": bench["warmup"],
             "iterations": bench["iterations"],
-            "inputs": _benchmark_inputs(spec, bench_dataset_id),
+            "batch_sizes": spec.benchmark.batch_sizes,
+            "session_options": bench["session_options"],
+            "timing": bench["timing"],
+            "baseline": "the uploaded model as stored (for PyTorch uploads, its ONNX conversion)",
+            "inputs": benchmark_inputs_record(
+                model,
+                spec,
+                bench_dataset_id,
+                layout=layout,
+                num_samples=dataset_infos[bench_dataset_id].num_samples
+                if bench_dataset_id
+                else None,
+            ),
         },
         "environment": describe_environment(provider, threads),
     }
@@ -278,6 +307,7 @@ class _Measure:
     bench_dataset_id: str | None
     provider: str
     threads: int
+    layout: BatchLayout
     #: The original's size and accuracy do not change from stage to stage.
     _original_size: int | None = None
 
@@ -302,6 +332,7 @@ class _Measure:
                 threads=self.threads,
                 progress=progress,
                 progress_span=progress_span,
+                layout=self.layout,
             )
             accuracy = {
                 "baseline": evaluated["baseline_accuracy"],
@@ -321,13 +352,14 @@ class _Measure:
                 ),
                 providers=[self.provider],
                 threads=self.threads,
+                layout=self.layout,
             )["fidelity"]
             fidelity["source"] = "calibration_dataset"
             return none, fidelity
         fidelity = fidelity_on_inputs(
             self.original,
             candidate,
-            _synthetic_feeds(self.model, spec),
+            _synthetic_feeds(self.model, spec, self.layout),
             providers=[self.provider],
             threads=self.threads,
         )
@@ -366,6 +398,7 @@ class _Measure:
                 batch,
                 dataset=bench_dataset,
                 input_shapes=self.spec.benchmark.input_shapes,
+                layout=self.layout,
             ),
             progress=progress,
             progress_span=(middle, end),
@@ -450,6 +483,7 @@ def _sensitivity(
     provider: str,
     threads: int,
     workdir: Path,
+    layout: BatchLayout,
 ) -> dict[str, Any]:
     """The sensitivity report of one quantize pass (its input against its output), written
     as JSON in the pass's workdir. A report that failed says why; the job goes on."""
@@ -466,6 +500,7 @@ def _sensitivity(
             model,
             dataset=datasets[dataset_id] if dataset_id else None,
             input_shapes=spec.benchmark.input_shapes,
+            layout=layout,
         )
         report = analyze(
             baseline,
@@ -510,11 +545,61 @@ def _benchmark_inputs(spec: PipelineSpec, dataset_id: str | None) -> str:
     return "evaluate_dataset" if spec.evaluate is not None else "calibration_dataset"
 
 
-def _synthetic_feeds(model: ModelInfo, spec: PipelineSpec) -> Iterator[dict[str, np.ndarray]]:
+def benchmark_inputs_record(
+    model: ModelInfo,
+    spec: PipelineSpec,
+    dataset_id: str | None,
+    *,
+    layout: BatchLayout,
+    num_samples: int | None,
+) -> dict[str, Any]:
+    """What the benchmark fed, precisely enough to feed the same with plain numpy: dataset
+    rows, or the seed and the shape of every input at every batch size."""
+    record: dict[str, Any] = {
+        "source": _benchmark_inputs(spec, dataset_id),
+        # A list: JSON objects lose their key order in some databases (PostgreSQL's jsonb).
+        "order": [tensor.name for tensor in model.inputs],
+        "batch_axes": layout.as_json(),
+        "dtypes": {tensor.name: tensor.dtype for tensor in model.inputs},
+    }
+    if dataset_id is not None:
+        record |= {
+            "dataset_id": dataset_id,
+            "num_samples": num_samples,
+            "rows": "at batch size B, rows 0..B-1 of each batched input (row i % num_samples "
+            "when the dataset has fewer), the sample axis moved to the input's batch axis; "
+            "inputs without a batch axis as given once",
+        }
+        return record
+    shapes = {
+        str(batch): {
+            tensor.name: input_shape(tensor, batch, spec.benchmark.input_shapes, layout)
+            for tensor in model.inputs
+        }
+        for batch in spec.benchmark.batch_sizes
+    }
+    record |= {
+        "seed": 0,
+        "shapes": shapes,
+        "generator": "per batch size, rng = numpy.random.default_rng(seed); then for each "
+        "input in `order`: float inputs rng.standard_normal(shape).astype(dtype), "
+        "integer and bool inputs rng.integers(0, 2, size=shape).astype(dtype)",
+    }
+    return record
+
+
+def _synthetic_feeds(
+    model: ModelInfo, spec: PipelineSpec, layout: BatchLayout
+) -> Iterator[dict[str, np.ndarray]]:
     batch = max(spec.benchmark.batch_sizes)
     for seed in range(max(1, math.ceil(FIDELITY_SAMPLES / batch))):
         yield make_feeds(
-            model, batch, dataset=None, input_shapes=spec.benchmark.input_shapes, seed=seed
+            model,
+            batch,
+            dataset=None,
+            input_shapes=spec.benchmark.input_shapes,
+            seed=seed,
+            layout=layout,
         )
 
 

@@ -25,16 +25,9 @@ from onnxruntime.quantization.registry import IntegerOpsRegistry, QDQRegistry, Q
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from optimizers import opset, selection, weights_only
+from optimizers.batching import batch_layout
 from optimizers.config import QuantizeConfig
-from optimizers.datasets import (
-    check_fits,
-    fixed_batch_size,
-    inspect_dataset,
-    iter_batches,
-    iter_picked_batches,
-    pad_rows,
-    pick_rows,
-)
+from optimizers.datasets import FeedBatch, check_fits, inspect_dataset, iter_feeds, pick_rows
 from optimizers.errors import OptimizerError, QuantizationError
 from optimizers.external_data import (
     data_file_for,
@@ -359,17 +352,13 @@ class _DatasetReader(CalibrationDataReader):
         seed: int | None = None,
     ) -> None:
         info = inspect_dataset(dataset)
-        check_fits(model, info, purpose="calibration")
+        layout = batch_layout(model, ctx.batch_axes)
+        check_fits(model, info, purpose="calibration", layout=layout)
         self.available = min(samples, info.num_samples)
-        self._names = [tensor.name for tensor in model.inputs]
-        self._fixed_batch = fixed_batch_size(model)
-        batch = self._fixed_batch or _even_batch(self.available)
-        self._batches: Iterator[dict[str, np.ndarray]] = (
-            iter_batches(dataset, self._names, batch, limit=self.available)
-            if seed is None
-            else iter_picked_batches(
-                dataset, self._names, batch, pick_rows(info.num_samples, self.available, seed)
-            )
+        batch = layout.fixed or _even_batch(self.available)
+        picked = None if seed is None else pick_rows(info.num_samples, self.available, seed)
+        self._batches: Iterator[FeedBatch] = iter_feeds(
+            dataset, model, layout, batch, limit=self.available, picked=picked
         )
         self._ctx = ctx
         self._done = 0
@@ -379,11 +368,8 @@ class _DatasetReader(CalibrationDataReader):
         batch = next(self._batches, None)
         if batch is None:
             return None
-        feeds = {name: batch[name] for name in self._names}
-        rows = len(next(iter(feeds.values())))
-        if self._fixed_batch is not None and rows < self._fixed_batch:
-            # A fixed batch axis takes only full batches: wrap around to the first rows.
-            feeds = {name: pad_rows(array, self._fixed_batch) for name, array in feeds.items()}
+        # A fixed batch axis takes only full batches: iter_feeds wraps around to the first rows.
+        feeds, rows = batch.feeds, batch.rows
         self._done += rows
         start, end = self._ctx.progress_span
         # Calibration is most of a static pass's time; it gets 10%..80% of the span.

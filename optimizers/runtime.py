@@ -40,18 +40,38 @@ def default_threads() -> int:
     return max(1, min(physical, usable))
 
 
+#: Session config entries every session gets. Idle intra-op threads otherwise spin for a
+#: while after each run. The benchmark times two sessions in turn, and one session's spinning
+#: threads took the cores from the other's run (on 2 cores both models measured up to 1.6x
+#: slower, the int8 one most).
+SESSION_CONFIG_ENTRIES = {"session.intra_op.allow_spinning": "0"}
+
+
+def session_options_record(threads: int) -> dict[str, object]:
+    """The session options create_session sets, by their public onnxruntime names, so that a
+    result says how to rebuild its sessions with plain onnxruntime."""
+    return {
+        "intra_op_num_threads": threads,
+        "inter_op_num_threads": 1,
+        "execution_mode": "ORT_SEQUENTIAL",
+        "graph_optimization_level": "ORT_ENABLE_ALL",
+        "config_entries": dict(SESSION_CONFIG_ENTRIES),
+    }
+
+
 def create_session(path: Path, *, provider: str, threads: int) -> ort.InferenceSession:
     """A session with full graph optimization, `threads` intra-op threads and sequential
     execution, so that two models measured with it are treated identically."""
+    record = session_options_record(threads)
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    # Idle intra-op threads otherwise spin for a while after each run. The benchmark times two
-    # sessions in turn, and one session's spinning threads took the cores from the other's
-    # run (on 2 cores both models measured up to 1.6x slower, the int8 one most).
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.execution_mode = getattr(ort.ExecutionMode, str(record["execution_mode"]))
+    options.graph_optimization_level = getattr(
+        ort.GraphOptimizationLevel, str(record["graph_optimization_level"])
+    )
+    for key, value in SESSION_CONFIG_ENTRIES.items():
+        options.add_session_config_entry(key, value)
     # CPU stays in the list for the few ops a GPU provider does not implement.
     providers = [provider] if provider == CPU else [provider, CPU]
     try:

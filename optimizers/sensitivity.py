@@ -20,14 +20,9 @@ import onnx
 import onnxruntime as ort
 from onnx import numpy_helper
 
+from optimizers.batching import BatchLayout, batch_layout
 from optimizers.benchmark import make_feeds
-from optimizers.datasets import (
-    check_fits,
-    fixed_batch_size,
-    inspect_dataset,
-    iter_batches,
-    pad_rows,
-)
+from optimizers.datasets import check_fits, inspect_dataset, iter_feeds
 from optimizers.evaluate import SQNR_CAP_DB
 from optimizers.runtime import CPU
 from optimizers.selection import QUANTIZED_OPS
@@ -127,24 +122,26 @@ def analysis_feeds(
     samples: int = ANALYSIS_SAMPLES,
     input_shapes: dict[str, list[int]] | None = None,
     seed: int = 0,
+    layout: BatchLayout | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
     """Feeds for `analyze`: the first `samples` rows of `dataset` (streamed, padded to a fixed
     batch axis), else seeded random inputs shaped like `make_feeds` shapes them."""
-    names = [tensor.name for tensor in model.inputs]
-    fixed = fixed_batch_size(model)
-    batch = fixed or min(ANALYSIS_BATCH, samples)
+    layout = layout or batch_layout(model)
+    batch = layout.fixed or min(ANALYSIS_BATCH, samples)
     if dataset is None:
         for index in range(max(1, math.ceil(samples / batch))):
             yield make_feeds(
-                model, batch, dataset=None, input_shapes=input_shapes, seed=seed + index
+                model,
+                batch,
+                dataset=None,
+                input_shapes=input_shapes,
+                seed=seed + index,
+                layout=layout,
             )
         return
-    check_fits(model, inspect_dataset(dataset), purpose="sensitivity")
-    for rows in iter_batches(dataset, names, batch, limit=samples):
-        feed = {name: rows[name] for name in names}
-        if fixed is not None and len(feed[names[0]]) < fixed:
-            feed = {name: pad_rows(array, fixed) for name, array in feed.items()}
-        yield feed
+    check_fits(model, inspect_dataset(dataset), purpose="sensitivity", layout=layout)
+    for rows in iter_feeds(dataset, model, layout, batch, limit=samples):
+        yield rows.feeds
 
 
 @dataclass
@@ -265,7 +262,9 @@ def _analyze(
     for feed in feeds:
         if not feed:
             continue
-        samples += len(next(iter(feed.values())))
+        # Batched inputs come first (datasets.to_feeds, make_feeds in model order); scalars
+        # and state given once have no sample axis to count.
+        samples += next((len(array) for array in feed.values() if np.ndim(array)), 1)
         ref_values = dict(zip(ref_outputs, ref_session.run(ref_outputs, feed), strict=True))
         quant_feed = {name: array for name, array in feed.items() if name in quant_inputs}
         quant_values = dict(

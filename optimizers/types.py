@@ -8,9 +8,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from pydantic import BaseModel
+from pydantic import BaseModel, field_validator
 
-#: A dimension is a fixed size, a symbolic name (e.g. "batch"), or None when unknown.
+#: A dimension is a fixed size, a symbolic name (e.g. "batch"), or None when unknown. Some
+#: exporters write a dynamic dimension as -1 (or 0): those are read as None, never as sizes.
 Dim = int | str | None
 
 #: progress(stage, fraction 0..1 of the whole job, message). A caller may raise from it
@@ -26,6 +27,12 @@ class TensorInfo(BaseModel):
     name: str
     dtype: str  # numpy spelling: "float32", "int64", ...
     shape: list[Dim]
+
+    @field_validator("shape")
+    @classmethod
+    def _dynamic_sizes(cls, shape: list[Dim]) -> list[Dim]:
+        # Descriptions stored before -1 was read as dynamic are corrected when they are read.
+        return [None if isinstance(dim, int) and dim <= 0 else dim for dim in shape]
 
 
 class ModelInfo(BaseModel):
@@ -123,6 +130,9 @@ class PassContext:
     checkpoints: Checkpoints = field(default_factory=NoCheckpoints)
     #: "cpu" or "cuda": where training runs (the job's benchmark device)
     device: str = "cpu"
+    #: The spec's declared batch axes (input name -> axis, None: no batch axis); inputs not
+    #: named follow the model (optimizers.batching decides).
+    batch_axes: Mapping[str, int | None] = field(default_factory=dict)
 
 
 @dataclass

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -108,3 +109,34 @@ def test_synthetic_feeds_are_deterministic(tmp_path: Path) -> None:
 def test_cuda_without_a_cuda_provider_is_unsupported(mlp: Path) -> None:
     with pytest.raises(UnsupportedError, match="no CUDA execution provider"):
         benchmark_pair(mlp, mlp, BenchmarkConfig(device="cuda"), feeds_for_batch=lambda batch: {})
+
+
+def test_each_model_is_timed_in_runs_of_its_own(mlp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As a user timing one session after the other: a timed run follows a run of the same
+    model (the other model's weights are not the ones in the caches), blocks alternate."""
+    import optimizers.benchmark as benchmark
+
+    model = inspect_model(mlp)
+    runs: list[str] = []
+    real_run = benchmark._run
+
+    def recording_run(session: ort.InferenceSession, feeds: dict, name: str) -> None:
+        runs.append(name)
+        real_run(session, feeds, name)
+
+    monkeypatch.setattr(benchmark, "_run", recording_run)
+    config = BenchmarkConfig(batch_sizes=[2], warmup=3, iterations=25, threads=1)
+    result = benchmark_pair(
+        mlp,
+        mlp,
+        config,
+        feeds_for_batch=lambda batch: make_feeds(model, batch, dataset=None, input_shapes=None),
+    )
+    loading, warmup, timed = runs[:2], runs[2:8], runs[8:]
+    assert loading == ["baseline", "optimized"]
+    assert warmup == ["baseline"] * 3 + ["optimized"] * 3
+    streaks = [(name, len(list(group))) for name, group in itertools.groupby(timed)]
+    # Blocks of 10 timed runs (25 = 10 + 10 + 5), each after one untimed run; the order
+    # swaps every block (B O, O B, B O), so same-model blocks meet in the middle.
+    assert streaks == [("baseline", 11), ("optimized", 22), ("baseline", 17), ("optimized", 6)]
+    assert result["timing"]["block_runs"] == 10

@@ -133,7 +133,7 @@ def test_without_evaluate_fidelity_comes_from_synthetic_inputs(tmp_path: Path, m
     assert comparison["within_tolerance"] is None and comparison["max_drop"] is None
     assert comparison["accuracy_drop"] is None
     assert "accuracy not checked" in comparison["verdict"]
-    assert metrics["benchmark"]["inputs"] == "synthetic"
+    assert metrics["benchmark"]["inputs"]["source"] == "synthetic"
     assert any("accuracy was not measured" in note for note in result.notes)
     (kind, name, path), *_ = [a for a in result.artifacts if a[0] != "stage_model"]
     report = json.loads(path.read_text())
@@ -271,7 +271,7 @@ def test_calibration_data_stands_in_for_evaluation(
     result = run_pipeline(model_path=mlp, spec=spec, datasets={"cal": mlp_data}, workdir=tmp_path)
     assert result.metrics["fidelity"]["source"] == "calibration_dataset"
     assert result.metrics["fidelity"]["samples"] == 32
-    assert result.metrics["benchmark"]["inputs"] == "calibration_dataset"
+    assert result.metrics["benchmark"]["inputs"]["source"] == "calibration_dataset"
     assert result.metrics["comparison"]["within_tolerance"] is None
 
 
