@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 from api.errors import Problem
 from api.middleware import STATE_KEY
 from core.db import session_factory
-from core.models import ApiKey
+from core.tables import ApiKey
 from core.settings import Settings, get_settings
 from core.storage import Storage, get_storage
 

@@ -20,7 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from api.errors import BodyTooLarge, Problem, problem_response
 from core.admin import KeyRejected, authenticate
 from core.db import session_factory
-from core.models import ApiKey
+from core.tables import ApiKey
 from core.settings import get_settings
 
 #: Every route under this prefix needs a key; the others (`/healthz`, `/readyz`, `/docs`,

@@ -8,7 +8,7 @@ from typing import Any, Generic, Literal, TypeVar
 from pydantic import BaseModel, Field, ValidationError
 
 from core.jobspec import JobSpec
-from core.models import ApiKey, Artifact, Batch, Dataset, Job, JobStatus, Project, StoredModel
+from core.tables import ApiKey, Artifact, Batch, Dataset, Job, JobStatus, Project, StoredModel
 from optimizers.types import DatasetInfo, TensorInfo
 
 T = TypeVar("T")

@@ -17,7 +17,7 @@ from core.db import new_id, utcnow
 from core.dbclock import db_utcnow
 from core.jobspec import JobSpec
 from core.jobstate import mark_unsent
-from core.models import Job, JobStatus, StoredModel
+from core.tables import Job, JobStatus, StoredModel
 from core.queue import send_jobs
 from core.settings import Settings
 from optimizers.checks import check_spec

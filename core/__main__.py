@@ -11,7 +11,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from core import admin
 from core.db import session_scope, utcnow
-from core.models import ApiKey
+from core.tables import ApiKey
 from core.settings import get_settings
 
 

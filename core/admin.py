@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from core.db import new_id, utcnow
 from core.keys import display_prefix, generate_key, hash_key
-from core.models import ApiKey, Project
+from core.tables import ApiKey, Project
 
 #: `admin` manages the keys of its own project; `instance` manages projects and the keys of
 #: every project (the key made on first start holds it). Each implies the ones before it.

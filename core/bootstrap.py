@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 from core.admin import SCOPES, create_key
 from core.db import new_id
 from core.keys import is_well_formed
-from core.models import ApiKey, Project
+from core.tables import ApiKey, Project
 
 DEFAULT_PROJECT = "default"
 

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from core.db import utcnow
 from core.dbclock import db_utcnow
-from core.models import Job, JobStatus
+from core.tables import Job, JobStatus
 
 RUNNING = (JobStatus.running, JobStatus.cancelling)
 

@@ -6,7 +6,7 @@ from logging.config import fileConfig
 
 from alembic import context
 
-from core import models  # noqa: F401  (registers every table on Base.metadata)
+from core import tables  # noqa: F401  (registers every table on Base.metadata)
 from core.db import Base, make_engine
 from core.settings import get_settings
 

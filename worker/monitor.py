@@ -21,7 +21,7 @@ from typing import Any, Protocol
 from core import jobstate
 from core.db import session_scope
 from core.jobspec import JobLimits as RequestedLimits
-from core.models import JobStatus
+from core.tables import JobStatus
 from core.settings import Settings
 
 log = logging.getLogger(__name__)

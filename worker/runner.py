@@ -29,7 +29,7 @@ from core import jobstate
 from core.db import new_id
 from core.jobspec import JobLimits as RequestedLimits
 from core.jobspec import JobSpec
-from core.models import Artifact, Dataset, Job, JobStatus, StoredModel
+from core.tables import Artifact, Dataset, Job, JobStatus, StoredModel
 from core.sandbox import SandboxUnavailable
 from core.settings import Settings
 from core.storage import Storage, StorageCheckpoints, StorageError, checkpoints_prefix

@@ -8,7 +8,7 @@ from api.deps import ReadKey, SessionDep, StorageDep
 from api.downloads import download_response
 from api.errors import not_found
 from api.schemas import ArtifactOut
-from core.models import Artifact
+from core.tables import Artifact
 from core.storage import Storage
 
 router = APIRouter(prefix="/v1/artifacts", tags=["artifacts"])

@@ -18,7 +18,7 @@ from api.submit import new_job, replay, request_hash, send_committed
 from core import jobstate
 from core.db import new_id, utcnow
 from core.jobspec import BatchSpec
-from core.models import Batch, Job, JobStatus
+from core.tables import Batch, Job, JobStatus
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"])
 

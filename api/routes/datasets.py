@@ -16,7 +16,7 @@ from api.routes.models import ZIP_EXPANSION_LIMIT, get_owned_model
 from api.schemas import DatasetOut, Page
 from api.uploads import Upload, multipart_body_schema, receive_upload, safe_filename
 from core.db import new_id
-from core.models import ACTIVE_STATUSES, ApiKey, Dataset, Job
+from core.tables import ACTIVE_STATUSES, ApiKey, Dataset, Job
 from core.settings import Settings
 from core.storage import Storage
 from optimizers.datasets import check_fits, inspect_dataset

@@ -26,7 +26,7 @@ from api.submit import new_job, replay, request_hash, send_committed
 from core import jobstate
 from core.db import session_factory
 from core.jobspec import JobSpec
-from core.models import FINAL_STATUSES, Artifact, Job, JobStatus
+from core.tables import FINAL_STATUSES, Artifact, Job, JobStatus
 from core.settings import get_settings
 
 T = TypeVar("T")

@@ -13,7 +13,7 @@ from api.deps import AdminKey, InstanceKey, SessionDep, held_scopes
 from api.errors import Problem
 from api.schemas import KeyCreated, KeyOut, ProjectOut
 from core import admin
-from core.models import ApiKey
+from core.tables import ApiKey
 
 router = APIRouter(tags=["keys"])
 

@@ -17,7 +17,7 @@ from api.pagination import paginate
 from api.schemas import ModelOut, Page
 from api.uploads import Upload, multipart_body_schema, receive_upload, safe_filename
 from core.db import new_id
-from core.models import ACTIVE_STATUSES, ApiKey, Job, StoredModel
+from core.tables import ACTIVE_STATUSES, ApiKey, Job, StoredModel
 from core.settings import Settings
 from core.storage import Storage
 from optimizers.errors import OptimizerError

@@ -13,7 +13,7 @@ from sqlalchemy import text
 
 from core.db import session_factory
 from core.keys import is_well_formed
-from core.models import ApiKey
+from core.tables import ApiKey
 from tests.api.helpers import upload_dataset, upload_model
 from tests.factories import make_dataset, make_mlp
 

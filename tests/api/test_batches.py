@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 from core import jobstate
 from core.db import session_factory
 from core.jobspec import MAX_BATCH_JOBS
-from core.models import JobStatus
+from core.tables import JobStatus
 from tests.api.helpers import upload_model
 from tests.factories import make_mlp
 

@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 
 from core import jobstate
 from core.db import session_factory
-from core.models import JobStatus
+from core.tables import JobStatus
 from core.settings import get_settings
 from tests.api.helpers import store_report, upload_model
 from tests.factories import make_mlp

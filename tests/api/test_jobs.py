@@ -294,7 +294,7 @@ def test_the_stored_spec_validates_again_in_the_worker(
 ) -> None:
     from core.db import session_scope
     from core.jobspec import JobSpec
-    from core.models import Job
+    from core.tables import Job
 
     dataset = upload_dataset(client, make_dataset(tmp_path / "d.npz", tmp_path / "mlp.onnx"))
     spec = _spec(

@@ -15,7 +15,7 @@ from sqlalchemy import create_engine, select
 from sqlalchemy.orm import Session
 
 from core.db import new_id
-from core.models import Project, StoredModel
+from core.tables import Project, StoredModel
 from core.storage import LocalStorage
 from tests.factories import make_mlp
 from tests.integration.processes import BIN, Service, run_service, start, wait_until

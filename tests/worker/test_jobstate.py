@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from core import jobstate
 from core.db import new_id, reset_engines, session_factory, utcnow
 from core.dbclock import db_utcnow
-from core.models import Job, JobStatus, Project
+from core.tables import Job, JobStatus, Project
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])

@@ -11,7 +11,7 @@ from typing import Any
 
 from core import jobstate
 from core.db import session_factory
-from core.models import Job
+from core.tables import Job
 from core.settings import Settings
 from tests.worker.test_jobstate import _job
 from worker.monitor import Limits, StopReason, Supervision, supervise

@@ -23,7 +23,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from core.db import new_id, session_scope
-from core.models import Project, StoredModel
+from core.tables import Project, StoredModel
 from core.sandbox import host_command, probe
 from core.settings import get_settings
 from core.storage import get_storage
