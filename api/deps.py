@@ -13,9 +13,9 @@ from sqlalchemy.orm import Session
 from api.errors import Problem
 from api.middleware import STATE_KEY
 from core.db import session_factory
-from core.tables import ApiKey
 from core.settings import Settings, get_settings
 from core.storage import Storage, get_storage
+from core.tables import ApiKey
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ def get_session() -> Iterator[Session]:
                 503,
                 "the database did not confirm the change, so it may not have been saved; "
                 "read the resource again before retrying",
-                type="database-unavailable",
+                type="database_unavailable",
                 headers={"Retry-After": "1"},
             ) from exc
     except BaseException:

@@ -9,6 +9,7 @@ from fastapi.responses import Response, StreamingResponse
 
 from api.errors import Problem
 from core.storage import Storage
+from core.tables import Artifact, StoredModel
 
 _RANGE = re.compile(r"bytes=(\d*)-(\d*)")
 #: Any position with more digits lies past the end of every object (and Python refuses to
@@ -71,7 +72,7 @@ def download_response(
             raise Problem(
                 416,
                 f"the range {range_header[:100]!r} is outside the {size}-byte object",
-                type="range-not-satisfiable",
+                type="range_not_satisfiable",
                 headers={"Content-Range": f"bytes */{size}"},
             )
         if wanted is not None:
@@ -81,3 +82,18 @@ def download_response(
     headers["Content-Length"] = str(end - start + 1 if size else 0)
     body = storage.iter_range(key, start, end) if size else iter(())
     return StreamingResponse(body, status_code=status, headers=headers, media_type=content_type)
+
+
+def stored_file_response(
+    request: Request, storage: Storage, row: StoredModel | Artifact
+) -> Response:
+    """An uploaded model's or an artifact's content, with its ETag and Range support."""
+    return download_response(
+        request,
+        storage,
+        key=row.storage_key,
+        size=row.size_bytes,
+        sha256=row.sha256,
+        filename=row.name,
+        content_type=row.content_type if isinstance(row, Artifact) else "application/octet-stream",
+    )

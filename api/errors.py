@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from http import HTTPStatus
 from typing import Any
 
@@ -13,10 +15,20 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from core.admin import AdminError
+from core.storage import StorageError
+from optimizers.errors import OptimizerError
+
 log = logging.getLogger(__name__)
 
 PROBLEM_JSON = "application/problem+json"
+#: A problem's `type` is this base + a snake_case slug (`not_found`, `body_too_large`), the
+#: casing of a job's `error.type`.
 TYPE_BASE = "https://modelpress.dev/problems/"
+
+
+def _status_slug(status: int) -> str:
+    return HTTPStatus(status).phrase.lower().replace(" ", "_").replace("-", "_")
 
 
 class Problem(Exception):
@@ -35,7 +47,7 @@ class Problem(Exception):
         super().__init__(detail)
         self.status = status
         self.detail = detail
-        self.type = type or HTTPStatus(status).phrase.lower().replace(" ", "-")
+        self.type = type or _status_slug(status)
         self.title = title or HTTPStatus(status).phrase
         self.errors = errors
         self.headers = headers
@@ -55,23 +67,68 @@ class BodyTooLarge(StarletteHTTPException):
             413,
             f"the request body is larger than the limit of {self.limit} bytes "
             "(MODELPRESS_MAX_JSON_BODY_BYTES)",
-            type="body-too-large",
+            type="body_too_large",
             # The rest of the body is not read: the connection cannot carry another request.
             headers={"Connection": "close"},
         )
 
 
 def not_found(kind: str, resource_id: str) -> Problem:
-    return Problem(404, f"{kind} {resource_id!r} was not found", type="not-found")
+    return Problem(404, f"{kind} {resource_id!r} was not found", type="not_found")
 
 
-def field_error(loc: list[str | int], message: str, *, type: str = "invalid-spec") -> Problem:
+def field_error(loc: list[str | int], message: str, *, type: str = "invalid_spec") -> Problem:
     return Problem(
         422,
         f"{'.'.join(str(p) for p in loc)}: {message}",
         type=type,
         errors=[{"loc": loc, "msg": message}],
     )
+
+
+#: Errors of the libraries the routes call (optimizers, core's admin and storage) that a
+#: request can cause: `library_problem` is the one place that says how each is answered.
+LIBRARY_ERRORS = (OptimizerError, AdminError, StorageError)
+
+_ADMIN_PROBLEMS = {
+    "not_found": (404, "not_found"),
+    "exists": (409, "already_exists"),
+    "invalid": (422, "invalid_request"),
+}
+
+
+def library_problem(exc: Exception, *, type: str | None = None, detail_prefix: str = "") -> Problem:
+    """The answer to a library error: a model, dataset or spec the user can correct is a 422
+    with the error's own type; `type` and `detail_prefix` say what it means to the route
+    (see `answered_as`)."""
+    if isinstance(exc, OptimizerError):
+        status, slug, detail = 422, exc.type, exc.message
+    elif isinstance(exc, AdminError):
+        status, slug = _ADMIN_PROBLEMS[exc.kind]
+        detail = exc.message
+    elif isinstance(exc, StorageError):
+        # The object store failed the service, not the request: worth a retry later.
+        log.error("storage error: %s", exc)
+        return Problem(
+            503,
+            "the file store did not answer as expected; retry in a moment",
+            type="storage_unavailable",
+            headers={"Retry-After": "1"},
+        )
+    else:
+        raise TypeError(f"not a library error: {exc!r}") from exc
+    return Problem(status, detail_prefix + detail, type=type or slug)
+
+
+@contextmanager
+def answered_as(*, type: str | None = None, detail_prefix: str = "") -> Iterator[None]:
+    """Library errors raised inside are answered with this problem `type` and with
+    `detail_prefix` before their message: what the failure means where it happened (anything
+    wrong with an upload is an `invalid_model`, whichever check found it)."""
+    try:
+        yield
+    except LIBRARY_ERRORS as exc:
+        raise library_problem(exc, type=type, detail_prefix=detail_prefix) from exc
 
 
 def problem_response(
@@ -158,6 +215,12 @@ def install_error_handlers(app: FastAPI) -> None:
             headers=exc.headers,
         )
 
+    async def _library(request: Request, exc: Exception) -> JSONResponse:
+        return await _problem(request, library_problem(exc))
+
+    for library_error in LIBRARY_ERRORS:
+        app.add_exception_handler(library_error, _library)
+
     @app.exception_handler(BodyTooLarge)
     async def _body_too_large(request: Request, exc: BodyTooLarge) -> JSONResponse:
         return await _problem(request, exc.problem())
@@ -170,7 +233,7 @@ def install_error_handlers(app: FastAPI) -> None:
         return problem_response(
             request,
             status=422,
-            type="unstorable-value",
+            type="unstorable_value",
             title="Unprocessable Content",
             detail=f"a value in the request cannot be stored: {str(exc.orig).splitlines()[0]}",
         )
@@ -185,7 +248,7 @@ def install_error_handlers(app: FastAPI) -> None:
         return problem_response(
             request,
             status=422,
-            type="invalid-request",
+            type="invalid_request",
             title="Unprocessable Content",
             detail=summary or "the request is invalid",
             errors=errors,
@@ -197,7 +260,7 @@ def install_error_handlers(app: FastAPI) -> None:
         return problem_response(
             request,
             status=exc.status_code,
-            type=phrase.lower().replace(" ", "-"),
+            type=_status_slug(exc.status_code),
             title=phrase,
             detail=str(exc.detail),
             headers=getattr(exc, "headers", None),
@@ -209,7 +272,7 @@ def install_error_handlers(app: FastAPI) -> None:
         return problem_response(
             request,
             status=500,
-            type="internal-error",
+            type="internal_error",
             title="Internal Server Error",
             detail="an unexpected error occurred; it has been logged",
         )

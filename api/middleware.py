@@ -20,8 +20,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from api.errors import BodyTooLarge, Problem, problem_response
 from core.admin import KeyRejected, authenticate
 from core.db import session_factory
-from core.tables import ApiKey
 from core.settings import get_settings
+from core.tables import ApiKey
 
 #: Every route under this prefix needs a key; the others (`/healthz`, `/readyz`, `/docs`,
 #: `/openapi.json`) are public.
@@ -61,7 +61,7 @@ class RequestGuard:
         if "\x00" in scope["path"] or b"%00" in scope["query_string"].lower():
             # PostgreSQL cannot hold a NUL in a string; no id or filter value has one.
             await _refuse(
-                scope, receive, send, Problem(400, "the URL contains a NUL", type="invalid-url")
+                scope, receive, send, Problem(400, "the URL contains a NUL", type="invalid_url")
             )
             return
         if _is_protected(scope["path"]):

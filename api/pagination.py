@@ -47,7 +47,7 @@ def decode_token(token: str) -> tuple[datetime, str]:
         return as_utc(created_at), row_id
     except Exception:
         raise Problem(
-            422, "page_token is not a token this API returned", type="invalid-page-token"
+            422, "page_token is not a token this API returned", type="invalid_page_token"
         ) from None
 
 
@@ -61,7 +61,7 @@ def paginate(
 ) -> tuple[list[Any], str | None]:
     if not 1 <= page_size <= MAX_PAGE_SIZE:
         raise Problem(
-            422, f"page_size must be between 1 and {MAX_PAGE_SIZE}", type="invalid-page-size"
+            422, f"page_size must be between 1 and {MAX_PAGE_SIZE}", type="invalid_page_size"
         )
     if page_token:
         created_at, row_id = decode_token(page_token)

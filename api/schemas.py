@@ -90,7 +90,7 @@ class JobError(BaseModel):
 class JobOut(BaseModel):
     id: str
     model_id: str | None
-    status: Literal["queued", "running", "cancelling", "succeeded", "failed", "canceled"]
+    status: Literal["queued", "running", "canceling", "succeeded", "failed", "canceled"]
     stage: str | None
     progress: JobProgress
     queue: str
@@ -175,7 +175,7 @@ class BatchOut(BatchSummary):
 
 
 def batch_status(counts: dict[str, int]) -> BatchStatus:
-    active = sum(counts.get(s, 0) for s in ("queued", "running", "cancelling"))
+    active = sum(counts.get(s, 0) for s in ("queued", "running", "canceling"))
     if active:
         return "queued" if counts.get("queued", 0) == sum(counts.values()) else "running"
     if counts.get("failed", 0):

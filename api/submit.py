@@ -11,17 +11,16 @@ from fastapi import Response
 from pydantic import BaseModel
 from sqlalchemy.orm import Session
 
-from api.errors import Problem, field_error
-from api.routes.datasets import get_owned_dataset
+from api.errors import Problem, answered_as, field_error
+from api.owned import find_owned
 from core.db import new_id, utcnow
 from core.dbclock import db_utcnow
 from core.jobspec import JobSpec
 from core.jobstate import mark_unsent
-from core.tables import Job, JobStatus, StoredModel
 from core.queue import send_jobs
 from core.settings import Settings
+from core.tables import Dataset, Job, JobStatus, StoredModel
 from optimizers.checks import check_spec
-from optimizers.errors import OptimizerError
 from optimizers.types import DatasetInfo, ModelInfo
 
 Loc = list[str | int]
@@ -40,7 +39,7 @@ def replay(stored_hash: str | None, hashed: str, response: Response, location: s
         raise Problem(
             422,
             "this Idempotency-Key was already used with a different request body",
-            type="idempotency-key-reused",
+            type="idempotency_key_reused",
         )
     response.headers["Location"] = location
     response.headers["Idempotent-Replayed"] = "true"
@@ -57,22 +56,20 @@ def new_job(
 ) -> Job:
     """A queued job for `spec`, checked against the project's models and datasets and added to
     the session (not committed). A field error points at `loc` + the field within the spec."""
-    model = session.get(StoredModel, spec.model_id)
-    if model is None or model.project_id != project_id:
+    model = find_owned(session, StoredModel, spec.model_id, project_id=project_id)
+    if model is None:
         raise field_error([*loc, "model_id"], f"no model {spec.model_id!r} in this project")
     datasets: dict[str, DatasetInfo] = {}
     for dataset_id in spec.dataset_ids():
-        try:
-            row = get_owned_dataset(session, project_id, dataset_id)
-        except Problem:
-            raise field_error(loc, f"no dataset {dataset_id!r} in this project") from None
+        row = find_owned(session, Dataset, dataset_id, project_id=project_id)
+        if row is None:
+            raise field_error(loc, f"no dataset {dataset_id!r} in this project")
         datasets[dataset_id] = DatasetInfo.model_validate(row.info)
     models = _extra_models(session, project_id, spec, loc)
-    try:
+    # A spec in a batch names its place in the request (`body.jobs.2: ...`).
+    where = "" if loc == ["body"] else f"{'.'.join(str(p) for p in loc)}: "
+    with answered_as(detail_prefix=where):
         check_spec(ModelInfo.model_validate(model.info), spec, datasets, models=models)
-    except OptimizerError as exc:
-        where = "" if loc == ["body"] else f"{'.'.join(str(p) for p in loc)}: "
-        raise Problem(422, where + exc.message, type=exc.type.replace("_", "-")) from exc
 
     now = utcnow()
     values: dict[str, Any] = dict(
@@ -109,8 +106,8 @@ def _extra_models(
         for model_id in config.model_ids():
             if model_id in found:
                 continue
-            row = session.get(StoredModel, model_id)
-            if row is None or row.project_id != project_id:
+            row = find_owned(session, StoredModel, model_id, project_id=project_id)
+            if row is None:
                 raise field_error(
                     [*loc, "passes", index, "student", "model_id"],
                     f"no model {model_id!r} in this project",

@@ -23,6 +23,9 @@ from api.errors import Problem
 
 #: Small text fields next to the file (e.g. a name); anything bigger is a client error.
 _MAX_FIELD_BYTES = 64 * 1024
+#: Uncompressed size allowed for a zip upload (a model or a dataset), as a multiple of the
+#: upload limit.
+ZIP_EXPANSION_LIMIT = 4
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._ -]+")
 #: An upload's temp file is created as `upload-*.new`, locked, then renamed to
 #: `upload-*.part`; its scratch folder (for inspecting it) is `upload-*.part.d`.
@@ -163,7 +166,7 @@ async def receive_upload(request: Request, *, tmp_dir: Path, max_bytes: int) -> 
         raise Problem(
             415,
             "send the file as multipart/form-data in a field named 'file'",
-            type="unsupported-media-type",
+            type="unsupported_media_type",
         )
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > max_bytes + _MAX_FIELD_BYTES:
@@ -195,10 +198,10 @@ async def receive_upload(request: Request, *, tmp_dir: Path, max_bytes: int) -> 
         if state.error is not None:
             raise state.error
         if not state.file_seen:
-            raise Problem(422, "the form has no field named 'file'", type="missing-file")
+            raise Problem(422, "the form has no field named 'file'", type="missing_file")
         if not state.file_complete:
             raise Problem(
-                400, "the upload ended before the file was complete", type="truncated-upload"
+                400, "the upload ended before the file was complete", type="truncated_upload"
             )
         sink.close()
     except BaseException:
@@ -220,7 +223,7 @@ def _too_large(max_bytes: int) -> Problem:
     return Problem(
         413,
         f"the upload is larger than the limit of {max_bytes} bytes (MODELPRESS_MAX_UPLOAD_BYTES)",
-        type="upload-too-large",
+        type="upload_too_large",
     )
 
 
@@ -266,7 +269,7 @@ class _ParseState:
         if name == "file":
             if self.file_seen:
                 self.error = Problem(
-                    422, "send exactly one field named 'file'", type="invalid-form"
+                    422, "send exactly one field named 'file'", type="invalid_form"
                 )
                 return
             self.file_seen = True
@@ -287,7 +290,7 @@ class _ParseState:
         else:
             self._field_buffer += chunk
             if len(self._field_buffer) > _MAX_FIELD_BYTES:
-                self.error = Problem(413, "a form field is too large", type="field-too-large")
+                self.error = Problem(413, "a form field is too large", type="field_too_large")
 
     def on_part_end(self) -> None:
         if self._part_is_file:

@@ -11,8 +11,8 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from core import admin
 from core.db import session_scope, utcnow
-from core.tables import ApiKey
 from core.settings import get_settings
+from core.tables import ApiKey
 
 
 def _scopes(text: str) -> list[str]:

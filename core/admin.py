@@ -27,7 +27,7 @@ class AdminError(Exception):
 
     def __init__(self, kind: str, message: str) -> None:
         super().__init__(message)
-        self.kind = kind  # "not-found", "exists", "invalid"
+        self.kind = kind  # "not_found", "exists", "invalid"
         self.message = message
 
 
@@ -58,7 +58,7 @@ def find_project(session: Session, name_or_id: str) -> Project:
         select(Project).where(or_(Project.id == name_or_id, Project.name == name_or_id))
     )
     if project is None:
-        raise AdminError("not-found", f"project {name_or_id!r} was not found")
+        raise AdminError("not_found", f"project {name_or_id!r} was not found")
     return project
 
 
@@ -119,7 +119,7 @@ def create_key(
         if expires_at <= utcnow():
             raise AdminError("invalid", "expires_at is in the past")
     if session.get(Project, project_id) is None:
-        raise AdminError("not-found", f"project {project_id!r} was not found")
+        raise AdminError("not_found", f"project {project_id!r} was not found")
     plain = key or generate_key()
     row = ApiKey(
         id=new_id("key"),
@@ -146,7 +146,7 @@ def list_keys(session: Session, *, project_id: str | None = None) -> list[ApiKey
 def find_key(session: Session, key_id: str) -> ApiKey:
     row = session.get(ApiKey, key_id)
     if row is None:
-        raise AdminError("not-found", f"key {key_id!r} was not found")
+        raise AdminError("not_found", f"key {key_id!r} was not found")
     return row
 
 

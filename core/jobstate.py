@@ -17,7 +17,7 @@ from core.db import utcnow
 from core.dbclock import db_utcnow
 from core.tables import Job, JobStatus
 
-RUNNING = (JobStatus.running, JobStatus.cancelling)
+RUNNING = (JobStatus.running, JobStatus.canceling)
 
 
 def claim(session: Session, job_id: str, worker: str) -> int | None:
@@ -104,7 +104,7 @@ def finish(
     error_type: str | None = None,
     error_message: str | None = None,
 ) -> bool:
-    """running|cancelling -> a final state, only for the attempt that owns the job. A failed
+    """running|canceling -> a final state, only for the attempt that owns the job. A failed
     or canceled job keeps the partial result its attempt recorded (record_result)."""
     now = utcnow()
     values: dict[str, Any] = {"status": status, "finished_at": now, "updated_at": now}
@@ -122,7 +122,7 @@ def finish(
 
 
 def request_cancel(session: Session, job: Job) -> bool:
-    """queued -> canceled at once; running -> cancelling (the worker stops it)."""
+    """queued -> canceled at once; running -> canceling (the worker stops it)."""
     now = utcnow()
     if job.status == JobStatus.queued:
         outcome = session.execute(
@@ -142,7 +142,7 @@ def request_cancel(session: Session, job: Job) -> bool:
         outcome = session.execute(
             update(Job)
             .where(Job.id == job.id, Job.status == JobStatus.running)
-            .values(status=JobStatus.cancelling, cancel_requested_at=now, updated_at=now)
+            .values(status=JobStatus.canceling, cancel_requested_at=now, updated_at=now)
             .execution_options(synchronize_session=False)
         )
     else:
@@ -172,7 +172,7 @@ def reap_stale(session: Session, *, timeout_s: float) -> list[tuple[str, str]]:
             Job.status == job.status,
             Job.heartbeat_at < cutoff,
         )
-        if job.status == JobStatus.cancelling:
+        if job.status == JobStatus.canceling:
             values: dict[str, Any] = {
                 "status": JobStatus.canceled,
                 "finished_at": now,

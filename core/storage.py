@@ -162,11 +162,6 @@ class S3Storage:
         self.client.head_bucket(Bucket=self.bucket)
 
 
-def checkpoints_prefix(project_id: str, job_id: str) -> str:
-    """Where a job's training checkpoints live: shared by all its attempts, on any worker."""
-    return f"{project_id}/jobs/{job_id}/checkpoints"
-
-
 class StorageCheckpoints:
     """A job's checkpoints (optimizers.types.Checkpoints) as objects under `prefix`, so that
     a retried attempt of the job resumes on whichever worker runs it. `scratch` is a local

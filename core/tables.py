@@ -25,13 +25,13 @@ from core.db import Base, UTCDateTime, utcnow
 class JobStatus(enum.StrEnum):
     queued = "queued"
     running = "running"
-    cancelling = "cancelling"
+    canceling = "canceling"
     succeeded = "succeeded"
     failed = "failed"
     canceled = "canceled"
 
 
-ACTIVE_STATUSES = (JobStatus.queued, JobStatus.running, JobStatus.cancelling)
+ACTIVE_STATUSES = (JobStatus.queued, JobStatus.running, JobStatus.canceling)
 FINAL_STATUSES = (JobStatus.succeeded, JobStatus.failed, JobStatus.canceled)
 
 

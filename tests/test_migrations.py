@@ -86,3 +86,59 @@ def test_stored_keys_and_queued_jobs_keep_working_across_the_instance_scope_revi
     assert stored == {**keys, "bootstrap admin": ["read", "write", "admin", "instance"]}
     # A job the API had sent (sent_at NULL until now) is not taken for one it never sent.
     assert sent_at is not None
+
+
+def test_jobs_stored_with_the_old_spellings_read_in_the_new_ones(
+    service_env: dict[str, str],
+) -> None:
+    from core.settings import get_settings
+
+    url = get_settings().resolved_database_url
+    config = alembic_config(url)
+    command.downgrade(config, "0005_instance_scope")
+    engine = make_engine(url)
+    old = {
+        "job_stopping": ("cancelling", None),
+        "job_lost": ("failed", "worker-lost"),
+        "job_memory": ("failed", "memory_limit"),
+        "job_running": ("running", None),
+    }
+    with engine.begin() as conn:
+        conn.execute(
+            text("INSERT INTO projects (id, name, created_at) VALUES ('p', 'p', :t)"), {"t": T}
+        )
+        for job_id, (status, error_type) in old.items():
+            conn.execute(
+                text(
+                    "INSERT INTO jobs (id, project_id, spec, dataset_ids, extra_model_ids, queue, "
+                    "status, error_type, progress, attempts, max_attempts, created_at, "
+                    "updated_at) VALUES (:id, 'p', '{}', '[]', '[]', 'cpu', :status, :error, 0, "
+                    "1, 3, :t, :t)"
+                ),
+                {"id": job_id, "status": status, "error": error_type, "t": T},
+            )
+
+    command.upgrade(config, "head")
+    with engine.connect() as conn:
+        stored = {
+            job_id: (status, error_type)
+            for job_id, status, error_type in conn.execute(
+                text("SELECT id, status, error_type FROM jobs")
+            )
+        }
+    command.downgrade(config, "0005_instance_scope")
+    with engine.connect() as conn:
+        rolled_back = conn.execute(
+            text("SELECT status FROM jobs WHERE id = 'job_stopping'")
+        ).scalar_one()
+    engine.dispose()
+    command.upgrade(config, "head")
+
+    assert stored == {
+        "job_stopping": ("canceling", None),
+        "job_lost": ("failed", "worker_lost"),
+        "job_memory": ("failed", "memory_limit"),
+        "job_running": ("running", None),
+    }
+    # The older code, rolled back to, finds the job in the state it knows.
+    assert rolled_back == "cancelling"

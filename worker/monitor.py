@@ -21,8 +21,8 @@ from typing import Any, Protocol
 from core import jobstate
 from core.db import session_scope
 from core.jobspec import JobLimits as RequestedLimits
-from core.tables import JobStatus
 from core.settings import Settings
+from core.tables import JobStatus
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +171,7 @@ def _watch(
             if status is None:
                 watch.reason = StopReason.lost
                 break
-            if status == JobStatus.cancelling and watch.reason != StopReason.canceled:
+            if status == JobStatus.canceling and watch.reason != StopReason.canceled:
                 watch.reason = StopReason.canceled
                 process.request_stop()
                 kill_at = now + settings.job_cancel_grace_s

@@ -29,10 +29,11 @@ from core import jobstate
 from core.db import new_id
 from core.jobspec import JobLimits as RequestedLimits
 from core.jobspec import JobSpec
-from core.tables import Artifact, Dataset, Job, JobStatus, StoredModel
 from core.sandbox import SandboxUnavailable
 from core.settings import Settings
-from core.storage import Storage, StorageCheckpoints, StorageError, checkpoints_prefix
+from core.storage import Storage, StorageCheckpoints, StorageError
+from core.storage_keys import artifact_key, attempt_prefix, checkpoints_prefix
+from core.tables import Artifact, Dataset, Job, JobStatus, StoredModel
 from optimizers.errors import OptimizerError
 from optimizers.types import ModelInfo
 from worker.dbretry import UNREACHABLE, retrying
@@ -174,7 +175,7 @@ class _JobRun:
         try:
             self._progress("loading", 0.01, "fetching the model and datasets")
             self.inputs = self._db(lambda session: _load_inputs(session, self.job_id), "inputs")
-            self.prefix = f"{self.inputs.project_id}/jobs/{self.job_id}/attempt-{self.attempt}"
+            self.prefix = attempt_prefix(self.inputs.project_id, self.job_id, self.attempt)
             if self.attempt > 1:
                 keys = self._db(
                     lambda session: _drop_earlier_attempts(session, self.job_id, keep=self.prefix),
@@ -375,7 +376,7 @@ class _JobRun:
             self.storage,
             project_id=self.inputs.project_id,
             job_id=self.job_id,
-            key=f"{self.prefix}/{name}",
+            key=artifact_key(self.prefix, name),
             kind=kind,
             name=name,
             content_type=content_type,
@@ -449,7 +450,7 @@ class _JobRun:
                 self.storage,
                 project_id=self.inputs.project_id,
                 job_id=self.job_id,
-                key=f"{self.prefix}/report.json",
+                key=artifact_key(self.prefix, "report.json"),
                 kind="report",
                 name="report.json",
                 content_type="application/json",

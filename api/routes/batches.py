@@ -11,7 +11,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from api.deps import IdempotencyKey, ReadKey, SessionDep, SettingsDep, WriteKey
-from api.errors import not_found
+from api.owned import get_owned
 from api.pagination import paginate
 from api.schemas import BatchOut, BatchSummary, JobOut, Page
 from api.submit import new_job, replay, request_hash, send_committed
@@ -86,14 +86,14 @@ def list_batches(
 
 @router.get("/{batch_id}", response_model=BatchOut)
 def get_batch(batch_id: str, key: ReadKey, session: SessionDep) -> BatchOut:
-    return _batch_out(session, get_owned_batch(session, key.project_id, batch_id))
+    return _batch_out(session, get_owned(session, Batch, batch_id, project_id=key.project_id))
 
 
 @router.post("/{batch_id}/cancel", status_code=202, response_model=BatchOut)
 def cancel_batch(batch_id: str, key: WriteKey, session: SessionDep) -> BatchOut:
     """Cancels every job of the batch that is queued or running; finished jobs stay as they
     are. Canceling a batch with nothing left to cancel changes nothing."""
-    batch = get_owned_batch(session, key.project_id, batch_id)
+    batch = get_owned(session, Batch, batch_id, project_id=key.project_id)
     active = (JobStatus.queued, JobStatus.running)
     for job in session.scalars(
         select(Job).where(Job.batch_id == batch.id, Job.status.in_(active))
@@ -102,13 +102,6 @@ def cancel_batch(batch_id: str, key: WriteKey, session: SessionDep) -> BatchOut:
     session.commit()
     session.expire_all()
     return _batch_out(session, batch)
-
-
-def get_owned_batch(session: Session, project_id: str, batch_id: str) -> Batch:
-    row = session.get(Batch, batch_id)
-    if row is None or row.project_id != project_id:
-        raise not_found("batch", batch_id)
-    return row
 
 
 def _find_by_idempotency_key(session: Session, project_id: str, key: str) -> Batch | None:

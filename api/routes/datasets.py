@@ -10,17 +10,23 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from api.deps import ReadKey, SessionDep, SettingsDep, StorageDep, WriteKey
-from api.errors import Problem, not_found
+from api.errors import Problem, answered_as
+from api.owned import get_owned
 from api.pagination import paginate
-from api.routes.models import ZIP_EXPANSION_LIMIT, get_owned_model
 from api.schemas import DatasetOut, Page
-from api.uploads import Upload, multipart_body_schema, receive_upload, safe_filename
+from api.uploads import (
+    ZIP_EXPANSION_LIMIT,
+    Upload,
+    multipart_body_schema,
+    receive_upload,
+    safe_filename,
+)
+from core import storage_keys
 from core.db import new_id
-from core.tables import ACTIVE_STATUSES, ApiKey, Dataset, Job
 from core.settings import Settings
 from core.storage import Storage
+from core.tables import ACTIVE_STATUSES, ApiKey, Dataset, Job, StoredModel
 from optimizers.datasets import check_fits, inspect_dataset
-from optimizers.errors import OptimizerError
 from optimizers.types import ModelInfo
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
@@ -61,27 +67,23 @@ def _store_dataset(
     upload: Upload, *, key: ApiKey, session: Session, settings: Settings, storage: Storage
 ) -> Dataset:
     try:
-        try:
+        with answered_as(type="invalid_dataset", detail_prefix="not a usable dataset: "):
             info = inspect_dataset(
                 upload.path, max_total_bytes=ZIP_EXPANSION_LIMIT * settings.max_upload_bytes
             )
-        except OptimizerError as exc:
-            raise Problem(
-                422, f"not a usable dataset: {exc.message}", type="invalid-dataset"
-            ) from exc
         model_id = upload.fields.get("model_id")
         if model_id:
-            model = get_owned_model(session, key.project_id, model_id)
-            try:
+            model = get_owned(session, StoredModel, model_id, project_id=key.project_id)
+            with answered_as(type="dataset_mismatch"):
                 check_fits(ModelInfo.model_validate(model.info), info, purpose="dataset")
-            except OptimizerError as exc:
-                raise Problem(422, exc.message, type="dataset-mismatch") from exc
         dataset_id = new_id("dst")
-        storage_key = f"{key.project_id}/datasets/{dataset_id}/data.npz"
+        storage_key = storage_keys.dataset_key(key.project_id, dataset_id)
         row = Dataset(
             id=dataset_id,
             project_id=key.project_id,
-            name=safe_filename(upload.fields.get("name") or upload.filename, "data.npz"),
+            name=safe_filename(
+                upload.fields.get("name") or upload.filename, storage_keys.DATASET_FILE
+            ),
             sha256=upload.sha256,
             size_bytes=upload.size_bytes,
             storage_key=storage_key,
@@ -95,7 +97,7 @@ def _store_dataset(
     try:
         session.commit()
     except Exception:
-        storage.delete_prefix(f"{key.project_id}/datasets/{dataset_id}")
+        storage.delete_prefix(storage_keys.dataset_prefix(key.project_id, dataset_id))
         raise
     return row
 
@@ -109,23 +111,16 @@ def list_datasets(
     return Page(items=[DatasetOut.of(r) for r in rows], next_page_token=token)
 
 
-def get_owned_dataset(session: SessionDep, project_id: str, dataset_id: str) -> Dataset:
-    row = session.get(Dataset, dataset_id)
-    if row is None or row.project_id != project_id:
-        raise not_found("dataset", dataset_id)
-    return row
-
-
 @router.get("/{dataset_id}", response_model=DatasetOut)
 def get_dataset(dataset_id: str, key: ReadKey, session: SessionDep) -> DatasetOut:
-    return DatasetOut.of(get_owned_dataset(session, key.project_id, dataset_id))
+    return DatasetOut.of(get_owned(session, Dataset, dataset_id, project_id=key.project_id))
 
 
 @router.delete("/{dataset_id}", status_code=204)
 def delete_dataset(
     dataset_id: str, key: WriteKey, session: SessionDep, storage: StorageDep
 ) -> Response:
-    row = get_owned_dataset(session, key.project_id, dataset_id)
+    row = get_owned(session, Dataset, dataset_id, project_id=key.project_id)
     active_jobs = session.scalars(
         select(Job.dataset_ids).where(
             Job.project_id == key.project_id, Job.status.in_(ACTIVE_STATUSES)
@@ -136,9 +131,9 @@ def delete_dataset(
         raise Problem(
             409,
             f"the dataset is used by {users} unfinished job(s); cancel them first",
-            type="dataset-in-use",
+            type="dataset_in_use",
         )
     session.delete(row)
     session.commit()
-    storage.delete_prefix(f"{key.project_id}/datasets/{dataset_id}")
+    storage.delete_prefix(storage_keys.dataset_prefix(key.project_id, dataset_id))
     return Response(status_code=204)

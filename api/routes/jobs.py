@@ -18,16 +18,17 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from api.deps import IdempotencyKey, ReadKey, SessionDep, SettingsDep, StorageDep, WriteKey
+from api.downloads import stored_file_response
 from api.errors import Problem, not_found
+from api.owned import get_owned
 from api.pagination import as_utc, paginate
-from api.routes.artifacts import artifact_response
 from api.schemas import ArtifactOut, JobOut, Page
 from api.submit import new_job, replay, request_hash, send_committed
 from core import jobstate
 from core.db import session_factory
 from core.jobspec import JobSpec
-from core.tables import FINAL_STATUSES, Artifact, Job, JobStatus
 from core.settings import get_settings
+from core.tables import FINAL_STATUSES, Artifact, Job, JobStatus
 
 T = TypeVar("T")
 
@@ -118,29 +119,22 @@ def list_jobs(
     return Page(items=[JobOut.of(r) for r in rows], next_page_token=token)
 
 
-def get_owned_job(session: SessionDep, project_id: str, job_id: str) -> Job:
-    row = session.get(Job, job_id)
-    if row is None or row.project_id != project_id:
-        raise not_found("job", job_id)
-    return row
-
-
 @router.get("/{job_id}", response_model=JobOut)
 def get_job(job_id: str, key: ReadKey, session: SessionDep) -> JobOut:
-    return JobOut.of(get_owned_job(session, key.project_id, job_id))
+    return JobOut.of(get_owned(session, Job, job_id, project_id=key.project_id))
 
 
 @router.post("/{job_id}/cancel", status_code=202, response_model=JobOut)
 def cancel_job(job_id: str, key: WriteKey, session: SessionDep) -> JobOut:
-    job = get_owned_job(session, key.project_id, job_id)
-    if job.status == JobStatus.cancelling:
+    job = get_owned(session, Job, job_id, project_id=key.project_id)
+    if job.status == JobStatus.canceling:
         return JobOut.of(job)
     if not jobstate.request_cancel(session, job):
         session.refresh(job)
         raise Problem(
             409,
             f"the job is already {job.status}; only queued or running jobs can be canceled",
-            type="job-not-cancelable",
+            type="job_not_cancelable",
         )
     session.commit()
     session.refresh(job)
@@ -149,7 +143,7 @@ def cancel_job(job_id: str, key: WriteKey, session: SessionDep) -> JobOut:
 
 @router.get("/{job_id}/artifacts", response_model=list[ArtifactOut])
 def list_job_artifacts(job_id: str, key: ReadKey, session: SessionDep) -> list[ArtifactOut]:
-    job = get_owned_job(session, key.project_id, job_id)
+    job = get_owned(session, Job, job_id, project_id=key.project_id)
     rows = session.scalars(
         select(Artifact).where(Artifact.job_id == job.id).order_by(Artifact.created_at)
     ).all()
@@ -170,7 +164,7 @@ def get_job_report(
     job_id: str, request: Request, key: ReadKey, session: SessionDep, storage: StorageDep
 ) -> Response:
     """The report artifact of a succeeded job, served like any artifact (ETag, Range)."""
-    job = get_owned_job(session, key.project_id, job_id)
+    job = get_owned(session, Job, job_id, project_id=key.project_id)
     row = session.scalar(
         select(Artifact)
         .where(Artifact.job_id == job.id, Artifact.kind == "report")
@@ -181,9 +175,9 @@ def get_job_report(
             404,
             f"job {job_id!r} has no report: it is {job.status}, and a job has one once it "
             "succeeded (its stage reports are among its artifacts)",
-            type="no-report",
+            type="no_report",
         )
-    return artifact_response(request, storage, row)
+    return stored_file_response(request, storage, row)
 
 
 @router.post("/{job_id}/retry", status_code=202, response_model=JobOut)
@@ -192,12 +186,12 @@ def retry_job(
 ) -> JobOut:
     """A new job with the same spec as a failed or canceled one; the old job and its artifacts
     stay as they are. The new job's `retry_of` names the old one."""
-    job = get_owned_job(session, key.project_id, job_id)
+    job = get_owned(session, Job, job_id, project_id=key.project_id)
     if job.status not in (JobStatus.failed, JobStatus.canceled):
         raise Problem(
             409,
             f"the job is {job.status}; only failed or canceled jobs can be retried",
-            type="job-not-retryable",
+            type="job_not_retryable",
         )
     try:
         retry = new_job(
@@ -210,7 +204,7 @@ def retry_job(
         )
     except Problem as exc:  # e.g. its model or dataset was deleted since
         raise Problem(
-            409, f"the job cannot run again as it was: {exc.detail}", type="job-not-retryable"
+            409, f"the job cannot run again as it was: {exc.detail}", type="job_not_retryable"
         ) from exc
     session.commit()
     send_committed(session, [retry])

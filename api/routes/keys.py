@@ -17,17 +17,6 @@ from core.tables import ApiKey
 
 router = APIRouter(tags=["keys"])
 
-_PROBLEMS = {
-    "not-found": (404, "not-found"),
-    "exists": (409, "already-exists"),
-    "invalid": (422, "invalid-request"),
-}
-
-
-def _problem(exc: admin.AdminError) -> Problem:
-    status, problem_type = _PROBLEMS[exc.kind]
-    return Problem(status, exc.message, type=problem_type)
-
 
 class ProjectCreate(BaseModel):
     name: str = Field(
@@ -56,10 +45,7 @@ def _needs_instance(what: str) -> Problem:
 
 @router.post("/v1/projects", status_code=201, response_model=ProjectOut)
 def create_project(body: ProjectCreate, key: InstanceKey, session: SessionDep) -> ProjectOut:
-    try:
-        project = admin.create_project(session, name=body.name)
-    except admin.AdminError as exc:
-        raise _problem(exc) from None
+    project = admin.create_project(session, name=body.name)
     return ProjectOut.of(project, active_keys=0)
 
 
@@ -80,17 +66,14 @@ def list_projects(key: AdminKey, session: SessionDep) -> list[ProjectOut]:
 )
 def revoke_project(project_id: str, key: InstanceKey, session: SessionDep) -> ProjectOut:
     """Revoke every key of the project; its models, datasets, jobs and artifacts are kept."""
-    try:
-        project = admin.find_project(session, project_id)
-    except admin.AdminError as exc:
-        raise _problem(exc) from None
+    project = admin.find_project(session, project_id)
     if project.id == key.project_id:
         # Over HTTP this would lock the caller out mid-request; the CLI can still do it.
         raise Problem(
             409,
             "this is the project of the key making the request; revoke it with another "
             "project's instance key or with `python -m core projects revoke`",
-            type="own-project",
+            type="own_project",
         )
     admin.revoke_project(session, project)
     return ProjectOut.of(project, active_keys=0)
@@ -103,16 +86,13 @@ def create_api_key(body: KeyCreate, key: AdminKey, session: SessionDep) -> KeyCr
         raise _needs_instance("creating a key for another project")
     if "instance" in body.scopes and not _is_instance(key):
         raise _needs_instance("granting the 'instance' scope")
-    try:
-        row, plain = admin.create_key(
-            session,
-            project_id=body.project_id,
-            name=body.name,
-            scopes=body.scopes,
-            expires_at=body.expires_at,
-        )
-    except admin.AdminError as exc:
-        raise _problem(exc) from None
+    row, plain = admin.create_key(
+        session,
+        project_id=body.project_id,
+        name=body.name,
+        scopes=body.scopes,
+        expires_at=body.expires_at,
+    )
     return KeyCreated(**KeyOut.of(row).model_dump(), key=plain)
 
 
@@ -130,13 +110,10 @@ def list_api_keys(
 
 @router.delete("/v1/keys/{key_id}", response_model=KeyOut)
 def revoke_api_key(key_id: str, key: AdminKey, session: SessionDep) -> KeyOut:
-    try:
-        row = admin.find_key(session, key_id)
-    except admin.AdminError as exc:
-        raise _problem(exc) from None
+    row = admin.find_key(session, key_id)
     if not _is_instance(key):
         if row.project_id != key.project_id:  # as if it did not exist, like any resource
-            raise _problem(admin.AdminError("not-found", f"key {key_id!r} was not found"))
+            raise admin.AdminError("not_found", f"key {key_id!r} was not found")
         if "instance" in row.scopes:
             raise _needs_instance("revoking a key with the 'instance' scope")
     return KeyOut.of(admin.revoke_key(session, row.id))

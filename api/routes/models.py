@@ -11,22 +11,26 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from api.deps import ReadKey, SessionDep, SettingsDep, StorageDep, WriteKey
-from api.downloads import download_response
-from api.errors import Problem, not_found
+from api.downloads import stored_file_response
+from api.errors import Problem, answered_as
+from api.owned import get_owned
 from api.pagination import paginate
 from api.schemas import ModelOut, Page
-from api.uploads import Upload, multipart_body_schema, receive_upload, safe_filename
+from api.uploads import (
+    ZIP_EXPANSION_LIMIT,
+    Upload,
+    multipart_body_schema,
+    receive_upload,
+    safe_filename,
+)
+from core import storage_keys
 from core.db import new_id
-from core.tables import ACTIVE_STATUSES, ApiKey, Job, StoredModel
 from core.settings import Settings
 from core.storage import Storage
-from optimizers.errors import OptimizerError
+from core.tables import ACTIVE_STATUSES, ApiKey, Job, StoredModel
 from optimizers.formats import inspect_upload, storage_name
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
-
-#: Uncompressed size allowed for a zip upload, as a multiple of the upload limit.
-ZIP_EXPANSION_LIMIT = 4
 
 
 def _upload_body_schema() -> dict[str, Any]:
@@ -82,19 +86,17 @@ def _store_model(
 ) -> StoredModel:
     try:
         if upload.size_bytes == 0:
-            raise Problem(422, "the uploaded file is empty", type="invalid-model")
-        try:
+            raise Problem(422, "the uploaded file is empty", type="invalid_model")
+        with answered_as(type="invalid_model"):
             info = inspect_upload(
                 upload.path,
                 max_total_bytes=ZIP_EXPANSION_LIMIT * settings.max_upload_bytes,
                 fields=upload.fields,
                 tmp_dir=upload.scratch_dir,
             )
-        except OptimizerError as exc:
-            raise Problem(422, exc.message, type="invalid-model") from exc
         model_id = new_id("mdl")
         stored_name = storage_name(info.format)
-        storage_key = f"{key.project_id}/models/{model_id}/{stored_name}"
+        storage_key = storage_keys.model_key(key.project_id, model_id, stored_name)
         row = StoredModel(
             id=model_id,
             project_id=key.project_id,
@@ -113,7 +115,7 @@ def _store_model(
     try:
         session.commit()
     except Exception:
-        storage.delete_prefix(f"{key.project_id}/models/{model_id}")
+        storage.delete_prefix(storage_keys.model_prefix(key.project_id, model_id))
         raise
     return row
 
@@ -127,38 +129,24 @@ def list_models(
     return Page(items=[ModelOut.of(r) for r in rows], next_page_token=token)
 
 
-def get_owned_model(session: SessionDep, project_id: str, model_id: str) -> StoredModel:
-    row = session.get(StoredModel, model_id)
-    if row is None or row.project_id != project_id:
-        raise not_found("model", model_id)
-    return row
-
-
 @router.get("/{model_id}", response_model=ModelOut)
 def get_model(model_id: str, key: ReadKey, session: SessionDep) -> ModelOut:
-    return ModelOut.of(get_owned_model(session, key.project_id, model_id))
+    return ModelOut.of(get_owned(session, StoredModel, model_id, project_id=key.project_id))
 
 
 @router.get("/{model_id}/content", response_class=Response)
 def download_model(
     model_id: str, request: Request, key: ReadKey, session: SessionDep, storage: StorageDep
 ) -> Response:
-    row = get_owned_model(session, key.project_id, model_id)
-    return download_response(
-        request,
-        storage,
-        key=row.storage_key,
-        size=row.size_bytes,
-        sha256=row.sha256,
-        filename=row.name,
-    )
+    row = get_owned(session, StoredModel, model_id, project_id=key.project_id)
+    return stored_file_response(request, storage, row)
 
 
 @router.delete("/{model_id}", status_code=204)
 def delete_model(
     model_id: str, key: WriteKey, session: SessionDep, storage: StorageDep
 ) -> Response:
-    row = get_owned_model(session, key.project_id, model_id)
+    row = get_owned(session, StoredModel, model_id, project_id=key.project_id)
     unfinished = session.execute(
         select(Job.model_id, Job.extra_model_ids).where(
             Job.project_id == key.project_id, Job.status.in_(ACTIVE_STATUSES)
@@ -172,9 +160,9 @@ def delete_model(
         raise Problem(
             409,
             f"the model is used by {active} unfinished job(s); cancel them first",
-            type="model-in-use",
+            type="model_in_use",
         )
     session.delete(row)
     session.commit()
-    storage.delete_prefix(f"{key.project_id}/models/{model_id}")
+    storage.delete_prefix(storage_keys.model_prefix(key.project_id, model_id))
     return Response(status_code=204)

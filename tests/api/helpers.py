@@ -29,8 +29,8 @@ def store_report(project_id: str, job_id: str, content: bytes, folder: Path) -> 
     """What a worker leaves when a job succeeds: a report artifact, in storage and in the
     database. Returns the artifact's id."""
     from core.db import new_id, session_factory
-    from core.tables import Artifact
     from core.storage import get_storage
+    from core.tables import Artifact
 
     path = folder / "report.json"
     path.write_bytes(content)

@@ -129,7 +129,7 @@ def test_idempotency_key_returns_the_same_batch(client: TestClient, mlp: dict[st
     other["name"] = "another sweep"
     reused = client.post("/v1/batches", json=other, headers=headers)
     assert reused.status_code == 422
-    assert reused.json()["type"].endswith("/idempotency-key-reused")
+    assert reused.json()["type"].endswith("/idempotency_key_reused")
     assert len(client.get("/v1/jobs").json()["items"]) == 3
 
 

@@ -34,7 +34,7 @@ def test_a_range_with_thousands_of_digits_is_416_not_500(
     url = f"/v1/models/{model['id']}/content"
     huge = "9" * 5000
     for header in (f"bytes={huge}-", f"bytes={huge}-{huge}"):
-        _assert_problem(client.get(url, headers={"Range": header}), 416, "range-not-satisfiable")
+        _assert_problem(client.get(url, headers={"Range": header}), 416, "range_not_satisfiable")
     # The last N bytes, N larger than the object: the whole object, as RFC 9110 says.
     suffix = client.get(url, headers={"Range": f"bytes=-{huge}"})
     assert suffix.status_code == 206
@@ -64,7 +64,7 @@ def test_a_job_filter_time_without_a_time_zone_is_422_saying_so(
     client: TestClient, param: str
 ) -> None:
     response = client.get("/v1/jobs", params={param: "2026-11-29T12:00:00"})
-    _assert_problem(response, 422, "invalid-request")
+    _assert_problem(response, 422, "invalid_request")
     assert param in response.json()["detail"] and "timezone" in response.json()["detail"]
     for out_of_range in ("9999-12-31T23:59:59-14:00", "0001-01-01T00:00:00+14:00"):
         _assert_problem(client.get("/v1/jobs", params={param: out_of_range}), 422)
@@ -95,7 +95,7 @@ def test_a_forged_or_truncated_page_token_is_422(
 ) -> None:
     for route in ("/v1/jobs", "/v1/models", "/v1/datasets", "/v1/batches"):
         response = client.get(route, params={"page_token": token})
-        _assert_problem(response, 422, "invalid-page-token")
+        _assert_problem(response, 422, "invalid_page_token")
 
 
 def test_a_huge_or_odd_page_size_is_422_on_every_list(client: TestClient) -> None:
@@ -110,8 +110,8 @@ def test_bytes_that_are_not_utf8_in_the_query_or_path_are_4xx(
     listed = client.get("/v1/jobs?model_id=%ff%fe&status=%c3%28")
     _assert_problem(listed, 422)
     assert client.get("/v1/jobs?model_id=%ff%fe").json()["items"] == []
-    _assert_problem(client.get("/v1/jobs/%ff%fe"), 404, "not-found")
-    _assert_problem(client.get("/v1/models/%c3%28/content"), 404, "not-found")
+    _assert_problem(client.get("/v1/jobs/%ff%fe"), 404, "not_found")
+    _assert_problem(client.get("/v1/models/%c3%28/content"), 404, "not_found")
 
 
 @pytest.mark.parametrize(
@@ -126,7 +126,7 @@ def test_a_nul_in_the_url_is_400(client: TestClient, model: dict[str, Any]) -> N
         "/v1/keys?project_id=%00",
         "/v1/artifacts/%00/content",
     ):
-        _assert_problem(client.get(url), 400, "invalid-url")
+        _assert_problem(client.get(url), 400, "invalid_url")
 
 
 @pytest.mark.parametrize(
@@ -136,7 +136,7 @@ def test_a_nul_in_a_stored_string_is_not_a_500(client: TestClient) -> None:
     project = client.post("/v1/projects", json={"name": "team-nul"}).json()
     response = client.post("/v1/keys", json={"project_id": project["id"], "name": "ci\u0000x"})
     if response.status_code == 422:  # PostgreSQL cannot store it, and says so
-        _assert_problem(response, 422, "unstorable-value")
+        _assert_problem(response, 422, "unstorable_value")
         assert "NUL" in response.json()["detail"]
     else:  # SQLite stores it as it came
         assert response.status_code == 201 and response.json()["name"] == "ci\u0000x"
@@ -153,7 +153,7 @@ def test_a_json_body_over_the_limit_is_413_before_it_is_parsed(
     padded = json.dumps({**spec, "padding": "x" * limit}).encode()
     # With its length declared: refused on the length alone.
     response = client.post("/v1/jobs", content=padded, headers={"Content-Type": "application/json"})
-    _assert_problem(response, 413, "body-too-large")
+    _assert_problem(response, 413, "body_too_large")
     assert "MODELPRESS_MAX_JSON_BODY_BYTES" in response.json()["detail"]
 
     # Sent in chunks without a length: refused once the bytes read pass the limit.
@@ -168,9 +168,9 @@ def test_a_json_body_over_the_limit_is_413_before_it_is_parsed(
     response = client.post(
         "/v1/batches", content=chunks(), headers={"Content-Type": "application/json"}
     )
-    _assert_problem(response, 413, "body-too-large")
+    _assert_problem(response, 413, "body_too_large")
     for route in ("/v1/projects", "/v1/keys"):
-        _assert_problem(client.post(route, content=padded), 413, "body-too-large")
+        _assert_problem(client.post(route, content=padded), 413, "body_too_large")
     assert client.get("/v1/jobs").json()["items"] == []
     # A body under the limit is served as before.
     assert client.post("/v1/jobs", json=spec).status_code == 202
@@ -186,4 +186,4 @@ def test_uploads_keep_their_own_limit_above_the_json_limit(
     model = make_mlp(tmp_path / "m.onnx")
     assert model.stat().st_size > 2048
     assert upload_model(client, model)["size_bytes"] == model.stat().st_size
-    _assert_problem(client.post("/v1/projects", json={"name": "x" * 3000}), 413, "body-too-large")
+    _assert_problem(client.post("/v1/projects", json={"name": "x" * 3000}), 413, "body_too_large")

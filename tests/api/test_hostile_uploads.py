@@ -110,7 +110,7 @@ def test_pickle_that_runs_code_is_refused_and_never_unpickled(
     }[kind]()
     fields = {"input_shapes": json.dumps({"x": ["batch", 4]})} if kind == "torchscript-zip" else {}
     problem = assert_refused(post(client, "/v1/models", name, payload, **fields), 422)
-    assert problem["type"].endswith("invalid-model")
+    assert problem["type"].endswith("invalid_model")
     if kind == "torchscript-zip":
         assert "os.system" in problem["detail"]
     assert not marker.exists()

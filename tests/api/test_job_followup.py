@@ -15,8 +15,8 @@ from fastapi.testclient import TestClient
 
 from core import jobstate
 from core.db import session_factory
-from core.tables import JobStatus
 from core.settings import get_settings
+from core.tables import JobStatus
 from tests.api.helpers import store_report, upload_model
 from tests.factories import make_mlp
 
@@ -72,7 +72,7 @@ def test_retry_runs_a_failed_job_again_as_a_new_job(
 ) -> None:
     early = client.post(f"/v1/jobs/{job['id']}/retry")
     assert early.status_code == 409
-    assert early.json()["type"].endswith("/job-not-retryable")
+    assert early.json()["type"].endswith("/job_not_retryable")
 
     _finish(job["id"], _claim(job["id"]), JobStatus.failed)
     response = client.post(f"/v1/jobs/{job['id']}/retry")
@@ -157,7 +157,7 @@ def test_events_of_a_job_that_does_not_move_end_after_the_stream_limit(
 def test_report_of_a_succeeded_job(client: TestClient, job: dict[str, Any], tmp_path: Path) -> None:
     missing = client.get(f"/v1/jobs/{job['id']}/report")
     assert missing.status_code == 404
-    assert missing.json()["type"].endswith("/no-report")
+    assert missing.json()["type"].endswith("/no_report")
     assert "queued" in missing.json()["detail"]
 
     attempt = _claim(job["id"])

@@ -125,5 +125,5 @@ def test_zip_escaping_its_folder_is_refused(
     response = post(client, path)
     assert response.status_code == 422
     assert "'..'" in response.json()["detail"]
-    assert response.json()["type"].endswith("invalid-model")
+    assert response.json()["type"].endswith("invalid_model")
     assert_nothing_left(client, service_env)

@@ -15,8 +15,8 @@ from sqlalchemy import create_engine, select
 from sqlalchemy.orm import Session
 
 from core.db import new_id
-from core.tables import Project, StoredModel
 from core.storage import LocalStorage
+from core.tables import Project, StoredModel
 from tests.factories import make_mlp
 from tests.integration.processes import BIN, Service, run_service, start, wait_until
 from tests.integration.test_end_to_end import upload, wait_for_job

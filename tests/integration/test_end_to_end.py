@@ -172,7 +172,7 @@ def test_cancel_a_running_job_frees_the_worker(redis_service: Service, tmp_path:
         wait_for_stage(redis_service, client, job["id"], "benchmarking")
         response = client.post(f"/v1/jobs/{job['id']}/cancel")
         assert response.status_code == 202
-        assert response.json()["status"] == "cancelling"
+        assert response.json()["status"] == "canceling"
         canceled = wait_for_job(redis_service, client, job["id"], {"canceled"}, timeout=60)
         assert canceled["error"]["type"] == "canceled"
         assert canceled["progress"]["fraction"] < 0.9  # stopped mid-benchmark, not at the end

@@ -77,7 +77,7 @@ def test_cancel_running_job_is_seen_by_heartbeat(service_env: dict[str, str]) ->
         assert job is not None
         session.refresh(job)
         assert jobstate.request_cancel(session, job)
-        assert jobstate.heartbeat(session, job_id, 1) == JobStatus.cancelling
+        assert jobstate.heartbeat(session, job_id, 1) == JobStatus.canceling
 
 
 def test_stale_jobs_are_requeued_then_failed(service_env: dict[str, str]) -> None:

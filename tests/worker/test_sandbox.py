@@ -23,10 +23,10 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from core.db import new_id, session_scope
-from core.tables import Project, StoredModel
 from core.sandbox import host_command, probe
 from core.settings import get_settings
 from core.storage import get_storage
+from core.tables import Project, StoredModel
 from tests.api.helpers import upload_model
 from tests.conftest import ADMIN_KEY
 from tests.factories import make_mlp
