@@ -172,3 +172,17 @@ def test_report_of_a_succeeded_job(client: TestClient, job: dict[str, Any], tmp_
     assert response.headers["content-type"] == "application/json"
     assert response.json() == report
     assert response.headers["etag"] == f'"{hashlib.sha256(content).hexdigest()}"'
+
+
+def test_a_running_job_being_stopped_is_canceling_and_only_that_spelling_filters(
+    client: TestClient, job: dict[str, Any]
+) -> None:
+    _claim(job["id"])
+    stopping = client.post(f"/v1/jobs/{job['id']}/cancel")
+    assert stopping.status_code == 202
+    assert stopping.json()["status"] == "canceling"
+    listed = client.get("/v1/jobs", params={"status": "canceling"}).json()["items"]
+    assert [j["id"] for j in listed] == [job["id"]]
+    old_spelling = client.get("/v1/jobs", params={"status": "cancelling"})
+    assert old_spelling.status_code == 422
+    assert old_spelling.json()["type"].endswith("/invalid_request")

@@ -13,7 +13,7 @@ from core import jobstate
 from core.db import session_factory
 from core.settings import Settings
 from core.tables import Job
-from tests.worker.test_jobstate import _job
+from tests.core.rows import insert_job as _job
 from worker.monitor import Limits, StopReason, Supervision, supervise
 from worker.sandbox import _private_memory_mb
 

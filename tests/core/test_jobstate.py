@@ -10,38 +10,15 @@ from sqlalchemy import text, update
 from sqlalchemy.orm import Session
 
 from core import jobstate
-from core.db import new_id, reset_engines, session_factory, utcnow
+from core.db import reset_engines, session_factory, utcnow
 from core.dbclock import db_utcnow
-from core.tables import Job, JobStatus, Project
+from core.tables import Job, JobStatus
+from tests.core.rows import insert_job as _job
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def db_backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
-
-
-def _job(session: Session, **values: object) -> str:
-    project = Project(id=new_id("prj"), name=new_id("p"))
-    session.add(project)
-    session.flush()
-    now = utcnow()
-    job = Job(
-        **{
-            "id": new_id("job"),
-            "project_id": project.id,
-            "spec": {},
-            "dataset_ids": [],
-            "status": JobStatus.queued,
-            "max_attempts": 2,
-            "queued_at": now,
-            # As the API queues a job: sent to the broker right after the commit.
-            "sent_at": now,
-            **values,
-        }
-    )
-    session.add(job)
-    session.commit()
-    return job.id
 
 
 def test_only_one_claim_wins(service_env: dict[str, str]) -> None:
