@@ -1,6 +1,6 @@
 # modelpress: `make run` starts the service on embedded defaults, `make test` runs the tests,
-# `make lint` checks style and types (offline), `make audit` checks the installed packages for
-# known vulnerabilities (needs pypi.org).
+# `make lint` checks style, the allowed imports between the parts and types (offline),
+# `make audit` checks the installed packages for known vulnerabilities (needs pypi.org).
 PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -62,6 +62,8 @@ lint: style
 style: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	@# The allowed imports between api, core, worker and optimizers (pyproject.toml).
+	$(BIN)/lint-imports
 
 audit: install
 	@# Audits the versions installed here. Local build tags (torch 2.13.0+cpu) are dropped
