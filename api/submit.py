@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from fastapi import Response
 from pydantic import BaseModel
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from api.errors import Problem, answered_as, field_error
@@ -24,6 +26,7 @@ from optimizers.checks import check_spec
 from optimizers.types import DatasetInfo, ModelInfo
 
 Loc = list[str | int]
+Row = TypeVar("Row")
 
 
 def request_hash(body: BaseModel) -> str:
@@ -43,6 +46,21 @@ def replay(stored_hash: str | None, hashed: str, response: Response, location: s
         )
     response.headers["Location"] = location
     response.headers["Idempotent-Replayed"] = "true"
+
+
+def commit_or_find_winner(session: Session, find_winner: Callable[[], Row | None]) -> Row | None:
+    """Commits the new rows; None when that worked. When a concurrent request with the same
+    Idempotency-Key committed first (the unique constraint refused ours), its row: the caller
+    answers with that one, as a replay."""
+    try:
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        winner = find_winner()
+        if winner is None:
+            raise
+        return winner
+    return None
 
 
 def new_job(

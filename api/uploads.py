@@ -18,8 +18,11 @@ from typing import IO, Any
 
 from fastapi import Request
 from python_multipart.multipart import MultipartParser, parse_options_header
+from sqlalchemy.orm import Session
 
 from api.errors import Problem
+from core.storage import Storage
+from core.tables import Dataset, StoredModel
 
 #: Small text fields next to the file (e.g. a name); anything bigger is a client error.
 _MAX_FIELD_BYTES = 64 * 1024
@@ -297,3 +300,23 @@ class _ParseState:
             self.file_complete = True
         elif self._part_name:
             self.fields[self._part_name] = self._field_buffer.decode("utf-8", "replace")
+
+
+def keep_upload(
+    upload: Upload,
+    row: StoredModel | Dataset,
+    *,
+    session: Session,
+    storage: Storage,
+    prefix: str,
+) -> None:
+    """Adds the upload's row, moves its file to the row's storage key and commits. A commit
+    that fails deletes what was stored under `prefix`: no file is kept without its row."""
+    session.add(row)
+    session.flush()
+    storage.put_file(row.storage_key, upload.path)
+    try:
+        session.commit()
+    except Exception:
+        storage.delete_prefix(prefix)
+        raise

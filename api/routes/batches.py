@@ -7,14 +7,13 @@ from datetime import timedelta
 
 from fastapi import APIRouter, Response
 from sqlalchemy import func, select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from api.deps import IdempotencyKey, ReadKey, SessionDep, SettingsDep, WriteKey
 from api.owned import get_owned
 from api.pagination import paginate
 from api.schemas import BatchOut, BatchSummary, JobOut, Page
-from api.submit import new_job, replay, request_hash, send_committed
+from api.submit import commit_or_find_winner, new_job, replay, request_hash, send_committed
 from core import jobstate
 from core.db import new_id, utcnow
 from core.jobspec import BatchSpec
@@ -61,14 +60,12 @@ def create_batch(
         )
         for index, job_spec in enumerate(spec.jobs)
     ]
-    try:
-        session.commit()
-    except IntegrityError:  # a concurrent request with the same Idempotency-Key won
-        session.rollback()
-        existing = _find_by_idempotency_key(session, key.project_id, idempotency_key or "")
-        if existing is None:
-            raise
-        return _replay(session, existing, hashed, response)
+    winner = commit_or_find_winner(
+        session,
+        lambda: _find_by_idempotency_key(session, key.project_id, idempotency_key or ""),
+    )
+    if winner is not None:
+        return _replay(session, winner, hashed, response)
     send_committed(session, jobs)
     response.headers["Location"] = f"/v1/batches/{batch.id}"
     return _batch_out(session, batch)

@@ -17,6 +17,7 @@ from api.schemas import DatasetOut, Page
 from api.uploads import (
     ZIP_EXPANSION_LIMIT,
     Upload,
+    keep_upload,
     multipart_body_schema,
     receive_upload,
     safe_filename,
@@ -77,7 +78,6 @@ def _store_dataset(
             with answered_as(type="dataset_mismatch"):
                 check_fits(ModelInfo.model_validate(model.info), info, purpose="dataset")
         dataset_id = new_id("dst")
-        storage_key = storage_keys.dataset_key(key.project_id, dataset_id)
         row = Dataset(
             id=dataset_id,
             project_id=key.project_id,
@@ -86,19 +86,13 @@ def _store_dataset(
             ),
             sha256=upload.sha256,
             size_bytes=upload.size_bytes,
-            storage_key=storage_key,
+            storage_key=storage_keys.dataset_key(key.project_id, dataset_id),
             info=info.model_dump(mode="json"),
         )
-        session.add(row)
-        session.flush()
-        storage.put_file(storage_key, upload.path)
+        prefix = storage_keys.dataset_prefix(key.project_id, dataset_id)
+        keep_upload(upload, row, session=session, storage=storage, prefix=prefix)
     finally:
         upload.discard()
-    try:
-        session.commit()
-    except Exception:
-        storage.delete_prefix(storage_keys.dataset_prefix(key.project_id, dataset_id))
-        raise
     return row
 
 

@@ -15,7 +15,6 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from pydantic import AfterValidator, AwareDatetime
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
 
 from api.deps import IdempotencyKey, ReadKey, SessionDep, SettingsDep, StorageDep, WriteKey
 from api.downloads import stored_file_response
@@ -23,7 +22,7 @@ from api.errors import Problem, not_found
 from api.owned import get_owned
 from api.pagination import as_utc, paginate
 from api.schemas import ArtifactOut, JobOut, Page
-from api.submit import new_job, replay, request_hash, send_committed
+from api.submit import commit_or_find_winner, new_job, replay, request_hash, send_committed
 from core import jobstate
 from core.db import session_factory
 from core.jobspec import JobSpec
@@ -81,14 +80,12 @@ def create_job(
         idempotency_key=idempotency_key,
         request_hash=hashed,
     )
-    try:
-        session.commit()
-    except IntegrityError:  # a concurrent request with the same Idempotency-Key won
-        session.rollback()
-        existing = _find_by_idempotency_key(session, key.project_id, idempotency_key or "")
-        if existing is None:
-            raise
-        return _replay(existing, hashed, response)
+    winner = commit_or_find_winner(
+        session,
+        lambda: _find_by_idempotency_key(session, key.project_id, idempotency_key or ""),
+    )
+    if winner is not None:
+        return _replay(winner, hashed, response)
     # Only now is the row visible to a worker; the broker carries nothing but the id.
     send_committed(session, [job])
     response.headers["Location"] = f"/v1/jobs/{job.id}"

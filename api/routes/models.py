@@ -19,6 +19,7 @@ from api.schemas import ModelOut, Page
 from api.uploads import (
     ZIP_EXPANSION_LIMIT,
     Upload,
+    keep_upload,
     multipart_body_schema,
     receive_upload,
     safe_filename,
@@ -96,7 +97,6 @@ def _store_model(
             )
         model_id = new_id("mdl")
         stored_name = storage_name(info.format)
-        storage_key = storage_keys.model_key(key.project_id, model_id, stored_name)
         row = StoredModel(
             id=model_id,
             project_id=key.project_id,
@@ -104,19 +104,13 @@ def _store_model(
             format=info.format,
             sha256=upload.sha256,
             size_bytes=upload.size_bytes,
-            storage_key=storage_key,
+            storage_key=storage_keys.model_key(key.project_id, model_id, stored_name),
             info=info.model_dump(mode="json"),
         )
-        session.add(row)
-        session.flush()
-        storage.put_file(storage_key, upload.path)
+        prefix = storage_keys.model_prefix(key.project_id, model_id)
+        keep_upload(upload, row, session=session, storage=storage, prefix=prefix)
     finally:
         upload.discard()
-    try:
-        session.commit()
-    except Exception:
-        storage.delete_prefix(storage_keys.model_prefix(key.project_id, model_id))
-        raise
     return row
 
 
