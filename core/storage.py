@@ -123,7 +123,13 @@ class S3Storage:
         return f"{self.prefix}/{key}" if self.prefix else key
 
     def put_file(self, key: str, source: Path) -> None:
-        self.client.upload_file(str(source), self.bucket, self._key(key))
+        from boto3.exceptions import S3UploadFailedError
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self.client.upload_file(str(source), self.bucket, self._key(key))
+        except (BotoCoreError, ClientError, S3UploadFailedError) as exc:
+            raise StorageError(f"object {key!r} could not be stored: {exc}") from exc
         source.unlink(missing_ok=True)
 
     def fetch_to(self, key: str, dest: Path) -> Path:
