@@ -22,6 +22,7 @@ import stat
 import tempfile
 import zipfile
 import zlib
+from collections import deque
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -31,10 +32,18 @@ from typing import Any, NoReturn
 
 import onnx
 
+from optimizers.archive_safety import (
+    BoundedPickleStream,
+    UnsafeArchiveError,
+    printable,
+    read_text_member,
+)
 from optimizers.checks import SUPPORTED_INPUT_DTYPES
 from optimizers.errors import InvalidModelError, UnsupportedError
 from optimizers.external_data import check_external_data, unsafe_path_reason
 from optimizers.inspect import inspect_model
+from optimizers.torch_operators import export_target_refusal
+from optimizers.torchscript_code import check_torchscript_code, code_members
 from optimizers.types import Dim, ModelInfo, TensorInfo
 
 #: Most members a zip upload may hold.
@@ -43,8 +52,6 @@ MAX_ZIP_MEMBERS = 10_000
 MAX_COMPRESSION_RATIO = 100
 #: Members smaller than this are not held to the ratio: they cannot do harm.
 RATIO_CHECK_MIN_BYTES = 1 << 20
-#: Limit on JSON and code members read into memory while describing a PyTorch archive.
-MAX_METADATA_BYTES = 256 << 20
 #: What zipfile raises while reading a corrupt member: a bad CRC or a member longer than its
 #: header says (BadZipFile), a broken deflate stream, a cut-off file, an unknown method.
 ZIP_READ_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError)
@@ -76,10 +83,6 @@ STORAGE_NAMES = {
     UploadFormat.torch_export: "model.pt2",
     UploadFormat.torchscript: "model.pt",
 }
-
-
-class UnsafeArchiveError(InvalidModelError):
-    """A zip or PyTorch archive that modelpress refuses to open for safety."""
 
 
 @dataclass(frozen=True)
@@ -190,7 +193,7 @@ def check_zip(archive: zipfile.ZipFile, *, max_total_bytes: int) -> None:
             reason = unsafe_path_reason(name)
             if reason:
                 raise UnsafeArchiveError(
-                    f"the zip entry '{_printable(name)}' is not allowed: {reason}"
+                    f"the zip entry '{printable(name)}' is not allowed: {reason}"
                 )
         mode = (info.external_attr >> 16) & 0xFFFF
         kind = stat.S_IFMT(mode)
@@ -229,11 +232,7 @@ def _files(archive: zipfile.ZipFile) -> dict[str, int]:
 
 
 def _read_small(archive: zipfile.ZipFile, name: str) -> bytes:
-    info = archive.getinfo(name)
-    if info.file_size > MAX_METADATA_BYTES:
-        raise UnsupportedError(f"'{name}' is larger than {MAX_METADATA_BYTES} bytes")
-    with archive.open(info) as handle:
-        return handle.read(MAX_METADATA_BYTES + 1)
+    return read_text_member(archive, name)
 
 
 def _detect_zip(archive: zipfile.ZipFile) -> Detected:
@@ -328,11 +327,11 @@ def extract_onnx_zip(path: Path, dest: Path, *, max_total_bytes: int) -> Path:
 def _inside(root: Path, name: str) -> Path:
     reason = unsafe_path_reason(name)
     if reason:
-        raise UnsafeArchiveError(f"'{_printable(name)}' is not allowed: {reason}")
+        raise UnsafeArchiveError(f"'{printable(name)}' is not allowed: {reason}")
     target = root / name
     resolved_root = root.resolve()
     if not target.resolve().is_relative_to(resolved_root):
-        raise UnsafeArchiveError(f"'{_printable(name)}' points outside the extraction folder")
+        raise UnsafeArchiveError(f"'{printable(name)}' points outside the extraction folder")
     return target
 
 
@@ -342,7 +341,7 @@ def _extract_member(archive: zipfile.ZipFile, name: str, root: Path) -> Path:
     target = _inside(root, name)
     target.parent.mkdir(parents=True, exist_ok=True)
     if not target.parent.resolve().is_relative_to(root.resolve()):
-        raise UnsafeArchiveError(f"'{_printable(name)}' points outside the extraction folder")
+        raise UnsafeArchiveError(f"'{printable(name)}' points outside the extraction folder")
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
     fd = os.open(target, flags, 0o600)
     written = 0
@@ -543,22 +542,15 @@ def _node_targets(program: Any) -> Iterator[str]:
             yield target
 
 
-_OPERATOR_TARGET = re.compile(
-    r"torch\.ops\.[A-Za-z_][A-Za-z0-9_]*\.[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?"
-    r"|_operator\.(getitem|add|sub|mul|floordiv|truediv|mod|pow|neg|pos|abs|eq|ne|lt|le|gt|ge"
-    r"|and_|or_|xor|not_|invert|lshift|rshift)"
-    r"|math\.(floor|ceil|trunc|sqrt|exp|log|log2|pow|fabs|isnan|isinf)"
-    r"|torch\.(sym_[a-z_]+|_sym_sqrt|_assert|_assert_async|_check[a-z_]*)"
-)
-
-
 def check_operator_target(target: str) -> None:
-    """Graph nodes may only call registered operators and a few pure functions: the loader
-    resolves other names with getattr on torch, and running them could do anything."""
-    if "__" in target or not _OPERATOR_TARGET.fullmatch(target):
+    """Graph nodes may only call the allowed operators and pure functions of
+    optimizers.torch_operators: the loader resolves other names with getattr on torch, and
+    running them could do anything."""
+    reason = export_target_refusal(target)
+    if reason is not None:
         raise UnsafeArchiveError(
-            f"the program calls '{_printable(target)}', which is not a registered torch "
-            "operator; modelpress does not load it"
+            f"the program calls {printable(reason)}, which is not on modelpress's allow-list "
+            "of pure tensor operators; modelpress does not load it"
         )
 
 
@@ -658,7 +650,7 @@ def _parse(text: str, what: str) -> ast.AST:
 
 def _refuse(text: str, what: str) -> NoReturn:
     raise UnsafeArchiveError(
-        f"the program has a {what} that modelpress does not evaluate: '{_printable(text)}'"
+        f"the program has a {what} that modelpress does not evaluate: '{printable(text)}'"
     )
 
 
@@ -707,10 +699,11 @@ def _forward_inputs(forward: ast.FunctionDef) -> list[str]:
 
 
 def _root_class(archive: zipfile.ZipFile, root: str) -> str:
-    strings: list[str] = []
+    strings: deque[str] = deque(maxlen=2)
+    name = f"{root}/data.pkl"
     try:
-        with archive.open(f"{root}/data.pkl") as handle:
-            for opcode, arg, _ in pickletools.genops(handle):
+        with archive.open(name) as handle:
+            for opcode, arg, _ in pickletools.genops(BoundedPickleStream(handle, name=name)):
                 if opcode.name == "GLOBAL" and isinstance(arg, str):
                     return arg.replace(" ", ".")
                 if opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
@@ -741,10 +734,12 @@ def check_torchscript_pickles(archive: zipfile.ZipFile) -> None:
     for info in archive.infolist():
         if not info.filename.endswith((".pkl", ".debug_pkl")):
             continue
-        strings: list[str] = []
+        # STACK_GLOBAL takes its module and name from the two strings pushed before it.
+        strings: deque[str] = deque(maxlen=2)
         try:
             with archive.open(info) as handle:
-                for opcode, arg, _ in pickletools.genops(handle):
+                stream = BoundedPickleStream(handle, name=info.filename)
+                for opcode, arg, _ in pickletools.genops(stream):
                     if opcode.name in ("GLOBAL", "INST") and isinstance(arg, str):
                         module, _, name = arg.partition(" ")
                     elif opcode.name == "STACK_GLOBAL":
@@ -756,7 +751,7 @@ def check_torchscript_pickles(archive: zipfile.ZipFile) -> None:
                     if not _allowed_torchscript_global(module, name):
                         raise UnsafeArchiveError(
                             f"the TorchScript archive's '{info.filename}' calls "
-                            f"'{_printable(module)}.{_printable(name)}', which torch.jit.save "
+                            f"'{printable(module)}.{printable(name)}', which torch.jit.save "
                             "never writes; modelpress does not load it"
                         )
         except ValueError as exc:
@@ -767,6 +762,11 @@ def describe_torchscript(
     archive: zipfile.ZipFile, root: str, fields: Mapping[str, str]
 ) -> ModelInfo:
     check_torchscript_pickles(archive)
+    check_torchscript_code(
+        code_members(archive.namelist(), root),
+        root=root,
+        read=lambda name: _read_code(archive, name),
+    )
     names = torchscript_input_names(archive, root)
     shapes = parse_input_shapes(fields.get("input_shapes"), names)
     dtypes = parse_input_dtypes(fields.get("input_dtypes"), names)
@@ -780,6 +780,13 @@ def describe_torchscript(
         parameter_count=0,
         size_bytes=sum(_files(archive).values()),
     )
+
+
+def _read_code(archive: zipfile.ZipFile, name: str) -> str:
+    try:
+        return _read_small(archive, name).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidModelError(f"'{printable(name)}' is not UTF-8 TorchScript code") from exc
 
 
 def _shapes_example(names: list[str]) -> str:
@@ -857,7 +864,3 @@ def parse_input_dtypes(raw: str | None, names: list[str]) -> dict[str, str]:
             )
         dtypes[name] = dtype
     return dtypes
-
-
-def _printable(text: str) -> str:
-    return text.replace("\x00", "\\x00")[:200]

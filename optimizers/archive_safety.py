@@ -1,0 +1,85 @@
+"""What the upload checks refuse for safety, and reading archive members within a fixed
+memory budget: a member is never read whole unless it is small, however large it claims or
+turns out to be. Imports neither torch nor onnxruntime."""
+
+from __future__ import annotations
+
+import zipfile
+from typing import IO
+
+from optimizers.errors import InvalidModelError
+
+#: Most bytes of one text member (JSON, TorchScript code) read into memory.
+MAX_TEXT_MEMBER_BYTES = 16 << 20
+#: Most bytes of one pickle opcode argument (a string or bytes) read into memory.
+MAX_PICKLE_ARGUMENT_BYTES = 1 << 20
+
+
+class UnsafeArchiveError(InvalidModelError):
+    """A zip or PyTorch archive that modelpress refuses to open for safety."""
+
+
+class MemberTooLargeError(InvalidModelError):
+    """A member that the checks would have to hold in memory is over its budget."""
+
+
+def printable(text: str) -> str:
+    return text.replace("\x00", "\\x00")[:200]
+
+
+def read_text_member(
+    archive: zipfile.ZipFile, name: str, *, limit: int = MAX_TEXT_MEMBER_BYTES
+) -> bytes:
+    """The bytes of a member that is parsed whole (JSON, code), refused over `limit` whether
+    the zip's directory says so or the data turns out longer than declared."""
+    info = archive.getinfo(name)
+    if info.file_size > limit:
+        raise MemberTooLargeError(_too_large(name, limit))
+    with archive.open(info) as handle:
+        data = handle.read(limit + 1)
+    if len(data) > limit:
+        raise MemberTooLargeError(_too_large(name, limit))
+    return data
+
+
+def _too_large(name: str, limit: int) -> str:
+    return (
+        f"'{printable(name)}' is larger than {limit >> 20} MiB, the most modelpress reads of "
+        "one metadata or code member of an archive"
+    )
+
+
+class BoundedPickleStream:
+    """A member handle for `pickletools.genops` that refuses an opcode argument larger than
+    `limit`: genops reads each argument whole (`read(n)` with n from the pickle, `readline`
+    for text opcodes), so a pickle could otherwise make it allocate gigabytes."""
+
+    def __init__(self, handle: IO[bytes], *, name: str, limit: int = MAX_PICKLE_ARGUMENT_BYTES):
+        self._handle = handle
+        self._name = name
+        self._limit = limit
+        self._position = 0
+
+    def read(self, size: int = -1) -> bytes:
+        if size < 0 or size > self._limit:
+            self._refuse()
+        data = self._handle.read(size)
+        self._position += len(data)
+        return data
+
+    def readline(self, size: int = -1) -> bytes:
+        line = self._handle.readline(self._limit + 1)
+        if len(line) > self._limit:
+            self._refuse()
+        self._position += len(line)
+        return line
+
+    def tell(self) -> int:
+        return self._position
+
+    def _refuse(self) -> None:
+        raise MemberTooLargeError(
+            f"'{printable(self._name)}' holds a pickled value larger than "
+            f"{self._limit >> 20} MiB; torch.jit.save keeps tensors out of its pickles, so "
+            "modelpress refuses it"
+        )
