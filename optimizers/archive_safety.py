@@ -4,8 +4,10 @@ turns out to be. Imports neither torch nor onnxruntime."""
 
 from __future__ import annotations
 
+import pickletools
 import zipfile
-from typing import IO
+from collections.abc import Iterator
+from typing import IO, Any, cast
 
 from optimizers.errors import InvalidModelError
 
@@ -49,7 +51,7 @@ def _too_large(name: str, limit: int) -> str:
     )
 
 
-class BoundedPickleStream:
+class _BoundedPickleStream:
     """A member handle for `pickletools.genops` that refuses an opcode argument larger than
     `limit`: genops reads each argument whole (`read(n)` with n from the pickle, `readline`
     for text opcodes), so a pickle could otherwise make it allocate gigabytes."""
@@ -83,3 +85,12 @@ class BoundedPickleStream:
             f"{self._limit >> 20} MiB; torch.jit.save keeps tensors out of its pickles, so "
             "modelpress refuses it"
         )
+
+
+def pickle_opcodes(
+    handle: IO[bytes], *, name: str
+) -> Iterator[tuple[pickletools.OpcodeInfo, Any, int | None]]:
+    """`pickletools.genops` over a member, refusing any argument over
+    MAX_PICKLE_ARGUMENT_BYTES. Lists opcodes only; nothing is unpickled."""
+    # genops needs only read, readline and tell, which the bounded stream provides.
+    return pickletools.genops(cast(IO[bytes], _BoundedPickleStream(handle, name=name)))

@@ -15,7 +15,6 @@ import ast
 import json
 import math
 import os
-import pickletools
 import posixpath
 import re
 import stat
@@ -33,8 +32,8 @@ from typing import Any, NoReturn
 import onnx
 
 from optimizers.archive_safety import (
-    BoundedPickleStream,
     UnsafeArchiveError,
+    pickle_opcodes,
     printable,
     read_text_member,
 )
@@ -703,7 +702,7 @@ def _root_class(archive: zipfile.ZipFile, root: str) -> str:
     name = f"{root}/data.pkl"
     try:
         with archive.open(name) as handle:
-            for opcode, arg, _ in pickletools.genops(BoundedPickleStream(handle, name=name)):
+            for opcode, arg, _ in pickle_opcodes(handle, name=name):
                 if opcode.name == "GLOBAL" and isinstance(arg, str):
                     return arg.replace(" ", ".")
                 if opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
@@ -738,8 +737,7 @@ def check_torchscript_pickles(archive: zipfile.ZipFile) -> None:
         strings: deque[str] = deque(maxlen=2)
         try:
             with archive.open(info) as handle:
-                stream = BoundedPickleStream(handle, name=info.filename)
-                for opcode, arg, _ in pickletools.genops(stream):
+                for opcode, arg, _ in pickle_opcodes(handle, name=info.filename):
                     if opcode.name in ("GLOBAL", "INST") and isinstance(arg, str):
                         module, _, name = arg.partition(" ")
                     elif opcode.name == "STACK_GLOBAL":

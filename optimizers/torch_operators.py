@@ -15,10 +15,14 @@ variant (`relu_`) is allowed when its operator (`relu`) is. Imports nothing from
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+
+def _names(*groups: str) -> frozenset[str]:
+    """Operator names written as words, in groups, so that the list reads as a table."""
+    return frozenset(name for group in groups for name in group.split())
+
 
 #: `aten::` operators: computations on tensors, scalars, lists and strings.
-ATEN_OPERATORS: frozenset[str] = frozenset(
+ATEN_OPERATORS: frozenset[str] = _names(
     # arithmetic and elementwise math
     """
     add sub rsub mul div true_divide floor_divide floordiv remainder fmod neg negative abs
@@ -27,27 +31,27 @@ ATEN_OPERATORS: frozenset[str] = frozenset(
     clamp_max clip floor ceil round trunc frac lerp addcmul addcdiv erf erfc erfinv logit
     maximum minimum fmax fmin hypot xlogy bitwise_and bitwise_or bitwise_xor bitwise_not
     bitwise_left_shift bitwise_right_shift logical_and logical_or logical_xor logical_not
-    __and__ __or__ __xor__ __lshift__ __rshift__ __iand__ __ior__ __ixor__ mod divmod
+    __and__ __or__ __xor__ __lshift__ __rshift__ __iand__ __ior__ __ixor__ divmod
     nan_to_num copysign deg2rad rad2deg
-    """
+    """,
     # comparisons and tests
     """
     eq ne lt le gt ge equal isnan isinf isfinite isneginf isposinf isclose allclose where
     __is__ __isnot__ __not__ __contains__ is_floating_point is_complex is_nonzero
     is_same_size is_contiguous is_autocast_enabled is_grad_enabled is_inference
-    """
+    """,
     # activations
     """
     relu relu6 leaky_relu elu selu celu gelu silu mish hardtanh hardsigmoid hardswish
-    softplus softsign softshrink hardshrink tanhshrink threshold prelu _prelu_kernel rrelu
+    softplus softshrink hardshrink threshold prelu _prelu_kernel rrelu
     glu sigmoid log_sigmoid softmax log_softmax _softmax _log_softmax logsumexp
-    """
+    """,
     # linear algebra
     """
     linear matmul mm bmm addmm addbmm baddbmm addmv addr mv dot vdot outer einsum bilinear
     tensordot kron norm frobenius_norm nuclear_norm linalg_vector_norm linalg_matrix_norm
     linalg_norm renorm cdist cosine_similarity pairwise_distance _addmm_activation
-    """
+    """,
     # convolution, pooling, resampling, padding
     """
     conv1d conv2d conv3d convolution _convolution conv_transpose1d conv_transpose2d
@@ -62,19 +66,19 @@ ATEN_OPERATORS: frozenset[str] = frozenset(
     grid_sampler_2d grid_sampler_3d affine_grid_generator im2col col2im pad
     constant_pad_nd reflection_pad1d reflection_pad2d reflection_pad3d replication_pad1d
     replication_pad2d replication_pad3d _pad_circular _pad_enum
-    """
+    """,
     # normalization and dropout
     """
     batch_norm _batch_norm_impl_index native_batch_norm _native_batch_norm_legit
     _native_batch_norm_legit_no_training _native_batch_norm_legit_functional layer_norm
     native_layer_norm group_norm native_group_norm instance_norm rms_norm _fused_rms_norm
     dropout feature_dropout alpha_dropout feature_alpha_dropout native_dropout
-    """
+    """,
     # recurrent layers
     """
     lstm gru rnn_tanh rnn_relu lstm_cell gru_cell rnn_tanh_cell rnn_relu_cell
     _pack_padded_sequence _pad_packed_sequence
-    """
+    """,
     # attention and transformer fast paths
     """
     scaled_dot_product_attention _scaled_dot_product_attention_math
@@ -83,11 +87,11 @@ ATEN_OPERATORS: frozenset[str] = frozenset(
     _fused_sdp_choice _native_multi_head_attention _transformer_encoder_layer_fwd
     _transform_bias_rescale_qkv _masked_softmax _nested_tensor_from_mask
     _nested_tensor_from_mask_left_aligned _nested_tensor_from_tensor_list to_padded_tensor
-    """
+    """,
     # embeddings
     """
     embedding embedding_bag _embedding_bag one_hot
-    """
+    """,
     # shapes, views, indexing
     """
     view reshape _reshape_alias _unsafe_view flatten unflatten squeeze unsqueeze permute
@@ -101,23 +105,23 @@ ATEN_OPERATORS: frozenset[str] = frozenset(
     atleast_1d atleast_2d atleast_3d squeeze_copy unsqueeze_copy view_copy permute_copy
     expand_copy select_copy slice_copy transpose_copy t_copy alias_copy detach_copy
     _unsafe_index select_scatter slice_scatter diagonal_scatter
-    """
+    """,
     # reductions, sorting, searching
     """
     sum mean nanmean prod max min amax amin aminmax argmax argmin all any std var std_mean
     var_mean cumsum cumprod cummax cummin logcumsumexp sort argsort topk kthvalue median
     nanmedian mode count_nonzero nonzero bucketize searchsorted histc bincount
-    """
+    """,
     # creation, random, conversion
     """
     zeros ones full empty zeros_like ones_like full_like empty_like arange linspace
     logspace eye tensor scalar_tensor as_tensor rand randn rand_like randn_like randint
     randint_like randperm bernoulli multinomial normal new_zeros new_ones new_full new_empty
     new_empty_strided empty_strided lift_fresh_copy lift_fresh fill fill_ zero_ copy_
-    _to_copy to type_as _cast_Float _cast_Long _cast_Int _cast_Half _cast_Byte _cast_Bool
-    item _local_scalar_dense tolist numpy_T real imag view_as_real view_as_complex
+    _to_copy to type_as _cast_Float _cast_Long _cast_Int _cast_Half _cast_Byte
+    item _local_scalar_dense numpy_T real imag view_as_real view_as_complex
     complex polar
-    """
+    """,
     # TorchScript's builtins on scalars, lists, dicts, strings and devices
     """
     Int Float Bool ScalarImplicit IntImplicit FloatImplicit ComplexImplicit append extend
@@ -125,23 +129,23 @@ ATEN_OPERATORS: frozenset[str] = frozenset(
     __range_length __derive_index __upsample_nearest __interpolate keys values items get
     setdefault update dict str format join split startswith endswith lower upper strip
     lstrip rstrip isdigit isalpha isspace replace find splitlines __round_to_zero_floordiv
-    device dtype layout warn _assert_async _assert_scalar _assert_tensor_metadata
+    device warn _assert_async _assert_scalar _assert_tensor_metadata
     _functional_assert_async _functional_assert_scalar _unwrap_optional sym_constrain_range
-    sym_constrain_range_for_size _check_is_size
-    """.split()
+    sym_constrain_range_for_size
+    """,
 )
 
 #: `prim::` operators: TorchScript's own control, container and tensor-metadata primitives.
 #: `prim::PythonOp`, `prim::Print`, `prim::rpc_*`, `prim::profile` and the fusion and
 #: graph-executor internals are deliberately absent.
-PRIM_OPERATORS: frozenset[str] = frozenset(
+PRIM_OPERATORS: frozenset[str] = _names(
     """
     NumToTensor RaiseException Uninitialized unchecked_cast unchecked_unwrap_optional
-    TupleIndex TupleUnpack ListConstruct ListUnpack TupleConstruct DictConstruct
+    TupleIndex TupleUnpack
     device dtype layout data requires_grad type name is_cuda is_cpu is_mps is_xpu is_meta
     is_nested is_quantized is_sparse is_sparse_csr is_mkldnn is_vulkan itemsize nbytes
     index min max abs rangelist StringIndex tolist
-    """.split()
+    """,
 )
 
 #: Functions that a torch.export graph may call besides operators (node targets outside
@@ -150,29 +154,29 @@ EXPORT_FUNCTIONS: frozenset[str] = frozenset(
     [
         *(
             f"_operator.{name}"
-            for name in """getitem add sub mul floordiv truediv mod pow neg pos abs eq ne lt
-            le gt ge and_ or_ xor not_ invert lshift rshift""".split()
+            for name in _names("""getitem add sub mul floordiv truediv mod pow neg pos abs eq ne
+            lt le gt ge and_ or_ xor not_ invert lshift rshift""")
         ),
         *(
             f"math.{name}"
-            for name in "floor ceil trunc sqrt exp log log2 pow fabs isnan isinf".split()
+            for name in _names("floor ceil trunc sqrt exp log log2 pow fabs isnan isinf")
         ),
         *(
             f"torch.{name}"
-            for name in """sym_int sym_float sym_max sym_min sym_not sym_ite sym_sqrt sym_sum
+            for name in _names("""sym_int sym_float sym_max sym_min sym_not sym_ite sym_sqrt sym_sum
             sym_float_pow _sym_sqrt _assert _assert_async _check _check_is_size
-            _check_with""".split()
+            _check_with""")
         ),
     ]
 )
 
 #: Plain-name calls that TorchScript code may make: its builtins and type constructors.
 #: `print` (prim::Print) and `fork`/`wait` are absent.
-TORCHSCRIPT_BUILTINS: frozenset[str] = frozenset(
+TORCHSCRIPT_BUILTINS: frozenset[str] = _names(
     """
     int float bool str complex len range enumerate zip min max abs round divmod sum all any
     list tuple dict isinstance getattr hasattr annotate unchecked_cast uninitialized
-    """.split()
+    """,
 )
 
 #: The namespaces an operator name may come from, and what each allows.
@@ -202,7 +206,3 @@ def export_target_refusal(target: str) -> str | None:
             return None
         return f"the operator '{namespace}::{name}'"
     return f"'{target}', which is not a torch operator"
-
-
-def describe_refused(names: Iterable[str]) -> str:
-    return ", ".join(sorted(set(names)))

@@ -18,8 +18,8 @@ import ast
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from optimizers.errors import InvalidModelError
 from optimizers.archive_safety import UnsafeArchiveError, printable
+from optimizers.errors import InvalidModelError
 from optimizers.torch_operators import TORCHSCRIPT_BUILTINS, operator_allowed
 
 #: Roots of attribute chains that name code of the archive itself (functions, classes,
@@ -64,7 +64,9 @@ def _parse(source: str, name: str) -> ast.Module:
     try:
         return ast.parse(source, filename=name)
     except (SyntaxError, ValueError) as exc:
-        raise InvalidModelError(f"'{printable(name)}' is not valid TorchScript code: {exc}") from exc
+        raise InvalidModelError(
+            f"'{printable(name)}' is not valid TorchScript code: {exc}"
+        ) from exc
 
 
 def _module_path(member: str, root: str) -> str:
@@ -130,9 +132,13 @@ class _FileChecker:
                     self.refuse(node, f"'{node.id}' as a value")
             elif isinstance(node, ast.Attribute) and id(node) not in inner_attributes:
                 self.check_reference(node, bound)
-            elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
-                if node.func.id not in TORCHSCRIPT_BUILTINS and node.func.id not in bound:
-                    self.refuse(node, f"'{printable(node.func.id)}'")
+            elif (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Name)
+                and node.func.id not in TORCHSCRIPT_BUILTINS
+                and node.func.id not in bound
+            ):
+                self.refuse(node, f"'{printable(node.func.id)}'")
         for function, owner in _functions(tree):
             self.check_method_calls(function, owner)
 
@@ -180,7 +186,7 @@ class _FileChecker:
                     changed = True
         for node in ast.walk(function):
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
-                receiver, parts = _chain(node.func)
+                receiver, _ = _chain(node.func)
                 if isinstance(receiver, ast.Name) and (
                     receiver.id in _OPERATOR_ROOTS or receiver.id in _ARCHIVE_ROOTS
                 ):
@@ -244,5 +250,3 @@ def _bound_names(tree: ast.Module) -> set[str]:
         elif isinstance(node, ast.FunctionDef | ast.ClassDef):
             bound.add(node.name)
     return bound - _OPERATOR_ROOTS
-
-

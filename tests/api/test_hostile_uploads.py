@@ -137,6 +137,59 @@ def test_dataset_npz_that_is_really_a_pickle_is_refused_unread(
     assert_nothing_registered(client, service_env)
 
 
+# --- PyTorch operators outside the allow-list ----------------------------------------------
+
+
+def _torchscript_reading(path: Path, secret: Path) -> bytes:
+    """A real TorchScript archive whose forward adds the first floats of `secret`."""
+    import torch
+
+    class ReadsAFile(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.path = str(secret)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x + torch.from_file(self.path, shared=False, size=4)
+
+    torch.jit.script(ReadsAFile()).save(str(path))
+    return path.read_bytes()
+
+
+def _program_calling(path: Path, target: str) -> bytes:
+    """A real torch.export program with one node's target replaced by `target`."""
+    from tests.torch_models import rewrite_zip, save_pt2
+
+    save_pt2(path)
+    with zipfile.ZipFile(path) as archive:
+        name = next(n for n in archive.namelist() if n.endswith("models/model.json"))
+        program = json.loads(archive.read(name))
+    program["graph_module"]["graph"]["nodes"][0]["target"] = target
+    return rewrite_zip(
+        path, path.with_suffix(".edited.pt2"), {name: json.dumps(program).encode()}
+    ).read_bytes()
+
+
+def test_pytorch_programs_calling_unsafe_operators_are_422_naming_the_operator(
+    client: TestClient, service_env: dict[str, str], tmp_path: Path
+) -> None:
+    secret = tmp_path / "secret.bin"
+    secret.write_bytes(b"\0" * 16)
+    reads = _torchscript_reading(tmp_path / "reads.pt", secret)
+    problem = assert_refused(
+        post(client, "/v1/models", "reads.pt", reads, input_shapes='{"x": [4]}'),
+        422,
+        "'aten::from_file'",
+        "allow-list",
+    )
+    assert problem["type"].endswith("invalid-model")
+    saves = _program_calling(tmp_path / "saves.pt2", "torch.ops.aten.save.default")
+    assert_refused(post(client, "/v1/models", "saves.pt2", saves), 422, "'aten::save'")
+    custom = _program_calling(tmp_path / "custom.pt2", "torch.ops.myops.run.default")
+    assert_refused(post(client, "/v1/models", "custom.pt2", custom), 422, "'myops::run'")
+    assert_nothing_registered(client, service_env)
+
+
 # --- ONNX external data and operator domains ----------------------------------------------
 
 
