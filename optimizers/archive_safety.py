@@ -4,7 +4,10 @@ turns out to be. Imports neither torch nor onnxruntime."""
 
 from __future__ import annotations
 
+import io
+import json
 import pickletools
+import tokenize
 import zipfile
 from collections.abc import Iterator
 from typing import IO, Any, cast
@@ -15,6 +18,13 @@ from optimizers.errors import InvalidModelError
 MAX_TEXT_MEMBER_BYTES = 16 << 20
 #: Most bytes of one pickle opcode argument (a string or bytes) read into memory.
 MAX_PICKLE_ARGUMENT_BYTES = 1 << 20
+#: Most JSON objects and arrays in one member. Parsed JSON takes up to ~250 bytes per
+#: container whatever its text size; a 4-layer transformer's .pt2 program has ~4,000.
+MAX_JSON_CONTAINERS = 250_000
+#: Most Python tokens in one TorchScript code member. `ast.parse` takes up to ~1 KB per
+#: token (a file of one-name lines); the largest file of the test and bench models has
+#: ~7,000.
+MAX_CODE_TOKENS = 100_000
 
 
 class UnsafeArchiveError(InvalidModelError):
@@ -42,6 +52,41 @@ def read_text_member(
     if len(data) > limit:
         raise MemberTooLargeError(_too_large(name, limit))
     return data
+
+
+def parse_json_member(archive: zipfile.ZipFile, name: str) -> Any:
+    """A JSON member parsed, refused when its text or its number of containers would take
+    more memory than the budget."""
+    data = read_text_member(archive, name)
+    # Counting brackets inside strings too only makes the bound stricter.
+    containers = data.count(b"{") + data.count(b"[")
+    if containers > MAX_JSON_CONTAINERS:
+        raise MemberTooLargeError(
+            f"'{printable(name)}' holds more than {MAX_JSON_CONTAINERS} JSON objects and "
+            "arrays, the most modelpress reads of one member"
+        )
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError) as exc:
+        raise InvalidModelError(f"'{printable(name)}' is not valid JSON: {exc}") from exc
+
+
+def check_code_size(source: str, name: str) -> None:
+    """Refuse code whose syntax tree would take more memory than the budget, counting its
+    tokens as a stream first (tokenize holds one line at a time)."""
+    count = 0
+    try:
+        for _ in tokenize.generate_tokens(io.StringIO(source).readline):
+            count += 1
+            if count > MAX_CODE_TOKENS:
+                raise MemberTooLargeError(
+                    f"'{printable(name)}' has more than {MAX_CODE_TOKENS} tokens, the most "
+                    "modelpress reads of one TorchScript code file"
+                )
+    except (tokenize.TokenError, SyntaxError) as exc:
+        raise InvalidModelError(
+            f"'{printable(name)}' is not valid TorchScript code: {exc}"
+        ) from exc
 
 
 def _too_large(name: str, limit: int) -> str:

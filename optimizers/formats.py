@@ -33,14 +33,21 @@ import onnx
 
 from optimizers.archive_safety import (
     UnsafeArchiveError,
+    check_code_size,
+    parse_json_member,
     pickle_opcodes,
     printable,
     read_text_member,
 )
 from optimizers.checks import SUPPORTED_INPUT_DTYPES
 from optimizers.errors import InvalidModelError, UnsupportedError
-from optimizers.external_data import check_external_data, unsafe_path_reason
+from optimizers.external_data import (
+    check_external_data,
+    external_data_locations,
+    unsafe_path_reason,
+)
 from optimizers.inspect import inspect_model
+from optimizers.onnx_structure import Structure, slim_copy
 from optimizers.torch_operators import export_target_refusal
 from optimizers.torchscript_code import check_torchscript_code, code_members
 from optimizers.types import Dim, ModelInfo, TensorInfo
@@ -127,10 +134,15 @@ def inspect_upload(
             f"{_format_label(detected.format)}, which records its input shapes itself"
         )
     if detected.format == UploadFormat.onnx:
-        try:
-            return inspect_model(path, check_domains=True, allow_external_data=False)
-        except (InvalidModelError, UnsupportedError) as exc:
-            raise type(exc)(f"not a valid ONNX model: {exc.message}") from exc
+        tmp_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix="inspect-", dir=tmp_dir) as tmp:
+            try:
+                structure = slim_copy(path, Path(tmp))
+                _refuse_own_external_data(_load_proto(structure.path, path.name), structure)
+                info = inspect_model(structure.path, check_domains=True)
+            except (InvalidModelError, UnsupportedError) as exc:
+                raise type(exc)(f"not a valid ONNX model: {exc.message}") from exc
+        return info.model_copy(update={"size_bytes": path.stat().st_size})
     with open_checked_zip(path, max_total_bytes=max_total_bytes) as archive, _reading_zip():
         assert detected.member is not None
         if detected.format == UploadFormat.onnx_zip:
@@ -282,9 +294,15 @@ def _inspect_onnx_zip(archive: zipfile.ZipFile, member: str, *, tmp_dir: Path) -
     with tempfile.TemporaryDirectory(prefix="inspect-", dir=tmp_dir) as tmp:
         root = Path(tmp)
         model_path = _extract_member(archive, member, root)
-        proto = _load_proto(model_path, member)
-        locations = check_external_data(proto, model_dir=model_dir, file_sizes=files)
+        structure = slim_copy(model_path, model_path.parent)
+        proto = _load_proto(structure.path, member)
+        # The structure's own references point into the extracted model itself.
+        relocated = posixpath.join(model_dir, structure.data_location)
+        sizes = {**files, relocated: model_path.stat().st_size}
+        locations = check_external_data(proto, model_dir=model_dir, file_sizes=sizes)
         for location in locations:
+            if location == structure.data_location:
+                continue
             data_member = posixpath.join(model_dir, location) if model_dir else location
             if data_member == member:
                 raise InvalidModelError(f"external data location '{location}' is the model itself")
@@ -295,7 +313,7 @@ def _inspect_onnx_zip(archive: zipfile.ZipFile, member: str, *, tmp_dir: Path) -
             with placeholder.open("wb") as handle:
                 handle.truncate(files[data_member])
         try:
-            info = inspect_model(model_path, check_domains=True)
+            info = inspect_model(structure.path, check_domains=True)
         except (InvalidModelError, UnsupportedError) as exc:
             raise type(exc)(f"not a valid ONNX model: {exc.message}") from exc
     total = sum(files.values())
@@ -353,6 +371,17 @@ def _extract_member(archive: zipfile.ZipFile, name: str, root: Path) -> Path:
     return target
 
 
+def _refuse_own_external_data(proto: onnx.ModelProto, structure: Structure) -> None:
+    """A lone .onnx upload has no files beside it that its tensors may refer to."""
+    for location, tensors in external_data_locations(proto).items():
+        if location != structure.data_location:
+            raise InvalidModelError(
+                f"tensor '{tensors[0].tensor}' keeps its data in a separate file "
+                f"('{printable(location)}'), which a single .onnx upload cannot bring; upload "
+                "a zip of the .onnx file and its external data files"
+            )
+
+
 def _load_proto(path: Path, member: str) -> onnx.ModelProto:
     try:
         return onnx.load(str(path), load_external_data=False)
@@ -389,7 +418,7 @@ def read_torch_export_program(archive: zipfile.ZipFile, root: str) -> dict[str, 
     constants, no custom objects, no compiled AOTInductor code, and only plain expressions
     and operator names in the program."""
     files = _files(archive)
-    if _read_small(archive, f"{root}/archive_format").strip() != b"pt2":
+    if read_text_member(archive, f"{root}/archive_format", limit=64).strip() != b"pt2":
         raise InvalidModelError("the archive is not a torch.export .pt2 archive")
     for name in files:
         relative = name[len(root) + 1 :]
@@ -503,10 +532,7 @@ def _size(size: Mapping[str, Any]) -> Dim:
 
 
 def _json(archive: zipfile.ZipFile, name: str) -> dict[str, Any]:
-    try:
-        value = json.loads(_read_small(archive, name))
-    except ValueError as exc:
-        raise InvalidModelError(f"'{name}' is not valid JSON: {exc}") from exc
+    value = parse_json_member(archive, name)
     if not isinstance(value, dict):
         raise InvalidModelError(f"'{name}' is not a JSON object")
     return value
@@ -667,6 +693,7 @@ def torchscript_input_names(archive: zipfile.ZipFile, root: str) -> list[str]:
     source_name = f"{root}/code/{module.replace('.', '/')}.py"
     try:
         source = _read_small(archive, source_name).decode("utf-8")
+        check_code_size(source, source_name)
         tree = ast.parse(source)
     except (KeyError, UnicodeDecodeError, SyntaxError) as exc:
         raise InvalidModelError(

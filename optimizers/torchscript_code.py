@@ -18,7 +18,7 @@ import ast
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from optimizers.archive_safety import UnsafeArchiveError, printable
+from optimizers.archive_safety import UnsafeArchiveError, check_code_size, printable
 from optimizers.errors import InvalidModelError
 from optimizers.torch_operators import TORCHSCRIPT_BUILTINS, operator_allowed
 
@@ -54,16 +54,22 @@ def check_torchscript_code(members: list[str], *, root: str, read: ReadSource) -
     allow-list in the archive's code members. Each member is read twice (once to learn the
     classes, once to check), one at a time, so memory stays bounded by the largest."""
     classes = _Classes()
-    for name in members:
-        _collect_classes(_parse(read(name), name), _module_path(name, root), classes)
-    for name in members:
-        _FileChecker(name=name, classes=classes).check(_parse(read(name), name))
+    try:
+        for name in members:
+            _collect_classes(_parse(read(name), name), _module_path(name, root), classes)
+        for name in members:
+            _FileChecker(name=name, classes=classes).check(_parse(read(name), name))
+    except RecursionError as exc:
+        raise InvalidModelError(
+            "the TorchScript code nests expressions too deeply to be checked"
+        ) from exc
 
 
 def _parse(source: str, name: str) -> ast.Module:
+    check_code_size(source, name)
     try:
         return ast.parse(source, filename=name)
-    except (SyntaxError, ValueError) as exc:
+    except (SyntaxError, ValueError, RecursionError) as exc:
         raise InvalidModelError(
             f"'{printable(name)}' is not valid TorchScript code: {exc}"
         ) from exc
