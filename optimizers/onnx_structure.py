@@ -29,8 +29,9 @@ from optimizers.errors import InvalidModelError
 MAX_STRUCTURE_BYTES = 16 << 20
 #: raw_data fields at least this long are left in the original file.
 RELOCATE_MIN_BYTES = 1024
-#: Deepest nesting of subgraphs (If/Loop bodies inside each other) that is read.
-MAX_GRAPH_DEPTH = 32
+#: Deepest nesting of graphs (the main graph, If/Loop bodies inside each other) that is
+#: read; protobuf itself stops parsing at 100 nested messages, about 30 graphs.
+MAX_GRAPH_DEPTH = 16
 
 _VARINT, _I64, _LEN, _I32 = 0, 1, 2, 5
 _TENSOR_RAW_DATA = 9
@@ -143,10 +144,12 @@ class _Slimmer:
         self.relocated = 0
 
     def message(self, kind: str, end: int, depth: int) -> bytes:
-        if depth > MAX_GRAPH_DEPTH:
-            raise InvalidModelError(
-                f"the ONNX model nests subgraphs more than {MAX_GRAPH_DEPTH} deep"
-            )
+        if kind == "graph":
+            depth += 1
+            if depth > MAX_GRAPH_DEPTH:
+                raise InvalidModelError(
+                    f"the ONNX model nests graphs more than {MAX_GRAPH_DEPTH} deep"
+                )
         reader = self.reader
         schema = _SCHEMA[kind]
         parts: list[bytes] = []
@@ -169,7 +172,7 @@ class _Slimmer:
                         raise InvalidModelError(
                             "the ONNX model is malformed (a message runs past its end)"
                         )
-                    child = self.message(schema[number], child_end, depth + 1)
+                    child = self.message(schema[number], child_end, depth)
                     parts.append(_length_delimited(number, child))
                 else:
                     parts.append(

@@ -28,6 +28,9 @@ _ARCHIVE_ROOTS = frozenset({"__torch__", "CONSTANTS"})
 #: Roots that name operators.
 _OPERATOR_ROOTS = frozenset({"torch", "ops"})
 _ARCHIVE_TYPE = "__torch__."
+#: How serialized code names TorchBind classes: native code from a custom library, not the
+#: archive's own code, despite the prefix.
+_TORCHBIND = "__torch__.torch.classes"
 
 #: Reads one code member as text (bounded by the caller).
 ReadSource = Callable[[str], str]
@@ -167,6 +170,8 @@ class _FileChecker:
                 self.refuse(node, f"'{printable(dotted)}'")
             if not operator_allowed(namespace, operator):
                 self.refuse(node, f"the operator '{printable(namespace)}::{printable(operator)}'")
+        elif dotted == _TORCHBIND or dotted.startswith(f"{_TORCHBIND}."):
+            self.refuse(node, f"the custom class '{printable(dotted)}'")
         elif root.id not in _ARCHIVE_ROOTS and root.id not in bound:
             self.refuse(node, f"'{printable(dotted)}'")
 
@@ -221,9 +226,17 @@ class _FileChecker:
 
     def member_type(self, owner: str, attribute: str) -> str | None:
         annotation = self.classes.attribute_type(owner, attribute)
-        if annotation and annotation.startswith(_ARCHIVE_TYPE):
+        if _is_archive_type(annotation):
             return annotation
         return None
+
+
+def _is_archive_type(annotation: str | None) -> bool:
+    return bool(
+        annotation
+        and annotation.startswith(_ARCHIVE_TYPE)
+        and not annotation.startswith(_TORCHBIND)
+    )
 
 
 def _functions(tree: ast.Module) -> Iterator[tuple[ast.FunctionDef, str | None]]:
@@ -240,7 +253,7 @@ def _argument_types(function: ast.FunctionDef, owner: str | None) -> dict[str, s
     types = {}
     for arg in [*function.args.posonlyargs, *function.args.args, *function.args.kwonlyargs]:
         annotation = ast.unparse(arg.annotation) if arg.annotation else ""
-        if annotation.startswith(_ARCHIVE_TYPE):
+        if _is_archive_type(annotation):
             types[arg.arg] = annotation
     return types
 

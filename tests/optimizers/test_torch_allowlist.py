@@ -180,6 +180,7 @@ _RETURN = b"    return torch.add(x, weight)\n"
         ("ops.myops.run(x)", "'myops::run'"),
         ("torch.ops.quantized.linear(x)", "'quantized::linear'"),
         ("torch.classes.myops.Runner(x)", "'torch.classes.myops.Runner'"),
+        ("__torch__.torch.classes.myops.Runner(x)", "custom class '__torch__.torch.classes"),
         ("print(x)", "'print'"),
         ('weight.save("/tmp/stolen.pt")', "the method 'save'"),
         ('getattr(torch, "from_file")("/etc/passwd")', "'torch' as a value"),
