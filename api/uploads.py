@@ -27,7 +27,8 @@ _MAX_FIELD_BYTES = 64 * 1024
 #: Parts of one form: the file and a few small fields (name, input_shapes, model_id, ...).
 MAX_PARTS = 32
 #: One header line of a part (e.g. Content-Disposition with the file name), and headers per
-#: part; python-multipart enforces both while it parses.
+#: part; python-multipart enforces both while it parses (since 0.0.27, the floor in
+#: pyproject.toml).
 MAX_PART_HEADER_BYTES = 4096
 MAX_PART_HEADERS = 16
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._ -]+")
