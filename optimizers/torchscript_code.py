@@ -179,20 +179,34 @@ class _FileChecker:
         """Method calls must go to the archive's own modules: `self`, or a local bound to a
         submodule attribute (`fc1 = self.fc1`, `_0 = getattr(layers, "0")`)."""
         types = _argument_types(function, owner)
-        # Fixed point: bindings may come in any order of the walk.
+        arguments = {node.arg for node in ast.walk(function) if isinstance(node, ast.arg)}
+        assignments: dict[str, list[ast.expr]] = {}
+        stores: dict[str, int] = {}
+        for node in ast.walk(function):
+            if (
+                isinstance(node, ast.Assign)
+                and len(node.targets) == 1
+                and isinstance(node.targets[0], ast.Name)
+            ):
+                assignments.setdefault(node.targets[0].id, []).append(node.value)
+            if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+                stores[node.id] = stores.get(node.id, 0) + 1
+        # A local is a module only when every binding of it is a plain assignment of a module
+        # of one class (not a loop target, an unpacking or an argument). Locals are typed once
+        # and never retyped, so this fixed point ends.
+        candidates = {
+            name: values
+            for name, values in assignments.items()
+            if name not in arguments and stores.get(name) == len(values)
+        }
         changed = True
         while changed:
             changed = False
-            for node in ast.walk(function):
-                if not (
-                    isinstance(node, ast.Assign)
-                    and len(node.targets) == 1
-                    and isinstance(node.targets[0], ast.Name)
-                ):
+            for target, values in candidates.items():
+                if target in types:
                     continue
-                target = node.targets[0].id
-                value_type = self.expression_type(node.value, types)
-                if value_type is not None and types.get(target) != value_type:
+                found = {self.expression_type(value, types) for value in values}
+                if len(found) == 1 and (value_type := found.pop()) is not None:
                     types[target] = value_type
                     changed = True
         for node in ast.walk(function):

@@ -183,6 +183,11 @@ _RETURN = b"    return torch.add(x, weight)\n"
         ("__torch__.torch.classes.myops.Runner(x)", "custom class '__torch__.torch.classes"),
         ("print(x)", "'print'"),
         ('weight.save("/tmp/stolen.pt")', "the method 'save'"),
+        # `_0` is bound to a submodule class and to a tensor: not a module, whatever the order.
+        (
+            '_0 = self\n    _0 = weight\n    _0.save("/tmp/stolen.pt")',
+            "the method 'save'",
+        ),
         ('getattr(torch, "from_file")("/etc/passwd")', "'torch' as a value"),
         ("import os", "an import"),
         ('os.system("id")', "'os.system'"),
