@@ -39,6 +39,7 @@ ATEN_OPERATORS: frozenset[str] = _names(
     eq ne lt le gt ge equal isnan isinf isfinite isneginf isposinf isclose allclose where
     __is__ __isnot__ __not__ __contains__ is_floating_point is_complex is_nonzero
     is_same_size is_contiguous is_autocast_enabled is_grad_enabled is_inference
+    set_grad_enabled
     """,
     # activations
     """
@@ -62,7 +63,8 @@ ATEN_OPERATORS: frozenset[str] = _names(
     pixel_shuffle pixel_unshuffle channel_shuffle upsample_nearest1d upsample_nearest2d
     upsample_nearest3d _upsample_nearest_exact1d _upsample_nearest_exact2d
     _upsample_nearest_exact3d upsample_linear1d upsample_bilinear2d upsample_bicubic2d
-    upsample_trilinear3d _upsample_bilinear2d_aa _upsample_bicubic2d_aa grid_sampler
+    upsample_trilinear3d _upsample_bilinear2d_aa _upsample_bicubic2d_aa _upsample_lanczos2d_aa
+    grid_sampler
     grid_sampler_2d grid_sampler_3d affine_grid_generator im2col col2im pad
     constant_pad_nd reflection_pad1d reflection_pad2d reflection_pad3d replication_pad1d
     replication_pad2d replication_pad3d _pad_circular _pad_enum
@@ -148,6 +150,13 @@ PRIM_OPERATORS: frozenset[str] = _names(
     """,
 )
 
+#: `higher_order::` operators of torch.export that run subgraphs of the same program (whose
+#: nodes are checked like the rest): grad mode and autocast regions, `torch.cond` and
+#: `while_loop`. Others (e.g. those that call back into Python) are absent.
+HIGHER_ORDER_OPERATORS: frozenset[str] = _names(
+    "wrap_with_set_grad_enabled wrap_with_autocast cond while_loop"
+)
+
 #: Functions that a torch.export graph may call besides operators (node targets outside
 #: `torch.ops`): Python's operators and math on symbolic sizes, and torch's checks on them.
 EXPORT_FUNCTIONS: frozenset[str] = frozenset(
@@ -180,7 +189,11 @@ TORCHSCRIPT_BUILTINS: frozenset[str] = _names(
 )
 
 #: The namespaces an operator name may come from, and what each allows.
-_NAMESPACES = {"aten": ATEN_OPERATORS, "prim": PRIM_OPERATORS}
+_NAMESPACES = {
+    "aten": ATEN_OPERATORS,
+    "prim": PRIM_OPERATORS,
+    "higher_order": HIGHER_ORDER_OPERATORS,
+}
 
 
 def operator_allowed(namespace: str, name: str) -> bool:

@@ -227,6 +227,18 @@ class _FileChecker:
             owner = self.expression_type(node.value, types)
             return self.member_type(owner, node.attr) if owner else None
         if (
+            # `__torch__.m.C.__new__(__torch__.m.C)`: how serialized code makes an object of
+            # one of the archive's classes (then calls its `__init__`).
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr == "__new__"
+            and len(node.args) == 1
+            and isinstance(node.args[0], ast.Attribute)
+            and ast.unparse(node.args[0]) == ast.unparse(node.func.value)
+            and _is_archive_type(ast.unparse(node.args[0]))
+        ):
+            return ast.unparse(node.args[0])
+        if (
             isinstance(node, ast.Call)
             and isinstance(node.func, ast.Name)
             and node.func.id == "getattr"

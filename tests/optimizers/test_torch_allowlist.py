@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import math
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -43,6 +44,35 @@ class _Recurrent(torch.nn.Module):
         return self.gru(self.lstm(x)[0])[0]
 
 
+class _Functional(torch.nn.Module):
+    """Loops over a ModuleList, math constants, no_grad, embeddings, group norm,
+    interpolate, masks and branches: the Python that TorchScript users write."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.blocks = torch.nn.ModuleList([torch.nn.Linear(8, 8) for _ in range(3)])
+        self.embedding = torch.nn.Embedding(10, 8)
+        self.conv = torch.nn.Conv2d(1, 2, 3, padding=1)
+        self.norm = torch.nn.GroupNorm(1, 2)
+        self.register_buffer("scale", torch.ones(8))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            x = torch.nn.functional.gelu(block(x)) / math.sqrt(8.0) + math.pi
+        x = torch.nn.functional.normalize(x, dim=-1) * self.scale
+        with torch.no_grad():
+            y = x.clone()
+        embedded = self.embedding(torch.argmax(x, dim=-1))
+        image = x.reshape(x.shape[0], 1, 2, 4)
+        image = torch.nn.functional.interpolate(
+            self.norm(self.conv(image)), scale_factor=2.0, mode="nearest"
+        )
+        if x.dim() > 1:
+            x = x + embedded + y
+        x = torch.where(x > 0, x, torch.zeros_like(x)).masked_fill(x < -1, float("-inf"))
+        return torch.cat([x, image.flatten(1)], dim=1).softmax(-1)
+
+
 class _ReadsAFile(torch.nn.Module):
     """Adds the first floats of a file on the worker to its input."""
 
@@ -70,6 +100,7 @@ PURE_MODELS: dict[str, tuple[Callable[[], Any], tuple[int, ...]]] = {
     "encoder_classifier": (encoder_classifier, (2, 5, 16)),
     "attention_layernorm": (_Attention, (2, 5, 16)),
     "lstm_gru": (_Recurrent, (2, 5, 16)),
+    "functional_and_control_flow": (_Functional, (2, 8)),
     **{f"bench_{name}": (spec.build, (2, *spec.sample_shape)) for name, spec in MODELS.items()},
 }
 
