@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import IO, Any
 
 from fastapi import Request
-from python_multipart.multipart import MultipartParser, parse_options_header
+from python_multipart.exceptions import FormParserError, MultipartParseError
+from python_multipart.multipart import MAX_BOUNDARY_LENGTH, MultipartParser, parse_options_header
 from sqlalchemy.orm import Session
 
 from api.errors import Problem
@@ -29,6 +30,13 @@ _MAX_FIELD_BYTES = 64 * 1024
 #: Uncompressed size allowed for a zip upload (a model or a dataset), as a multiple of the
 #: upload limit.
 ZIP_EXPANSION_LIMIT = 4
+#: Parts of one form: the file and a few small fields (name, input_shapes, model_id, ...).
+MAX_PARTS = 32
+#: One header line of a part (e.g. Content-Disposition with the file name), and headers per
+#: part; python-multipart enforces both while it parses (since 0.0.27, the floor in
+#: pyproject.toml).
+MAX_PART_HEADER_BYTES = 4096
+MAX_PART_HEADERS = 16
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._ -]+")
 #: An upload's temp file is created as `upload-*.new`, locked, then renamed to
 #: `upload-*.part`; its scratch folder (for inspecting it) is `upload-*.part.d`.
@@ -175,13 +183,23 @@ async def receive_upload(request: Request, *, tmp_dir: Path, max_bytes: int) -> 
     if declared and declared.isdigit() and int(declared) > max_bytes + _MAX_FIELD_BYTES:
         raise _too_large(max_bytes)
 
+    boundary = params[b"boundary"]
+    if not 0 < len(boundary) <= MAX_BOUNDARY_LENGTH:
+        raise Problem(
+            400,
+            f"the multipart boundary must be 1 to {MAX_BOUNDARY_LENGTH} characters long",
+            type="malformed_multipart",
+        )
+
     tmp_dir.mkdir(parents=True, exist_ok=True)
     lock_fd, part = _create_locked_part(tmp_dir)
     # The sink writes through a duplicate, so closing it keeps the lock.
     sink: IO[bytes] = os.fdopen(os.dup(lock_fd), "wb")
     state = _ParseState(sink=sink, max_bytes=max_bytes)
     parser = MultipartParser(
-        params[b"boundary"],
+        boundary,
+        max_header_count=MAX_PART_HEADERS,
+        max_header_size=MAX_PART_HEADER_BYTES,
         callbacks={
             "on_part_begin": state.on_part_begin,
             "on_header_field": state.on_header_field,
@@ -190,22 +208,40 @@ async def receive_upload(request: Request, *, tmp_dir: Path, max_bytes: int) -> 
             "on_headers_finished": state.on_headers_finished,
             "on_part_data": state.on_part_data,
             "on_part_end": state.on_part_end,
+            "on_end": state.on_end,
         },
     )
     try:
         async for chunk in request.stream():
-            parser.write(chunk)
+            try:
+                parser.write(chunk)
+            except (MultipartParseError, FormParserError) as exc:
+                raise state.error or _malformed(exc) from exc
             if state.error is not None:
                 raise state.error
         parser.finalize()
         if state.error is not None:
             raise state.error
-        if not state.file_seen:
-            raise Problem(422, "the form has no field named 'file'", type="missing_file")
-        if not state.file_complete:
+        if state.parts == 0:
+            raise Problem(
+                400,
+                "the body is not multipart/form-data: it holds no part that starts with the "
+                "boundary given in Content-Type",
+                type="malformed_multipart",
+            )
+        if state.file_seen and not state.file_complete:
             raise Problem(
                 400, "the upload ended before the file was complete", type="truncated_upload"
             )
+        if not state.ended:
+            raise Problem(
+                400,
+                "the upload ended before the multipart body was complete (no closing "
+                "boundary); is the request cut off?",
+                type="truncated_upload",
+            )
+        if not state.file_seen:
+            raise Problem(422, "the form has no field named 'file'", type="missing_file")
         sink.close()
     except BaseException:
         sink.close()
@@ -220,6 +256,24 @@ async def receive_upload(request: Request, *, tmp_dir: Path, max_bytes: int) -> 
         fields=state.fields,
         lock_fd=lock_fd,
     )
+
+
+def _malformed(exc: Exception) -> Problem:
+    """python-multipart's parse errors as the client's mistake, with our limits named."""
+    message = str(exc)
+    if "header size" in message:
+        return Problem(
+            413,
+            f"a part header line is longer than {MAX_PART_HEADER_BYTES} bytes",
+            type="part_header_too_large",
+        )
+    if "header count" in message:
+        return Problem(
+            413,
+            f"a part has more than {MAX_PART_HEADERS} header lines",
+            type="part_header_too_large",
+        )
+    return Problem(400, f"the multipart body is malformed: {message}", type="malformed_multipart")
 
 
 def _too_large(max_bytes: int) -> Problem:
@@ -241,6 +295,8 @@ class _ParseState:
         self.filename = ""
         self.fields: dict[str, str] = {}
         self.error: Problem | None = None
+        self.parts = 0
+        self.ended = False
         self._headers: dict[bytes, bytes] = {}
         self._header_field = b""
         self._header_value = b""
@@ -249,6 +305,13 @@ class _ParseState:
         self._field_buffer = bytearray()
 
     def on_part_begin(self) -> None:
+        self.parts += 1
+        if self.parts > MAX_PARTS and self.error is None:
+            self.error = Problem(
+                413,
+                f"the form has more than {MAX_PARTS} parts; send the file and a few fields",
+                type="too_many_parts",
+            )
         self._headers = {}
         self._part_name = None
         self._part_is_file = False
@@ -266,6 +329,8 @@ class _ParseState:
         self._header_value = b""
 
     def on_headers_finished(self) -> None:
+        if self.error is not None:
+            return
         _, options = parse_options_header(self._headers.get(b"content-disposition", b""))
         name = options.get(b"name", b"").decode("utf-8", "replace")
         self._part_name = name
@@ -295,7 +360,12 @@ class _ParseState:
             if len(self._field_buffer) > _MAX_FIELD_BYTES:
                 self.error = Problem(413, "a form field is too large", type="field_too_large")
 
+    def on_end(self) -> None:
+        self.ended = True
+
     def on_part_end(self) -> None:
+        if self.error is not None:
+            return
         if self._part_is_file:
             self.file_complete = True
         elif self._part_name:

@@ -15,13 +15,13 @@ import ast
 import json
 import math
 import os
-import pickletools
 import posixpath
 import re
 import stat
 import tempfile
 import zipfile
 import zlib
+from collections import deque
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -31,10 +31,25 @@ from typing import Any, NoReturn
 
 import onnx
 
+from optimizers.archive_safety import (
+    UnsafeArchiveError,
+    check_code_size,
+    parse_json_member,
+    pickle_opcodes,
+    printable,
+    read_text_member,
+)
 from optimizers.checks import SUPPORTED_INPUT_DTYPES
 from optimizers.errors import InvalidModelError, UnsupportedError
-from optimizers.external_data import check_external_data, unsafe_path_reason
+from optimizers.external_data import (
+    check_external_data,
+    external_data_locations,
+    unsafe_path_reason,
+)
 from optimizers.inspect import inspect_model
+from optimizers.onnx_structure import Structure, slim_copy
+from optimizers.torch_operators import export_target_refusal
+from optimizers.torchscript_code import check_torchscript_code, code_members
 from optimizers.types import Dim, ModelInfo, TensorInfo
 
 #: Most members a zip upload may hold.
@@ -43,8 +58,6 @@ MAX_ZIP_MEMBERS = 10_000
 MAX_COMPRESSION_RATIO = 100
 #: Members smaller than this are not held to the ratio: they cannot do harm.
 RATIO_CHECK_MIN_BYTES = 1 << 20
-#: Limit on JSON and code members read into memory while describing a PyTorch archive.
-MAX_METADATA_BYTES = 256 << 20
 #: What zipfile raises while reading a corrupt member: a bad CRC or a member longer than its
 #: header says (BadZipFile), a broken deflate stream, a cut-off file, an unknown method.
 ZIP_READ_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError)
@@ -76,10 +89,6 @@ STORAGE_NAMES = {
     UploadFormat.torch_export: "model.pt2",
     UploadFormat.torchscript: "model.pt",
 }
-
-
-class UnsafeArchiveError(InvalidModelError):
-    """A zip or PyTorch archive that modelpress refuses to open for safety."""
 
 
 @dataclass(frozen=True)
@@ -125,10 +134,15 @@ def inspect_upload(
             f"{_format_label(detected.format)}, which records its input shapes itself"
         )
     if detected.format == UploadFormat.onnx:
-        try:
-            return inspect_model(path, check_domains=True, allow_external_data=False)
-        except (InvalidModelError, UnsupportedError) as exc:
-            raise type(exc)(f"not a valid ONNX model: {exc.message}") from exc
+        tmp_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix="inspect-", dir=tmp_dir) as tmp:
+            try:
+                structure = slim_copy(path, Path(tmp))
+                _refuse_own_external_data(_load_proto(structure.path, path.name), structure)
+                info = inspect_model(structure.path, check_domains=True)
+            except (InvalidModelError, UnsupportedError) as exc:
+                raise type(exc)(f"not a valid ONNX model: {exc.message}") from exc
+        return info.model_copy(update={"size_bytes": path.stat().st_size})
     with open_checked_zip(path, max_total_bytes=max_total_bytes) as archive, _reading_zip():
         assert detected.member is not None
         if detected.format == UploadFormat.onnx_zip:
@@ -190,7 +204,7 @@ def check_zip(archive: zipfile.ZipFile, *, max_total_bytes: int) -> None:
             reason = unsafe_path_reason(name)
             if reason:
                 raise UnsafeArchiveError(
-                    f"the zip entry '{_printable(name)}' is not allowed: {reason}"
+                    f"the zip entry '{printable(name)}' is not allowed: {reason}"
                 )
         mode = (info.external_attr >> 16) & 0xFFFF
         kind = stat.S_IFMT(mode)
@@ -229,11 +243,7 @@ def _files(archive: zipfile.ZipFile) -> dict[str, int]:
 
 
 def _read_small(archive: zipfile.ZipFile, name: str) -> bytes:
-    info = archive.getinfo(name)
-    if info.file_size > MAX_METADATA_BYTES:
-        raise UnsupportedError(f"'{name}' is larger than {MAX_METADATA_BYTES} bytes")
-    with archive.open(info) as handle:
-        return handle.read(MAX_METADATA_BYTES + 1)
+    return read_text_member(archive, name)
 
 
 def _detect_zip(archive: zipfile.ZipFile) -> Detected:
@@ -284,9 +294,15 @@ def _inspect_onnx_zip(archive: zipfile.ZipFile, member: str, *, tmp_dir: Path) -
     with tempfile.TemporaryDirectory(prefix="inspect-", dir=tmp_dir) as tmp:
         root = Path(tmp)
         model_path = _extract_member(archive, member, root)
-        proto = _load_proto(model_path, member)
-        locations = check_external_data(proto, model_dir=model_dir, file_sizes=files)
+        structure = slim_copy(model_path, model_path.parent)
+        proto = _load_proto(structure.path, member)
+        # The structure's own references point into the extracted model itself.
+        relocated = posixpath.join(model_dir, structure.data_location)
+        sizes = {**files, relocated: model_path.stat().st_size}
+        locations = check_external_data(proto, model_dir=model_dir, file_sizes=sizes)
         for location in locations:
+            if location == structure.data_location:
+                continue
             data_member = posixpath.join(model_dir, location) if model_dir else location
             if data_member == member:
                 raise InvalidModelError(f"external data location '{location}' is the model itself")
@@ -297,7 +313,7 @@ def _inspect_onnx_zip(archive: zipfile.ZipFile, member: str, *, tmp_dir: Path) -
             with placeholder.open("wb") as handle:
                 handle.truncate(files[data_member])
         try:
-            info = inspect_model(model_path, check_domains=True)
+            info = inspect_model(structure.path, check_domains=True)
         except (InvalidModelError, UnsupportedError) as exc:
             raise type(exc)(f"not a valid ONNX model: {exc.message}") from exc
     total = sum(files.values())
@@ -328,11 +344,11 @@ def extract_onnx_zip(path: Path, dest: Path, *, max_total_bytes: int) -> Path:
 def _inside(root: Path, name: str) -> Path:
     reason = unsafe_path_reason(name)
     if reason:
-        raise UnsafeArchiveError(f"'{_printable(name)}' is not allowed: {reason}")
+        raise UnsafeArchiveError(f"'{printable(name)}' is not allowed: {reason}")
     target = root / name
     resolved_root = root.resolve()
     if not target.resolve().is_relative_to(resolved_root):
-        raise UnsafeArchiveError(f"'{_printable(name)}' points outside the extraction folder")
+        raise UnsafeArchiveError(f"'{printable(name)}' points outside the extraction folder")
     return target
 
 
@@ -342,7 +358,7 @@ def _extract_member(archive: zipfile.ZipFile, name: str, root: Path) -> Path:
     target = _inside(root, name)
     target.parent.mkdir(parents=True, exist_ok=True)
     if not target.parent.resolve().is_relative_to(root.resolve()):
-        raise UnsafeArchiveError(f"'{_printable(name)}' points outside the extraction folder")
+        raise UnsafeArchiveError(f"'{printable(name)}' points outside the extraction folder")
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
     fd = os.open(target, flags, 0o600)
     written = 0
@@ -353,6 +369,17 @@ def _extract_member(archive: zipfile.ZipFile, name: str, root: Path) -> Path:
                 raise UnsafeArchiveError(f"'{name}' is larger than the zip says")
             sink.write(block)
     return target
+
+
+def _refuse_own_external_data(proto: onnx.ModelProto, structure: Structure) -> None:
+    """A lone .onnx upload has no files beside it that its tensors may refer to."""
+    for location, tensors in external_data_locations(proto).items():
+        if location != structure.data_location:
+            raise InvalidModelError(
+                f"tensor '{tensors[0].tensor}' keeps its data in a separate file "
+                f"('{printable(location)}'), which a single .onnx upload cannot bring; upload "
+                "a zip of the .onnx file and its external data files"
+            )
 
 
 def _load_proto(path: Path, member: str) -> onnx.ModelProto:
@@ -391,7 +418,7 @@ def read_torch_export_program(archive: zipfile.ZipFile, root: str) -> dict[str, 
     constants, no custom objects, no compiled AOTInductor code, and only plain expressions
     and operator names in the program."""
     files = _files(archive)
-    if _read_small(archive, f"{root}/archive_format").strip() != b"pt2":
+    if read_text_member(archive, f"{root}/archive_format", limit=64).strip() != b"pt2":
         raise InvalidModelError("the archive is not a torch.export .pt2 archive")
     for name in files:
         relative = name[len(root) + 1 :]
@@ -505,10 +532,7 @@ def _size(size: Mapping[str, Any]) -> Dim:
 
 
 def _json(archive: zipfile.ZipFile, name: str) -> dict[str, Any]:
-    try:
-        value = json.loads(_read_small(archive, name))
-    except ValueError as exc:
-        raise InvalidModelError(f"'{name}' is not valid JSON: {exc}") from exc
+    value = parse_json_member(archive, name)
     if not isinstance(value, dict):
         raise InvalidModelError(f"'{name}' is not a JSON object")
     return value
@@ -543,22 +567,15 @@ def _node_targets(program: Any) -> Iterator[str]:
             yield target
 
 
-_OPERATOR_TARGET = re.compile(
-    r"torch\.ops\.[A-Za-z_][A-Za-z0-9_]*\.[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?"
-    r"|_operator\.(getitem|add|sub|mul|floordiv|truediv|mod|pow|neg|pos|abs|eq|ne|lt|le|gt|ge"
-    r"|and_|or_|xor|not_|invert|lshift|rshift)"
-    r"|math\.(floor|ceil|trunc|sqrt|exp|log|log2|pow|fabs|isnan|isinf)"
-    r"|torch\.(sym_[a-z_]+|_sym_sqrt|_assert|_assert_async|_check[a-z_]*)"
-)
-
-
 def check_operator_target(target: str) -> None:
-    """Graph nodes may only call registered operators and a few pure functions: the loader
-    resolves other names with getattr on torch, and running them could do anything."""
-    if "__" in target or not _OPERATOR_TARGET.fullmatch(target):
+    """Graph nodes may only call the allowed operators and pure functions of
+    optimizers.torch_operators: the loader resolves other names with getattr on torch, and
+    running them could do anything."""
+    reason = export_target_refusal(target)
+    if reason is not None:
         raise UnsafeArchiveError(
-            f"the program calls '{_printable(target)}', which is not a registered torch "
-            "operator; modelpress does not load it"
+            f"the program calls {printable(reason)}, which is not on modelpress's allow-list "
+            "of pure tensor operators; modelpress does not load it"
         )
 
 
@@ -658,7 +675,7 @@ def _parse(text: str, what: str) -> ast.AST:
 
 def _refuse(text: str, what: str) -> NoReturn:
     raise UnsafeArchiveError(
-        f"the program has a {what} that modelpress does not evaluate: '{_printable(text)}'"
+        f"the program has a {what} that modelpress does not evaluate: '{printable(text)}'"
     )
 
 
@@ -676,6 +693,7 @@ def torchscript_input_names(archive: zipfile.ZipFile, root: str) -> list[str]:
     source_name = f"{root}/code/{module.replace('.', '/')}.py"
     try:
         source = _read_small(archive, source_name).decode("utf-8")
+        check_code_size(source, source_name)
         tree = ast.parse(source)
     except (KeyError, UnicodeDecodeError, SyntaxError) as exc:
         raise InvalidModelError(
@@ -707,10 +725,11 @@ def _forward_inputs(forward: ast.FunctionDef) -> list[str]:
 
 
 def _root_class(archive: zipfile.ZipFile, root: str) -> str:
-    strings: list[str] = []
+    strings: deque[str] = deque(maxlen=2)
+    name = f"{root}/data.pkl"
     try:
-        with archive.open(f"{root}/data.pkl") as handle:
-            for opcode, arg, _ in pickletools.genops(handle):
+        with archive.open(name) as handle:
+            for opcode, arg, _ in pickle_opcodes(handle, name=name):
                 if opcode.name == "GLOBAL" and isinstance(arg, str):
                     return arg.replace(" ", ".")
                 if opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
@@ -741,10 +760,11 @@ def check_torchscript_pickles(archive: zipfile.ZipFile) -> None:
     for info in archive.infolist():
         if not info.filename.endswith((".pkl", ".debug_pkl")):
             continue
-        strings: list[str] = []
+        # STACK_GLOBAL takes its module and name from the two strings pushed before it.
+        strings: deque[str] = deque(maxlen=2)
         try:
             with archive.open(info) as handle:
-                for opcode, arg, _ in pickletools.genops(handle):
+                for opcode, arg, _ in pickle_opcodes(handle, name=info.filename):
                     if opcode.name in ("GLOBAL", "INST") and isinstance(arg, str):
                         module, _, name = arg.partition(" ")
                     elif opcode.name == "STACK_GLOBAL":
@@ -756,7 +776,7 @@ def check_torchscript_pickles(archive: zipfile.ZipFile) -> None:
                     if not _allowed_torchscript_global(module, name):
                         raise UnsafeArchiveError(
                             f"the TorchScript archive's '{info.filename}' calls "
-                            f"'{_printable(module)}.{_printable(name)}', which torch.jit.save "
+                            f"'{printable(module)}.{printable(name)}', which torch.jit.save "
                             "never writes; modelpress does not load it"
                         )
         except ValueError as exc:
@@ -767,6 +787,11 @@ def describe_torchscript(
     archive: zipfile.ZipFile, root: str, fields: Mapping[str, str]
 ) -> ModelInfo:
     check_torchscript_pickles(archive)
+    check_torchscript_code(
+        code_members(archive.namelist(), root),
+        root=root,
+        read=lambda name: _read_code(archive, name),
+    )
     names = torchscript_input_names(archive, root)
     shapes = parse_input_shapes(fields.get("input_shapes"), names)
     dtypes = parse_input_dtypes(fields.get("input_dtypes"), names)
@@ -780,6 +805,13 @@ def describe_torchscript(
         parameter_count=0,
         size_bytes=sum(_files(archive).values()),
     )
+
+
+def _read_code(archive: zipfile.ZipFile, name: str) -> str:
+    try:
+        return _read_small(archive, name).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidModelError(f"'{printable(name)}' is not UTF-8 TorchScript code") from exc
 
 
 def _shapes_example(names: list[str]) -> str:
@@ -857,7 +889,3 @@ def parse_input_dtypes(raw: str | None, names: list[str]) -> dict[str, str]:
             )
         dtypes[name] = dtype
     return dtypes
-
-
-def _printable(text: str) -> str:
-    return text.replace("\x00", "\\x00")[:200]

@@ -137,6 +137,59 @@ def test_dataset_npz_that_is_really_a_pickle_is_refused_unread(
     assert_nothing_registered(client, service_env)
 
 
+# --- PyTorch operators outside the allow-list ----------------------------------------------
+
+
+def _torchscript_reading(path: Path, secret: Path) -> bytes:
+    """A real TorchScript archive whose forward adds the first floats of `secret`."""
+    import torch
+
+    class ReadsAFile(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.path = str(secret)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x + torch.from_file(self.path, shared=False, size=4)
+
+    torch.jit.script(ReadsAFile()).save(str(path))
+    return path.read_bytes()
+
+
+def _program_calling(path: Path, target: str) -> bytes:
+    """A real torch.export program with one node's target replaced by `target`."""
+    from tests.torch_models import rewrite_zip, save_pt2
+
+    save_pt2(path)
+    with zipfile.ZipFile(path) as archive:
+        name = next(n for n in archive.namelist() if n.endswith("models/model.json"))
+        program = json.loads(archive.read(name))
+    program["graph_module"]["graph"]["nodes"][0]["target"] = target
+    return rewrite_zip(
+        path, path.with_suffix(".edited.pt2"), {name: json.dumps(program).encode()}
+    ).read_bytes()
+
+
+def test_pytorch_programs_calling_unsafe_operators_are_422_naming_the_operator(
+    client: TestClient, service_env: dict[str, str], tmp_path: Path
+) -> None:
+    secret = tmp_path / "secret.bin"
+    secret.write_bytes(b"\0" * 16)
+    reads = _torchscript_reading(tmp_path / "reads.pt", secret)
+    problem = assert_refused(
+        post(client, "/v1/models", "reads.pt", reads, input_shapes='{"x": [4]}'),
+        422,
+        "'aten::from_file'",
+        "allow-list",
+    )
+    assert problem["type"].endswith("invalid_model")
+    saves = _program_calling(tmp_path / "saves.pt2", "torch.ops.aten.save.default")
+    assert_refused(post(client, "/v1/models", "saves.pt2", saves), 422, "'aten::save'")
+    custom = _program_calling(tmp_path / "custom.pt2", "torch.ops.myops.run.default")
+    assert_refused(post(client, "/v1/models", "custom.pt2", custom), 422, "'myops::run'")
+    assert_nothing_registered(client, service_env)
+
+
 # --- ONNX external data and operator domains ----------------------------------------------
 
 
@@ -372,6 +425,96 @@ def test_upload_over_the_limit_is_413_and_truncated_upload_is_400(
     )
     assert_refused(response, 400, "ended before the file was complete")
     assert_nothing_registered(client, service_env)
+
+
+_PART = b'--b\r\nContent-Disposition: form-data; name="file"; filename="x.onnx"\r\n\r\n'
+
+
+def _post_raw(client: TestClient, body: bytes, *, boundary: str = "b") -> Any:
+    return client.post(
+        "/v1/models",
+        content=body,
+        headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+    )
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "fragment"),
+    [
+        pytest.param(b"\x00\xff garbage \x13" * 500, 400, "malformed", id="garbage"),
+        pytest.param(b"--b\r\nContent-Dispo", 400, "ended before", id="cut-in-a-header"),
+        pytest.param(_PART + b"\x08\x08\r\n--b", 400, "ended before", id="no-final-boundary"),
+        pytest.param(
+            b"--b\r\nno colon here\r\n\r\nx\r\n--b--\r\n", 400, "malformed", id="bad-header"
+        ),
+        pytest.param(
+            b"".join(
+                b'--b\r\nContent-Disposition: form-data; name="f%d"\r\n\r\nx\r\n' % i
+                for i in range(5000)
+            )
+            + _PART
+            + b"\x08\x08\r\n--b--\r\n",
+            413,
+            "parts",
+            id="thousands-of-parts",
+        ),
+        pytest.param(
+            b'--b\r\nContent-Disposition: form-data; name="file"; filename="'
+            + b"a" * (4 << 20)
+            + b'"\r\n\r\nx\r\n--b--\r\n',
+            413,
+            "header",
+            id="megabyte-part-header",
+        ),
+        pytest.param(
+            b"--b\r\n"
+            + b"X-Padding: 1\r\n" * 1000
+            + b'Content-Disposition: form-data; name="file"\r\n\r\nx\r\n--b--\r\n',
+            413,
+            "header",
+            id="thousands-of-headers",
+        ),
+    ],
+)
+def test_malformed_multipart_body_is_a_client_error_and_leaves_nothing(
+    client: TestClient, service_env: dict[str, str], body: bytes, status: int, fragment: str
+) -> None:
+    problem = assert_refused(_post_raw(client, body), status, fragment)
+    assert problem["status"] == status
+    assert_nothing_registered(client, service_env)
+
+
+def test_boundary_longer_than_the_standard_allows_is_400(
+    client: TestClient, service_env: dict[str, str]
+) -> None:
+    boundary = "x" * 300
+    body = f"--{boundary}\r\n".encode() + _PART[5:] + b"x\r\n" + f"--{boundary}--\r\n".encode()
+    assert_refused(_post_raw(client, body, boundary=boundary), 400, "boundary")
+    assert_nothing_registered(client, service_env)
+
+
+@pytest.mark.parametrize(
+    ("filename", "stored"),
+    [
+        ("../../.bashrc", "bashrc"),
+        ("..", "model.onnx"),
+        ("C:\\Windows\\system32\\evil.onnx", "evil.onnx"),
+        ("a" * 1000 + ".onnx", "a" * 200),
+        ("\u202eexe.onnx", "_exe.onnx"),
+        ("tab\there\x7f.onnx", "tab_09here_.onnx"),  # httpx sends %09
+    ],
+)
+def test_crafted_file_names_become_plain_display_names(
+    client: TestClient, service_env: dict[str, str], tmp_path: Path, filename: str, stored: str
+) -> None:
+    model = make_mlp(tmp_path / "m.onnx").read_bytes()
+    response = client.post("/v1/models", files={"file": (filename, model)})
+    assert response.status_code == 201, response.text
+    assert response.json()["name"] == stored
+    data_dir = Path(service_env["MODELPRESS_DATA_DIR"])
+    assert [p for p in (data_dir / "tmp").rglob("*")] == []
+    stored_files = [p for p in (data_dir / "storage").rglob("*") if p.is_file()]
+    assert [p.name for p in stored_files] == ["model.onnx"]
 
 
 # --- job specs ----------------------------------------------------------------------------
