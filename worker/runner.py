@@ -34,6 +34,7 @@ from core.settings import Settings
 from core.storage import Storage, StorageCheckpoints, StorageError
 from core.storage_keys import artifact_key, attempt_prefix, checkpoints_prefix
 from core.tables import Artifact, Dataset, Job, JobStatus, StoredModel
+from optimizers.config import PipelineSpec
 from optimizers.errors import OptimizerError
 from optimizers.types import ModelInfo
 from worker.dbretry import UNREACHABLE, retrying
@@ -232,9 +233,8 @@ class _JobRun:
         max_total_bytes = 4 * self.settings.max_upload_bytes
         request = {
             "job_id": self.job_id,
-            "spec": inputs.spec.model_dump(
-                mode="json", include={"passes", "evaluate", "benchmark"}
-            ),
+            # What the pipeline runs on: the job spec less what only the service reads.
+            "spec": inputs.spec.model_dump(mode="json", include=set(PipelineSpec.model_fields)),
             "model": self._fetch_model(inputs.model, "input"),
             "extra_models": {
                 model_id: self._fetch_model(stored, f"input/models/{model_id}")
