@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from api.deps import ReadKey, SessionDep, SettingsDep, StorageDep, WriteKey
 from api.errors import Problem, not_found
-from api.pagination import paginate
+from api.pagination import Sha256Filter, paginate
 from api.routes.models import ZIP_EXPANSION_LIMIT, get_owned_model
 from api.schemas import DatasetOut, Page
 from api.uploads import Upload, multipart_body_schema, receive_upload, safe_filename
@@ -102,9 +102,15 @@ def _store_dataset(
 
 @router.get("", response_model=Page[DatasetOut])
 def list_datasets(
-    key: ReadKey, session: SessionDep, page_size: int = 50, page_token: str | None = None
+    key: ReadKey,
+    session: SessionDep,
+    page_size: int = 50,
+    page_token: str | None = None,
+    sha256: Sha256Filter = None,
 ) -> Page[DatasetOut]:
     query = select(Dataset).where(Dataset.project_id == key.project_id)
+    if sha256:
+        query = query.where(Dataset.sha256 == sha256.lower())
     rows, token = paginate(session, query, Dataset, page_size=page_size, page_token=page_token)
     return Page(items=[DatasetOut.of(r) for r in rows], next_page_token=token)
 

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 from api.deps import ReadKey, SessionDep, SettingsDep, StorageDep, WriteKey
 from api.downloads import download_response
 from api.errors import Problem, not_found
-from api.pagination import paginate
+from api.pagination import Sha256Filter, paginate
 from api.schemas import ModelOut, Page
 from api.uploads import Upload, multipart_body_schema, receive_upload, safe_filename
 from core.db import new_id
@@ -120,9 +120,15 @@ def _store_model(
 
 @router.get("", response_model=Page[ModelOut])
 def list_models(
-    key: ReadKey, session: SessionDep, page_size: int = 50, page_token: str | None = None
+    key: ReadKey,
+    session: SessionDep,
+    page_size: int = 50,
+    page_token: str | None = None,
+    sha256: Sha256Filter = None,
 ) -> Page[ModelOut]:
     query = select(StoredModel).where(StoredModel.project_id == key.project_id)
+    if sha256:
+        query = query.where(StoredModel.sha256 == sha256.lower())
     rows, token = paginate(session, query, StoredModel, page_size=page_size, page_token=page_token)
     return Page(items=[ModelOut.of(r) for r in rows], next_page_token=token)
 
