@@ -1,0 +1,36 @@
+"""Client for a modelpress service: upload models and datasets, submit jobs and sweeps, wait
+for them, compare and download the results. `from modelpress import Client`."""
+
+from modelpress.client import Client
+from modelpress.errors import (
+    ApiError,
+    ChecksumMismatch,
+    ConnectionFailed,
+    JobNotSucceeded,
+    ModelpressError,
+    WaitTimeout,
+)
+from modelpress.models import (
+    Artifact,
+    Batch,
+    Dataset,
+    Job,
+    JobSummary,
+    Model,
+)
+
+__all__ = [
+    "ApiError",
+    "Artifact",
+    "Batch",
+    "ChecksumMismatch",
+    "Client",
+    "ConnectionFailed",
+    "Dataset",
+    "Job",
+    "JobNotSucceeded",
+    "JobSummary",
+    "Model",
+    "ModelpressError",
+    "WaitTimeout",
+]
