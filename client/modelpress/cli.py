@@ -53,8 +53,11 @@ class Exit(IntEnum):
     CHECKSUM = 7
 
 
-app = typer.Typer(help="Make models smaller and faster with a modelpress service.",
-                  no_args_is_help=True, pretty_exceptions_enable=False)
+app = typer.Typer(
+    help="Make models smaller and faster with a modelpress service.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
 models_app = typer.Typer(help="Upload, list, show and download models.", no_args_is_help=True)
 datasets_app = typer.Typer(help="Upload, list and show datasets.", no_args_is_help=True)
 jobs_app = typer.Typer(help="Follow, cancel and retry jobs.", no_args_is_help=True)
@@ -173,8 +176,14 @@ def login(
 def _model_table(items: list[Any]) -> Table:
     table = Table("id", "name", "format", "size", "parameters", "sha256")
     for m in items:
-        table.add_row(m.id, m.name, m.format, f"{m.size_bytes:,}", f"{m.parameter_count or 0:,}",
-                      m.sha256[:12])
+        table.add_row(
+            m.id,
+            m.name,
+            m.format,
+            f"{m.size_bytes:,}",
+            f"{m.parameter_count or 0:,}",
+            m.sha256[:12],
+        )
     return table
 
 
@@ -229,7 +238,7 @@ def models_download(
             f"downloading {model.name}",
             lambda p: c.download_model_file(model_id, to / model.name, progress=p),
         )
-    emit({"path": str(path), "sha256": model.sha256}) if as_json else out.print(str(path))
+    emit({"path": str(path.resolve()), "sha256": model.sha256}) if as_json else out.print(str(path))
 
 
 @datasets_app.command("upload")
@@ -256,8 +265,9 @@ def datasets_upload(
 def _dataset_table(items: list[Any]) -> Table:
     table = Table("id", "name", "samples", "labels", "size", "sha256")
     for d in items:
-        table.add_row(d.id, d.name, str(d.num_samples), str(d.has_labels), f"{d.size_bytes:,}",
-                      d.sha256[:12])
+        table.add_row(
+            d.id, d.name, str(d.num_samples), str(d.has_labels), f"{d.size_bytes:,}", d.sha256[:12]
+        )
     return table
 
 
@@ -395,16 +405,19 @@ def _wait_job(c: Client, job_id: str, timeout: float | None, as_json: bool) -> J
 
 
 def _batch_table(batch: Batch, jobs: list[Job] | None = None) -> Table:
-    table = Table(title=f"batch {batch.id} {batch.status}: " + ", ".join(
-        f"{n} {s}" for s, n in batch.counts.items() if n))
+    table = Table(
+        title=f"batch {batch.id} {batch.status}: "
+        + ", ".join(f"{n} {s}" for s, n in batch.counts.items() if n)
+    )
     table.add_column("job")
     table.add_column("what")
     table.add_column("status")
     table.add_column("stage")
     table.add_column("progress", justify="right")
     for job in jobs if jobs is not None else batch.jobs:
-        table.add_row(job.id, describe(job), job.status, job.stage or "",
-                      f"{job.progress.fraction:.0%}")
+        table.add_row(
+            job.id, describe(job), job.status, job.stage or "", f"{job.progress.fraction:.0%}"
+        )
     return table
 
 
@@ -433,14 +446,19 @@ def _finish_jobs(c: Client, jobs: list[Job], as_json: bool, fail_on_slower: bool
 def _exit_for(jobs: list[Job], rows: list[Any], fail_on_slower: bool) -> None:
     bad = [j for j in jobs if j.status in ("failed", "canceled")]
     if bad:
-        fail(Exit.JOB_FAILED, ", ".join(
-            f"{j.id} {j.status}" + (f" ({j.error.type}: {j.error.message})" if j.error else "")
-            for j in bad))
+        fail(
+            Exit.JOB_FAILED,
+            ", ".join(
+                f"{j.id} {j.status}" + (f" ({j.error.type}: {j.error.message})" if j.error else "")
+                for j in bad
+            ),
+        )
     if fail_on_slower:
         failing = [r.job.id for r in rows if r.failing]
         if failing:
-            fail(Exit.SLOWER, "slower than the original or outside tolerance: "
-                 + ", ".join(failing))
+            fail(
+                Exit.SLOWER, "slower than the original or outside tolerance: " + ", ".join(failing)
+            )
 
 
 def _print_job(job: Job) -> None:
@@ -449,8 +467,10 @@ def _print_job(job: Job) -> None:
         out.print(f"[red]{job.error.type}[/red]: {job.error.message}", highlight=False)
     if job.summary:
         s = job.summary
-        out.print(f"size ratio {s.size_ratio:.3f}; speedup " + ", ".join(
-            f"batch {b}: {v:.2f}x" for b, v in s.speedup_p50.items()))
+        out.print(
+            f"size ratio {s.size_ratio:.3f}; speedup "
+            + ", ".join(f"batch {b}: {v:.2f}x" for b, v in s.speedup_p50.items())
+        )
         out.print(s.verdict, highlight=False)
 
 
@@ -472,8 +492,14 @@ def jobs_list(
         return
     table = Table("job", "what", "status", "stage", "created", "verdict")
     for j in jobs:
-        table.add_row(j.id, describe(j), j.status, j.stage or "", str(j.created_at)[:19],
-                      j.summary.verdict if j.summary else "")
+        table.add_row(
+            j.id,
+            describe(j),
+            j.status,
+            j.stage or "",
+            str(j.created_at)[:19],
+            j.summary.verdict if j.summary else "",
+        )
     out.print(table)
 
 
@@ -486,7 +512,9 @@ def jobs_show(job_id: str, as_json: JsonOpt = False) -> None:
 
 @jobs_app.command("wait")
 def jobs_wait(
-    job_id: str, timeout: TimeoutOpt = None, fail_on_slower: FailSlowerOpt = False,
+    job_id: str,
+    timeout: TimeoutOpt = None,
+    fail_on_slower: FailSlowerOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Waits for a job to finish, with a progress bar; exit code as for submit --wait."""
@@ -520,9 +548,11 @@ def jobs_events(job_id: str, timeout: TimeoutOpt = None, as_json: JsonOpt = Fals
                     sys.stdout.write(job.model_dump_json() + "\n")
                     sys.stdout.flush()
                 else:
-                    out.print(f"{job.status:10} {job.stage or '':14} "
-                              f"{job.progress.fraction:4.0%} {job.progress.message or ''}",
-                              highlight=False)
+                    out.print(
+                        f"{job.status:10} {job.stage or '':14} "
+                        f"{job.progress.fraction:4.0%} {job.progress.message or ''}",
+                        highlight=False,
+                    )
         except WaitTimeout as exc:
             fail(Exit.TIMEOUT, str(exc))
 
@@ -536,7 +566,9 @@ def batches_show(batch_id: str, as_json: JsonOpt = False) -> None:
 
 @batches_app.command("wait")
 def batches_wait(
-    batch_id: str, timeout: TimeoutOpt = None, fail_on_slower: FailSlowerOpt = False,
+    batch_id: str,
+    timeout: TimeoutOpt = None,
+    fail_on_slower: FailSlowerOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Waits for every job of the batch, with a live table, then compares them."""
@@ -569,7 +601,7 @@ def download(
             lambda p: c.download_artifact(artifact, to / artifact.name, progress=p),
         )
     if as_json:
-        emit({"path": str(path), "sha256": artifact.sha256, "size_bytes": artifact.size_bytes})
+        emit({"path": str(path.resolve()), "sha256": artifact.sha256, "size_bytes": artifact.size_bytes})
     else:
         out.print(f"{path} (sha256 {artifact.sha256[:12]}… verified)")
 
@@ -587,22 +619,35 @@ def _compare_table(rows: list[Any]) -> Table:
     for row in rows:
         s = row.summary
         if s is None:
-            table.add_row(row.job.id, describe(row.job), "", *[""] * len(batches), "",
-                          row.job.status)
+            table.add_row(
+                row.job.id, describe(row.job), "", *[""] * len(batches), "", row.job.status
+            )
             continue
         speed = []
         for b in batches:
             value = s.speedup_p50.get(b)
             low, high = (s.speedup_interval.get(b) or [None, None])[:2]
-            speed.append("" if value is None else f"{value:.2f}x [{low:.2f}–{high:.2f}]"
-                         if low is not None else f"{value:.2f}x")
+            speed.append(
+                ""
+                if value is None
+                else f"{value:.2f}x [{low:.2f}-{high:.2f}]"
+                if low is not None
+                else f"{value:.2f}x"
+            )
         drop = "" if s.drop is None else f"{s.drop:.4f} {s.metric or ''}"
         if s.within_tolerance is False:
             drop += " (over max)"
         style = "red" if row.slower else None
         mark = "SLOWER " if row.slower else ""
-        table.add_row(row.job.id, describe(row.job), f"{s.size_ratio:.3f}", *speed, drop,
-                      mark + s.verdict, style=style)
+        table.add_row(
+            row.job.id,
+            describe(row.job),
+            f"{s.size_ratio:.3f}",
+            *speed,
+            drop,
+            mark + s.verdict,
+            style=style,
+        )
     return table
 
 
@@ -644,8 +689,14 @@ def keys_list(
         return
     table = Table("id", "project", "name", "prefix", "scopes", "revoked")
     for k in keys:
-        table.add_row(k["id"], k["project_id"], k["name"], k["prefix"], ",".join(k["scopes"]),
-                      str(k.get("revoked_at") or ""))
+        table.add_row(
+            k["id"],
+            k["project_id"],
+            k["name"],
+            k["prefix"],
+            ",".join(k["scopes"]),
+            str(k.get("revoked_at") or ""),
+        )
     out.print(table)
 
 
@@ -658,8 +709,11 @@ def keys_create(
 ) -> None:
     """Creates a key; the secret is shown only this once."""
     with client() as c:
-        key = c.request_json("POST", "/v1/keys", json={
-            "project_id": project, "name": name, "scopes": scope or ["read", "write"]})
+        key = c.request_json(
+            "POST",
+            "/v1/keys",
+            json={"project_id": project, "name": name, "scopes": scope or ["read", "write"]},
+        )
     emit(key) if as_json else out.print(f"{key['id']}: {key['key']}  (shown only now)")
 
 

@@ -38,8 +38,9 @@ def load(path: Path) -> SpecFile:
         raise SpecFileError(f"{path}: cannot read the spec file: {exc}") from exc
     folder = path.resolve().parent
     if isinstance(document, list):
-        return SpecFile(name=None, jobs=[_job(j, path, i) for i, j in enumerate(document)],
-                        folder=folder)
+        return SpecFile(
+            name=None, jobs=[_job(j, path, i) for i, j in enumerate(document)], folder=folder
+        )
     if not isinstance(document, dict):
         raise SpecFileError(f"{path}: expected a mapping (one job or a sweep) or a list of jobs")
     document = dict(document)

@@ -136,7 +136,12 @@ def test_cli_uploads_sweeps_compares_downloads_and_exits_for_ci(
     refused = cli(tmp_path, "submit", str(bad))
     assert refused.returncode == 5 and "passes" in refused.stderr
     assert cli(tmp_path, "submit", "missing.yaml").returncode == 2
-    queued = as_json(cli(tmp_path, "submit", str(strict), "--json"))
+    slow = write_yaml(
+        tmp_path / "slow.yaml",
+        "model: tiny.onnx\npasses: [{kind: quantize, method: dynamic}]\n"
+        "benchmark: {batch_sizes: [256], warmup: 0, iterations: 20000}\n",
+    )
+    queued = as_json(cli(tmp_path, "submit", str(slow), "--json"))
     assert cli(tmp_path, "jobs", "wait", queued["id"], "--timeout", "0.2").returncode == 3
     as_json(cli(tmp_path, "jobs", "cancel", queued["id"], "--json"))
     canceled = cli(tmp_path, "jobs", "wait", queued["id"], "--json")
@@ -156,7 +161,8 @@ def test_client_waits_through_an_api_restart_and_resumes_downloads(
         spec = {
             "model_id": model.id,
             "passes": [{"kind": "quantize", "method": "dynamic"}],
-            "benchmark": {"batch_sizes": [1, 8], "warmup": 5, "iterations": 300},
+            # Long enough to be running while the API restarts.
+            "benchmark": {"batch_sizes": [256], "warmup": 5, "iterations": 8000},
         }
         job = client.submit(spec)
         assert isinstance(job, Job) and job.status == "queued"
@@ -172,6 +178,8 @@ def test_client_waits_through_an_api_restart_and_resumes_downloads(
     )
     time.sleep(2)
     assert waiter.poll() is None, waiter.communicate()
+    with Client(service.base_url, ADMIN_KEY) as client:
+        assert not client.get_job(job.id).done
     service.processes["api"].stop()
     time.sleep(3)
     assert waiter.poll() is None  # still waiting, not failed
