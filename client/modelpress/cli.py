@@ -601,7 +601,13 @@ def download(
             lambda p: c.download_artifact(artifact, to / artifact.name, progress=p),
         )
     if as_json:
-        emit({"path": str(path.resolve()), "sha256": artifact.sha256, "size_bytes": artifact.size_bytes})
+        emit(
+            {
+                "path": str(path.resolve()),
+                "sha256": artifact.sha256,
+                "size_bytes": artifact.size_bytes,
+            }
+        )
     else:
         out.print(f"{path} (sha256 {artifact.sha256[:12]}… verified)")
 

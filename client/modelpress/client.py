@@ -89,6 +89,13 @@ def _retry_after(response: httpx.Response | None, attempt: int, backoff: float) 
     return min(backoff * 2**attempt, 30.0) * (0.5 + random.random() / 2)
 
 
+class _AlreadyUploaded(Exception):
+    """Ends the retries of an upload whose first attempt arrived after all."""
+
+    def __init__(self, found: BaseModel) -> None:
+        self.found = found
+
+
 def _problem(response: httpx.Response) -> ApiError:
     try:
         body = response.json()
@@ -137,7 +144,7 @@ class Client:
         path: str,
         *,
         retry_on_transport: bool = True,
-        before_retry: Callable[[], Any] | None = None,
+        before_retry: Callable[[], None] | None = None,
         **kwargs: Any,
     ) -> httpx.Response:
         """One request, retried on connection errors, 429 and 5xx. A create is retried only
@@ -161,9 +168,7 @@ class Client:
                 break
             time.sleep(_retry_after(response, attempt, self.backoff))
             if before_retry is not None:
-                found = before_retry()
-                if found is not None:
-                    return found  # type: ignore[no-any-return]
+                before_retry()
         if isinstance(last, ApiError):
             raise last
         raise ConnectionFailed(f"{method} {path}: {last}") from last
@@ -216,21 +221,23 @@ class Client:
         with path.open("rb") as handle:
             reader = _ProgressReader(handle, size, progress)
 
-            def rewind_or_found() -> T | None:
+            def rewind_unless_there() -> None:
                 # The lost answer may have been a success: then the file is there already.
                 found = self._find_by_sha256(route, model, sha256) if reuse else None
+                if found is not None:
+                    raise _AlreadyUploaded(found)
                 reader.seek(0)
-                return found
 
-            response = self._request(
-                "POST",
-                route,
-                files={"file": (path.name, reader, "application/octet-stream")},  # type: ignore[dict-item]
-                data=fields or None,
-                before_retry=rewind_or_found,
-            )
-        if isinstance(response, BaseModel):
-            return response, True  # type: ignore[return-value]
+            try:
+                response = self._request(
+                    "POST",
+                    route,
+                    files={"file": (path.name, reader, "application/octet-stream")},
+                    data=fields or None,
+                    before_retry=rewind_unless_there,
+                )
+            except _AlreadyUploaded as there:
+                return there.found, True  # type: ignore[return-value]
         return model.model_validate(response.json()), False
 
     def upload_model(

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from fastapi.testclient import TestClient
 
 from core.jobspec import BatchSpec, JobSpec
@@ -66,7 +67,7 @@ def test_every_example_spec_is_a_valid_job_or_sweep() -> None:
     kinds = set()
     for path in examples:
         loaded = specs.load(path)
-        documents = loaded.jobs or [loaded.sweep["spec"]]  # type: ignore[index]
+        documents = loaded.jobs or [loaded.sweep["spec"]] if loaded.sweep else loaded.jobs
         ids = {"model_id": {"tiny.onnx": "mdl_1"}, "dataset_id": {"data": "dst_1"}}
         documents = [
             specs.replace(
@@ -86,7 +87,9 @@ def test_every_example_spec_is_a_valid_job_or_sweep() -> None:
     assert {kind for kind, _ in kinds} == {"quantize", "prune", "distill"}
 
 
-def test_login_is_saved_readable_by_its_user_only(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_login_is_saved_readable_by_its_user_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
     monkeypatch.delenv("MODELPRESS_URL", raising=False)
     monkeypatch.delenv("MODELPRESS_API_KEY", raising=False)
