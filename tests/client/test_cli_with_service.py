@@ -152,6 +152,18 @@ def test_cli_uploads_sweeps_compares_downloads_and_exits_for_ci(
     )
     assert unreachable.returncode == 6
 
+    # Admins: a project, a key for it that works, and revoked it no longer does.
+    project = as_json(cli(tmp_path, "projects", "create", "team-cli", "--json"))
+    key = as_json(
+        cli(tmp_path, "keys", "create", "--project", project["id"], "--name", "ci", "--json")
+    )
+    listed = as_json(cli(tmp_path, "keys", "list", "--project", project["id"], "--json"))
+    assert [k["id"] for k in listed] == [key["id"]]
+    as_key = {"MODELPRESS_API_KEY": key["key"]}
+    assert as_json(cli(tmp_path, "models", "list", "--json", env=as_key)) == []
+    as_json(cli(tmp_path, "keys", "revoke", key["id"], "--json"))
+    assert cli(tmp_path, "models", "list", "--json", env=as_key).returncode == 5
+
 
 def test_client_waits_through_an_api_restart_and_resumes_downloads(
     service: Service, tiny: Path, tmp_path: Path
