@@ -615,7 +615,8 @@ def download(
 def _compare_table(rows: list[Any]) -> Table:
     batches = sorted({b for r in rows if r.summary for b in r.summary.speedup_p50}, key=int)
     table = Table(title="best first")
-    table.add_column("job")
+    # Ids in full: they are what `modelpress download` takes next.
+    table.add_column("job", no_wrap=True, min_width=36)
     table.add_column("what")
     table.add_column("size", justify="right")
     for b in batches:
