@@ -15,7 +15,7 @@ import pytest
 from modelpress import ApiError, Client
 
 JOB = {"id": "job_1", "status": "queued"}
-PAGE = {"items": [], "next_page_token": None}
+PAGE: dict[str, Any] = {"items": [], "next_page_token": None}
 
 
 class Busy:
