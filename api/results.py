@@ -51,16 +51,16 @@ class Comparison(_Open):
     metric: str | None = Field(None, description="accuracy or fidelity: what `drop` measures.")
     drop: float | None = None
     max_drop: float | None = None
-    slower_than_baseline: bool
+    slower_than_baseline: bool | None = None
     within_tolerance: bool | None = Field(None, description="None when the spec set no max_drop.")
-    verdict: str
+    verdict: str | None = None
 
 
 class Metrics(_Open):
-    baseline: ModelMeasurement
-    optimized: ModelMeasurement
-    fidelity: Fidelity
-    comparison: Comparison
+    baseline: ModelMeasurement | None = None
+    optimized: ModelMeasurement | None = None
+    fidelity: Fidelity | None = None
+    comparison: Comparison | None = None
     benchmark: dict[str, Any] | None = None
     environment: dict[str, Any] | None = None
 
@@ -98,9 +98,17 @@ class JobSummary(BaseModel):
 
     @classmethod
     def of(cls, result: dict[str, Any] | None) -> JobSummary | None:
-        comparison = ((result or {}).get("metrics") or {}).get("comparison")
-        if not comparison:
+        metrics = (result or {}).get("metrics")
+        comparison = metrics.get("comparison") if isinstance(metrics, dict) else None
+        if not isinstance(comparison, dict) or "size_ratio" not in comparison:
             return None
+        try:
+            return cls._of(comparison)
+        except ValueError:  # a shape an older worker wrote: the job is listed without one
+            return None
+
+    @classmethod
+    def _of(cls, comparison: dict[str, Any]) -> JobSummary:
         return cls(
             size_ratio=comparison["size_ratio"],
             speedup_p50=comparison.get("speedup_p50") or {},
@@ -122,4 +130,5 @@ def typed_result(result: dict[str, Any] | None) -> JobResult | None:
     try:
         return JobResult.model_validate(result)
     except ValueError:
-        return JobResult.model_construct(**result)
+        # Kept whole, under a name of its own, rather than lost or answered with a 500.
+        return JobResult.model_validate({"unparsed": result})

@@ -116,7 +116,7 @@ COMPARISON = {
 }
 
 
-def _succeed(job_id: str) -> None:
+def _succeed(job_id: str, result: dict[str, Any] | None = None) -> None:
     side = {
         "size_bytes": 1000,
         "latency_ms": {"1": {"p50": 1.0, "p90": 1.1, "p95": 1.2, "p99": 1.3, "mean": 1.05}},
@@ -124,7 +124,7 @@ def _succeed(job_id: str) -> None:
         "peak_memory_bytes": 10,
         "accuracy": 1.0,
     }
-    result = {
+    default = {
         "metrics": {
             "baseline": side,
             "optimized": side | {"size_bytes": 270},
@@ -135,6 +135,7 @@ def _succeed(job_id: str) -> None:
         "passes": [{"kind": "quantize"}],
         "stages": [{"size_ratio": 0.27}],
     }
+    result = default if result is None else result
     with session_factory()() as session:
         attempt = jobstate.claim(session, job_id, "test-worker")
         assert attempt is not None
@@ -185,3 +186,16 @@ def test_openapi_document_serves_generated_clients(client: TestClient) -> None:
     assert "$ref" in str(job["result"]) and "JobResult" in str(job["result"])
     assert "JobSummary" in str(job["summary"])
     assert "Comparison" in schema["components"]["schemas"]
+
+
+def test_a_result_in_an_unexpected_shape_is_served_not_refused(
+    client: TestClient, mlp: dict[str, Any]
+) -> None:
+    batch = client.post("/v1/batches", json=_sweep(mlp["id"])).json()
+    odd = {"metrics": {"comparison": {"size_ratio": "small"}}, "stages": 5}
+    _succeed(batch["jobs"][0]["id"], odd)
+    job = client.get(f"/v1/jobs/{batch['jobs'][0]['id']}")
+    assert job.status_code == 200, job.text
+    assert job.json()["summary"] is None
+    assert job.json()["result"]["unparsed"] == odd
+    assert client.get("/v1/jobs", params={"batch_id": batch["id"]}).status_code == 200
