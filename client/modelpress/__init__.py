@@ -13,9 +13,12 @@ from modelpress.errors import (
 from modelpress.models import (
     Artifact,
     Batch,
+    Comparison,
     Dataset,
     Job,
+    JobResult,
     JobSummary,
+    Metrics,
     Model,
 )
 
@@ -25,11 +28,14 @@ __all__ = [
     "Batch",
     "ChecksumMismatch",
     "Client",
+    "Comparison",
     "ConnectionFailed",
     "Dataset",
     "Job",
     "JobNotSucceeded",
+    "JobResult",
     "JobSummary",
+    "Metrics",
     "Model",
     "ModelpressError",
     "WaitTimeout",

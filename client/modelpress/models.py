@@ -71,6 +71,61 @@ class JobSummary(_Schema):
     verdict: str = ""
 
 
+class LatencyStats(_Schema):
+    p50: float
+    p90: float | None = None
+    p95: float | None = None
+    p99: float | None = None
+    mean: float | None = None
+
+
+class ModelMeasurement(_Schema):
+    """The baseline or the optimized model, measured in the job's worker run."""
+
+    size_bytes: int
+    latency_ms: dict[str, LatencyStats] = Field(default_factory=dict)
+    throughput_per_s: dict[str, float] = Field(default_factory=dict)
+    peak_memory_bytes: int | None = None
+    accuracy: float | None = None
+
+
+class Fidelity(_Schema):
+    cosine_mean: float | None = None
+    source: str | None = None
+    samples: int | None = None
+
+
+class Comparison(_Schema):
+    size_ratio: float | None = None
+    speedup_p50: dict[str, float] = Field(default_factory=dict)
+    speedup_interval: dict[str, list[float]] = Field(default_factory=dict)
+    accuracy_drop: float | None = None
+    metric: str | None = None
+    drop: float | None = None
+    max_drop: float | None = None
+    slower_than_baseline: bool | None = None
+    within_tolerance: bool | None = None
+    verdict: str | None = None
+
+
+class Metrics(_Schema):
+    baseline: ModelMeasurement | None = None
+    optimized: ModelMeasurement | None = None
+    fidelity: Fidelity | None = None
+    comparison: Comparison | None = None
+    benchmark: dict[str, Any] | None = None
+    environment: dict[str, Any] | None = None
+
+
+class JobResult(_Schema):
+    """A job's numbers (the API's `result`)."""
+
+    metrics: Metrics | None = None
+    notes: list[str] | None = None
+    passes: list[dict[str, Any]] | None = None
+    stages: list[dict[str, Any]] | None = None
+
+
 class Job(_Schema):
     id: str
     # A plain string: the client neither refuses nor misreads a state it does not know.
@@ -85,7 +140,7 @@ class Job(_Schema):
     spec: dict[str, Any] = Field(default_factory=dict)
     labels: dict[str, Any] | None = None
     summary: JobSummary | None = None
-    result: dict[str, Any] | None = None
+    result: JobResult | None = None
     created_at: datetime | None = None
     finished_at: datetime | None = None
 

@@ -208,6 +208,11 @@ def test_client_waits_through_an_api_restart_and_resumes_downloads(
         )
         assert done.succeeded and progress[-1] == 1.0
         assert isinstance(done.summary, JobSummary) and done.summary.size_ratio < 1
+        assert done.result and done.result.metrics and done.result.metrics.comparison
+        assert done.result.metrics.comparison.size_ratio == done.summary.size_ratio
+        assert (
+            done.result.metrics.baseline and done.result.metrics.baseline.latency_ms["256"].p50 > 0
+        )
         artifact = client.model_artifact(job.id)
 
         # An interrupted download resumes from its .part file (Range) and is verified whole.
