@@ -19,11 +19,13 @@ TEST_DEADLINE_AT ?=
 
 .PHONY: install run api worker migrate test test-fast lint style audit bench system-packages clean
 
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml client/pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	@# Bytecode is compiled on first import instead, for the modules actually used.
 	$(BIN)/pip install -q --no-compile -c constraints.txt -e '.[dev]'
+	@# The client and CLI (their own package): the tests drive the `modelpress` command.
+	$(BIN)/pip install -q --no-compile -c constraints.txt -e ./client
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -57,7 +59,7 @@ test-fast: install
 
 # Offline: the vulnerability audit needs pypi.org, so it is a target of its own.
 lint: style
-	$(BIN)/mypy api core worker optimizers
+	$(BIN)/mypy api core worker optimizers client/modelpress
 
 style: install
 	$(BIN)/ruff check .

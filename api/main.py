@@ -11,6 +11,8 @@ from fastapi import FastAPI
 
 from api.errors import install_error_handlers
 from api.middleware import RequestGuard, streamed_uploads
+from api.openapi import install_security_scheme, operation_id
+from api.retry_after import RetryAfter
 from api.routes import artifacts, batches, datasets, health, jobs, keys, models
 from api.uploads import sweep_stale_uploads
 from core.bootstrap import ensure_admin_key
@@ -48,8 +50,10 @@ def create_app() -> FastAPI:
         description="Upload a model and a job spec; get back a smaller, faster model and "
         "the numbers that prove it. Authenticate with `Authorization: Bearer <key>`.",
         lifespan=lifespan,
+        generate_unique_id_function=operation_id,
     )
     install_error_handlers(app)
+    install_security_scheme(app)
     for router in (
         health.router,
         models.router,
@@ -64,6 +68,7 @@ def create_app() -> FastAPI:
         RequestGuard,
         streamed_body_routes=streamed_uploads(app.openapi()),
     )
+    app.add_middleware(RetryAfter)
     return app
 
 

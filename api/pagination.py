@@ -5,8 +5,9 @@ from __future__ import annotations
 import base64
 import json
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
+from fastapi import Query
 from sqlalchemy import Select, and_, or_
 from sqlalchemy.orm import Session
 
@@ -79,3 +80,14 @@ def paginate(
         last = rows[-1]
         next_token = encode_token(last.created_at, last.id)
     return rows, next_token
+
+
+#: Lists of uploads filtered by content: a client asks whether the project already holds a file
+#: before sending it again.
+Sha256Filter = Annotated[
+    str | None,
+    Query(
+        pattern="^[0-9a-fA-F]{64}$",
+        description="Only uploads whose content has this sha256 (hex).",
+    ),
+]

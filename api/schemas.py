@@ -7,6 +7,7 @@ from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, Field, ValidationError
 
+from api.results import JobResult, JobSummary, typed_result
 from core.jobspec import JobSpec
 from core.tables import ApiKey, Artifact, Batch, Dataset, Job, JobStatus, Project, StoredModel
 from optimizers.types import DatasetInfo, TensorInfo
@@ -100,7 +101,13 @@ class JobOut(BaseModel):
     retry_of: str | None = Field(description="The failed or canceled job this one retries.")
     error: JobError | None
     spec: dict[str, Any]
-    result: dict[str, Any] | None
+    labels: dict[str, Any] | None = Field(
+        None, description="The spec's labels (a sweep's jobs: the matrix values they were given)."
+    )
+    summary: JobSummary | None = Field(
+        None, description="A succeeded job's headline numbers, as a comparison table needs them."
+    )
+    result: JobResult | None
     created_at: datetime
     queued_at: datetime | None
     started_at: datetime | None
@@ -126,7 +133,9 @@ class JobOut(BaseModel):
             retry_of=row.retry_of,
             error=error,
             spec=_with_defaults(row.spec),
-            result=row.result,
+            labels=row.spec.get("labels"),
+            summary=JobSummary.of(row.result),
+            result=typed_result(row.result),
             created_at=row.created_at,
             queued_at=row.queued_at,
             started_at=row.started_at,

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from typing import Any
 
+from pydantic import Field, model_validator
+
+from core.sweeps import Sweep, SweepError, count, expand
 from optimizers.config import PipelineSpec, StrictModel
 
 
@@ -27,14 +30,46 @@ class JobSpec(PipelineSpec):
         None, ge=1, le=10, description="Attempts before the job fails; default from settings."
     )
     limits: JobLimits = Field(default_factory=JobLimits)
+    labels: dict[str, Any] | None = Field(
+        None,
+        max_length=16,
+        description="Free labels to tell jobs apart; a sweep's jobs carry the matrix values "
+        "they were given (path: value).",
+    )
 
 
 #: Jobs in one batch: a sweep of this size is one request; a larger one is several batches.
-MAX_BATCH_JOBS = 100
+MAX_BATCH_JOBS = 1000
 
 
 class BatchSpec(StrictModel):
-    """Job specs submitted at once; all are checked before any is created."""
+    """Job specs submitted at once, given as a list (`jobs`) or as a `sweep`, which the server
+    expands into its jobs; all are checked before any is created, and an error names the job
+    by its index in the expanded list and the field."""
 
     name: str | None = Field(None, max_length=200, description="A label for the batch.")
     jobs: list[JobSpec] = Field(min_length=1, max_length=MAX_BATCH_JOBS)
+    sweep: Sweep | None = Field(
+        None,
+        description="Instead of `jobs`: one spec and a matrix of values; the jobs are the "
+        "Cartesian product, in order (the last matrix path varies fastest).",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _expand_sweep(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or data.get("sweep") is None:
+            return data
+        if data.get("jobs"):
+            raise ValueError("give either `jobs` or `sweep`, not both")
+        sweep = Sweep.model_validate(data["sweep"])
+        total = count(sweep.matrix)
+        if total > MAX_BATCH_JOBS:
+            raise ValueError(
+                f"the sweep expands to {total} jobs; a batch holds at most {MAX_BATCH_JOBS}"
+            )
+        try:
+            jobs = expand(sweep.spec, sweep.matrix)
+        except SweepError as exc:
+            raise ValueError(str(exc)) from exc
+        return {**data, "jobs": jobs}

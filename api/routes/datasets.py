@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from api.deps import ReadKey, SessionDep, SettingsDep, StorageDep, WriteKey
 from api.errors import Problem, answered_as
 from api.owned import get_owned
-from api.pagination import paginate
+from api.pagination import Sha256Filter, paginate
 from api.schemas import DatasetOut, Page
 from api.uploads import (
     ZIP_EXPANSION_LIMIT,
@@ -98,9 +98,15 @@ def _store_dataset(
 
 @router.get("", response_model=Page[DatasetOut])
 def list_datasets(
-    key: ReadKey, session: SessionDep, page_size: int = 50, page_token: str | None = None
+    key: ReadKey,
+    session: SessionDep,
+    page_size: int = 50,
+    page_token: str | None = None,
+    sha256: Sha256Filter = None,
 ) -> Page[DatasetOut]:
     query = select(Dataset).where(Dataset.project_id == key.project_id)
+    if sha256:
+        query = query.where(Dataset.sha256 == sha256.lower())
     rows, token = paginate(session, query, Dataset, page_size=page_size, page_token=page_token)
     return Page(items=[DatasetOut.of(r) for r in rows], next_page_token=token)
 

@@ -98,6 +98,7 @@ def list_jobs(
     session: SessionDep,
     status: JobStatusName = None,
     model_id: str | None = None,
+    batch_id: Annotated[str | None, Query(description="Only the jobs of this batch.")] = None,
     created_after: CreatedBound = None,
     created_before: CreatedBound = None,
     page_size: int = 50,
@@ -108,6 +109,8 @@ def list_jobs(
         query = query.where(Job.status.in_([s.value for s in status]))
     if model_id:
         query = query.where(Job.model_id == model_id)
+    if batch_id:
+        query = query.where(Job.batch_id == batch_id)
     if created_after:
         query = query.where(Job.created_at > created_after)
     if created_before:

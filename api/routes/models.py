@@ -14,7 +14,7 @@ from api.deps import ReadKey, SessionDep, SettingsDep, StorageDep, WriteKey
 from api.downloads import stored_file_response
 from api.errors import Problem, answered_as
 from api.owned import get_owned
-from api.pagination import paginate
+from api.pagination import Sha256Filter, paginate
 from api.schemas import ModelOut, Page
 from api.uploads import (
     ZIP_EXPANSION_LIMIT,
@@ -116,9 +116,15 @@ def _store_model(
 
 @router.get("", response_model=Page[ModelOut])
 def list_models(
-    key: ReadKey, session: SessionDep, page_size: int = 50, page_token: str | None = None
+    key: ReadKey,
+    session: SessionDep,
+    page_size: int = 50,
+    page_token: str | None = None,
+    sha256: Sha256Filter = None,
 ) -> Page[ModelOut]:
     query = select(StoredModel).where(StoredModel.project_id == key.project_id)
+    if sha256:
+        query = query.where(StoredModel.sha256 == sha256.lower())
     rows, token = paginate(session, query, StoredModel, page_size=page_size, page_token=page_token)
     return Page(items=[ModelOut.of(r) for r in rows], next_page_token=token)
 
