@@ -85,6 +85,9 @@ def host_command(
         "--as-pid-1",
         "--clearenv",
         *_system_binds(),
+        # Before the binds: an installation under /tmp (a CI checkout, say) stays visible.
+        "--tmpfs",
+        "/tmp",
         *_ro_binds([*_python_roots(venv), *_code_folders()]),
         "--bind",
         str(scratch),
@@ -94,8 +97,6 @@ def host_command(
         "--dev",
         "/dev",
         *_gpu_binds(),
-        "--tmpfs",
-        "/tmp",
         "--chdir",
         SANDBOX_SCRATCH,
     ]

@@ -181,13 +181,35 @@ def _clean_up(pid: int, *, own_namespace: bool) -> None:
         except ChildProcessError:
             break
     if own_namespace:
+        keep = _installation()
         for folder in (Path("/tmp"), Path("/dev/shm")):
             if folder.is_dir():
-                for entry in folder.iterdir():
-                    if entry.is_dir() and not entry.is_symlink():
-                        shutil.rmtree(entry, ignore_errors=True)
-                    else:
-                        entry.unlink(missing_ok=True)
+                _empty(folder, keep=keep)
+
+
+def _installation() -> set[Path]:
+    """The folders bound read-only into the sandbox (core.sandbox): an installation that
+    lives under /tmp (a CI checkout, say) is mounted inside the emptied /tmp."""
+    import optimizers
+    import worker
+
+    folders = {Path(sys.prefix), Path(sys.base_prefix), Path(sys.executable).resolve().parents[1]}
+    folders |= {
+        Path(package.__file__).parent for package in (optimizers, worker) if package.__file__
+    }
+    return {folder.resolve() for folder in folders}
+
+
+def _empty(folder: Path, *, keep: set[Path]) -> None:
+    for entry in folder.iterdir():
+        if entry in keep:
+            continue
+        if any(entry in kept.parents for kept in keep):
+            _empty(entry, keep=keep)  # a folder on the way to a bound one: only its other entries
+        elif entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
 
 
 def _kill(target: int) -> None:
