@@ -9,7 +9,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from core.jobspec import JobSpec
 from core.tables import ApiKey, Artifact, Batch, Dataset, Job, JobStatus, Project, StoredModel
-from optimizers.types import DatasetInfo, TensorInfo
+from optimizers.results import DatasetInfo, TensorInfo
 
 T = TypeVar("T")
 

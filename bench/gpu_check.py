@@ -41,8 +41,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from optimizers.config import PruneConfig, QuantizeConfig  # noqa: E402
-from optimizers.passes import run_pass  # noqa: E402
-from optimizers.types import PassContext  # noqa: E402
+from optimizers.registry import run_pass  # noqa: E402
+from optimizers.results import PassContext  # noqa: E402
 
 D_MODEL, HEADS, LAYERS, SEQ_LEN, CLASSES = 384, 6, 4, 128, 10
 BATCH_SIZES = (1, 8, 64)

@@ -28,8 +28,8 @@ sys.path.insert(0, str(ROOT))
 
 from bench.models import MODELS, export_model  # noqa: E402
 from optimizers.config import QuantizeConfig  # noqa: E402
-from optimizers.passes import run_pass  # noqa: E402
-from optimizers.types import PassContext  # noqa: E402
+from optimizers.registry import run_pass  # noqa: E402
+from optimizers.results import PassContext  # noqa: E402
 
 #: Profiled runs whose node times are ignored: first-run allocations and warm-up.
 SKIPPED_RUNS = 2

@@ -34,7 +34,7 @@ _CHILD = """
 import json, sys
 from pathlib import Path
 from optimizers.errors import OptimizerError
-from optimizers.formats import inspect_upload
+from optimizers.formats.upload import inspect_upload
 
 def status(key):
     for line in open("/proc/self/status"):

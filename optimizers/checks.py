@@ -11,7 +11,7 @@ from optimizers.batching import BatchLayout, batch_layout, field_hint
 from optimizers.config import DistillConfig, PipelineSpec, PruneConfig, QuantizeConfig
 from optimizers.datasets import check_fits
 from optimizers.errors import DatasetMismatchError, UnsupportedError
-from optimizers.types import DatasetInfo, Dim, ModelInfo, TensorInfo
+from optimizers.results import DatasetInfo, Dim, ModelInfo, TensorInfo
 
 #: Input element types that modelpress can read from datasets and synthesize for benchmarks.
 SUPPORTED_INPUT_DTYPES = frozenset(

@@ -15,24 +15,24 @@ from typing import Any
 import numpy as np
 
 from optimizers.batching import BatchLayout, batch_layout
-from optimizers.benchmark import benchmark_pair, input_shape, make_feeds
 from optimizers.checks import check_spec
 from optimizers.config import AnyPass, EvaluateConfig, PipelineSpec
 from optimizers.datasets import inspect_dataset
-from optimizers.environment import describe_environment
 from optimizers.errors import (
     DatasetMismatchError,
     InvalidModelError,
     OptimizerError,
     PassOutputError,
 )
-from optimizers.evaluate import evaluate, fidelity_on_inputs
 from optimizers.external_data import has_external_data, model_size_bytes
-from optimizers.inspect import inspect_model
-from optimizers.passes import run_pass
-from optimizers.runtime import create_session, default_threads, resolve_provider
-from optimizers.sensitivity import analysis_feeds, analyze, failed_report
-from optimizers.types import (
+from optimizers.measure.benchmark import benchmark_pair, input_shape, make_feeds
+from optimizers.measure.environment import describe_environment
+from optimizers.measure.evaluate import evaluate, fidelity_on_inputs
+from optimizers.measure.runtime import create_session, default_threads, resolve_provider
+from optimizers.model_info import inspect_model
+from optimizers.quantization.sensitivity import analysis_feeds, analyze, failed_report
+from optimizers.registry import run_pass
+from optimizers.results import (
     Checkpoints,
     DatasetInfo,
     ModelInfo,
@@ -757,6 +757,6 @@ def preload() -> None:
     import onnxruntime.quantization.shape_inference
     import onnxruntime.tools.symbolic_shape_infer  # noqa: F401
 
-    from optimizers.passes import registered_passes
+    from optimizers.registry import registered_passes
 
     registered_passes()

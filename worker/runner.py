@@ -35,7 +35,7 @@ from core.storage import Storage, StorageCheckpoints, StorageError
 from core.storage_keys import artifact_key, attempt_prefix, checkpoints_prefix
 from core.tables import Artifact, Dataset, Job, JobStatus, StoredModel
 from optimizers.errors import OptimizerError
-from optimizers.types import ModelInfo
+from optimizers.results import ModelInfo
 from worker.dbretry import UNREACHABLE, retrying
 from worker.monitor import Limits, StopReason, Supervision, supervise
 from worker.protocol import (

@@ -13,14 +13,14 @@ import onnxruntime as ort
 import pytest
 
 from optimizers.batching import batch_layout
-from optimizers.benchmark import make_feeds
 from optimizers.checks import check_spec
 from optimizers.config import PipelineSpec
 from optimizers.datasets import inspect_dataset, iter_feeds
 from optimizers.errors import DatasetMismatchError, UnsupportedError
-from optimizers.inspect import inspect_model
+from optimizers.measure.benchmark import make_feeds
+from optimizers.model_info import inspect_model
 from optimizers.pipeline import run_pipeline
-from optimizers.types import ModelInfo
+from optimizers.results import ModelInfo
 from tests.factories import make_mlp
 from tests.optimizers.helpers import make_streaming_model, save_npz, streaming_dataset
 

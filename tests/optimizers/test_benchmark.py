@@ -7,10 +7,15 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from optimizers.benchmark import _load_and_measure, benchmark_pair, make_feeds, paired_speedup
 from optimizers.config import BenchmarkConfig
 from optimizers.errors import UnsupportedError
-from optimizers.inspect import inspect_model
+from optimizers.measure.benchmark import (
+    _load_and_measure,
+    benchmark_pair,
+    make_feeds,
+    paired_speedup,
+)
+from optimizers.model_info import inspect_model
 from tests.factories import make_mlp
 from tests.optimizers.helpers import make_sequence_model, save_npz
 
@@ -114,7 +119,7 @@ def test_cuda_without_a_cuda_provider_is_unsupported(mlp: Path) -> None:
 def test_each_model_is_timed_in_runs_of_its_own(mlp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """As a user timing one session after the other: a timed run follows a run of the same
     model (the other model's weights are not the ones in the caches), blocks alternate."""
-    import optimizers.benchmark as benchmark
+    import optimizers.measure.benchmark as benchmark
 
     model = inspect_model(mlp)
     runs: list[str] = []

@@ -10,7 +10,7 @@ from optimizers.checks import check_spec
 from optimizers.config import PipelineSpec
 from optimizers.datasets import inspect_dataset
 from optimizers.errors import DatasetMismatchError, UnsupportedError
-from optimizers.inspect import inspect_model
+from optimizers.model_info import inspect_model
 from tests.factories import make_cnn, make_mlp
 from tests.optimizers.helpers import make_sequence_model, save_npz
 

@@ -13,9 +13,9 @@ import torch
 
 from optimizers.config import DistillConfig
 from optimizers.errors import DatasetMismatchError, UnsupportedError
-from optimizers.inspect import inspect_model
-from optimizers.passes import run_pass
-from optimizers.types import DirectoryCheckpoints, PassContext, ProgressFn
+from optimizers.model_info import inspect_model
+from optimizers.registry import run_pass
+from optimizers.results import DirectoryCheckpoints, PassContext, ProgressFn
 from tests.factories import make_cnn, make_dataset
 from tests.optimizers.helpers import make_sequence_model, save_npz
 from tests.torch_models import encoder_classifier, export_encoder

@@ -8,9 +8,14 @@ import pytest
 
 from optimizers.config import EvaluateConfig, QuantizeConfig
 from optimizers.errors import EvaluationError
-from optimizers.evaluate import SQNR_CAP_DB, FidelityAccumulator, evaluate, fidelity_on_inputs
-from optimizers.passes import run_pass
-from optimizers.types import PassContext
+from optimizers.measure.evaluate import (
+    SQNR_CAP_DB,
+    FidelityAccumulator,
+    evaluate,
+    fidelity_on_inputs,
+)
+from optimizers.registry import run_pass
+from optimizers.results import PassContext
 from tests.factories import make_cnn, make_dataset
 from tests.optimizers.helpers import make_sequence_model, save_npz
 

@@ -16,7 +16,7 @@ import pytest
 
 from optimizers.errors import InvalidModelError
 from optimizers.external_data import model_size_bytes
-from optimizers.formats import (
+from optimizers.formats.upload import (
     UnsafeArchiveError,
     UploadFormat,
     detect_format,

@@ -1,5 +1,5 @@
-"""Upload checks of optimizers.formats and optimizers.inspect that the API relies on: custom
-operator domains anywhere in a model, TorchScript pickles, bounded input shapes."""
+"""Upload checks of optimizers.formats.upload and optimizers.model_info that the API relies
+on: custom operator domains anywhere in a model, TorchScript pickles, bounded input shapes."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import pytest
 from onnx import TensorProto, helper
 
 from optimizers.errors import InvalidModelError, UnsupportedError
-from optimizers.formats import UnsafeArchiveError, check_torchscript_pickles, inspect_upload
-from optimizers.inspect import inspect_model
+from optimizers.formats.upload import UnsafeArchiveError, check_torchscript_pickles, inspect_upload
+from optimizers.model_info import inspect_model
 
 
 def _save(model: onnx.ModelProto, path: Path) -> Path:

@@ -7,7 +7,7 @@ import pytest
 from onnx import helper
 
 from optimizers.errors import InvalidModelError
-from optimizers.inspect import inspect_model
+from optimizers.model_info import inspect_model
 from tests.factories import make_cnn, make_mlp
 from tests.optimizers.helpers import make_sequence_model
 

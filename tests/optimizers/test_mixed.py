@@ -6,9 +6,9 @@ import onnx
 import pytest
 
 from optimizers.config import QuantizeConfig
-from optimizers.quantize import quantize
-from optimizers.runtime import create_session
-from optimizers.types import PassContext, PassResult
+from optimizers.measure.runtime import create_session
+from optimizers.quantization.integer import quantize
+from optimizers.results import PassContext, PassResult
 from tests.optimizers.sensitive_models import SENSITIVE_NODE, make_inputs, make_outlier_mlp
 
 #: Full int8 quantization of the outlier model loses about 0.009 (1 - cosine); keeping its

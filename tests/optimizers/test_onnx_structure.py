@@ -12,8 +12,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from optimizers.errors import InvalidModelError
 from optimizers.external_data import external_data_locations
-from optimizers.formats import inspect_upload
-from optimizers.onnx_structure import MAX_GRAPH_DEPTH, MAX_STRUCTURE_BYTES, slim_copy
+from optimizers.formats.onnx_structure import MAX_GRAPH_DEPTH, MAX_STRUCTURE_BYTES, slim_copy
+from optimizers.formats.upload import inspect_upload
 from tests.factories import make_mlp
 
 

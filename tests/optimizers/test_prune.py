@@ -96,8 +96,8 @@ def _node_of(path: Path, op_type: str, index: int = 0) -> str:
 
 
 def test_shrink_removes_channels_and_keeps_the_output_shape(cnn: Path) -> None:
-    from optimizers import structured
-    from optimizers.torch_bridge import onnx_to_torch
+    from optimizers.trainable import structured
+    from optimizers.trainable.onnx_bridge import onnx_to_torch
 
     module = onnx_to_torch(cnn)
     example = (torch.randn(2, 3, 8, 8),)
@@ -118,8 +118,8 @@ def test_shrink_removes_channels_and_keeps_the_output_shape(cnn: Path) -> None:
 
 
 def test_shrink_keeps_the_width_of_kept_layers_and_is_deterministic(cnn: Path) -> None:
-    from optimizers import structured
-    from optimizers.torch_bridge import module_names_by_node, onnx_to_torch
+    from optimizers.trainable import structured
+    from optimizers.trainable.onnx_bridge import module_names_by_node, onnx_to_torch
 
     first_conv = _node_of(cnn, "Conv")
     results = []
@@ -134,8 +134,8 @@ def test_shrink_keeps_the_width_of_kept_layers_and_is_deterministic(cnn: Path) -
 
 
 def test_unknown_layer_names_are_refused_with_the_valid_ones(cnn: Path) -> None:
-    from optimizers import structured
-    from optimizers.torch_bridge import module_names_by_node, onnx_to_torch
+    from optimizers.trainable import structured
+    from optimizers.trainable.onnx_bridge import module_names_by_node, onnx_to_torch
 
     module = onnx_to_torch(cnn)
     with pytest.raises(OptimizerError, match="no node called 'nope'") as info:
@@ -144,8 +144,8 @@ def test_unknown_layer_names_are_refused_with_the_valid_ones(cnn: Path) -> None:
 
 
 def test_linearize_makes_onnx_matmul_layers_prunable(tmp_path: Path) -> None:
-    from optimizers import structured
-    from optimizers.torch_bridge import onnx_to_torch
+    from optimizers.trainable import structured
+    from optimizers.trainable.onnx_bridge import onnx_to_torch
 
     path = make_mlp(tmp_path / "matmul.onnx", hidden=16)  # MatMul + Add with constant weights
     module = onnx_to_torch(path)
@@ -162,9 +162,9 @@ def test_linearize_makes_onnx_matmul_layers_prunable(tmp_path: Path) -> None:
 
 
 def test_a_model_with_nothing_to_prune_is_refused(tmp_path: Path) -> None:
-    from optimizers import structured
     from optimizers.errors import UnsupportedError
-    from optimizers.torch_bridge import onnx_to_torch
+    from optimizers.trainable import structured
+    from optimizers.trainable.onnx_bridge import onnx_to_torch
 
     torch.manual_seed(0)
     path = _export(nn.Linear(IN_FEATURES, CLASSES), tmp_path / "linear.onnx", torch.randn(2, 16))
@@ -183,7 +183,7 @@ def _initializers(path: Path) -> dict[str, np.ndarray]:
 
 
 def _ctx(tmp_path: Path, device: str = "cpu", **datasets: Path) -> Any:
-    from optimizers.types import PassContext
+    from optimizers.results import PassContext
 
     workdir = tmp_path / "work"
     workdir.mkdir(exist_ok=True)
@@ -212,7 +212,7 @@ def _run(path: Path, x: np.ndarray) -> np.ndarray:
 @pytest.mark.parametrize("granularity", ["global", "layer"])
 def test_magnitude_reaches_the_target_sparsity(mlp: Path, tmp_path: Path, granularity: str) -> None:
     from optimizers.config import PruneConfig
-    from optimizers.passes import run_pass
+    from optimizers.registry import run_pass
 
     config = PruneConfig(method="magnitude", sparsity=0.6, granularity=granularity)
     result = run_pass(mlp, config, _ctx(tmp_path))
@@ -238,8 +238,8 @@ def test_structured_makes_the_model_smaller_and_keeps_excluded_widths(
     cnn: Path, tmp_path: Path
 ) -> None:
     from optimizers.config import PruneConfig
-    from optimizers.inspect import inspect_model
-    from optimizers.passes import run_pass
+    from optimizers.model_info import inspect_model
+    from optimizers.registry import run_pass
 
     first_conv = _node_of(cnn, "Conv")
     config = PruneConfig(method="structured", ratio=0.5, exclude_layers=[first_conv])
@@ -323,8 +323,8 @@ class _HandWrittenAttention(torch.nn.Module):
 
 def test_structured_on_a_transformer_removes_whole_attention_heads(tmp_path: Path) -> None:
     from optimizers.config import PruneConfig
-    from optimizers.inspect import inspect_model
-    from optimizers.passes import run_pass
+    from optimizers.model_info import inspect_model
+    from optimizers.registry import run_pass
 
     encoder = encoder_classifier(heads=4)
     path = export_encoder(encoder, tmp_path / "encoder.onnx")
@@ -357,7 +357,7 @@ def test_structured_on_a_transformer_removes_whole_attention_heads(tmp_path: Pat
 
 def test_structured_keeps_the_heads_of_an_excluded_attention_block(tmp_path: Path) -> None:
     from optimizers.config import PruneConfig
-    from optimizers.passes import run_pass
+    from optimizers.registry import run_pass
 
     path = export_encoder(encoder_classifier(), tmp_path / "encoder.onnx")
     in_projection = next(
@@ -382,7 +382,7 @@ def test_structured_removes_heads_of_separate_projections_from_torchs_default_ex
     tmp_path: Path,
 ) -> None:
     from optimizers.config import PruneConfig
-    from optimizers.passes import run_pass
+    from optimizers.registry import run_pass
 
     torch.manual_seed(0)
     model = _HandWrittenAttention(feed_forward=True).eval()
@@ -417,7 +417,7 @@ def test_structured_removes_heads_of_attention_with_rotary_position_embeddings(
     tmp_path: Path,
 ) -> None:
     from optimizers.config import PruneConfig
-    from optimizers.passes import run_pass
+    from optimizers.registry import run_pass
 
     torch.manual_seed(0)
     model = _HandWrittenAttention(rotary=True).eval()
@@ -438,9 +438,9 @@ def test_structured_removes_heads_of_attention_with_rotary_position_embeddings(
 
 def test_structured_removes_heads_from_a_pt2_upload(tmp_path: Path) -> None:
     from optimizers.config import PruneConfig
-    from optimizers.formats import inspect_upload
-    from optimizers.passes import run_pass
-    from optimizers.torch_export import convert_to_onnx
+    from optimizers.formats.torch_to_onnx import convert_to_onnx
+    from optimizers.formats.upload import inspect_upload
+    from optimizers.registry import run_pass
 
     # A .pt2 program is converted with torch's default exporter, which writes attention
     # with other Reshapes than the TorchScript one (here with head size == head count).
@@ -468,7 +468,7 @@ def test_structured_on_a_model_from_torchs_default_exporter(tmp_path: Path) -> N
     import torch
 
     from optimizers.config import PruneConfig
-    from optimizers.passes import run_pass
+    from optimizers.registry import run_pass
 
     # Opset 18+, ReduceMean with axes as an input, a flatten written as a Reshape to a
     # constant [-1, 16] with allowzero=1: the conv feeding it must keep its width.
@@ -505,7 +505,7 @@ def test_structured_on_a_model_from_torchs_default_exporter(tmp_path: Path) -> N
 
 def test_structured_refuses_unknown_layer_names(cnn: Path, tmp_path: Path) -> None:
     from optimizers.config import PruneConfig
-    from optimizers.passes import run_pass
+    from optimizers.registry import run_pass
 
     config = PruneConfig(method="structured", exclude_layers=["conv9"])
     with pytest.raises(OptimizerError, match=r"no node called 'conv9'.*Conv"):
@@ -528,7 +528,7 @@ def _assert_two_four(path: Path) -> int:
 
 def test_two_four_pattern_holds_in_every_group(cnn: Path, tmp_path: Path) -> None:
     from optimizers.config import PruneConfig
-    from optimizers.passes import run_pass
+    from optimizers.registry import run_pass
 
     result = run_pass(cnn, PruneConfig(method="2:4"), _ctx(tmp_path, device="cuda"))
 
@@ -543,7 +543,7 @@ def test_two_four_pattern_holds_in_every_group(cnn: Path, tmp_path: Path) -> Non
 def test_two_four_is_refused_on_cpu(cnn: Path, tmp_path: Path) -> None:
     from optimizers.config import PruneConfig
     from optimizers.errors import UnsupportedError
-    from optimizers.passes import run_pass
+    from optimizers.registry import run_pass
 
     with pytest.raises(UnsupportedError, match="cuda"):
         run_pass(cnn, PruneConfig(method="2:4"), _ctx(tmp_path))
@@ -572,7 +572,7 @@ def test_finetune_with_labels_recovers_accuracy_and_keeps_the_zeros(
     learnable: tuple[Path, Path], tmp_path: Path
 ) -> None:
     from optimizers.config import FinetuneConfig, PruneConfig
-    from optimizers.passes import run_pass
+    from optimizers.registry import run_pass
 
     model, data = learnable
     finetune = FinetuneConfig(
@@ -595,7 +595,7 @@ def test_finetune_without_labels_distills_from_the_unpruned_model(
     learnable: tuple[Path, Path], tmp_path: Path
 ) -> None:
     from optimizers.config import FinetuneConfig, PruneConfig
-    from optimizers.passes import run_pass
+    from optimizers.registry import run_pass
 
     model, data = learnable
     unlabeled = tmp_path / "unlabeled.npz"

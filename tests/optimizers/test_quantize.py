@@ -11,8 +11,8 @@ import pytest
 
 from optimizers.config import QuantizeConfig
 from optimizers.errors import QuantizationError
-from optimizers.passes import run_pass
-from optimizers.types import PassContext
+from optimizers.registry import run_pass
+from optimizers.results import PassContext
 from tests.factories import make_cnn, make_dataset, make_mlp
 from tests.optimizers.helpers import cosine
 
@@ -144,7 +144,7 @@ def test_failed_pre_processing_is_a_note(
     def broken(*args: Any, **kwargs: Any) -> None:
         raise RuntimeError("symbolic shape inference exploded")
 
-    monkeypatch.setattr("optimizers.quantize.quant_pre_process", broken)
+    monkeypatch.setattr("optimizers.quantization.integer.quant_pre_process", broken)
     result = run_pass(mlp, QuantizeConfig(method="dynamic"), _context(tmp_path, {}, []))
     assert result.details["pre_processed"] == "skipped"
     assert any("exploded" in note for note in result.notes)
@@ -170,7 +170,7 @@ def test_onnxruntime_failures_become_quantization_errors(
     def broken(*args: Any, **kwargs: Any) -> None:
         raise ValueError("unsupported operator Foo")
 
-    monkeypatch.setattr("optimizers.quantize.quantize_dynamic", broken)
+    monkeypatch.setattr("optimizers.quantization.integer.quantize_dynamic", broken)
     with pytest.raises(QuantizationError, match="could not quantize the model: unsupported") as exc:
         run_pass(mlp, QuantizeConfig(method="dynamic"), _context(tmp_path, {}, []))
     assert exc.value.type == "quantization_failed"

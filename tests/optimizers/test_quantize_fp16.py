@@ -10,9 +10,9 @@ import pytest
 
 from optimizers.config import QuantizeConfig
 from optimizers.errors import QuantizationError
-from optimizers.inspect import inspect_model
-from optimizers.passes import run_pass
-from optimizers.types import PassContext
+from optimizers.model_info import inspect_model
+from optimizers.registry import run_pass
+from optimizers.results import PassContext
 from tests.optimizers.helpers import cosine
 from tests.optimizers.zoo import make_large_constant_model, make_overflowing_mlp
 

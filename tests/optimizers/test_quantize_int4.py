@@ -10,8 +10,8 @@ import onnxruntime as ort
 import pytest
 
 from optimizers.config import QuantizeConfig
-from optimizers.passes import run_pass
-from optimizers.types import PassContext
+from optimizers.registry import run_pass
+from optimizers.results import PassContext
 from tests.factories import make_cnn, make_mlp
 from tests.optimizers.helpers import cosine
 

@@ -14,9 +14,9 @@ import pytest
 from optimizers.config import PipelineSpec, QuantizeConfig
 from optimizers.errors import QuantizationError
 from optimizers.external_data import external_data_locations, model_size_bytes
-from optimizers.passes import run_pass
 from optimizers.pipeline import run_pipeline
-from optimizers.types import PassContext, PassResult
+from optimizers.registry import run_pass
+from optimizers.results import PassContext, PassResult
 from tests.factories import make_dataset, make_mlp
 from tests.optimizers import zoo
 from tests.optimizers.helpers import cosine, save_npz

@@ -11,8 +11,8 @@ import pytest
 
 from optimizers.config import QuantizeConfig
 from optimizers.errors import QuantizationError
-from optimizers.passes import run_pass
-from optimizers.types import PassContext
+from optimizers.registry import run_pass
+from optimizers.results import PassContext
 from tests.factories import make_cnn, make_dataset
 from tests.optimizers.helpers import cosine, weight_is_float
 

@@ -8,8 +8,8 @@ import numpy as np
 
 from optimizers.config import QuantizeConfig
 from optimizers.datasets import iter_picked_batches, pick_rows
-from optimizers.passes import run_pass
-from optimizers.types import PassContext
+from optimizers.registry import run_pass
+from optimizers.results import PassContext
 
 
 def test_picked_batches_hold_exactly_the_picked_rows(mlp_data: Path) -> None:

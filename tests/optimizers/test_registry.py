@@ -16,7 +16,7 @@ from optimizers.config import (
     PipelineSpec,
     QuantizeConfig,
 )
-from optimizers.passes import registered_passes
+from optimizers.registry import registered_passes
 
 #: One valid example per pass kind; a new pass without an example fails the test below.
 EXAMPLES: dict[str, list[dict[str, Any]]] = {
@@ -75,8 +75,8 @@ def test_spec_round_trips_through_json() -> None:
 def test_api_facing_modules_do_not_import_torch_or_onnxruntime() -> None:
     code = (
         "import sys\n"
-        "import optimizers.config, optimizers.errors, optimizers.types, optimizers.passes\n"
-        "import optimizers.inspect, optimizers.datasets, optimizers.checks\n"
+        "import optimizers.config, optimizers.errors, optimizers.results, optimizers.registry\n"
+        "import optimizers.model_info, optimizers.datasets, optimizers.checks\n"
         "print(sorted(m for m in ('torch', 'onnxruntime') if m in sys.modules))\n"
     )
     root = Path(__file__).resolve().parents[2]

@@ -8,10 +8,10 @@ import onnx
 import pytest
 
 from optimizers.config import QuantizeConfig
-from optimizers.inspect import inspect_model
-from optimizers.quantize import quantize
-from optimizers.sensitivity import analysis_feeds, analyze
-from optimizers.types import PassContext
+from optimizers.model_info import inspect_model
+from optimizers.quantization.integer import quantize
+from optimizers.quantization.sensitivity import analysis_feeds, analyze
+from optimizers.results import PassContext
 from tests.optimizers.sensitive_models import SENSITIVE_NODE, make_inputs, make_outlier_mlp
 
 

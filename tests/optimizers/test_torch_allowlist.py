@@ -17,8 +17,8 @@ import pytest
 import torch
 
 from bench.models import MODELS
-from optimizers.formats import UnsafeArchiveError, inspect_upload
-from optimizers.torch_operators import ATEN_OPERATORS, PRIM_OPERATORS, operator_allowed
+from optimizers.formats.torch_operators import ATEN_OPERATORS, PRIM_OPERATORS, operator_allowed
+from optimizers.formats.upload import UnsafeArchiveError, inspect_upload
 from tests.torch_models import encoder_classifier, rewrite_zip, tiny_module
 
 LIMIT = 1 << 30

@@ -12,9 +12,9 @@ import onnxruntime as ort
 import pytest
 
 from optimizers.errors import InvalidModelError
-from optimizers.formats import UnsafeArchiveError, inspect_upload
-from optimizers.torch_export import convert_to_onnx
-from optimizers.types import ModelInfo
+from optimizers.formats.torch_to_onnx import convert_to_onnx
+from optimizers.formats.upload import UnsafeArchiveError, inspect_upload
+from optimizers.results import ModelInfo
 from tests.torch_models import (
     CLASSES,
     IN_FEATURES,

@@ -12,20 +12,20 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from optimizers.config import TrainingSettings
 from optimizers.errors import DatasetMismatchError, UnsupportedError
-from optimizers.training import (
-    FitReport,
-    TrainingData,
-    fit,
-    load_training_data,
-    split_indices,
-)
-from optimizers.types import (
+from optimizers.results import (
     Checkpoints,
     DirectoryCheckpoints,
     ModelInfo,
     PassContext,
     ProgressFn,
     TensorInfo,
+)
+from optimizers.trainable.training import (
+    FitReport,
+    TrainingData,
+    fit,
+    load_training_data,
+    split_indices,
 )
 from tests.optimizers.helpers import save_npz
 

@@ -22,8 +22,8 @@ from bench.upload_check_memory import (
     many_strings_pickle,
     torchscript_with,
 )
-from optimizers.formats import inspect_upload
-from optimizers.inspect import inspect_model
+from optimizers.formats.upload import inspect_upload
+from optimizers.model_info import inspect_model
 from tests.factories import make_cnn, make_mlp
 from tests.optimizers import zoo
 

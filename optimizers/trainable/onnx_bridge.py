@@ -19,10 +19,10 @@ import numpy as np
 import onnx
 import onnx.numpy_helper
 
-from optimizers import selection
 from optimizers.errors import InvalidModelError, UnsupportedError
-from optimizers.inspect import inspect_model
-from optimizers.types import ModelInfo
+from optimizers.model_info import inspect_model
+from optimizers.quantization import node_selection as selection
+from optimizers.results import ModelInfo
 
 if TYPE_CHECKING:
     import torch
@@ -311,7 +311,7 @@ def _same_outputs(first: onnx.ModelProto, second: onnx.ModelProto, like: ModelIn
     seeded random inputs of batch 3 for a model like `like`."""
     import onnxruntime as ort
 
-    from optimizers.benchmark import make_feeds
+    from optimizers.measure.benchmark import make_feeds
 
     try:
         feeds = make_feeds(like, 3, dataset=None, input_shapes=None)

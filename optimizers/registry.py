@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from optimizers.config import PassConfig
-from optimizers.types import PassContext, PassResult
+from optimizers.results import PassContext, PassResult
 
 C = TypeVar("C", bound=PassConfig)
 PassFn = Callable[[Path, C, PassContext], PassResult]
@@ -43,6 +43,6 @@ def run_pass(model_path: Path, config: PassConfig, ctx: PassContext) -> PassResu
 
 def _load_builtin_passes() -> None:
     # Imported here, not at module level, so importing the registry stays cheap.
-    import optimizers.distill
-    import optimizers.prune
-    import optimizers.quantize  # noqa: F401
+    import optimizers.quantization.integer
+    import optimizers.trainable.distill
+    import optimizers.trainable.prune  # noqa: F401

@@ -18,9 +18,9 @@ import ast
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from optimizers.archive_safety import UnsafeArchiveError, check_code_size, printable
 from optimizers.errors import InvalidModelError
-from optimizers.torch_operators import TORCHSCRIPT_BUILTINS, operator_allowed
+from optimizers.formats.archive_safety import UnsafeArchiveError, check_code_size, printable
+from optimizers.formats.torch_operators import TORCHSCRIPT_BUILTINS, operator_allowed
 
 #: Roots of attribute chains that name code of the archive itself (functions, classes,
 #: constants), never an operator.

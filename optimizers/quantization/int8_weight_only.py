@@ -10,9 +10,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from optimizers import selection
 from optimizers.config import QuantizeConfig
 from optimizers.external_data import save_model
+from optimizers.quantization import node_selection as selection
 
 #: Ops whose input 1 is a weight, and how to find its output-channel axis.
 WEIGHT_OPS = frozenset({"Conv", "MatMul", "Gemm"})

@@ -16,15 +16,15 @@ from typing import TYPE_CHECKING, Any
 from optimizers.checks import check_student
 from optimizers.config import DistillConfig
 from optimizers.errors import DatasetMismatchError, UnsupportedError
-from optimizers.inspect import inspect_model
-from optimizers.passes import register_pass
-from optimizers.torch_bridge import export_to_onnx, onnx_to_torch
-from optimizers.types import ModelInfo, PassContext, PassResult
+from optimizers.model_info import inspect_model
+from optimizers.registry import register_pass
+from optimizers.results import ModelInfo, PassContext, PassResult
+from optimizers.trainable.onnx_bridge import export_to_onnx, onnx_to_torch
 
 if TYPE_CHECKING:
     import torch
 
-    from optimizers.training import FitReport, TrainingData
+    from optimizers.trainable.training import FitReport, TrainingData
 
 _STAGE = "distilling"
 #: Share of the pass's progress span spent before training starts.
@@ -40,7 +40,7 @@ _CHECKPOINT = "distill.pt"
 def distill(model_path: Path, config: DistillConfig, ctx: PassContext) -> PassResult:
     """Train the student `config` names on the input model's outputs (and the dataset's labels,
     when it has them); the result is ctx.workdir / "student.onnx"."""
-    from optimizers.training import fit, load_training_data
+    from optimizers.trainable.training import fit, load_training_data
 
     start, end = ctx.progress_span
     span = end - start
@@ -109,7 +109,7 @@ def distill(model_path: Path, config: DistillConfig, ctx: PassContext) -> PassRe
 
 
 def _uploaded_student(model_id: str, teacher: ModelInfo, ctx: PassContext) -> torch.nn.Module:
-    from optimizers.structured import linearize
+    from optimizers.trainable.structured import linearize
 
     path = ctx.models.get(model_id)
     if path is None:
@@ -150,7 +150,7 @@ def _derived_student(
     its checkpoint was written for."""
     import torch
 
-    from optimizers.structured import linearize, shrink
+    from optimizers.trainable.structured import linearize, shrink
 
     student = copy.deepcopy(teacher)
     linearize(student)

@@ -19,13 +19,13 @@ from optimizers.batching import BatchLayout, batch_layout
 from optimizers.config import BenchmarkConfig
 from optimizers.datasets import inspect_dataset, load_batch, read_once, to_feeds
 from optimizers.errors import BenchmarkError, UnsupportedError
-from optimizers.runtime import (
+from optimizers.measure.runtime import (
     create_session,
     default_threads,
     resolve_provider,
     session_options_record,
 )
-from optimizers.types import ModelInfo, ProgressFn, TensorInfo, no_progress
+from optimizers.results import ModelInfo, ProgressFn, TensorInfo, no_progress
 
 FeedsFn = Callable[[int], dict[str, np.ndarray]]
 #: Seconds between progress reports while timing.

@@ -14,16 +14,16 @@ import onnxruntime as ort
 from onnx import numpy_helper
 from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
-from optimizers import selection
 from optimizers.batching import batch_layout
-from optimizers.benchmark import make_feeds
 from optimizers.config import QuantizeConfig
 from optimizers.datasets import check_fits, inspect_dataset
 from optimizers.errors import OptimizerError, QuantizationError
 from optimizers.external_data import needs_external_data, save_model
-from optimizers.inspect import inspect_model
-from optimizers.runtime import CPU
-from optimizers.types import ModelInfo, PassContext, PassResult
+from optimizers.measure.benchmark import make_feeds
+from optimizers.measure.runtime import CPU
+from optimizers.model_info import inspect_model
+from optimizers.quantization import node_selection as selection
+from optimizers.results import ModelInfo, PassContext, PassResult
 
 logger = logging.getLogger(__name__)
 

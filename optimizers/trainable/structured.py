@@ -3,7 +3,7 @@ torch-pruning, so the model itself gets narrower. Shared by the prune pass and b
 pass, which derives a narrower student from its teacher.
 
 Worker side only (imports torch). Modules are usually `torch.fx.GraphModule`s made by
-`optimizers.torch_bridge.onnx_to_torch`, whose submodules are named after the ONNX nodes.
+`optimizers.trainable.onnx_bridge.onnx_to_torch`, whose submodules are named after the ONNX nodes.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ import torch
 import torch_pruning as tp
 from torch import fx, nn
 
-from optimizers.attention_heads import flat_outputs, prune_heads
 from optimizers.errors import OptimizerError, UnsupportedError
-from optimizers.selection import listing
+from optimizers.quantization.node_selection import listing
+from optimizers.trainable.attention_heads import flat_outputs, prune_heads
 
 #: Layers whose output channels / hidden units structured pruning removes.
 PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.modules.conv._ConvNd)

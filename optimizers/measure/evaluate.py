@@ -15,9 +15,9 @@ from optimizers.batching import BatchLayout, batch_layout
 from optimizers.config import EvaluateConfig
 from optimizers.datasets import check_fits, inspect_dataset, iter_feeds
 from optimizers.errors import EvaluationError
-from optimizers.inspect import inspect_model
-from optimizers.runtime import create_session
-from optimizers.types import ProgressFn, no_progress
+from optimizers.measure.runtime import create_session
+from optimizers.model_info import inspect_model
+from optimizers.results import ProgressFn, no_progress
 
 #: SQNR reported when the outputs are identical (no error at all), so the number stays finite
 #: in JSON; 200 dB is far beyond any float32 rounding difference.

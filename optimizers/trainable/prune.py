@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING, Any
 
 from optimizers.config import PruneConfig
 from optimizers.errors import UnsupportedError
-from optimizers.inspect import inspect_model
-from optimizers.passes import register_pass
-from optimizers.selection import listing
-from optimizers.torch_bridge import export_to_onnx, module_names_by_node, onnx_to_torch
-from optimizers.types import ModelInfo, PassContext, PassResult
+from optimizers.model_info import inspect_model
+from optimizers.quantization.node_selection import listing
+from optimizers.registry import register_pass
+from optimizers.results import ModelInfo, PassContext, PassResult
+from optimizers.trainable.onnx_bridge import export_to_onnx, module_names_by_node, onnx_to_torch
 
 if TYPE_CHECKING:
     import torch
@@ -44,7 +44,7 @@ def prune(model_path: Path, config: PruneConfig, ctx: PassContext) -> PassResult
             "2:4 sparsity only pays off on a GPU with sparse tensor cores; it needs the cuda "
             f"device, and this job runs on '{ctx.device}'"
         )
-    from optimizers import structured
+    from optimizers.trainable import structured
 
     start, end = ctx.progress_span
     span = end - start
@@ -52,7 +52,7 @@ def prune(model_path: Path, config: PruneConfig, ctx: PassContext) -> PassResult
     data = None
     if config.finetune is not None:
         # Read before any work, so that a dataset that does not fit fails fast.
-        from optimizers.training import load_training_data
+        from optimizers.trainable.training import load_training_data
 
         data = load_training_data(ctx.datasets[config.finetune.dataset_id], info)
 
@@ -93,7 +93,7 @@ def prune(model_path: Path, config: PruneConfig, ctx: PassContext) -> PassResult
 
     if config.finetune is not None:
         assert data is not None
-        from optimizers.training import fit
+        from optimizers.trainable.training import fit
 
         ctx.progress(_STAGE, start + _PRUNE_SHARE * span, "fine-tuning the pruned model")
         report = fit(
@@ -140,7 +140,7 @@ def _structured(
     excluded: list[nn.Module],
     node_by_name: dict[str, str],
 ) -> tuple[list[str], dict[str, Any]]:
-    from optimizers import structured
+    from optimizers.trainable import structured
 
     before = structured.layer_widths(module)
     counts = structured.shrink(
@@ -266,7 +266,7 @@ def _targets(
     module: nn.Module, excluded: list[nn.Module], node_by_name: dict[str, str]
 ) -> tuple[dict[str, nn.Module], dict[str, str]]:
     """(layers to sparsify by submodule name, {ONNX node name: why a layer is left alone})."""
-    from optimizers import structured
+    from optimizers.trainable import structured
 
     outputs = structured.output_layers(module)
     targets: dict[str, nn.Module] = {}
@@ -362,7 +362,7 @@ def _two_four_masks(targets: dict[str, nn.Module]) -> tuple[_Masks, dict[str, st
 def _sparsity_details(
     module: nn.Module, masks: _Masks, kept: dict[str, str], node_by_name: dict[str, str]
 ) -> dict[str, Any]:
-    from optimizers import structured
+    from optimizers.trainable import structured
 
     layers: dict[str, Any] = {}
     zeros = total = 0

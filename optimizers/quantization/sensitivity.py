@@ -21,12 +21,12 @@ import onnxruntime as ort
 from onnx import numpy_helper
 
 from optimizers.batching import BatchLayout, batch_layout
-from optimizers.benchmark import make_feeds
 from optimizers.datasets import check_fits, inspect_dataset, iter_feeds
-from optimizers.evaluate import SQNR_CAP_DB
-from optimizers.runtime import CPU
-from optimizers.selection import QUANTIZED_OPS
-from optimizers.types import ModelInfo
+from optimizers.measure.benchmark import make_feeds
+from optimizers.measure.evaluate import SQNR_CAP_DB
+from optimizers.measure.runtime import CPU
+from optimizers.quantization.node_selection import QUANTIZED_OPS
+from optimizers.results import ModelInfo
 
 logger = logging.getLogger(__name__)
 

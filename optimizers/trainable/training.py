@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from optimizers.config import TrainingSettings
 from optimizers.datasets import LABELS
 from optimizers.errors import DatasetMismatchError, InvalidDatasetError, UnsupportedError
-from optimizers.types import ModelInfo, PassContext
+from optimizers.results import ModelInfo, PassContext
 
 #: Version of the checkpoint layout; a checkpoint of another version is ignored.
 CHECKPOINT_FORMAT = 2

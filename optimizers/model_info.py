@@ -15,7 +15,7 @@ from onnx import helper
 
 from optimizers.errors import InvalidModelError, UnsupportedError
 from optimizers.external_data import external_data_locations
-from optimizers.types import Dim, ModelInfo, TensorInfo
+from optimizers.results import Dim, ModelInfo, TensorInfo
 
 #: Operator domains a model may use. '' and 'ai.onnx' are standard ONNX, 'ai.onnx.ml' the
 #: standard ML ops, 'com.microsoft' onnxruntime's built-in contrib ops (which quantized

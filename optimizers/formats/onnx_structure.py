@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from optimizers.archive_safety import MemberTooLargeError
 from optimizers.errors import InvalidModelError
+from optimizers.formats.archive_safety import MemberTooLargeError
 
 #: Most bytes of a model's structure (everything but large raw tensor data) that the checks
 #: hold in memory.

@@ -15,13 +15,13 @@ from optimizers.batching import BatchLayout, batch_layout
 from optimizers.config import EvaluateConfig, MixedConfig, NodeSelection, QuantizeConfig
 from optimizers.datasets import inspect_dataset
 from optimizers.errors import QuantizationError
-from optimizers.evaluate import evaluate
 from optimizers.external_data import needs_external_data, save_model
-from optimizers.inspect import inspect_model
-from optimizers.quantize import quantize
-from optimizers.runtime import CPU, default_threads
-from optimizers.sensitivity import ANALYSIS_SAMPLES, analysis_feeds, analyze
-from optimizers.types import PassContext, PassResult
+from optimizers.measure.evaluate import evaluate
+from optimizers.measure.runtime import CPU, default_threads
+from optimizers.model_info import inspect_model
+from optimizers.quantization.integer import quantize
+from optimizers.quantization.sensitivity import ANALYSIS_SAMPLES, analysis_feeds, analyze
+from optimizers.results import PassContext, PassResult
 
 #: Float noise allowed when comparing a drop with its limit, as the pipeline allows.
 _TOLERANCE_EPSILON = 1e-9

@@ -8,11 +8,11 @@ from typing import Any
 import onnx
 from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
-from optimizers import selection
 from optimizers.config import QuantizeConfig
 from optimizers.errors import QuantizationError
 from optimizers.external_data import data_file_for, needs_external_data
-from optimizers.types import PassContext, PassResult
+from optimizers.quantization import node_selection as selection
+from optimizers.results import PassContext, PassResult
 
 
 def quantize_int4(model_path: Path, config: QuantizeConfig, ctx: PassContext) -> PassResult:

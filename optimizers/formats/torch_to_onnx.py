@@ -9,7 +9,7 @@ exporter, with example inputs built from the shapes given at upload.
 `use_pickle`, falls back to an unrestricted `torch.load` for sample inputs that the
 restricted one refuses, evaluates shape expressions with sympy (Python eval), execs guard
 code, and loads AOTInductor shared libraries. The archive is checked against all of these
-first (optimizers.formats.read_torch_export_program), the sample inputs are loaded here with
+first (optimizers.formats.upload.read_torch_export_program), the sample inputs are loaded here with
 `weights_only=True` so the unrestricted fallback can never be reached, and guard code is
 dropped before the program is used.
 """
@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from optimizers.errors import InvalidModelError
-from optimizers.formats import (
+from optimizers.formats.upload import (
     TORCH_EXPORT_OPSET,
     TORCHSCRIPT_OPSET,
     UnsafeArchiveError,
@@ -32,8 +32,8 @@ from optimizers.formats import (
     open_checked_zip,
     read_torch_export_program,
 )
-from optimizers.inspect import inspect_model
-from optimizers.types import ModelInfo
+from optimizers.model_info import inspect_model
+from optimizers.results import ModelInfo
 
 #: Size used for every symbolic dimension of TorchScript example inputs.
 EXAMPLE_DIM = 2

@@ -24,7 +24,6 @@ from onnxruntime.quantization import (
 from onnxruntime.quantization.registry import IntegerOpsRegistry, QDQRegistry, QLinearOpsRegistry
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from optimizers import opset, selection, weights_only
 from optimizers.batching import batch_layout
 from optimizers.config import QuantizeConfig
 from optimizers.datasets import FeedBatch, check_fits, inspect_dataset, iter_feeds, pick_rows
@@ -35,9 +34,12 @@ from optimizers.external_data import (
     needs_external_data,
     save_model,
 )
-from optimizers.inspect import inspect_model
-from optimizers.passes import register_pass
-from optimizers.types import ModelInfo, PassContext, PassResult
+from optimizers.model_info import inspect_model
+from optimizers.quantization import int8_weight_only as weights_only
+from optimizers.quantization import node_selection as selection
+from optimizers.quantization import opset
+from optimizers.registry import register_pass
+from optimizers.results import ModelInfo, PassContext, PassResult
 
 logger = logging.getLogger(__name__)
 
@@ -61,15 +63,15 @@ def quantize(model_path: Path, config: QuantizeConfig, ctx: PassContext) -> Pass
     """Quantize `model_path` as `config` says; the result lands in ctx.workdir."""
     if config.scope == "mixed":
         # Imported here so that a problem in per-node precision fails only mixed jobs.
-        from optimizers.mixed import quantize_mixed
+        from optimizers.quantization.mixed import quantize_mixed
 
         return quantize_mixed(model_path, config, ctx)
     if config.method == "fp16":
-        from optimizers.fp16 import quantize_fp16
+        from optimizers.quantization.fp16 import quantize_fp16
 
         return quantize_fp16(model_path, config, ctx)
     if config.method == "int4_weight_only":
-        from optimizers.int4 import quantize_int4
+        from optimizers.quantization.int4_weight_only import quantize_int4
 
         return quantize_int4(model_path, config, ctx)
     if config.weights_only:

@@ -31,14 +31,6 @@ from typing import Any, NoReturn
 
 import onnx
 
-from optimizers.archive_safety import (
-    UnsafeArchiveError,
-    check_code_size,
-    parse_json_member,
-    pickle_opcodes,
-    printable,
-    read_text_member,
-)
 from optimizers.checks import SUPPORTED_INPUT_DTYPES
 from optimizers.errors import InvalidModelError, UnsupportedError
 from optimizers.external_data import (
@@ -46,11 +38,19 @@ from optimizers.external_data import (
     external_data_locations,
     unsafe_path_reason,
 )
-from optimizers.inspect import inspect_model
-from optimizers.onnx_structure import Structure, slim_copy
-from optimizers.torch_operators import export_target_refusal
-from optimizers.torchscript_code import check_torchscript_code, code_members
-from optimizers.types import Dim, ModelInfo, TensorInfo
+from optimizers.formats.archive_safety import (
+    UnsafeArchiveError,
+    check_code_size,
+    parse_json_member,
+    pickle_opcodes,
+    printable,
+    read_text_member,
+)
+from optimizers.formats.onnx_structure import Structure, slim_copy
+from optimizers.formats.torch_operators import export_target_refusal
+from optimizers.formats.torchscript_code import check_torchscript_code, code_members
+from optimizers.model_info import inspect_model
+from optimizers.results import Dim, ModelInfo, TensorInfo
 
 #: Most members a zip upload may hold.
 MAX_ZIP_MEMBERS = 10_000
@@ -569,7 +569,7 @@ def _node_targets(program: Any) -> Iterator[str]:
 
 def check_operator_target(target: str) -> None:
     """Graph nodes may only call the allowed operators and pure functions of
-    optimizers.torch_operators: the loader resolves other names with getattr on torch, and
+    optimizers.formats.torch_operators: the loader resolves other names with getattr on torch, and
     running them could do anything."""
     reason = export_target_refusal(target)
     if reason is not None:
