@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import Field
 
 from optimizers.config import PipelineSpec, StrictModel
+from optimizers.spec_versions import upgrade_spec
 
 
 class JobLimits(StrictModel):
@@ -38,3 +41,8 @@ class BatchSpec(StrictModel):
 
     name: str | None = Field(None, max_length=200, description="A label for the batch.")
     jobs: list[JobSpec] = Field(min_length=1, max_length=MAX_BATCH_JOBS)
+
+
+def load_stored_spec(stored: dict[str, Any]) -> JobSpec:
+    """A job spec as stored in the database, of any spec version, in today's shape."""
+    return JobSpec.model_validate(upgrade_spec(stored))

@@ -7,9 +7,19 @@ classes. Dataset references are opaque ids that the caller resolves to files.
 from __future__ import annotations
 
 import math
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, Union, cast
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializeAsAny,
+    TypeAdapter,
+    WrapValidator,
+    model_validator,
+)
+
+from optimizers.spec_versions import SPEC_VERSION
 
 DatasetId = Annotated[str, Field(min_length=1, max_length=64)]
 #: Most elements one benchmark input may have (4 GiB of float32).
@@ -28,7 +38,9 @@ class PassConfig(StrictModel):
     """Base of every pass config; `kind` names the pass in a job spec."""
 
     kind: str
-    #: Sub-classes register themselves here by kind, so one entry point can run any of them.
+    #: The function that applies this config, as "module:function"; imported on first use.
+    apply: ClassVar[str] = ""
+    #: Sub-classes register themselves here by kind (optimizers.registry reads it).
     registry: ClassVar[dict[str, type[PassConfig]]] = {}
 
     @classmethod
@@ -100,23 +112,21 @@ class QuantizeConfig(PassConfig):
     """Quantization with onnxruntime's quantization tools."""
 
     kind: Literal["quantize"] = "quantize"
-    method: Literal["dynamic", "static", "fp16", "int4_weight_only"] = Field(
+    apply: ClassVar[str] = "optimizers.quantization.apply:quantize"
+    method: Literal["dynamic", "static", "fp16", "int8_weight_only", "int4_weight_only"] = Field(
         description="`dynamic`: int8 weights, activations quantized at run time. `static`: "
         "int8 weights and calibrated activations. `fp16`: float16 weights and compute, float32 "
-        "inputs and outputs. `int4_weight_only`: 4-bit blocked MatMul weights (MatMulNBits)."
+        "inputs and outputs. `int8_weight_only`: Conv/MatMul/Gemm weights stored as int8 with "
+        "DequantizeLinear, activations and compute stay float; needs no calibration. "
+        "`int4_weight_only`: 4-bit blocked MatMul weights (MatMulNBits)."
     )
     scope: Literal["full", "partial", "mixed"] = Field(
         default="full",
-        description="`full`: every quantizable op. `partial`: only `include`, minus `exclude`, "
-        "or only weights (`weights_only`). `mixed`: per-node precision chosen by `mixed`.",
+        description="`full`: every quantizable op. `partial`: only `include`, minus `exclude`. "
+        "`mixed`: per-node precision chosen by `mixed`.",
     )
     include: NodeSelection | None = None
     exclude: NodeSelection | None = None
-    weights_only: bool = Field(
-        default=False,
-        description="Partial scope: store weights as int8 with DequantizeLinear, keep "
-        "activations and compute in float. Needs no calibration.",
-    )
     mixed: MixedConfig | None = None
     per_channel: bool = False
     format: Literal["qdq", "qoperator"] = Field(
@@ -132,19 +142,22 @@ class QuantizeConfig(PassConfig):
     symmetric: bool = Field(default=True, description="int4_weight_only: symmetric int4 blocks.")
     calibration: CalibrationConfig | None = None
 
+    @property
+    def weights_only(self) -> bool:
+        return self.method == "int8_weight_only"
+
     @model_validator(mode="after")
     def _consistent(self) -> QuantizeConfig:
         integer = self.method in ("dynamic", "static")
-        if self.method == "static" and self.calibration is None and not self.weights_only:
+        if self.method == "static" and self.calibration is None:
             raise ValueError("static quantization needs `calibration` with a `dataset_id`")
         if self.method != "static" and self.calibration is not None:
             raise ValueError(f"method '{self.method}' takes no `calibration`; remove it")
         if self.block_size & (self.block_size - 1):
             raise ValueError("block_size must be a power of 2 (16, 32, 64, 128 or 256)")
-        if self.scope == "full" and (self.include or self.exclude or self.weights_only):
+        if self.scope == "full" and (self.include or self.exclude):
             raise ValueError(
-                "scope 'full' quantizes every node; use scope 'partial' with include, exclude "
-                "or weights_only"
+                "scope 'full' quantizes every node; use scope 'partial' with include or exclude"
             )
         if self.scope != "mixed" and self.mixed is not None:
             raise ValueError("`mixed` settings need scope 'mixed'")
@@ -152,10 +165,8 @@ class QuantizeConfig(PassConfig):
             nothing = (self.include is None or self.include.is_empty()) and (
                 self.exclude is None or self.exclude.is_empty()
             )
-            if nothing and not self.weights_only:
-                raise ValueError("scope 'partial' needs `include`, `exclude` or `weights_only`")
-            if self.weights_only and not integer:
-                raise ValueError("weights_only applies to methods 'dynamic' and 'static'")
+            if nothing:
+                raise ValueError("scope 'partial' needs `include` or `exclude`")
         if self.scope == "mixed":
             if not integer:
                 raise ValueError("scope 'mixed' applies to methods 'dynamic' and 'static'")
@@ -167,8 +178,11 @@ class QuantizeConfig(PassConfig):
                         "scope 'mixed' needs `mixed.dataset_id` (or a calibration dataset)"
                     )
                 self.mixed.dataset_id = self.calibration.dataset_id
-        if not integer and self.per_channel:
-            raise ValueError(f"per_channel applies to 'dynamic' and 'static', not '{self.method}'")
+        if not integer and not self.weights_only and self.per_channel:
+            raise ValueError(
+                "per_channel applies to 'dynamic', 'static' and 'int8_weight_only', not "
+                f"'{self.method}'"
+            )
         return self
 
     def dataset_ids(self) -> list[str]:
@@ -227,6 +241,7 @@ class PruneConfig(PassConfig):
     """Pruning of a trainable copy of the model (converted from ONNX in the worker)."""
 
     kind: Literal["prune"] = "prune"
+    apply: ClassVar[str] = "optimizers.trainable.prune:prune"
     method: Literal["magnitude", "structured", "2:4"] = Field(
         description="`magnitude`: zero the smallest weights (unstructured; the model keeps its "
         "shape). `structured`: remove whole channels, hidden units and heads, so the model "
@@ -304,6 +319,7 @@ class DistillConfig(PassConfig, TrainingSettings):
     """Knowledge distillation: the pass's input model teaches `student`."""
 
     kind: Literal["distill"] = "distill"
+    apply: ClassVar[str] = "optimizers.trainable.distill:distill"
     student: StudentConfig
 
     def dataset_ids(self) -> list[str]:
@@ -313,7 +329,38 @@ class DistillConfig(PassConfig, TrainingSettings):
         return [self.student.model_id] if self.student.model_id else []
 
 
-AnyPass = Annotated[QuantizeConfig | PruneConfig | DistillConfig, Field(discriminator="kind")]
+def _pass_union() -> TypeAdapter[Any]:
+    """Every pass config registered so far, as one union tagged by `kind`."""
+    kinds = tuple(PassConfig.registry.items())
+    if _UNION_CACHE.get("kinds") != kinds:
+        union = Union[tuple(config_type for _, config_type in kinds)]  # noqa: UP007
+        _UNION_CACHE["kinds"] = kinds
+        _UNION_CACHE["adapter"] = TypeAdapter(Annotated[union, Field(discriminator="kind")])
+    return cast(TypeAdapter[Any], _UNION_CACHE["adapter"])
+
+
+_UNION_CACHE: dict[str, Any] = {}
+
+
+def _validate_pass(value: Any, handler: Any) -> PassConfig:
+    # The registry, not a list written here, says which kinds exist: a pass defined after
+    # this module (in its own room) validates like the built-in ones.
+    if isinstance(value, PassConfig):
+        value = value.model_dump()
+    return cast(PassConfig, _pass_union().validate_python(value))
+
+
+#: One pass of a job spec: any registered pass config, chosen by its `kind`. The JSON schema
+#: lists the built-in passes.
+AnyPass = Annotated[
+    SerializeAsAny[PassConfig],
+    WrapValidator(
+        _validate_pass,
+        json_schema_input_type=Annotated[
+            QuantizeConfig | PruneConfig | DistillConfig, Field(discriminator="kind")
+        ],
+    ),
+]
 
 
 class EvaluateConfig(StrictModel):
@@ -400,6 +447,10 @@ class InputConfig(StrictModel):
 class PipelineSpec(StrictModel):
     """What to do to one model: passes in order, then evaluation and benchmark."""
 
+    spec_version: Literal[2] = Field(
+        default=SPEC_VERSION,
+        description="Version of the spec's shape; older stored specs are upgraded on load.",
+    )
     passes: list[AnyPass] = Field(min_length=1, max_length=16)
     inputs: dict[Annotated[str, Field(min_length=1, max_length=1024)], InputConfig] | None = Field(
         default=None,
@@ -414,6 +465,8 @@ class PipelineSpec(StrictModel):
 
     @model_validator(mode="after")
     def _runnable_here(self) -> PipelineSpec:
+        # Stored with exclude_unset, a spec must still say which version it is.
+        self.model_fields_set.add("spec_version")
         for index, config in enumerate(self.passes):
             if (
                 isinstance(config, PruneConfig)

@@ -16,7 +16,7 @@ import numpy as np
 
 from optimizers.batching import BatchLayout, batch_layout
 from optimizers.checks import check_spec
-from optimizers.config import AnyPass, EvaluateConfig, PipelineSpec
+from optimizers.config import EvaluateConfig, PassConfig, PipelineSpec
 from optimizers.datasets import inspect_dataset
 from optimizers.errors import (
     DatasetMismatchError,
@@ -476,7 +476,7 @@ def _check_loads(path: Path, *, kind: str, provider: str, threads: int) -> None:
 def _sensitivity(
     baseline: Path,
     result: PassResult,
-    config: AnyPass,
+    config: PassConfig,
     spec: PipelineSpec,
     model: ModelInfo,
     datasets: Mapping[str, Path],

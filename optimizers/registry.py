@@ -1,48 +1,42 @@
-"""One registry of pass implementations, keyed by config class, and one entry point."""
+"""The one registry of passes: each pass config class names, by module path, the function
+that applies it (`PassConfig.apply`); the config classes register themselves by `kind` when
+they are defined. The job spec's pass union is read from here, and a pass's module is imported
+the first time a pass of its kind runs, so importing the registry (the API does) stays free of
+torch and onnxruntime."""
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import cast
 
 from optimizers.config import PassConfig
 from optimizers.results import PassContext, PassResult
 
-C = TypeVar("C", bound=PassConfig)
-PassFn = Callable[[Path, C, PassContext], PassResult]
-AnyPassFn = Callable[[Path, PassConfig, PassContext], PassResult]
-
-_IMPLEMENTATIONS: dict[type[PassConfig], AnyPassFn] = {}
+PassFn = Callable[[Path, PassConfig, PassContext], PassResult]
 
 
-def register_pass(config_type: type[C]) -> Callable[[PassFn[C]], PassFn[C]]:
-    def decorate(fn: PassFn[C]) -> PassFn[C]:
-        _IMPLEMENTATIONS[config_type] = fn  # type: ignore[assignment]
-        return fn
-
-    return decorate
+def pass_config_types() -> dict[str, type[PassConfig]]:
+    """Every registered pass config by `kind`."""
+    return dict(PassConfig.registry)
 
 
-def registered_passes() -> dict[type[PassConfig], AnyPassFn]:
-    _load_builtin_passes()
-    return dict(_IMPLEMENTATIONS)
+def implementation(config_type: type[PassConfig]) -> PassFn:
+    """The function that applies `config_type`, its module imported on first use."""
+    module_name, _, function_name = config_type.apply.partition(":")
+    if not module_name or not function_name:
+        raise NotImplementedError(f"no implementation registered for {config_type.__name__}")
+    return cast(PassFn, getattr(importlib.import_module(module_name), function_name))
+
+
+def registered_passes() -> dict[type[PassConfig], PassFn]:
+    """Every registered pass config class with the function that applies it (imports them)."""
+    return {
+        config_type: implementation(config_type) for config_type in PassConfig.registry.values()
+    }
 
 
 def run_pass(model_path: Path, config: PassConfig, ctx: PassContext) -> PassResult:
     """Apply one pass to a model file and return the new model file and its notes."""
-    _load_builtin_passes()
-    try:
-        fn = _IMPLEMENTATIONS[type(config)]
-    except KeyError:
-        raise NotImplementedError(
-            f"no implementation registered for {type(config).__name__}"
-        ) from None
-    return fn(model_path, config, ctx)
-
-
-def _load_builtin_passes() -> None:
-    # Imported here, not at module level, so importing the registry stays cheap.
-    import optimizers.quantization.integer
-    import optimizers.trainable.distill
-    import optimizers.trainable.prune  # noqa: F401
+    return implementation(type(config))(model_path, config, ctx)

@@ -38,7 +38,6 @@ from optimizers.model_info import inspect_model
 from optimizers.quantization import int8_weight_only as weights_only
 from optimizers.quantization import node_selection as selection
 from optimizers.quantization import opset
-from optimizers.registry import register_pass
 from optimizers.results import ModelInfo, PassContext, PassResult
 
 logger = logging.getLogger(__name__)
@@ -58,28 +57,7 @@ _CALIBRATION_METHODS = {
 _FORMATS = {"qdq": QuantFormat.QDQ, "qoperator": QuantFormat.QOperator}
 
 
-@register_pass(QuantizeConfig)
-def quantize(model_path: Path, config: QuantizeConfig, ctx: PassContext) -> PassResult:
-    """Quantize `model_path` as `config` says; the result lands in ctx.workdir."""
-    if config.scope == "mixed":
-        # Imported here so that a problem in per-node precision fails only mixed jobs.
-        from optimizers.quantization.mixed import quantize_mixed
-
-        return quantize_mixed(model_path, config, ctx)
-    if config.method == "fp16":
-        from optimizers.quantization.fp16 import quantize_fp16
-
-        return quantize_fp16(model_path, config, ctx)
-    if config.method == "int4_weight_only":
-        from optimizers.quantization.int4_weight_only import quantize_int4
-
-        return quantize_int4(model_path, config, ctx)
-    if config.weights_only:
-        return _quantize_weights_only(model_path, config, ctx)
-    return _quantize_int8(model_path, config, ctx)
-
-
-def _quantize_weights_only(
+def quantize_int8_weight_only(
     model_path: Path, config: QuantizeConfig, ctx: PassContext
 ) -> PassResult:
     start, end = ctx.progress_span
@@ -94,8 +72,6 @@ def _quantize_weights_only(
     model = onnx.load(str(model_path))  # external data is read from the model's folder
     selection.check_and_name(model, config)
     resolved = selection.resolve(model, config)
-    if config.calibration is not None:
-        notes.append("weights_only needs no calibration: the calibration dataset was not read")
     done = weights_only.quantize_weights(model, config, resolved)
     if not done.quantized_weights:
         notes.append(
@@ -120,7 +96,7 @@ def _quantize_weights_only(
     return PassResult(model_path=output, notes=notes, details=details)
 
 
-def _quantize_int8(model_path: Path, config: QuantizeConfig, ctx: PassContext) -> PassResult:
+def quantize_int8(model_path: Path, config: QuantizeConfig, ctx: PassContext) -> PassResult:
     start, end = ctx.progress_span
     info = inspect_model(model_path)
     notes: list[str] = []

@@ -19,7 +19,7 @@ from optimizers.external_data import needs_external_data, save_model
 from optimizers.measure.evaluate import evaluate
 from optimizers.measure.runtime import CPU, default_threads
 from optimizers.model_info import inspect_model
-from optimizers.quantization.integer import quantize
+from optimizers.quantization.integer import quantize_int8
 from optimizers.quantization.sensitivity import ANALYSIS_SAMPLES, analysis_feeds, analyze
 from optimizers.results import PassContext, PassResult
 
@@ -77,7 +77,7 @@ def quantize_mixed(model_path: Path, config: QuantizeConfig, ctx: PassContext) -
     def attempt(index: int, excluded: list[str], span: tuple[float, float]) -> _Round:
         workdir = ctx.workdir / f"round{index}"
         split = span[0] + 0.7 * (span[1] - span[0])
-        result = quantize(
+        result = quantize_int8(
             model_path,
             _round_config(config, [*user_excluded, *excluded]),
             PassContext(

@@ -17,7 +17,6 @@ from optimizers.checks import check_student
 from optimizers.config import DistillConfig
 from optimizers.errors import DatasetMismatchError, UnsupportedError
 from optimizers.model_info import inspect_model
-from optimizers.registry import register_pass
 from optimizers.results import ModelInfo, PassContext, PassResult
 from optimizers.trainable.onnx_bridge import export_to_onnx, onnx_to_torch
 
@@ -36,7 +35,6 @@ _EXAMPLE_BATCH = 2
 _CHECKPOINT = "distill.pt"
 
 
-@register_pass(DistillConfig)
 def distill(model_path: Path, config: DistillConfig, ctx: PassContext) -> PassResult:
     """Train the student `config` names on the input model's outputs (and the dataset's labels,
     when it has them); the result is ctx.workdir / "student.onnx"."""

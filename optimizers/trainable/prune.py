@@ -19,7 +19,6 @@ from optimizers.config import PruneConfig
 from optimizers.errors import UnsupportedError
 from optimizers.model_info import inspect_model
 from optimizers.quantization.node_selection import listing
-from optimizers.registry import register_pass
 from optimizers.results import ModelInfo, PassContext, PassResult
 from optimizers.trainable.onnx_bridge import export_to_onnx, module_names_by_node, onnx_to_torch
 
@@ -36,7 +35,6 @@ _EXAMPLE_BATCH = 2
 _STAGE = "pruning"
 
 
-@register_pass(PruneConfig)
 def prune(model_path: Path, config: PruneConfig, ctx: PassContext) -> PassResult:
     """Prune `model_path` as `config` says; the result is ctx.workdir / "pruned.onnx"."""
     if config.method == "2:4" and ctx.device != "cuda":

@@ -7,7 +7,7 @@ import pytest
 
 from optimizers.config import QuantizeConfig
 from optimizers.measure.runtime import create_session
-from optimizers.quantization.integer import quantize
+from optimizers.quantization.apply import quantize
 from optimizers.results import PassContext, PassResult
 from tests.optimizers.sensitive_models import SENSITIVE_NODE, make_inputs, make_outlier_mlp
 

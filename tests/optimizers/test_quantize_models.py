@@ -28,12 +28,7 @@ METHODS: dict[str, dict[str, Any]] = {
     "dynamic": {"method": "dynamic"},
     "dynamic_per_channel": {"method": "dynamic", "per_channel": True},
     "static": {"method": "static", "calibration": {"dataset_id": "data", "samples": 16}},
-    "weights_only": {
-        "method": "dynamic",
-        "scope": "partial",
-        "weights_only": True,
-        "per_channel": True,
-    },
+    "weights_only": {"method": "int8_weight_only", "per_channel": True},
     "fp16": {"method": "fp16"},
     "int4": {"method": "int4_weight_only", "block_size": 32},
 }

@@ -25,9 +25,7 @@ def _outputs(model: Path, feeds: dict[str, np.ndarray]) -> np.ndarray:
 def test_weights_shrink_and_compute_stays_float(
     tmp_path: Path, mlp: Path, mlp_data: Path, per_channel: bool
 ) -> None:
-    config = QuantizeConfig(
-        method="dynamic", scope="partial", weights_only=True, per_channel=per_channel
-    )
+    config = QuantizeConfig(method="int8_weight_only", per_channel=per_channel)
     result = run_pass(mlp, config, PassContext(workdir=tmp_path, datasets={}))
 
     assert result.model_path.stat().st_size < mlp.stat().st_size / 3
@@ -45,14 +43,13 @@ def test_weights_shrink_and_compute_stays_float(
     assert result.details["excluded_nodes"] == []
 
 
-def test_static_weights_only_honors_exclude_and_needs_no_data(tmp_path: Path) -> None:
+def test_int8_weight_only_honors_exclude_and_needs_no_data(tmp_path: Path) -> None:
     model = make_cnn(tmp_path / "cnn.onnx", width=16)
     data = make_dataset(tmp_path / "cnn.npz", model, samples=8, labels=False)
     config = QuantizeConfig.model_validate(
         {
-            "method": "static",
+            "method": "int8_weight_only",
             "scope": "partial",
-            "weights_only": True,
             "per_channel": True,
             "exclude": {"nodes": ["fc"]},
         }

@@ -9,7 +9,7 @@ import pytest
 
 from optimizers.config import QuantizeConfig
 from optimizers.model_info import inspect_model
-from optimizers.quantization.integer import quantize
+from optimizers.quantization.apply import quantize
 from optimizers.quantization.sensitivity import analysis_feeds, analyze
 from optimizers.results import PassContext
 from tests.optimizers.sensitive_models import SENSITIVE_NODE, make_inputs, make_outlier_mlp
