@@ -506,7 +506,7 @@ def _sensitivity(
             baseline,
             result.model_path,
             feeds,
-            pass_config=config.model_dump(mode="json", exclude_defaults=True),
+            pass_config=config.as_submitted(),
             provider=provider,
             threads=threads,
         )

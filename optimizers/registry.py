@@ -17,9 +17,13 @@ from optimizers.results import PassContext, PassResult
 PassFn = Callable[[Path, PassConfig, PassContext], PassResult]
 
 
-def pass_config_types() -> dict[str, type[PassConfig]]:
-    """Every registered pass config by `kind`."""
-    return dict(PassConfig.registry)
+def pass_config_types() -> list[type[PassConfig]]:
+    """Every registered pass config class (one per kind, or one per method of a kind)."""
+    return [
+        config_type
+        for by_method in PassConfig.registry.values()
+        for config_type in by_method.values()
+    ]
 
 
 def implementation(config_type: type[PassConfig]) -> PassFn:
@@ -32,9 +36,7 @@ def implementation(config_type: type[PassConfig]) -> PassFn:
 
 def registered_passes() -> dict[type[PassConfig], PassFn]:
     """Every registered pass config class with the function that applies it (imports them)."""
-    return {
-        config_type: implementation(config_type) for config_type in PassConfig.registry.values()
-    }
+    return {config_type: implementation(config_type) for config_type in pass_config_types()}
 
 
 def run_pass(model_path: Path, config: PassConfig, ctx: PassContext) -> PassResult:

@@ -15,7 +15,7 @@ from onnx import numpy_helper
 from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
 from optimizers.batching import batch_layout
-from optimizers.config import QuantizeConfig
+from optimizers.config import Fp16Config
 from optimizers.datasets import check_fits, inspect_dataset
 from optimizers.errors import OptimizerError, QuantizationError
 from optimizers.external_data import needs_external_data, save_model
@@ -33,7 +33,7 @@ FP16_MAX = 65504.0
 CHECK_ROWS = 4
 
 
-def quantize_fp16(model_path: Path, config: QuantizeConfig, ctx: PassContext) -> PassResult:
+def quantize_fp16(model_path: Path, config: Fp16Config, ctx: PassContext) -> PassResult:
     start, end = ctx.progress_span
     ctx.progress("quantizing", start, "converting to float16")
     notes: list[str] = []
@@ -122,7 +122,7 @@ def _check(
     info: ModelInfo,
     converted: Path,
     fp32_nodes: set[str],
-    config: QuantizeConfig,
+    config: Fp16Config,
     ctx: PassContext,
     notes: list[str],
 ) -> dict[str, Any] | None:

@@ -8,14 +8,14 @@ from typing import Any
 import onnx
 from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
-from optimizers.config import QuantizeConfig
+from optimizers.config import Int4WeightOnlyConfig
 from optimizers.errors import QuantizationError
 from optimizers.external_data import data_file_for, needs_external_data
 from optimizers.quantization import node_selection as selection
 from optimizers.results import PassContext, PassResult
 
 
-def quantize_int4(model_path: Path, config: QuantizeConfig, ctx: PassContext) -> PassResult:
+def quantize_int4(model_path: Path, config: Int4WeightOnlyConfig, ctx: PassContext) -> PassResult:
     start, end = ctx.progress_span
     ctx.progress("quantizing", start, "quantizing MatMul weights to 4 bits")
     notes: list[str] = []

@@ -5,14 +5,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from optimizers.config import QuantizeConfig
-from optimizers.external_data import save_model
+from optimizers.config import Int8WeightOnlyConfig
+from optimizers.external_data import needs_external_data, save_model
+from optimizers.model_info import inspect_model
 from optimizers.quantization import node_selection as selection
+from optimizers.quantization.integer import upgrade_opset
+from optimizers.results import PassContext, PassResult
 
 #: Ops whose input 1 is a weight, and how to find its output-channel axis.
 WEIGHT_OPS = frozenset({"Conv", "MatMul", "Gemm"})
@@ -26,7 +30,7 @@ class WeightsOnlyResult:
 
 
 def quantize_weights(
-    model: onnx.ModelProto, config: QuantizeConfig, resolved: selection.Resolved
+    model: onnx.ModelProto, config: Int8WeightOnlyConfig, resolved: selection.Resolved
 ) -> WeightsOnlyResult:
     """Rewrite `model` in place: each selected node's constant float weight becomes an int8
     (or uint8) initializer and a symmetric DequantizeLinear, per tensor or per output channel."""
@@ -72,7 +76,7 @@ def quantize_weights(
     return result
 
 
-def needs_opset_13(config: QuantizeConfig) -> bool:
+def needs_opset_13(config: Int8WeightOnlyConfig) -> bool:
     """DequantizeLinear's `axis` (per-channel scales) appeared in opset 13."""
     return config.per_channel
 
@@ -146,3 +150,43 @@ def _subgraph_inputs(graph: onnx.GraphProto) -> set[str]:
 
 def save(model: onnx.ModelProto, path: Path, *, external_data: bool = False) -> None:
     save_model(model, path, external_data=external_data)
+
+
+def quantize_int8_weight_only(
+    model_path: Path, config: Int8WeightOnlyConfig, ctx: PassContext
+) -> PassResult:
+    """The `int8_weight_only` pass: every selected weight int8, the rest of the model as is."""
+    start, end = ctx.progress_span
+    ctx.progress("quantizing", start, "quantizing weights")
+    notes: list[str] = []
+    details: dict[str, Any] = {}
+    stem = model_path.stem
+    external_data = needs_external_data(model_path)
+    if config.per_channel:
+        info = inspect_model(model_path)
+        model_path = upgrade_opset(model_path, config, ctx.workdir, info, notes, details)
+    model = onnx.load(str(model_path))  # external data is read from the model's folder
+    selection.check_and_name(model, config)
+    resolved = selection.resolve(model, config)
+    done = quantize_weights(model, config, resolved)
+    if not done.quantized_weights:
+        notes.append(
+            "no weight was quantized: no selected Conv, MatMul or Gemm node has a constant "
+            "float weight; the output is the float model"
+        )
+    ctx.workdir.mkdir(parents=True, exist_ok=True)
+    output = ctx.workdir / f"{stem}.weights-{config.weight_type}.onnx"
+    save(model, output, external_data=external_data)
+    ctx.progress("quantizing", end, "quantization finished")
+    details |= {
+        "method": config.method,
+        "scope": config.scope,
+        "weights_only": True,
+        "per_channel": config.per_channel,
+        "weight_type": config.weight_type,
+        "quantized_weights": len(done.quantized_weights),
+        "quantized_nodes": len(done.quantized_nodes),
+        "excluded_nodes": done.excluded_nodes,
+        "pre_processed": "skipped",
+    }
+    return PassResult(model_path=output, notes=notes, details=details)

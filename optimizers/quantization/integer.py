@@ -25,7 +25,7 @@ from onnxruntime.quantization.registry import IntegerOpsRegistry, QDQRegistry, Q
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from optimizers.batching import batch_layout
-from optimizers.config import QuantizeConfig
+from optimizers.config import Int8Config, Int8WeightOnlyConfig, StaticQuantizeConfig
 from optimizers.datasets import FeedBatch, check_fits, inspect_dataset, iter_feeds, pick_rows
 from optimizers.errors import OptimizerError, QuantizationError
 from optimizers.external_data import (
@@ -35,7 +35,6 @@ from optimizers.external_data import (
     save_model,
 )
 from optimizers.model_info import inspect_model
-from optimizers.quantization import int8_weight_only as weights_only
 from optimizers.quantization import node_selection as selection
 from optimizers.quantization import opset
 from optimizers.results import ModelInfo, PassContext, PassResult
@@ -57,46 +56,9 @@ _CALIBRATION_METHODS = {
 _FORMATS = {"qdq": QuantFormat.QDQ, "qoperator": QuantFormat.QOperator}
 
 
-def quantize_int8_weight_only(
-    model_path: Path, config: QuantizeConfig, ctx: PassContext
-) -> PassResult:
-    start, end = ctx.progress_span
-    ctx.progress("quantizing", start, "quantizing weights")
-    notes: list[str] = []
-    details: dict[str, Any] = {}
-    stem = model_path.stem
-    external_data = needs_external_data(model_path)
-    if config.per_channel:
-        info = inspect_model(model_path)
-        model_path = _upgrade_opset(model_path, config, ctx.workdir, info, notes, details)
-    model = onnx.load(str(model_path))  # external data is read from the model's folder
-    selection.check_and_name(model, config)
-    resolved = selection.resolve(model, config)
-    done = weights_only.quantize_weights(model, config, resolved)
-    if not done.quantized_weights:
-        notes.append(
-            "no weight was quantized: no selected Conv, MatMul or Gemm node has a constant "
-            "float weight; the output is the float model"
-        )
-    ctx.workdir.mkdir(parents=True, exist_ok=True)
-    output = ctx.workdir / f"{stem}.weights-{config.weight_type}.onnx"
-    weights_only.save(model, output, external_data=external_data)
-    ctx.progress("quantizing", end, "quantization finished")
-    details |= {
-        "method": config.method,
-        "scope": config.scope,
-        "weights_only": True,
-        "per_channel": config.per_channel,
-        "weight_type": config.weight_type,
-        "quantized_weights": len(done.quantized_weights),
-        "quantized_nodes": len(done.quantized_nodes),
-        "excluded_nodes": done.excluded_nodes,
-        "pre_processed": "skipped",
-    }
-    return PassResult(model_path=output, notes=notes, details=details)
-
-
-def quantize_int8(model_path: Path, config: QuantizeConfig, ctx: PassContext) -> PassResult:
+def quantize_int8(model_path: Path, config: Int8Config, ctx: PassContext) -> PassResult:
+    """int8 quantization (dynamic or static) of every node or of the selected ones."""
+    static = config if isinstance(config, StaticQuantizeConfig) else None
     start, end = ctx.progress_span
     info = inspect_model(model_path)
     notes: list[str] = []
@@ -104,12 +66,8 @@ def quantize_int8(model_path: Path, config: QuantizeConfig, ctx: PassContext) ->
     stem = model_path.stem
     # Inputs with external data give outputs with external data, whatever their size.
     external_data = needs_external_data(model_path)
-    model_path = _upgrade_opset(model_path, config, ctx.workdir, info, notes, details)
-    if (
-        config.method == "static"
-        and config.activation_type == "int8"
-        and config.weight_type == "uint8"
-    ):
+    model_path = upgrade_opset(model_path, config, ctx.workdir, info, notes, details)
+    if static is not None and static.activation_type == "int8" and config.weight_type == "uint8":
         raise QuantizationError(
             "onnxruntime does not support int8 activations with uint8 weights; use uint8 "
             "activations or int8 weights"
@@ -153,28 +111,29 @@ def quantize_int8(model_path: Path, config: QuantizeConfig, ctx: PassContext) ->
                 **chosen,
             )
         else:
-            assert config.calibration is not None  # guaranteed by QuantizeConfig's validator
+            assert static is not None and static.calibration is not None  # the validator's
+            calibration = static.calibration
             reader = _DatasetReader(
                 model=info,
-                dataset=_calibration_path(ctx, config.calibration.dataset_id),
-                samples=config.calibration.samples,
+                dataset=_calibration_path(ctx, calibration.dataset_id),
+                samples=calibration.samples,
                 ctx=ctx,
-                seed=config.calibration.seed if config.calibration.sampling == "random" else None,
+                seed=calibration.seed if calibration.sampling == "random" else None,
             )
-            if reader.available < config.calibration.samples:
+            if reader.available < calibration.samples:
                 notes.append(
                     f"calibrated on {reader.available} samples: the dataset has fewer than the "
-                    f"{config.calibration.samples} requested"
+                    f"{calibration.samples} requested"
                 )
             quantize_static(
                 prepared,
                 output,
                 reader,
-                quant_format=_FORMATS[config.format],
+                quant_format=_FORMATS[static.format],
                 per_channel=config.per_channel,
-                activation_type=_QUANT_TYPES[config.activation_type],
+                activation_type=_QUANT_TYPES[static.activation_type],
                 weight_type=weight_type,
-                calibrate_method=_CALIBRATION_METHODS[config.calibration.method],
+                calibrate_method=_CALIBRATION_METHODS[calibration.method],
                 use_external_data_format=external_data,
                 **chosen,
             )
@@ -208,11 +167,11 @@ def quantize_int8(model_path: Path, config: QuantizeConfig, ctx: PassContext) ->
     details |= {
         "method": config.method,
         "scope": config.scope,
-        "format": config.format if config.method == "static" else None,
+        "format": static.format if static else None,
         "per_channel": config.per_channel,
         "weight_type": config.weight_type,
-        "activation_type": config.activation_type if config.method == "static" else None,
-        "calibration": config.calibration.model_dump() if config.calibration else None,
+        "activation_type": static.activation_type if static else None,
+        "calibration": static.calibration.model_dump() if static and static.calibration else None,
         "quantized_nodes": quantized_nodes,
         "excluded_nodes": excluded,
         "pre_processed": pre_processed,
@@ -220,9 +179,9 @@ def quantize_int8(model_path: Path, config: QuantizeConfig, ctx: PassContext) ->
     return PassResult(model_path=output, notes=notes, details=details)
 
 
-def _upgrade_opset(
+def upgrade_opset(
     model_path: Path,
-    config: QuantizeConfig,
+    config: Int8Config | Int8WeightOnlyConfig,
     workdir: Path,
     info: ModelInfo,
     notes: list[str],
@@ -231,7 +190,7 @@ def _upgrade_opset(
     """Per-channel scales and static QDQ need opset 13: older models are converted first."""
     if config.per_channel:
         reason = "per-channel quantization"
-    elif config.method == "static" and config.format == "qdq" and not config.weights_only:
+    elif isinstance(config, StaticQuantizeConfig) and config.format == "qdq":
         reason = "static QDQ quantization"
     else:
         return model_path
@@ -254,7 +213,7 @@ def _upgrade_opset(
 
 def _prepare_partial(
     model_path: Path,
-    config: QuantizeConfig,
+    config: Int8Config,
     workdir: Path,
     notes: list[str],
     *,
@@ -291,7 +250,7 @@ def _prepare_partial(
 
 
 def _resolve_selection(
-    prepared: Path, config: QuantizeConfig, workdir: Path
+    prepared: Path, config: Int8Config, workdir: Path
 ) -> tuple[Path, selection.Resolved]:
     """Selections in onnxruntime's terms. Nodes selected by op type are passed by name, so
     unnamed nodes get names first."""
@@ -309,7 +268,7 @@ def _resolve_selection(
     return prepared, selection.resolve(graph, config)
 
 
-def _quantizable_ops(config: QuantizeConfig) -> set[str]:
+def _quantizable_ops(config: Int8Config) -> set[str]:
     """Op types onnxruntime quantizes with this config (as its quantize_* functions default)."""
     if config.method == "dynamic":
         return set(IntegerOpsRegistry)

@@ -12,7 +12,7 @@ from typing import Any
 import onnx
 
 from optimizers.batching import BatchLayout, batch_layout
-from optimizers.config import EvaluateConfig, MixedConfig, NodeSelection, QuantizeConfig
+from optimizers.config import EvaluateConfig, Int8Config, MixedConfig, NodeSelection
 from optimizers.datasets import inspect_dataset
 from optimizers.errors import QuantizationError
 from optimizers.external_data import needs_external_data, save_model
@@ -54,7 +54,14 @@ class _Round:
         return {"round": self.index, "excluded": self.excluded, "drop": self.drop, "met": self.met}
 
 
-def quantize_mixed(model_path: Path, config: QuantizeConfig, ctx: PassContext) -> PassResult:
+def quantize_int8_or_mixed(model_path: Path, config: Int8Config, ctx: PassContext) -> PassResult:
+    """The `dynamic` and `static` passes: scope `mixed` here, the others as plain int8."""
+    if config.scope == "mixed":
+        return quantize_mixed(model_path, config, ctx)
+    return quantize_int8(model_path, config, ctx)
+
+
+def quantize_mixed(model_path: Path, config: Int8Config, ctx: PassContext) -> PassResult:
     """Quantize with per-node precision as `config.mixed` says; see the module docstring."""
     mixed = config.mixed or MixedConfig()
     if mixed.dataset_id is None:  # the config validator fills it from the calibration
@@ -172,11 +179,11 @@ def quantize_mixed(model_path: Path, config: QuantizeConfig, ctx: PassContext) -
     return PassResult(model_path=best.model_path, notes=notes, details=details)
 
 
-def _round_config(config: QuantizeConfig, excluded: list[str]) -> QuantizeConfig:
+def _round_config(config: Int8Config, excluded: list[str]) -> Int8Config:
     """The plain quantization of one round: full, or partial without `excluded`."""
     user = config.exclude or NodeSelection()
     nodes = list(dict.fromkeys(excluded))
-    if not nodes and not user.op_types and config.include is None and not config.weights_only:
+    if not nodes and not user.op_types and config.include is None:
         return config.model_copy(update={"scope": "full", "exclude": None, "mixed": None})
     exclude = NodeSelection(op_types=user.op_types, nodes=nodes)
     return config.model_copy(update={"scope": "partial", "exclude": exclude, "mixed": None})
@@ -187,7 +194,7 @@ def _rank(
     quantized: Path,
     dataset: Path,
     mixed: MixedConfig,
-    config: QuantizeConfig,
+    config: Int8Config,
     notes: list[str],
     *,
     layout: BatchLayout,

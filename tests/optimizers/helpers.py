@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
+
+from optimizers.config import QuantizeConfig, parse_pass
 
 
 def make_sequence_model(path: Path, *, features: int = 8, reduce: bool = True) -> Path:
@@ -124,3 +126,8 @@ def streaming_dataset(path: Path, *, samples: int = 24, seed: int = 0) -> Path:
         state=rng.standard_normal((samples, 2, 32)).astype(np.float32),
         sr=np.array(16000, np.int64),
     )
+
+
+def quantize_config(fields: dict[str, Any] | None = None, /, **more: Any) -> QuantizeConfig:
+    """The config class of the quantize method the fields name (as a job spec picks it)."""
+    return cast(QuantizeConfig, parse_pass({"kind": "quantize", **(fields or {}), **more}))

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from optimizers.config import EvaluateConfig, QuantizeConfig
+from optimizers.config import EvaluateConfig
 from optimizers.errors import EvaluationError
 from optimizers.measure.evaluate import (
     SQNR_CAP_DB,
@@ -17,7 +17,7 @@ from optimizers.measure.evaluate import (
 from optimizers.registry import run_pass
 from optimizers.results import PassContext
 from tests.factories import make_cnn, make_dataset
-from tests.optimizers.helpers import make_sequence_model, save_npz
+from tests.optimizers.helpers import make_sequence_model, quantize_config, save_npz
 
 CPU = ["CPUExecutionProvider"]
 
@@ -25,7 +25,7 @@ CPU = ["CPUExecutionProvider"]
 @pytest.fixture(scope="module")
 def quantized_mlp(tmp_path_factory: pytest.TempPathFactory, mlp: Path) -> Path:
     workdir = tmp_path_factory.mktemp("quantized")
-    config = QuantizeConfig(method="dynamic")
+    config = quantize_config(method="dynamic")
     return run_pass(mlp, config, PassContext(workdir=workdir, datasets={})).model_path
 
 

@@ -5,10 +5,10 @@ from pathlib import Path
 import onnx
 import pytest
 
-from optimizers.config import QuantizeConfig
 from optimizers.measure.runtime import create_session
-from optimizers.quantization.apply import quantize
+from optimizers.registry import run_pass as quantize
 from optimizers.results import PassContext, PassResult
+from tests.optimizers.helpers import quantize_config
 from tests.optimizers.sensitive_models import SENSITIVE_NODE, make_inputs, make_outlier_mlp
 
 #: Full int8 quantization of the outlier model loses about 0.009 (1 - cosine); keeping its
@@ -24,7 +24,7 @@ def outlier(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 def _mixed(tmp_path: Path, outlier: tuple[Path, Path], **mixed: object) -> PassResult:
     model, data = outlier
-    config = QuantizeConfig.model_validate(
+    config = quantize_config(
         {
             "method": "static",
             "scope": "mixed",
@@ -39,7 +39,7 @@ def _mixed(tmp_path: Path, outlier: tuple[Path, Path], **mixed: object) -> PassR
         progress=lambda *event: events.append(event),
         progress_span=(0.1, 0.4),
     )
-    result = quantize(model, config, ctx)  # scope "mixed" dispatches to mixed precision
+    result = quantize(model, config, ctx)  # scope "mixed": per-node precision
     create_session(result.model_path, provider="CPUExecutionProvider", threads=1)
     fractions = [fraction for _, fraction, _ in events]
     assert fractions == sorted(fractions) and fractions[0] >= 0.1 and fractions[-1] <= 0.4

@@ -9,12 +9,11 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from optimizers.config import QuantizeConfig
 from optimizers.errors import QuantizationError
 from optimizers.registry import run_pass
 from optimizers.results import PassContext
 from tests.factories import make_cnn, make_dataset, make_mlp
-from tests.optimizers.helpers import cosine
+from tests.optimizers.helpers import cosine, quantize_config
 
 Progress = list[tuple[str, float, str]]
 
@@ -41,7 +40,7 @@ def _assert_close_and_loadable(original: Path, quantized: Path, data: Path, name
 @pytest.mark.parametrize("per_channel", [False, True])
 def test_dynamic_quantization(tmp_path: Path, mlp: Path, mlp_data: Path, per_channel: bool) -> None:
     events: Progress = []
-    config = QuantizeConfig(method="dynamic", per_channel=per_channel)
+    config = quantize_config(method="dynamic", per_channel=per_channel)
     result = run_pass(mlp, config, _context(tmp_path, {}, events))
 
     assert result.model_path.parent == tmp_path / "work"
@@ -68,7 +67,7 @@ def test_static_quantization(
     tmp_path: Path, mlp: Path, mlp_data: Path, fmt: str, method: str, per_channel: bool
 ) -> None:
     events: Progress = []
-    config = QuantizeConfig.model_validate(
+    config = quantize_config(
         {
             "method": "static",
             "format": fmt,
@@ -96,7 +95,7 @@ def test_static_quantization_of_a_fixed_batch_cnn(tmp_path: Path) -> None:
     # Same weights with a free batch axis, so the factory can label all 10 samples at once.
     twin = make_cnn(tmp_path / "twin.onnx", batch="N", width=16)
     data = make_dataset(tmp_path / "cnn.npz", twin, samples=10)
-    config = QuantizeConfig.model_validate(
+    config = quantize_config(
         {"method": "static", "per_channel": True, "calibration": {"dataset_id": "c"}}
     )
     result = run_pass(model, config, _context(tmp_path, {"c": data}, []))
@@ -110,7 +109,7 @@ def test_static_quantization_of_a_fixed_batch_cnn(tmp_path: Path) -> None:
 @pytest.mark.parametrize("method", ["dynamic", "static"])
 def test_per_channel_upgrades_opset_12_models(tmp_path: Path, mlp_data: Path, method: str) -> None:
     model = make_mlp(tmp_path / "old.onnx", hidden=256, opset=12)
-    config = QuantizeConfig.model_validate(
+    config = quantize_config(
         {"method": method, "per_channel": True}
         | ({"calibration": {"dataset_id": "c", "samples": 16}} if method == "static" else {})
     )
@@ -131,7 +130,7 @@ def test_pre_processing_works_with_relative_paths(
     monkeypatch.chdir(tmp_path)
     ctx = PassContext(workdir=Path("work"), datasets={})
 
-    result = run_pass(Path("model.onnx"), QuantizeConfig(method="dynamic"), ctx)
+    result = run_pass(Path("model.onnx"), quantize_config(method="dynamic"), ctx)
 
     assert result.details["pre_processed"] == "full"
     assert not any("pre-processing" in note for note in result.notes)
@@ -145,14 +144,14 @@ def test_failed_pre_processing_is_a_note(
         raise RuntimeError("symbolic shape inference exploded")
 
     monkeypatch.setattr("optimizers.quantization.integer.quant_pre_process", broken)
-    result = run_pass(mlp, QuantizeConfig(method="dynamic"), _context(tmp_path, {}, []))
+    result = run_pass(mlp, quantize_config(method="dynamic"), _context(tmp_path, {}, []))
     assert result.details["pre_processed"] == "skipped"
     assert any("exploded" in note for note in result.notes)
     assert result.model_path.stat().st_size < mlp.stat().st_size
 
 
 def test_unsupported_type_combination_is_rejected(tmp_path: Path, mlp: Path) -> None:
-    config = QuantizeConfig.model_validate(
+    config = quantize_config(
         {
             "method": "static",
             "activation_type": "int8",
@@ -172,7 +171,7 @@ def test_onnxruntime_failures_become_quantization_errors(
 
     monkeypatch.setattr("optimizers.quantization.integer.quantize_dynamic", broken)
     with pytest.raises(QuantizationError, match="could not quantize the model: unsupported") as exc:
-        run_pass(mlp, QuantizeConfig(method="dynamic"), _context(tmp_path, {}, []))
+        run_pass(mlp, quantize_config(method="dynamic"), _context(tmp_path, {}, []))
     assert exc.value.type == "quantization_failed"
 
 
@@ -185,7 +184,7 @@ def test_exceptions_from_progress_pass_through(tmp_path: Path, mlp: Path, mlp_da
         if stage == "calibrating":
             raise Cancelled
 
-    config = QuantizeConfig.model_validate({"method": "static", "calibration": {"dataset_id": "c"}})
+    config = quantize_config({"method": "static", "calibration": {"dataset_id": "c"}})
     ctx = PassContext(workdir=tmp_path, datasets={"c": mlp_data}, progress=cancel)
     with pytest.raises(Cancelled):
         run_pass(mlp, config, ctx)

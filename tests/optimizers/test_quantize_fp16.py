@@ -8,12 +8,11 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from optimizers.config import QuantizeConfig
 from optimizers.errors import QuantizationError
 from optimizers.model_info import inspect_model
 from optimizers.registry import run_pass
 from optimizers.results import PassContext
-from tests.optimizers.helpers import cosine
+from tests.optimizers.helpers import cosine, quantize_config
 from tests.optimizers.zoo import make_large_constant_model, make_overflowing_mlp
 
 
@@ -26,7 +25,7 @@ def test_fp16_halves_the_model_and_keeps_float32_io(
     tmp_path: Path, mlp: Path, mlp_data: Path
 ) -> None:
     ctx = PassContext(workdir=tmp_path, datasets={"d": mlp_data})
-    result = run_pass(mlp, QuantizeConfig(method="fp16"), ctx)
+    result = run_pass(mlp, quantize_config(method="fp16"), ctx)
 
     assert result.model_path.stat().st_size < mlp.stat().st_size * 0.6
     session = ort.InferenceSession(str(result.model_path), providers=["CPUExecutionProvider"])
@@ -45,12 +44,12 @@ def test_fp16_halves_the_model_and_keeps_float32_io(
 def test_fp16_overflow_is_an_error_naming_output_and_nodes(tmp_path: Path) -> None:
     model = make_overflowing_mlp(tmp_path / "big.onnx")
     with pytest.raises(QuantizationError, match=r"fp16 overflow: tensor 'h' \(and 1 more") as exc:
-        run_pass(model, QuantizeConfig(method="fp16"), PassContext(tmp_path / "w", {}))
+        run_pass(model, quantize_config(method="fp16"), PassContext(tmp_path / "w", {}))
     assert "['big', 'relu', 'shrink']" in exc.value.message
     assert "exclude.nodes" in exc.value.message
 
     # Doing what the message says gives a working model.
-    config = QuantizeConfig.model_validate(
+    config = quantize_config(
         {"method": "fp16", "scope": "partial", "exclude": {"nodes": ["big", "relu", "shrink"]}}
     )
     result = run_pass(model, config, PassContext(tmp_path / "w2", {}))
@@ -61,7 +60,7 @@ def test_fp16_overflow_is_an_error_naming_output_and_nodes(tmp_path: Path) -> No
 
 def test_nodes_reading_constants_beyond_fp16_stay_float32(tmp_path: Path) -> None:
     model = make_large_constant_model(tmp_path / "div.onnx")
-    result = run_pass(model, QuantizeConfig(method="fp16"), PassContext(tmp_path / "w", {}))
+    result = run_pass(model, quantize_config(method="fp16"), PassContext(tmp_path / "w", {}))
 
     assert result.details["large_constant_nodes"] == ["div"]
     assert "div" in result.details["fp32_nodes"]

@@ -9,11 +9,10 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from optimizers.config import QuantizeConfig
 from optimizers.registry import run_pass
 from optimizers.results import PassContext
 from tests.factories import make_cnn, make_mlp
-from tests.optimizers.helpers import cosine
+from tests.optimizers.helpers import cosine, quantize_config
 
 
 def _outputs(model: Path, x: np.ndarray) -> np.ndarray:
@@ -25,7 +24,7 @@ def _outputs(model: Path, x: np.ndarray) -> np.ndarray:
 def test_int4_blocks_shrink_matmuls(tmp_path: Path, symmetric: bool) -> None:
     # K = 64 and 128: multiples of the block size.
     model = make_mlp(tmp_path / "m.onnx", in_features=64, hidden=128, classes=32)
-    config = QuantizeConfig(method="int4_weight_only", block_size=32, symmetric=symmetric)
+    config = quantize_config(method="int4_weight_only", block_size=32, symmetric=symmetric)
     result = run_pass(model, config, PassContext(workdir=tmp_path / "w", datasets={}))
 
     assert result.details["matmul_nbits_nodes"] == 3
@@ -38,7 +37,7 @@ def test_int4_blocks_shrink_matmuls(tmp_path: Path, symmetric: bool) -> None:
 
 def test_int4_honors_exclude(tmp_path: Path) -> None:
     model = make_mlp(tmp_path / "m.onnx", in_features=64, hidden=64, classes=32)
-    config = QuantizeConfig.model_validate(
+    config = quantize_config(
         {"method": "int4_weight_only", "scope": "partial", "exclude": {"nodes": ["fc3"]}}
     )
     result = run_pass(model, config, PassContext(workdir=tmp_path / "w", datasets={}))
@@ -51,7 +50,7 @@ def test_int4_honors_exclude(tmp_path: Path) -> None:
 def test_no_matmul_is_a_note(tmp_path: Path) -> None:
     model = make_cnn(tmp_path / "cnn.onnx")
     result = run_pass(
-        model, QuantizeConfig(method="int4_weight_only"), PassContext(tmp_path / "w", {})
+        model, quantize_config(method="int4_weight_only"), PassContext(tmp_path / "w", {})
     )
     assert result.details["matmul_nbits_nodes"] == 0
     assert any("no MatMul with constant weights" in note for note in result.notes)

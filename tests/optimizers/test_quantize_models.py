@@ -11,7 +11,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from optimizers.config import PipelineSpec, QuantizeConfig
+from optimizers.config import PipelineSpec
 from optimizers.errors import QuantizationError
 from optimizers.external_data import external_data_locations, model_size_bytes
 from optimizers.pipeline import run_pipeline
@@ -19,7 +19,7 @@ from optimizers.registry import run_pass
 from optimizers.results import PassContext, PassResult
 from tests.factories import make_dataset, make_mlp
 from tests.optimizers import zoo
-from tests.optimizers.helpers import cosine, save_npz
+from tests.optimizers.helpers import cosine, quantize_config, save_npz
 
 CPU = ["CPUExecutionProvider"]
 
@@ -36,7 +36,7 @@ METHODS: dict[str, dict[str, Any]] = {
 
 def _run(model: Path, config: dict[str, Any], tmp_path: Path, data: Path | None) -> PassResult:
     ctx = PassContext(workdir=tmp_path / "work", datasets={"data": data} if data else {})
-    return run_pass(model, QuantizeConfig.model_validate(config), ctx)
+    return run_pass(model, quantize_config(config), ctx)
 
 
 def _outputs(model: Path, feeds: dict[str, np.ndarray]) -> np.ndarray:

@@ -9,16 +9,15 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from optimizers.config import QuantizeConfig
 from optimizers.errors import QuantizationError
 from optimizers.registry import run_pass
 from optimizers.results import PassContext
 from tests.factories import make_cnn, make_dataset
-from tests.optimizers.helpers import cosine, weight_is_float
+from tests.optimizers.helpers import cosine, quantize_config, weight_is_float
 
 
 def _run(model: Path, data: Path | None, tmp_path: Path, **fields: Any) -> Any:
-    config = QuantizeConfig.model_validate({"scope": "partial", **fields})
+    config = quantize_config({"scope": "partial", **fields})
     ctx = PassContext(workdir=tmp_path / "work", datasets={"cal": data} if data else {})
     return run_pass(model, config, ctx)
 

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import numpy as np
 
-from optimizers.config import QuantizeConfig
 from optimizers.datasets import iter_picked_batches, pick_rows
 from optimizers.registry import run_pass
 from optimizers.results import PassContext
+from tests.optimizers.helpers import quantize_config
 
 
 def test_picked_batches_hold_exactly_the_picked_rows(mlp_data: Path) -> None:
@@ -26,7 +26,7 @@ def test_picked_batches_hold_exactly_the_picked_rows(mlp_data: Path) -> None:
 
 
 def _quantize(tmp_path: Path, mlp: Path, data: Path, name: str, **calibration: object) -> bytes:
-    config = QuantizeConfig.model_validate(
+    config = quantize_config(
         {"method": "static", "calibration": {"dataset_id": "c", "samples": 8, **calibration}}
     )
     result = run_pass(mlp, config, PassContext(workdir=tmp_path / name, datasets={"c": data}))

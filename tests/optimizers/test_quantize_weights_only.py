@@ -9,11 +9,10 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from optimizers.config import QuantizeConfig
 from optimizers.registry import run_pass
 from optimizers.results import PassContext
 from tests.factories import make_cnn, make_dataset
-from tests.optimizers.helpers import cosine, weight_is_float
+from tests.optimizers.helpers import cosine, quantize_config, weight_is_float
 
 
 def _outputs(model: Path, feeds: dict[str, np.ndarray]) -> np.ndarray:
@@ -25,7 +24,7 @@ def _outputs(model: Path, feeds: dict[str, np.ndarray]) -> np.ndarray:
 def test_weights_shrink_and_compute_stays_float(
     tmp_path: Path, mlp: Path, mlp_data: Path, per_channel: bool
 ) -> None:
-    config = QuantizeConfig(method="int8_weight_only", per_channel=per_channel)
+    config = quantize_config(method="int8_weight_only", per_channel=per_channel)
     result = run_pass(mlp, config, PassContext(workdir=tmp_path, datasets={}))
 
     assert result.model_path.stat().st_size < mlp.stat().st_size / 3
@@ -46,7 +45,7 @@ def test_weights_shrink_and_compute_stays_float(
 def test_int8_weight_only_honors_exclude_and_needs_no_data(tmp_path: Path) -> None:
     model = make_cnn(tmp_path / "cnn.onnx", width=16)
     data = make_dataset(tmp_path / "cnn.npz", model, samples=8, labels=False)
-    config = QuantizeConfig.model_validate(
+    config = quantize_config(
         {
             "method": "int8_weight_only",
             "scope": "partial",

@@ -9,9 +9,10 @@ import pytest
 
 from optimizers.config import QuantizeConfig
 from optimizers.model_info import inspect_model
-from optimizers.quantization.apply import quantize
 from optimizers.quantization.sensitivity import analysis_feeds, analyze
+from optimizers.registry import run_pass as quantize
 from optimizers.results import PassContext
+from tests.optimizers.helpers import quantize_config
 from tests.optimizers.sensitive_models import SENSITIVE_NODE, make_inputs, make_outlier_mlp
 
 
@@ -22,7 +23,7 @@ def outlier(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 def _static(samples: int = 32, **extra: object) -> QuantizeConfig:
-    return QuantizeConfig.model_validate(
+    return quantize_config(
         {"method": "static", "calibration": {"dataset_id": "data", "samples": samples}, **extra}
     )
 
@@ -32,7 +33,7 @@ def _report(model: Path, quantized: Path, data: Path | None, config: QuantizeCon
         model,
         quantized,
         analysis_feeds(inspect_model(model), dataset=data, samples=32),
-        pass_config=config.model_dump(mode="json", exclude_defaults=True),
+        pass_config=config.as_submitted(),
     )
     json.dumps(report, allow_nan=False)
     return report
@@ -61,7 +62,7 @@ def test_static_ranks_the_outlier_layer_first_and_the_suggestion_helps(
     assert report["tensors"]["compared"] + report["tensors"]["unmatched"] == 8
     assert [output["name"] for output in report["outputs"]] == ["logits"]
 
-    suggested = QuantizeConfig.model_validate(report["suggested_pass"])
+    suggested = quantize_config(report["suggested_pass"])
     assert suggested.scope == "partial" and suggested.exclude is not None
     assert suggested.exclude.nodes == [SENSITIVE_NODE]
     assert suggested.calibration == config.calibration
@@ -75,7 +76,7 @@ def test_static_ranks_the_outlier_layer_first_and_the_suggestion_helps(
 
 def test_dynamic_quantization_graph_is_analysed(tmp_path: Path, outlier: tuple[Path, Path]) -> None:
     model, _ = outlier
-    config = QuantizeConfig(method="dynamic")
+    config = quantize_config(method="dynamic")
     result = quantize(model, config, PassContext(workdir=tmp_path, datasets={}))
     assert any(n.op_type == "MatMulInteger" for n in onnx.load(str(result.model_path)).graph.node)
     report = _report(model, result.model_path, None, config)  # seeded random inputs
@@ -97,7 +98,7 @@ def test_external_data_and_fixed_batch(tmp_path: Path) -> None:
     model = make_outlier_mlp(tmp_path / "ext.onnx", batch=4, external_data=True)
     assert (tmp_path / "ext.data").is_file()
     data = make_inputs(tmp_path / "ext.npz", samples=10)  # not a multiple of the batch of 4
-    config = QuantizeConfig(method="dynamic")
+    config = quantize_config(method="dynamic")
     result = quantize(model, config, PassContext(workdir=tmp_path / "q", datasets={}))
     report = _report(model, result.model_path, data, config)
     assert report["status"] == "ok", report["error"]
@@ -111,7 +112,7 @@ def test_float16_model_has_nothing_to_exclude(tmp_path: Path, outlier: tuple[Pat
     model, data = outlier
     half = tmp_path / "half.onnx"
     onnx.save(convert_float_to_float16(onnx.load(str(model)), keep_io_types=True), str(half))
-    report = _report(model, half, data, QuantizeConfig(method="fp16"))
+    report = _report(model, half, data, quantize_config(method="fp16"))
     assert report["status"] == "ok"
     assert report["tensors"]["unmatched"] == 0
     assert all(node["quantized"] for node in report["nodes"])
