@@ -27,7 +27,7 @@ import onnx
 from optimizers.config import PipelineSpec
 from optimizers.errors import InvalidModelError, OptimizerError
 from optimizers.external_data import check_relative_location, external_data_locations
-from optimizers.formats.upload import UploadFormat, extract_onnx_zip
+from optimizers.formats.to_onnx import to_onnx
 from optimizers.pipeline import ArtifactFiles, run_pipeline
 from optimizers.results import ModelInfo, ProgressFn
 from worker.protocol import (
@@ -282,26 +282,15 @@ def _prepare_model(
     progress: ProgressFn,
 ) -> _Model:
     """The ONNX model the pipeline runs on, what it came from, and notes for the result."""
-    model_format = described["format"]
-    stored_path = scratch / check_path(described["path"])
-    if model_format == UploadFormat.onnx:
-        return _Model(stored_path, {"format": model_format, "converted": False}, [])
-    if model_format == UploadFormat.onnx_zip:
-        progress("loading", 0.02, "extracting the model and its external data")
-        path = extract_onnx_zip(stored_path, workdir, max_total_bytes=max_total_bytes)
-        return _Model(path, {"format": model_format, "converted": False}, [])
-    if model_format in (UploadFormat.torch_export, UploadFormat.torchscript):
-        from optimizers.formats.torch_to_onnx import convert_to_onnx
-
-        progress("loading", 0.02, f"converting the {model_format} program to ONNX")
-        conversion = convert_to_onnx(
-            stored_path,
-            ModelInfo.model_validate(described["info"]),
-            workdir,
-            max_total_bytes=max_total_bytes,
-        )
-        return _Model(conversion.model_path, conversion.source, conversion.notes)
-    raise InvalidModelError(f"the model has an unknown format '{model_format}'")
+    model = to_onnx(
+        scratch / check_path(described["path"]),
+        described["format"],
+        info=ModelInfo.model_validate(described["info"]),
+        workdir=workdir,
+        max_total_bytes=max_total_bytes,
+        progress=progress,
+    )
+    return _Model(model.path, model.source, model.notes)
 
 
 def package_model(

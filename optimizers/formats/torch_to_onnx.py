@@ -9,8 +9,8 @@ exporter, with example inputs built from the shapes given at upload.
 `use_pickle`, falls back to an unrestricted `torch.load` for sample inputs that the
 restricted one refuses, evaluates shape expressions with sympy (Python eval), execs guard
 code, and loads AOTInductor shared libraries. The archive is checked against all of these
-first (optimizers.formats.upload.read_torch_export_program), the sample inputs are loaded here with
-`weights_only=True` so the unrestricted fallback can never be reached, and guard code is
+first (`torch_export_archive.read_torch_export_program`), the sample inputs are loaded here
+with `weights_only=True` so the unrestricted fallback can never be reached, and guard code is
 dropped before the program is used.
 """
 
@@ -22,16 +22,12 @@ from pathlib import Path
 from typing import Any
 
 from optimizers.errors import InvalidModelError
-from optimizers.formats.upload import (
-    TORCH_EXPORT_OPSET,
-    TORCHSCRIPT_OPSET,
-    UnsafeArchiveError,
-    UploadFormat,
-    check_torchscript_pickles,
-    detect_format,
-    open_checked_zip,
-    read_torch_export_program,
-)
+from optimizers.formats.archive_safety import UnsafeArchiveError
+from optimizers.formats.detect import detect_format
+from optimizers.formats.kinds import TORCH_EXPORT_OPSET, TORCHSCRIPT_OPSET, UploadFormat
+from optimizers.formats.torch_export_archive import read_torch_export_program
+from optimizers.formats.torchscript_archive import check_torchscript_pickles
+from optimizers.formats.zip_archive import open_checked_zip
 from optimizers.model_info import inspect_model
 from optimizers.results import ModelInfo
 

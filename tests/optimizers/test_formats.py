@@ -16,13 +16,11 @@ import pytest
 
 from optimizers.errors import InvalidModelError
 from optimizers.external_data import model_size_bytes
-from optimizers.formats.upload import (
-    UnsafeArchiveError,
-    UploadFormat,
-    detect_format,
-    extract_onnx_zip,
-    inspect_upload,
-)
+from optimizers.formats.archive_safety import UnsafeArchiveError
+from optimizers.formats.detect import detect_format
+from optimizers.formats.kinds import UploadFormat
+from optimizers.formats.onnx_zip import extract_onnx_zip
+from optimizers.formats.upload import inspect_upload
 from tests.torch_models import (
     CLASSES,
     IN_FEATURES,

@@ -12,7 +12,9 @@ import pytest
 from onnx import TensorProto, helper
 
 from optimizers.errors import InvalidModelError, UnsupportedError
-from optimizers.formats.upload import UnsafeArchiveError, check_torchscript_pickles, inspect_upload
+from optimizers.formats.archive_safety import UnsafeArchiveError
+from optimizers.formats.torchscript_archive import check_torchscript_pickles
+from optimizers.formats.upload import inspect_upload
 from optimizers.model_info import inspect_model
 
 

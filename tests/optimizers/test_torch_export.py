@@ -12,8 +12,9 @@ import onnxruntime as ort
 import pytest
 
 from optimizers.errors import InvalidModelError
+from optimizers.formats.archive_safety import UnsafeArchiveError
 from optimizers.formats.torch_to_onnx import convert_to_onnx
-from optimizers.formats.upload import UnsafeArchiveError, inspect_upload
+from optimizers.formats.upload import inspect_upload
 from optimizers.results import ModelInfo
 from tests.torch_models import (
     CLASSES,
