@@ -41,6 +41,9 @@ class PassConfig(StrictModel):
     kind: str
     #: The function that applies this config, as "module:function"; imported on first use.
     apply: ClassVar[str] = ""
+    #: Optional: a function, as "module:function", that measures the pass's output against
+    #: its input after it ran and returns the pass's extra reports (optimizers.registry).
+    report: ClassVar[str] = ""
     #: Concrete sub-classes (those with `apply`) register themselves here by kind, then by
     #: method for kinds with one class per method (`quantize`), else under None.
     registry: ClassVar[dict[str, dict[str | None, type[PassConfig]]]] = {}
@@ -131,6 +134,7 @@ class QuantizeConfig(PassConfig):
     then `method` picks the class. Every method can be limited to some nodes."""
 
     kind: Literal["quantize"] = "quantize"
+    report: ClassVar[str] = "optimizers.quantization.sensitivity_report:sensitivity_report"
     method: str
     scope: Literal["full", "partial"] = Field(
         default="full",

@@ -16,12 +16,11 @@ import numpy as np
 
 from optimizers.batching import BatchLayout, batch_layout
 from optimizers.checks import check_spec
-from optimizers.config import EvaluateConfig, PassConfig, PipelineSpec
+from optimizers.config import EvaluateConfig, PipelineSpec
 from optimizers.datasets import inspect_dataset
 from optimizers.errors import (
     DatasetMismatchError,
     InvalidModelError,
-    OptimizerError,
     PassOutputError,
 )
 from optimizers.external_data import has_external_data, model_size_bytes
@@ -30,17 +29,16 @@ from optimizers.measure.environment import describe_environment
 from optimizers.measure.evaluate import evaluate, fidelity_on_inputs
 from optimizers.measure.runtime import create_session, default_threads, resolve_provider
 from optimizers.model_info import inspect_model
-from optimizers.quantization.sensitivity import analysis_feeds, analyze, failed_report
-from optimizers.registry import run_pass
+from optimizers.registry import report_step, run_pass
 from optimizers.results import (
     Checkpoints,
     DatasetInfo,
     ModelInfo,
     NoCheckpoints,
     PassContext,
-    PassResult,
     PrefixedCheckpoints,
     ProgressFn,
+    ReportContext,
     no_progress,
 )
 
@@ -48,8 +46,8 @@ from optimizers.results import (
 PASSES_START, EVALUATE_START, BENCHMARK_START, BENCHMARK_END = 0.05, 0.45, 0.6, 0.97
 #: Samples for fidelity when the spec has no evaluate section.
 FIDELITY_SAMPLES = 32
-#: Share of each quantize pass's progress span spent on its sensitivity report.
-ANALYSIS_SHARE = 0.15
+#: Share of a pass's progress span spent on its report step (a quantize pass's sensitivity).
+REPORT_SHARE = 0.15
 #: Share of each pass's progress span spent measuring its output model (the stage).
 MEASURE_SHARE = 0.2
 #: Stage benchmarks are short (at most this many warm-up runs and timed runs per batch size):
@@ -138,8 +136,8 @@ def run_pipeline(
         number = index + 1
         span = (PASSES_START + index * width, PASSES_START + number * width)
         measure_start = span[1] - MEASURE_SHARE * width
-        analyzed = config.kind == "quantize"
-        split = measure_start - ANALYSIS_SHARE * width if analyzed else measure_start
+        reporter = report_step(type(config))
+        split = measure_start - REPORT_SHARE * width if reporter else measure_start
         label = f"pass{number}-{config.kind}"
         ctx = PassContext(
             workdir=workdir / label,
@@ -162,23 +160,25 @@ def run_pipeline(
             "details": result.details,
             "notes": result.notes,
         }
-        if analyzed:
-            progress("analyzing", split, f"pass {number}: measuring per-node sensitivity")
-            name = f"pass{number}-sensitivity.json"
-            report = _sensitivity(
+        if reporter is not None:
+            entry |= reporter(
                 current,
                 result,
                 config,
-                spec,
-                model,
-                datasets,
-                provider,
-                threads,
-                ctx.workdir,
-                layout,
+                ReportContext(
+                    number=number,
+                    workdir=ctx.workdir,
+                    model=model,
+                    datasets=datasets,
+                    evaluate_dataset_id=spec.evaluate.dataset_id if spec.evaluate else None,
+                    input_shapes=spec.benchmark.input_shapes,
+                    layout=layout,
+                    provider=provider,
+                    threads=threads,
+                    progress=progress,
+                    progress_at=split,
+                ),
             )
-            result.artifacts["sensitivity"] = ctx.workdir / "sensitivity.json"
-            entry["sensitivity"] = _sensitivity_summary(report, name)
         progress("measuring", measure_start, f"pass {number}: measuring its model")
         stage_name = stage_model_name(result.model_path, f"pass{number}-{config.kind}")
         stage = {
@@ -471,62 +471,6 @@ def _check_loads(path: Path, *, kind: str, provider: str, threads: int) -> None:
         raise PassOutputError(
             f"the model produced by the {kind} pass does not load in onnxruntime: {exc.message}"
         ) from exc
-
-
-def _sensitivity(
-    baseline: Path,
-    result: PassResult,
-    config: PassConfig,
-    spec: PipelineSpec,
-    model: ModelInfo,
-    datasets: Mapping[str, Path],
-    provider: str,
-    threads: int,
-    workdir: Path,
-    layout: BatchLayout,
-) -> dict[str, Any]:
-    """The sensitivity report of one quantize pass (its input against its output), written
-    as JSON in the pass's workdir. A report that failed says why; the job goes on."""
-    dataset_ids = config.dataset_ids()
-    if spec.evaluate is not None:
-        dataset_id: str | None = spec.evaluate.dataset_id
-        source = "evaluate_dataset"
-    elif dataset_ids:
-        dataset_id, source = dataset_ids[0], "pass_dataset"
-    else:
-        dataset_id, source = None, "synthetic_inputs"
-    try:
-        feeds = analysis_feeds(
-            model,
-            dataset=datasets[dataset_id] if dataset_id else None,
-            input_shapes=spec.benchmark.input_shapes,
-            layout=layout,
-        )
-        report = analyze(
-            baseline,
-            result.model_path,
-            feeds,
-            pass_config=config.as_submitted(),
-            provider=provider,
-            threads=threads,
-        )
-    except OptimizerError as exc:  # e.g. synthetic inputs for a model with symbolic dims
-        report = failed_report(baseline, result.model_path, exc.message)
-    report["inputs"] = {"source": source, "dataset_id": dataset_id}
-    workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "sensitivity.json").write_text(json.dumps(report, indent=2, allow_nan=False))
-    return report
-
-
-def _sensitivity_summary(report: dict[str, Any], artifact: str) -> dict[str, Any]:
-    ranked = [node for node in report["nodes"] if node["quantized"]]
-    return {
-        "status": report["status"],
-        "error": report["error"],
-        "worst_nodes": [node["node"] for node in ranked[:3]],
-        "suggested_exclude": report["suggested_exclude"]["nodes"],
-        "artifact": artifact,
-    }
 
 
 def _benchmark_dataset_id(spec: PipelineSpec) -> str | None:

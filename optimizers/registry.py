@@ -9,12 +9,15 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 from optimizers.config import PassConfig
-from optimizers.results import PassContext, PassResult
+from optimizers.results import PassContext, PassResult, ReportContext
 
 PassFn = Callable[[Path, PassConfig, PassContext], PassResult]
+#: report(pass input, the pass's result, its config, context) -> entries for the pass's record
+#: in the job result; it adds its files to the result's artifacts.
+ReportFn = Callable[[Path, PassResult, PassConfig, ReportContext], dict[str, Any]]
 
 
 def pass_config_types() -> list[type[PassConfig]]:
@@ -28,10 +31,22 @@ def pass_config_types() -> list[type[PassConfig]]:
 
 def implementation(config_type: type[PassConfig]) -> PassFn:
     """The function that applies `config_type`, its module imported on first use."""
-    module_name, _, function_name = config_type.apply.partition(":")
-    if not module_name or not function_name:
+    function = _load(config_type.apply)
+    if function is None:
         raise NotImplementedError(f"no implementation registered for {config_type.__name__}")
-    return cast(PassFn, getattr(importlib.import_module(module_name), function_name))
+    return cast(PassFn, function)
+
+
+def report_step(config_type: type[PassConfig]) -> ReportFn | None:
+    """The pass's report step (e.g. quantization's sensitivity report), if it has one."""
+    return cast(ReportFn | None, _load(config_type.report))
+
+
+def _load(target: str) -> Any:
+    module_name, _, function_name = target.partition(":")
+    if not module_name or not function_name:
+        return None
+    return getattr(importlib.import_module(module_name), function_name)
 
 
 def registered_passes() -> dict[type[PassConfig], PassFn]:

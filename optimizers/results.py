@@ -6,9 +6,12 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import BaseModel, field_validator
+
+if TYPE_CHECKING:
+    from optimizers.batching import BatchLayout
 
 #: A dimension is a fixed size, a symbolic name (e.g. "batch"), or None when unknown. Some
 #: exporters write a dynamic dimension as -1 (or 0): those are read as None, never as sizes.
@@ -142,3 +145,25 @@ class PassResult:
     details: dict[str, Any] = field(default_factory=dict)
     #: Extra files for the user, by artifact kind (e.g. "sensitivity" -> a JSON report).
     artifacts: dict[str, Path] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ReportContext:
+    """What a pass's report step (`PassConfig.report`) may use to measure the pass's output
+    against its input, after the pass ran."""
+
+    #: The pass's number in the spec (1-based) and its folder, where its reports go.
+    number: int
+    workdir: Path
+    #: The job's original model and datasets (id -> .npz file).
+    model: ModelInfo
+    datasets: Mapping[str, Path]
+    #: The spec's evaluate dataset, if any, and its benchmark input shapes.
+    evaluate_dataset_id: str | None
+    input_shapes: Mapping[str, list[int]] | None
+    layout: BatchLayout
+    provider: str
+    threads: int
+    progress: ProgressFn = no_progress
+    #: Fraction of the whole job at which the report step starts.
+    progress_at: float = 0.0
