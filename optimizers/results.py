@@ -160,7 +160,7 @@ class ReportContext:
     datasets: Mapping[str, Path]
     #: The spec's evaluate dataset, if any, and its benchmark input shapes.
     evaluate_dataset_id: str | None
-    input_shapes: Mapping[str, list[int]] | None
+    input_shapes: dict[str, list[int]] | None
     layout: BatchLayout
     provider: str
     threads: int

@@ -203,7 +203,7 @@ def test_the_benchmark_record_rebuilds_the_same_inputs(tmp_path: Path) -> None:
     """What bench/verify_benchmark.py feeds from a job's record, with numpy alone, is what the
     benchmark fed: random inputs from the seed and shapes, or dataset rows."""
     from bench.verify_benchmark import recorded_feeds
-    from optimizers.pipeline import benchmark_inputs_record
+    from optimizers.measure.stages import benchmark_inputs_record
 
     info = inspect_model(make_streaming_model(tmp_path / "s.onnx"))
     data = streaming_dataset(tmp_path / "d.npz", samples=5)

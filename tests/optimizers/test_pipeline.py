@@ -11,8 +11,9 @@ import pytest
 from optimizers.config import PipelineSpec
 from optimizers.errors import OptimizerError
 from optimizers.external_data import model_size_bytes as model_size
+from optimizers.measure.verdict import verdict_text as _verdict
 from optimizers.model_info import inspect_model
-from optimizers.pipeline import ArtifactFiles, _verdict, run_pipeline
+from optimizers.pipeline import ArtifactFiles, run_pipeline
 from tests.optimizers.helpers import make_sequence_model, partial_quantize
 from tests.optimizers.sensitive_models import SENSITIVE_NODE, make_inputs, make_outlier_mlp
 
