@@ -7,7 +7,6 @@ keeps the best weights, stops early, and checkpoints every epoch so a retried jo
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -22,9 +21,8 @@ from optimizers.config import TrainingSettings
 from optimizers.datasets import LABELS
 from optimizers.errors import DatasetMismatchError, InvalidDatasetError, UnsupportedError
 from optimizers.results import ModelInfo, PassContext
+from optimizers.trainable import training_checkpoints as checkpoints
 
-#: Version of the checkpoint layout; a checkpoint of another version is ignored.
-CHECKPOINT_FORMAT = 2
 #: Progress reports per epoch while training (besides the one at the end of each epoch).
 _PROGRESS_PER_EPOCH = 4
 
@@ -170,133 +168,43 @@ def fit(
     Each epoch is checkpointed as `checkpoint_name` in ctx.checkpoints and a later call
     resumes from it. ctx.progress may raise to cancel; the exception propagates.
     """
-    if teacher is None and data.labels is None:
-        raise DatasetMismatchError(
-            "training needs 'labels' in the dataset when there is no teacher model to learn from"
-        )
-    missing = [name for name in input_names if name not in data.inputs]
-    if missing:
-        raise DatasetMismatchError(f"training data has no array for input(s) {missing}")
+    _check_data(data, input_names, has_teacher=teacher is not None)
     device = _device(ctx.device)
-    num_samples = data.num_samples
-    train_idx, val_idx = split_indices(num_samples, settings)
-    metric = "accuracy" if data.labels is not None else "agreement"
-    use_kd = teacher is not None and (data.labels is None or settings.alpha > 0.0)
-
     student.to(device)
     if teacher is not None:
         teacher.to(device)
         teacher.eval()
     try:
-        inputs = [torch.from_numpy(np.ascontiguousarray(data.inputs[n])) for n in input_names]
-        labels = torch.from_numpy(data.labels) if data.labels is not None else None
-        classes = _check_logits(student, inputs, labels, device, what="the model being trained")
-        if teacher is not None:
-            teacher_classes = _check_logits(teacher, inputs, None, device, what="the teacher")
-            if teacher_classes != classes:
-                raise UnsupportedError(
-                    f"the teacher has {teacher_classes} outputs but the model being trained has "
-                    f"{classes}; both must score the same classes"
-                )
-        if labels is not None:
-            val_targets = labels[val_idx]
-            teacher_score = (
-                _validate(teacher, inputs, val_idx, val_targets, device, settings.batch_size)[0]
-                if teacher is not None
-                else None
-            )
-        else:
-            assert teacher is not None
-            val_targets = _predict_logits(
-                teacher, inputs, val_idx, device, settings.batch_size
-            ).argmax(dim=1)
-            teacher_score = 1.0
-
-        trainable = [p for p in student.parameters() if p.requires_grad]
-        if not trainable:
-            raise UnsupportedError("the model has no trainable parameters")
-        optimizer = torch.optim.Adam(trainable, lr=settings.learning_rate)
-        fingerprint = _fingerprint(settings, num_samples, input_names, teacher is not None)
-
-        state = _TrainingState(best_state=_cpu_state(student))
-        checkpoint_ignored: str | None = None
-        resumed_from: int | None = None
+        run = _prepare_run(student, teacher, data, settings, input_names=input_names, device=device)
+        run.after_step = after_step
+        teacher_score = _teacher_score(run)
+        saved = checkpoints.fingerprint(
+            settings, data.num_samples, input_names, teacher is not None
+        )
         scratch = ctx.workdir / "checkpoints"
-        found = ctx.checkpoints.load(checkpoint_name, scratch / f"resume-{checkpoint_name}")
-        if found is not None:
-            checkpoint_ignored = _resume(found, student, optimizer, state, fingerprint)
-            if checkpoint_ignored is None:
-                resumed_from = state.epoch
-        if resumed_from is None:
-            state.initial_score, state.best_loss = _validate(
-                student, inputs, val_idx, val_targets, device, settings.batch_size
-            )
-            state.best_score = state.initial_score
-
+        state, resumed_from, checkpoint_ignored = _start_or_resume(
+            run, ctx, checkpoint_name, scratch, saved
+        )
         lo, hi = progress_span
-        epochs = settings.epochs
-        while state.epoch < epochs and not state.stopped_early:
+        while state.epoch < settings.epochs and not state.stopped_early:
             epoch = state.epoch + 1
-            student.train()
-            losses: list[float] = []
-            batches = _batches(train_idx, settings.batch_size, seed=settings.seed, epoch=epoch)
-            report_every = max(1, math.ceil(len(batches) / _PROGRESS_PER_EPOCH))
-            with torch.random.fork_rng(devices=_rng_devices(device)):
-                # Seeded per epoch, so dropout in a resumed epoch draws what it would have.
-                torch.manual_seed(settings.seed * 100_003 + epoch)
-                for number, batch in enumerate(batches, 1):
-                    _set_learning_rate(optimizer, settings, epoch, number, len(batches))
-                    feed = [tensor[batch].to(device) for tensor in inputs]
-                    target = labels[batch].to(device) if labels is not None else None
-                    soft = None
-                    if use_kd:
-                        assert teacher is not None
-                        with torch.no_grad():
-                            soft = _logits(teacher(*feed))
-                    loss = _loss(_logits(student(*feed)), target, soft, settings)
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
-                    if after_step is not None:
-                        with torch.no_grad():
-                            after_step(student)
-                    losses.append(float(loss.detach()))
-                    if number % report_every == 0 and number < len(batches):
-                        done = (epoch - 1 + number / len(batches)) / epochs
-                        ctx.progress(
-                            stage,
-                            lo + (hi - lo) * done,
-                            f"epoch {epoch}/{epochs}: batch {number}/{len(batches)}",
-                        )
-            train_loss = float(np.mean(losses))
-            val_score, val_loss = _validate(
-                student, inputs, val_idx, val_targets, device, settings.batch_size
-            )
-            state.epoch = epoch
-            state.history.append(
-                {
-                    "epoch": float(epoch),
-                    "train_loss": train_loss,
-                    "val_score": val_score,
-                    "val_loss": val_loss,
-                }
-            )
-            if _better(val_score, val_loss, state.best_score, state.best_loss):
-                state.best_score, state.best_loss = val_score, val_loss
-                state.best_epoch, state.stale = epoch, 0
-                state.best_state = _cpu_state(student)
-            else:
-                state.stale += 1
-                if settings.patience is not None and state.stale >= settings.patience:
-                    state.stopped_early = True
-            _save(ctx, checkpoint_name, scratch, student, optimizer, state, fingerprint)
-            ctx.progress(
-                stage,
-                lo + (hi - lo) * epoch / epochs,
-                f"epoch {epoch}/{epochs}: train loss {train_loss:.4f}, validation {metric} "
-                f"{val_score:.4f}",
-            )
 
+            def report(done: float, message: str) -> None:
+                ctx.progress(stage, lo + (hi - lo) * done / settings.epochs, message)
+
+            train_loss = _train_epoch(run, epoch, report)
+            val_score, val_loss = _validate(
+                student, run.inputs, run.val_idx, run.val_targets, device, settings.batch_size
+            )
+            _end_epoch(state, run, epoch, train_loss, val_score, val_loss)
+            checkpoints.save_checkpoint(
+                ctx, checkpoint_name, scratch, student, run.optimizer, state, saved
+            )
+            report(
+                epoch,
+                f"epoch {epoch}/{settings.epochs}: train loss {train_loss:.4f}, validation "
+                f"{run.metric} {val_score:.4f}",
+            )
         student.load_state_dict(state.best_state)
     finally:
         student.to("cpu")
@@ -304,7 +212,7 @@ def fit(
             teacher.to("cpu")
     student.eval()
     return FitReport(
-        metric=metric,
+        metric=run.metric,
         epochs_run=state.epoch,
         best_epoch=state.best_epoch,
         best_score=state.best_score,
@@ -314,9 +222,183 @@ def fit(
         history=state.history,
         initial_score=state.initial_score,
         teacher_score=teacher_score,
-        validation_samples=len(val_idx),
+        validation_samples=len(run.val_idx),
         checkpoint_ignored=checkpoint_ignored,
     )
+
+
+@dataclass
+class _Run:
+    """What every step of one training run reads: the models, the data as tensors, the
+    split, the optimizer."""
+
+    student: torch.nn.Module
+    teacher: torch.nn.Module | None
+    settings: TrainingSettings
+    device: torch.device
+    inputs: list[torch.Tensor]
+    labels: torch.Tensor | None
+    train_idx: np.ndarray
+    val_idx: np.ndarray
+    optimizer: torch.optim.Optimizer
+    #: "accuracy" against labels, else "agreement" with the teacher.
+    metric: str
+    #: Whether the loss has the distillation term.
+    use_kd: bool
+    val_targets: torch.Tensor = field(default_factory=lambda: torch.empty(0))
+    after_step: Callable[[torch.nn.Module], None] | None = None
+
+
+def _check_data(data: TrainingData, input_names: list[str], *, has_teacher: bool) -> None:
+    if not has_teacher and data.labels is None:
+        raise DatasetMismatchError(
+            "training needs 'labels' in the dataset when there is no teacher model to learn from"
+        )
+    missing = [name for name in input_names if name not in data.inputs]
+    if missing:
+        raise DatasetMismatchError(f"training data has no array for input(s) {missing}")
+
+
+def _prepare_run(
+    student: torch.nn.Module,
+    teacher: torch.nn.Module | None,
+    data: TrainingData,
+    settings: TrainingSettings,
+    *,
+    input_names: list[str],
+    device: torch.device,
+) -> _Run:
+    """The data as tensors, the split, and the optimizer, once the student and the teacher
+    are known to score the same classes."""
+    train_idx, val_idx = split_indices(data.num_samples, settings)
+    inputs = [torch.from_numpy(np.ascontiguousarray(data.inputs[n])) for n in input_names]
+    labels = torch.from_numpy(data.labels) if data.labels is not None else None
+    classes = _check_logits(student, inputs, labels, device, what="the model being trained")
+    if teacher is not None:
+        teacher_classes = _check_logits(teacher, inputs, None, device, what="the teacher")
+        if teacher_classes != classes:
+            raise UnsupportedError(
+                f"the teacher has {teacher_classes} outputs but the model being trained has "
+                f"{classes}; both must score the same classes"
+            )
+    trainable = [p for p in student.parameters() if p.requires_grad]
+    if not trainable:
+        raise UnsupportedError("the model has no trainable parameters")
+    return _Run(
+        student=student,
+        teacher=teacher,
+        settings=settings,
+        device=device,
+        inputs=inputs,
+        labels=labels,
+        train_idx=train_idx,
+        val_idx=val_idx,
+        optimizer=torch.optim.Adam(trainable, lr=settings.learning_rate),
+        metric="accuracy" if labels is not None else "agreement",
+        use_kd=teacher is not None and (labels is None or settings.alpha > 0.0),
+    )
+
+
+def _teacher_score(run: _Run) -> float | None:
+    """Set the validation targets (the labels, else the teacher's predictions) and return
+    the teacher's score on them (None without a teacher)."""
+    settings, teacher = run.settings, run.teacher
+    if run.labels is not None:
+        run.val_targets = run.labels[run.val_idx]
+        if teacher is None:
+            return None
+        return _validate(
+            teacher, run.inputs, run.val_idx, run.val_targets, run.device, settings.batch_size
+        )[0]
+    assert teacher is not None
+    run.val_targets = _predict_logits(
+        teacher, run.inputs, run.val_idx, run.device, settings.batch_size
+    ).argmax(dim=1)
+    return 1.0
+
+
+def _start_or_resume(
+    run: _Run, ctx: PassContext, checkpoint_name: str, scratch: Path, saved: dict[str, Any]
+) -> tuple[checkpoints.TrainingState, int | None, str | None]:
+    """(state, epoch resumed from, why a checkpoint found was not used)."""
+    state = checkpoints.TrainingState(best_state=checkpoints.cpu_state(run.student))
+    found = ctx.checkpoints.load(checkpoint_name, scratch / f"resume-{checkpoint_name}")
+    if found is not None:
+        ignored = checkpoints.resume(found, run.student, run.optimizer, state, saved)
+        if ignored is None:
+            return state, state.epoch, None
+    else:
+        ignored = None
+    state.initial_score, state.best_loss = _validate(
+        run.student, run.inputs, run.val_idx, run.val_targets, run.device, run.settings.batch_size
+    )
+    state.best_score = state.initial_score
+    return state, None, ignored
+
+
+def _train_epoch(run: _Run, epoch: int, report: Callable[[float, str], None]) -> float:
+    """One epoch over the training samples; returns the mean training loss."""
+    settings, student, teacher = run.settings, run.student, run.teacher
+    student.train()
+    losses: list[float] = []
+    batches = _batches(run.train_idx, settings.batch_size, seed=settings.seed, epoch=epoch)
+    report_every = max(1, math.ceil(len(batches) / _PROGRESS_PER_EPOCH))
+    with torch.random.fork_rng(devices=_rng_devices(run.device)):
+        # Seeded per epoch, so dropout in a resumed epoch draws what it would have.
+        torch.manual_seed(settings.seed * 100_003 + epoch)
+        for number, batch in enumerate(batches, 1):
+            _set_learning_rate(run.optimizer, settings, epoch, number, len(batches))
+            feed = [tensor[batch].to(run.device) for tensor in run.inputs]
+            target = run.labels[batch].to(run.device) if run.labels is not None else None
+            soft = None
+            if run.use_kd:
+                assert teacher is not None
+                with torch.no_grad():
+                    soft = _logits(teacher(*feed))
+            loss = _loss(_logits(student(*feed)), target, soft, settings)
+            run.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            run.optimizer.step()
+            if run.after_step is not None:
+                with torch.no_grad():
+                    run.after_step(student)
+            losses.append(float(loss.detach()))
+            if number % report_every == 0 and number < len(batches):
+                report(
+                    epoch - 1 + number / len(batches),
+                    f"epoch {epoch}/{settings.epochs}: batch {number}/{len(batches)}",
+                )
+    return float(np.mean(losses))
+
+
+def _end_epoch(
+    state: checkpoints.TrainingState,
+    run: _Run,
+    epoch: int,
+    train_loss: float,
+    val_score: float,
+    val_loss: float,
+) -> None:
+    """Record the epoch, keep the best weights, and stop early after `patience` epochs
+    without a better validation score."""
+    state.epoch = epoch
+    state.history.append(
+        {
+            "epoch": float(epoch),
+            "train_loss": train_loss,
+            "val_score": val_score,
+            "val_loss": val_loss,
+        }
+    )
+    if _better(val_score, val_loss, state.best_score, state.best_loss):
+        state.best_score, state.best_loss = val_score, val_loss
+        state.best_epoch, state.stale = epoch, 0
+        state.best_state = checkpoints.cpu_state(run.student)
+    else:
+        state.stale += 1
+        patience = run.settings.patience
+        if patience is not None and state.stale >= patience:
+            state.stopped_early = True
 
 
 def split_indices(num_samples: int, settings: TrainingSettings) -> tuple[np.ndarray, np.ndarray]:
@@ -331,19 +413,6 @@ def split_indices(num_samples: int, settings: TrainingSettings) -> tuple[np.ndar
         everything = np.sort(order)
         return everything, everything
     return np.sort(order[held_out:]), np.sort(order[:held_out])
-
-
-@dataclass
-class _TrainingState:
-    best_state: dict[str, torch.Tensor]
-    epoch: int = 0
-    best_epoch: int = 0
-    best_score: float = -math.inf
-    best_loss: float = math.inf
-    initial_score: float = math.nan
-    stale: int = 0
-    stopped_early: bool = False
-    history: list[dict[str, float]] = field(default_factory=list)
 
 
 def _device(requested: str) -> torch.device:
@@ -498,105 +567,3 @@ def _validate(
     logits = _predict_logits(module, inputs, indices, device, batch_size)
     accuracy = float((logits.argmax(dim=1) == targets).float().mean())
     return accuracy, float(F.cross_entropy(logits, targets))
-
-
-def _cpu_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
-
-
-def _fingerprint(
-    settings: TrainingSettings, num_samples: int, input_names: list[str], has_teacher: bool
-) -> dict[str, Any]:
-    """What a checkpoint must agree on to be resumed: the data split and the loss."""
-    return {
-        "num_samples": num_samples,
-        "inputs": list(input_names),
-        "teacher": has_teacher,
-        "seed": settings.seed,
-        "validation_split": settings.validation_split,
-        "batch_size": settings.batch_size,
-        "learning_rate": settings.learning_rate,
-        # The cosine schedule spans the epochs: with another count, saved epochs ran at rates
-        # the new schedule would not have used.
-        "lr_schedule": settings.lr_schedule,
-        "epochs": settings.epochs if settings.lr_schedule == "cosine" else None,
-        "temperature": settings.temperature,
-        "alpha": settings.alpha,
-    }
-
-
-def _save(
-    ctx: PassContext,
-    name: str,
-    scratch: Path,
-    student: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    state: _TrainingState,
-    fingerprint: dict[str, Any],
-) -> None:
-    scratch.mkdir(parents=True, exist_ok=True)
-    path = scratch / name
-    torch.save(
-        {
-            "format": CHECKPOINT_FORMAT,
-            "fingerprint": fingerprint,
-            "student": _cpu_state(student),
-            "optimizer": optimizer.state_dict(),
-            "epoch": state.epoch,
-            "best_state": state.best_state,
-            "best_epoch": state.best_epoch,
-            "best_score": state.best_score,
-            "best_loss": state.best_loss,
-            "initial_score": state.initial_score,
-            "stale": state.stale,
-            "stopped_early": state.stopped_early,
-            "history": state.history,
-        },
-        path,
-    )
-    ctx.checkpoints.save(name, path)
-
-
-def _resume(
-    path: Path,
-    student: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    state: _TrainingState,
-    fingerprint: dict[str, Any],
-) -> str | None:
-    """Load the checkpoint at `path` into `student`, `optimizer` and `state`; returns why it
-    was not used instead, leaving them untouched."""
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # a truncated or foreign file: start over rather than fail
-        return f"the checkpoint could not be read ({type(exc).__name__}: {exc})"
-    if not isinstance(saved, dict) or saved.get("format") != CHECKPOINT_FORMAT:
-        return "the checkpoint has an unknown layout"
-    if saved.get("fingerprint") != fingerprint:
-        return "the checkpoint was written with other training settings or data"
-    expected = {k: tuple(v.shape) for k, v in student.state_dict().items()}
-    for key in ("student", "best_state"):
-        found = {k: tuple(v.shape) for k, v in saved[key].items()}
-        if found != expected:
-            differing = sorted(set(found.items()) ^ set(expected.items()))[:3]
-            return (
-                "the checkpoint does not match the model being trained (parameters differ: "
-                f"{', '.join(name for name, _ in differing)})"
-            )
-    backup = copy.deepcopy(optimizer.state_dict())
-    try:
-        optimizer.load_state_dict(saved["optimizer"])
-    except (ValueError, KeyError) as exc:
-        optimizer.load_state_dict(backup)
-        return f"the checkpoint's optimizer state does not match ({exc})"
-    student.load_state_dict(saved["student"])
-    state.epoch = int(saved["epoch"])
-    state.best_state = saved["best_state"]
-    state.best_epoch = int(saved["best_epoch"])
-    state.best_score = float(saved["best_score"])
-    state.best_loss = float(saved["best_loss"])
-    state.initial_score = float(saved["initial_score"])
-    state.stale = int(saved["stale"])
-    state.stopped_early = bool(saved["stopped_early"])
-    state.history = [dict(entry) for entry in saved["history"]]
-    return None
