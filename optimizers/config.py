@@ -439,24 +439,19 @@ def _validate_pass(value: Any, handler: Any) -> PassConfig:
 
 
 #: One pass of a job spec: any registered pass config, chosen by `kind`, then `method`. The
-#: JSON schema lists the built-in passes.
+#: JSON schema lists the built-in passes (a flat `anyOf`: OpenAPI's discriminator mapping
+#: cannot say "by kind, then by method").
 AnyPass = Annotated[
     SerializeAsAny[PassConfig],
     WrapValidator(
         _validate_pass,
-        json_schema_input_type=Annotated[
-            Annotated[
-                DynamicQuantizeConfig
-                | StaticQuantizeConfig
-                | Fp16Config
-                | Int8WeightOnlyConfig
-                | Int4WeightOnlyConfig,
-                Field(discriminator="method"),
-            ]
-            | PruneConfig
-            | DistillConfig,
-            Field(discriminator="kind"),
-        ],
+        json_schema_input_type=DynamicQuantizeConfig
+        | StaticQuantizeConfig
+        | Fp16Config
+        | Int8WeightOnlyConfig
+        | Int4WeightOnlyConfig
+        | PruneConfig
+        | DistillConfig,
     ),
 ]
 
