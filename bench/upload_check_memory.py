@@ -2,7 +2,7 @@
 process, and the growth of its peak resident memory (VmHWM, reset after the imports) over
 its resident memory before the check is printed, next to the file's size and the outcome.
 The budget the checks keep to (docs/security.md, "Bounded memory") is CHECK_BUDGET;
-tests/optimizers/test_upload_memory.py asserts it on the same files.
+tests/optimizers/formats/test_upload_memory.py asserts it on the same files.
 
     PYTHONPATH=$PWD .venv/bin/python bench/upload_check_memory.py     # from the repository root
 
