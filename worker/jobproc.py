@@ -29,7 +29,7 @@ from optimizers.errors import InvalidModelError, OptimizerError
 from optimizers.external_data import check_relative_location, external_data_locations
 from optimizers.formats.to_onnx import to_onnx
 from optimizers.pipeline import ArtifactFiles, run_pipeline
-from optimizers.results import ModelInfo, ProgressFn
+from optimizers.results import ProgressFn
 from worker.protocol import (
     FILE_SIZE_LIMIT,
     INTERNAL_ERROR,
@@ -285,7 +285,7 @@ def _prepare_model(
     model = to_onnx(
         scratch / check_path(described["path"]),
         described["format"],
-        info=ModelInfo.model_validate(described["info"]),
+        info=described["info"],
         workdir=workdir,
         max_total_bytes=max_total_bytes,
         progress=progress,

@@ -4,6 +4,7 @@ converted in the job's process."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,13 +28,14 @@ def to_onnx(
     path: Path,
     format: str,
     *,
-    info: ModelInfo,
+    info: Mapping[str, Any],
     workdir: Path,
     max_total_bytes: int,
     progress: ProgressFn = no_progress,
 ) -> OnnxModel:
-    """The upload at `path` (of `format`, described at upload time by `info`) as an ONNX
-    file; extracted or converted files go to `workdir`."""
+    """The upload at `path` (of `format`; `info` is its description from upload time, a
+    ModelInfo as JSON, read for conversions) as an ONNX file; extracted or converted files go
+    to `workdir`."""
     if format == UploadFormat.onnx:
         return OnnxModel(path, {"format": format, "converted": False})
     if format == UploadFormat.onnx_zip:
@@ -45,6 +47,8 @@ def to_onnx(
         from optimizers.formats.torch_to_onnx import convert_to_onnx
 
         progress("loading", 0.02, f"converting the {format} program to ONNX")
-        conversion = convert_to_onnx(path, info, workdir, max_total_bytes=max_total_bytes)
+        conversion = convert_to_onnx(
+            path, ModelInfo.model_validate(info), workdir, max_total_bytes=max_total_bytes
+        )
         return OnnxModel(conversion.model_path, conversion.source, conversion.notes)
     raise InvalidModelError(f"the model has an unknown format '{format}'")
