@@ -97,7 +97,7 @@ def torchscript_with(path: Path, member: str, make: Callable[[bytes], bytes]) ->
     uncompressed (so the zip's ratio check lets it through)."""
     import torch
 
-    from tests.torch_models import tiny_module
+    from tests.models.torch_programs import tiny_module
 
     source = path.with_suffix(".orig.pt")
     torch.jit.script(tiny_module()).save(str(source))
@@ -123,7 +123,7 @@ def huge_string_pickle(size: int) -> bytes:
 
 def bloated_pt2(path: Path, *, objects: int) -> Path:
     """A real .pt2 program whose models/model.json is `objects` empty JSON objects."""
-    from tests.torch_models import rewrite_zip, save_pt2
+    from tests.models.torch_programs import rewrite_zip, save_pt2
 
     original = save_pt2(path.with_suffix(".orig.pt2"))
     with zipfile.ZipFile(original) as archive:
@@ -157,7 +157,7 @@ def main() -> None:
                 "code of 1M one-name lines",
                 torchscript_with(
                     folder / "code.pt",
-                    "code/__torch__/tests/torch_models",
+                    "code/__torch__/tests/models/torch_programs",
                     lambda source: source + b"a\n" * (1 << 20),
                 ),
                 {"input_shapes": shapes},

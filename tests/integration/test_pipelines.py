@@ -9,9 +9,9 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from tests.factories import make_dataset, make_mlp
 from tests.integration.processes import ROOT, Service
 from tests.integration.test_end_to_end import upload, wait_for_job
+from tests.models.onnx_basic import make_dataset, make_mlp
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 

@@ -21,8 +21,9 @@ from optimizers.measure.benchmark import make_feeds
 from optimizers.model_info import inspect_model
 from optimizers.pipeline import run_pipeline
 from optimizers.results import ModelInfo
-from tests.factories import make_mlp
-from tests.optimizers.helpers import make_streaming_model, save_npz, streaming_dataset
+from tests.models.onnx_basic import make_mlp
+from tests.models.sequences import make_streaming_model, streaming_dataset
+from tests.optimizers.helpers import save_npz
 
 FAST_BENCHMARK: dict[str, Any] = {"batch_sizes": [1, 4], "warmup": 1, "iterations": 4}
 #: How a user settles the streaming model's inputs when its dims are written -1.

@@ -8,8 +8,8 @@ from onnx import helper
 
 from optimizers.errors import InvalidModelError
 from optimizers.model_info import inspect_model
-from tests.factories import make_cnn, make_mlp
-from tests.optimizers.helpers import make_sequence_model
+from tests.models.onnx_basic import make_cnn, make_mlp
+from tests.models.sequences import make_sequence_model
 
 
 def test_describes_a_valid_model(tmp_path: Path) -> None:

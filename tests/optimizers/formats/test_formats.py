@@ -21,7 +21,7 @@ from optimizers.formats.detect import detect_format
 from optimizers.formats.kinds import UploadFormat
 from optimizers.formats.onnx_zip import extract_onnx_zip
 from optimizers.formats.upload import inspect_upload
-from tests.torch_models import (
+from tests.models.torch_programs import (
     CLASSES,
     IN_FEATURES,
     make_external_data_zip,

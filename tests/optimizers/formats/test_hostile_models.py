@@ -82,7 +82,7 @@ def test_model_local_function_is_accepted_but_its_body_is_checked(tmp_path: Path
 
 
 def test_real_torchscript_archive_passes_the_pickle_check(tmp_path: Path) -> None:
-    from tests.torch_models import save_torchscript
+    from tests.models.torch_programs import save_torchscript
 
     path = save_torchscript(tmp_path / "tiny.pt")
     with zipfile.ZipFile(path) as archive:
@@ -106,7 +106,7 @@ def test_torchscript_pickle_naming_a_foreign_callable_is_refused(pickle_bytes: b
 
 
 def test_torchscript_input_shapes_are_bounded(tmp_path: Path) -> None:
-    from tests.torch_models import save_torchscript
+    from tests.models.torch_programs import save_torchscript
 
     path = save_torchscript(tmp_path / "tiny.pt")
     huge = '{"x": ["batch", 1048576, 1048576, 1048576]}'

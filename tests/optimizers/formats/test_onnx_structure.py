@@ -14,7 +14,7 @@ from optimizers.errors import InvalidModelError
 from optimizers.external_data import external_data_locations
 from optimizers.formats.onnx_structure import MAX_GRAPH_DEPTH, MAX_STRUCTURE_BYTES, slim_copy
 from optimizers.formats.upload import inspect_upload
-from tests.factories import make_mlp
+from tests.models.onnx_basic import make_mlp
 
 
 def _inspect(path: Path, tmp_path: Path) -> object:

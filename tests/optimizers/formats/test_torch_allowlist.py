@@ -20,7 +20,7 @@ from bench.models import MODELS
 from optimizers.formats.archive_safety import UnsafeArchiveError
 from optimizers.formats.torch_operators import ATEN_OPERATORS, PRIM_OPERATORS, operator_allowed
 from optimizers.formats.upload import inspect_upload
-from tests.torch_models import encoder_classifier, rewrite_zip, tiny_module
+from tests.models.torch_programs import encoder_classifier, rewrite_zip, tiny_module
 
 LIMIT = 1 << 30
 

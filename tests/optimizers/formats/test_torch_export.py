@@ -16,7 +16,7 @@ from optimizers.formats.archive_safety import UnsafeArchiveError
 from optimizers.formats.torch_to_onnx import convert_to_onnx
 from optimizers.formats.upload import inspect_upload
 from optimizers.results import ModelInfo
-from tests.torch_models import (
+from tests.models.torch_programs import (
     CLASSES,
     IN_FEATURES,
     rewrite_zip,

@@ -24,8 +24,8 @@ from bench.upload_check_memory import (
 )
 from optimizers.formats.upload import inspect_upload
 from optimizers.model_info import inspect_model
-from tests.factories import make_cnn, make_mlp
-from tests.optimizers import zoo
+from tests.models import onnx_zoo as zoo
+from tests.models.onnx_basic import make_cnn, make_mlp
 
 LIMIT = 4 << 30
 
@@ -54,7 +54,7 @@ def test_large_onnx_model_is_described_without_loading_its_weights(tmp_path: Pat
         ),
         pytest.param(
             # The root module's code, which describing the archive parses.
-            "code/__torch__/tests/torch_models",
+            "code/__torch__/tests/models/torch_programs",
             lambda source: source + b"a\n" * (1 << 20),
             "tokens",
             id="code-of-a-million-names",

@@ -16,8 +16,9 @@ from optimizers.measure.benchmark import (
     paired_speedup,
 )
 from optimizers.model_info import inspect_model
-from tests.factories import make_mlp
-from tests.optimizers.helpers import make_sequence_model, save_npz
+from tests.models.onnx_basic import make_mlp
+from tests.models.sequences import make_sequence_model
+from tests.optimizers.helpers import save_npz
 
 
 def test_benchmark_reports_every_number(mlp: Path) -> None:

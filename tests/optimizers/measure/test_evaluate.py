@@ -16,8 +16,9 @@ from optimizers.measure.evaluate import (
 )
 from optimizers.registry import run_pass
 from optimizers.results import PassContext
-from tests.factories import make_cnn, make_dataset
-from tests.optimizers.helpers import make_sequence_model, quantize_config, save_npz
+from tests.models.onnx_basic import make_cnn, make_dataset
+from tests.models.sequences import make_sequence_model
+from tests.optimizers.helpers import quantize_config, save_npz
 
 CPU = ["CPUExecutionProvider"]
 

@@ -12,8 +12,8 @@ from optimizers.errors import QuantizationError
 from optimizers.model_info import inspect_model
 from optimizers.registry import run_pass
 from optimizers.results import PassContext
+from tests.models.onnx_zoo import make_large_constant_model, make_overflowing_mlp
 from tests.optimizers.helpers import cosine, quantize_config
-from tests.optimizers.zoo import make_large_constant_model, make_overflowing_mlp
 
 
 def _outputs(model: Path, feeds: dict[str, np.ndarray]) -> np.ndarray:

@@ -11,7 +11,7 @@ import pytest
 
 from optimizers.registry import run_pass
 from optimizers.results import PassContext
-from tests.factories import make_cnn, make_dataset
+from tests.models.onnx_basic import make_cnn, make_dataset
 from tests.optimizers.helpers import cosine, quantize_config, weight_is_float
 
 

@@ -12,7 +12,7 @@ import pytest
 from optimizers.errors import QuantizationError
 from optimizers.registry import run_pass
 from optimizers.results import PassContext
-from tests.factories import make_cnn, make_dataset, make_mlp
+from tests.models.onnx_basic import make_cnn, make_dataset, make_mlp
 from tests.optimizers.helpers import cosine, quantize_config
 
 Progress = list[tuple[str, float, str]]

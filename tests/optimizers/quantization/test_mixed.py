@@ -8,8 +8,8 @@ import pytest
 from optimizers.measure.runtime import create_session
 from optimizers.registry import run_pass as quantize
 from optimizers.results import PassContext, PassResult
+from tests.models.sensitive import SENSITIVE_NODE, make_inputs, make_outlier_mlp
 from tests.optimizers.helpers import quantize_config
-from tests.optimizers.sensitive_models import SENSITIVE_NODE, make_inputs, make_outlier_mlp
 
 #: Full int8 quantization of the outlier model loses about 0.009 (1 - cosine); keeping its
 #: outlier layer float brings that to about 0.002.

@@ -17,8 +17,8 @@ from optimizers.external_data import external_data_locations, model_size_bytes
 from optimizers.pipeline import run_pipeline
 from optimizers.registry import run_pass
 from optimizers.results import PassContext, PassResult
-from tests.factories import make_dataset, make_mlp
-from tests.optimizers import zoo
+from tests.models import onnx_zoo as zoo
+from tests.models.onnx_basic import make_dataset, make_mlp
 from tests.optimizers.helpers import cosine, quantize_config, save_npz
 
 CPU = ["CPUExecutionProvider"]

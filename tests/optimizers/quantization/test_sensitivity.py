@@ -12,8 +12,8 @@ from optimizers.model_info import inspect_model
 from optimizers.quantization.sensitivity import analysis_feeds, analyze
 from optimizers.registry import run_pass as quantize
 from optimizers.results import PassContext
+from tests.models.sensitive import SENSITIVE_NODE, make_inputs, make_outlier_mlp
 from tests.optimizers.helpers import quantize_config
-from tests.optimizers.sensitive_models import SENSITIVE_NODE, make_inputs, make_outlier_mlp
 
 
 @pytest.fixture(scope="module")

@@ -16,9 +16,10 @@ from optimizers.errors import DatasetMismatchError, UnsupportedError
 from optimizers.model_info import inspect_model
 from optimizers.registry import run_pass
 from optimizers.results import DirectoryCheckpoints, PassContext, ProgressFn
-from tests.factories import make_cnn, make_dataset
-from tests.optimizers.helpers import make_sequence_model, save_npz
-from tests.torch_models import encoder_classifier, export_encoder
+from tests.models.onnx_basic import make_cnn, make_dataset
+from tests.models.sequences import make_sequence_model
+from tests.models.torch_programs import encoder_classifier, export_encoder
+from tests.optimizers.helpers import save_npz
 
 IN_FEATURES, CLASSES, SAMPLES = 12, 4, 160
 nn = torch.nn

@@ -12,8 +12,8 @@ import pytest
 from onnx import TensorProto, helper
 
 from optimizers.errors import UnsupportedError
-from tests.factories import make_cnn, make_mlp
-from tests.torch_models import encoder_classifier, export_encoder
+from tests.models.onnx_basic import make_cnn, make_mlp
+from tests.models.torch_programs import encoder_classifier, export_encoder
 
 pytest.importorskip("torch")
 

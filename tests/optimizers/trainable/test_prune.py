@@ -14,8 +14,8 @@ import pytest
 from onnx import numpy_helper
 
 from optimizers.errors import OptimizerError
-from tests.factories import make_mlp
-from tests.torch_models import encoder_classifier, export_encoder
+from tests.models.onnx_basic import make_mlp
+from tests.models.torch_programs import encoder_classifier, export_encoder
 
 torch = pytest.importorskip("torch")
 nn = torch.nn

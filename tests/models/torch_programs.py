@@ -10,7 +10,7 @@ from typing import Any
 
 import onnx
 
-from tests.factories import make_mlp
+from tests.models.onnx_basic import make_mlp
 
 IN_FEATURES, CLASSES = 8, 3
 
