@@ -3,7 +3,7 @@ from the query, key and value projections and from the output projection, and th
 shapes that split the projections into heads changed to match.
 
 Worker side only (imports torch). Works on the `torch.fx.GraphModule`s made by
-`optimizers.trainable.onnx_bridge.onnx_to_torch` after `structured.linearize`, where an
+`optimizers.trainable.onnx_to_module.onnx_to_torch` after `structured.linearize`, where an
 attention block is found from its Softmax: the MatMul before it (queries x keys), the MatMul
 after it (weights x values), the Linear layers those three operands come from through movement ops
 (Reshape, Transpose, Gather, ...) and the Linear layer the result goes to. A fused

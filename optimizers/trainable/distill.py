@@ -18,7 +18,8 @@ from optimizers.config import DistillConfig
 from optimizers.errors import DatasetMismatchError, UnsupportedError
 from optimizers.model_info import inspect_model
 from optimizers.results import ModelInfo, PassContext, PassResult
-from optimizers.trainable.onnx_bridge import export_to_onnx, onnx_to_torch
+from optimizers.trainable.module_to_onnx import export_to_onnx
+from optimizers.trainable.onnx_to_module import onnx_to_torch
 
 if TYPE_CHECKING:
     import torch

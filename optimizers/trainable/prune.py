@@ -20,7 +20,8 @@ from optimizers.errors import UnsupportedError
 from optimizers.model_info import inspect_model
 from optimizers.quantization.node_selection import listing
 from optimizers.results import ModelInfo, PassContext, PassResult
-from optimizers.trainable.onnx_bridge import export_to_onnx, module_names_by_node, onnx_to_torch
+from optimizers.trainable.module_to_onnx import export_to_onnx
+from optimizers.trainable.onnx_to_module import module_names_by_node, onnx_to_torch
 
 if TYPE_CHECKING:
     import torch

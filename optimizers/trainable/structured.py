@@ -3,7 +3,8 @@ torch-pruning, so the model itself gets narrower. Shared by the prune pass and b
 pass, which derives a narrower student from its teacher.
 
 Worker side only (imports torch). Modules are usually `torch.fx.GraphModule`s made by
-`optimizers.trainable.onnx_bridge.onnx_to_torch`, whose submodules are named after the ONNX nodes.
+`optimizers.trainable.onnx_to_module.onnx_to_torch`, whose submodules are named after the
+ONNX nodes.
 """
 
 from __future__ import annotations

@@ -97,7 +97,7 @@ def _node_of(path: Path, op_type: str, index: int = 0) -> str:
 
 def test_shrink_removes_channels_and_keeps_the_output_shape(cnn: Path) -> None:
     from optimizers.trainable import structured
-    from optimizers.trainable.onnx_bridge import onnx_to_torch
+    from optimizers.trainable.onnx_to_module import onnx_to_torch
 
     module = onnx_to_torch(cnn)
     example = (torch.randn(2, 3, 8, 8),)
@@ -119,7 +119,7 @@ def test_shrink_removes_channels_and_keeps_the_output_shape(cnn: Path) -> None:
 
 def test_shrink_keeps_the_width_of_kept_layers_and_is_deterministic(cnn: Path) -> None:
     from optimizers.trainable import structured
-    from optimizers.trainable.onnx_bridge import module_names_by_node, onnx_to_torch
+    from optimizers.trainable.onnx_to_module import module_names_by_node, onnx_to_torch
 
     first_conv = _node_of(cnn, "Conv")
     results = []
@@ -135,7 +135,7 @@ def test_shrink_keeps_the_width_of_kept_layers_and_is_deterministic(cnn: Path) -
 
 def test_unknown_layer_names_are_refused_with_the_valid_ones(cnn: Path) -> None:
     from optimizers.trainable import structured
-    from optimizers.trainable.onnx_bridge import module_names_by_node, onnx_to_torch
+    from optimizers.trainable.onnx_to_module import module_names_by_node, onnx_to_torch
 
     module = onnx_to_torch(cnn)
     with pytest.raises(OptimizerError, match="no node called 'nope'") as info:
@@ -145,7 +145,7 @@ def test_unknown_layer_names_are_refused_with_the_valid_ones(cnn: Path) -> None:
 
 def test_linearize_makes_onnx_matmul_layers_prunable(tmp_path: Path) -> None:
     from optimizers.trainable import structured
-    from optimizers.trainable.onnx_bridge import onnx_to_torch
+    from optimizers.trainable.onnx_to_module import onnx_to_torch
 
     path = make_mlp(tmp_path / "matmul.onnx", hidden=16)  # MatMul + Add with constant weights
     module = onnx_to_torch(path)
@@ -164,7 +164,7 @@ def test_linearize_makes_onnx_matmul_layers_prunable(tmp_path: Path) -> None:
 def test_a_model_with_nothing_to_prune_is_refused(tmp_path: Path) -> None:
     from optimizers.errors import UnsupportedError
     from optimizers.trainable import structured
-    from optimizers.trainable.onnx_bridge import onnx_to_torch
+    from optimizers.trainable.onnx_to_module import onnx_to_torch
 
     torch.manual_seed(0)
     path = _export(nn.Linear(IN_FEATURES, CLASSES), tmp_path / "linear.onnx", torch.randn(2, 16))

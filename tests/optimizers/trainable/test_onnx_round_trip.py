@@ -37,7 +37,8 @@ def test_round_trip_computes_the_same_outputs(
     tmp_path: Path, make: Callable[[Path], Path], feed: dict[str, tuple[int, ...]]
 ) -> None:
     from optimizers.model_info import inspect_model
-    from optimizers.trainable.onnx_bridge import export_to_onnx, onnx_to_torch
+    from optimizers.trainable.module_to_onnx import export_to_onnx
+    from optimizers.trainable.onnx_to_module import onnx_to_torch
 
     original = make(tmp_path / "original.onnx")
     module = onnx_to_torch(original)
@@ -55,7 +56,7 @@ def test_round_trip_computes_the_same_outputs(
 
 
 def test_an_op_without_a_converter_is_refused_by_node_name(tmp_path: Path) -> None:
-    from optimizers.trainable.onnx_bridge import onnx_to_torch
+    from optimizers.trainable.onnx_to_module import onnx_to_torch
 
     graph = helper.make_graph(
         [
@@ -81,7 +82,7 @@ def test_an_op_without_a_converter_is_refused_by_node_name(tmp_path: Path) -> No
 def test_weights_the_exporter_stored_once_under_two_names_convert(tmp_path: Path) -> None:
     import torch
 
-    from optimizers.trainable.onnx_bridge import onnx_to_torch
+    from optimizers.trainable.onnx_to_module import onnx_to_torch
 
     # Untrained batch norms fold into equal (zero) biases; the exporter keeps one of them and
     # aliases it with an Identity node.
@@ -106,7 +107,8 @@ def test_weights_the_exporter_stored_once_under_two_names_convert(tmp_path: Path
 
 def test_numeric_input_and_output_names_survive_the_round_trip(tmp_path: Path) -> None:
     from optimizers.model_info import inspect_model
-    from optimizers.trainable.onnx_bridge import export_to_onnx, onnx_to_torch
+    from optimizers.trainable.module_to_onnx import export_to_onnx
+    from optimizers.trainable.onnx_to_module import onnx_to_torch
 
     # torch names the outputs of a model exported without names by number ('188'), a name
     # its own exporter then refuses to give.
@@ -137,7 +139,8 @@ def test_numeric_input_and_output_names_survive_the_round_trip(tmp_path: Path) -
 
 def test_round_trips_do_not_grow_the_graph(tmp_path: Path) -> None:
     from optimizers.model_info import inspect_model
-    from optimizers.trainable.onnx_bridge import export_to_onnx, onnx_to_torch
+    from optimizers.trainable.module_to_onnx import export_to_onnx
+    from optimizers.trainable.onnx_to_module import onnx_to_torch
 
     # Each training pass converts and exports again; the shape arithmetic of attention is
     # where re-exported graphs pile up Identity and Cast nodes unless they are simplified.
