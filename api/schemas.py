@@ -8,9 +8,9 @@ from typing import Any, Generic, Literal, TypeVar
 from pydantic import BaseModel, Field, ValidationError
 
 from api.results import JobResult, JobSummary, typed_result
-from core.jobspec import JobSpec
+from core.jobspec import load_stored_spec
 from core.tables import ApiKey, Artifact, Batch, Dataset, Job, JobStatus, Project, StoredModel
-from optimizers.types import DatasetInfo, TensorInfo
+from optimizers.results import DatasetInfo, TensorInfo
 
 T = TypeVar("T")
 
@@ -148,7 +148,7 @@ class JobOut(BaseModel):
 def _with_defaults(stored: dict[str, Any]) -> dict[str, Any]:
     """A job's spec as the worker runs it, defaults filled in (the row keeps what was sent)."""
     try:
-        return JobSpec.model_validate(stored).model_dump(mode="json")
+        return load_stored_spec(stored).model_dump(mode="json")
     except ValidationError:  # a row stored with every default by an older version
         return stored
 

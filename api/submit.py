@@ -23,7 +23,7 @@ from core.queue import send_jobs
 from core.settings import Settings
 from core.tables import Dataset, Job, JobStatus, StoredModel
 from optimizers.checks import check_spec
-from optimizers.types import DatasetInfo, ModelInfo
+from optimizers.results import DatasetInfo, ModelInfo
 
 Loc = list[str | int]
 Row = TypeVar("Row")

@@ -26,8 +26,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tests.conftest import ADMIN_KEY  # noqa: E402
-from tests.factories import make_mlp  # noqa: E402
 from tests.integration.processes import Service, run_service  # noqa: E402
+from tests.models.onnx_basic import make_mlp  # noqa: E402
 
 AUTH = {"Authorization": f"Bearer {ADMIN_KEY}"}
 

@@ -19,9 +19,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.factories import make_mlp  # noqa: E402
 from tests.integration.processes import run_service, start_redis  # noqa: E402
 from tests.integration.test_end_to_end import upload  # noqa: E402
+from tests.models.onnx_basic import make_mlp  # noqa: E402
 from tests.ports import free_port  # noqa: E402
 
 

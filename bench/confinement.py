@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from core.settings import Settings  # noqa: E402
-from tests.factories import make_mlp  # noqa: E402
+from tests.models.onnx_basic import make_mlp  # noqa: E402
 from worker.sandbox import JobHost, kernel_limits  # noqa: E402
 
 

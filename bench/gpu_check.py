@@ -40,9 +40,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from optimizers.config import PruneConfig, QuantizeConfig  # noqa: E402
-from optimizers.passes import run_pass  # noqa: E402
-from optimizers.types import PassContext  # noqa: E402
+from optimizers.config import Fp16Config, PruneConfig  # noqa: E402
+from optimizers.registry import run_pass  # noqa: E402
+from optimizers.results import PassContext  # noqa: E402
 
 D_MODEL, HEADS, LAYERS, SEQ_LEN, CLASSES = 384, 6, 4, 128, 10
 BATCH_SIZES = (1, 8, 64)
@@ -102,7 +102,7 @@ def to_fp16(model_path: Path, workdir: Path) -> tuple[Path, str]:
     """The project's fp16 pass; onnxruntime's converter only when the pass is missing or
     fails, said loudly, since then the project's path is not what was checked."""
     try:
-        config = QuantizeConfig(kind="quantize", method="fp16")
+        config = Fp16Config()
         result = run_pass(model_path, config, PassContext(workdir=workdir / "fp16", datasets={}))
         return result.model_path, "optimizers quantize pass (method fp16)"
     except Exception as exc:

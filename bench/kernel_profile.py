@@ -27,9 +27,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.models import MODELS, export_model  # noqa: E402
-from optimizers.config import QuantizeConfig  # noqa: E402
-from optimizers.passes import run_pass  # noqa: E402
-from optimizers.types import PassContext  # noqa: E402
+from optimizers.config import parse_pass  # noqa: E402
+from optimizers.registry import run_pass  # noqa: E402
+from optimizers.results import PassContext  # noqa: E402
 
 #: Profiled runs whose node times are ignored: first-run allocations and warm-up.
 SKIPPED_RUNS = 2
@@ -84,7 +84,7 @@ def main() -> None:
     args = parser.parse_args()
 
     spec = MODELS[args.model]
-    config = QuantizeConfig.model_validate({"kind": "quantize", **json.loads(args.quantize)})
+    config = parse_pass({"kind": "quantize", **json.loads(args.quantize)})
     with tempfile.TemporaryDirectory(prefix="modelpress-profile-") as tmp:
         tmp_path = Path(tmp)
         float_model = export_model(spec, tmp_path / f"{spec.name}.onnx")

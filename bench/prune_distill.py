@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 from optimizers.config import PipelineSpec  # noqa: E402
 from optimizers.errors import OptimizerError  # noqa: E402
-from optimizers.inspect import inspect_model  # noqa: E402
+from optimizers.model_info import inspect_model  # noqa: E402
 from optimizers.pipeline import preload, run_pipeline  # noqa: E402
 
 TRAIN, TEST = "train", "test"

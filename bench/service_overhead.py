@@ -22,8 +22,8 @@ sys.path.insert(0, str(ROOT))
 
 from optimizers.config import PipelineSpec  # noqa: E402
 from optimizers.pipeline import preload, run_pipeline  # noqa: E402
-from tests.factories import make_mlp  # noqa: E402
 from tests.integration.processes import run_redis, run_service  # noqa: E402
+from tests.models.onnx_basic import make_mlp  # noqa: E402
 
 RECIPE = {
     "passes": [{"kind": "quantize", "method": "dynamic", "per_channel": True}],

@@ -2,7 +2,7 @@
 process, and the growth of its peak resident memory (VmHWM, reset after the imports) over
 its resident memory before the check is printed, next to the file's size and the outcome.
 The budget the checks keep to (docs/security.md, "Bounded memory") is CHECK_BUDGET;
-tests/optimizers/test_upload_memory.py asserts it on the same files.
+tests/optimizers/formats/test_upload_memory.py asserts it on the same files.
 
     PYTHONPATH=$PWD .venv/bin/python bench/upload_check_memory.py     # from the repository root
 
@@ -34,7 +34,7 @@ _CHILD = """
 import json, sys
 from pathlib import Path
 from optimizers.errors import OptimizerError
-from optimizers.formats import inspect_upload
+from optimizers.formats.upload import inspect_upload
 
 def status(key):
     for line in open("/proc/self/status"):
@@ -97,7 +97,7 @@ def torchscript_with(path: Path, member: str, make: Callable[[bytes], bytes]) ->
     uncompressed (so the zip's ratio check lets it through)."""
     import torch
 
-    from tests.torch_models import tiny_module
+    from tests.models.torch_programs import tiny_module
 
     source = path.with_suffix(".orig.pt")
     torch.jit.script(tiny_module()).save(str(source))
@@ -123,7 +123,7 @@ def huge_string_pickle(size: int) -> bytes:
 
 def bloated_pt2(path: Path, *, objects: int) -> Path:
     """A real .pt2 program whose models/model.json is `objects` empty JSON objects."""
-    from tests.torch_models import rewrite_zip, save_pt2
+    from tests.models.torch_programs import rewrite_zip, save_pt2
 
     original = save_pt2(path.with_suffix(".orig.pt2"))
     with zipfile.ZipFile(original) as archive:
@@ -157,7 +157,7 @@ def main() -> None:
                 "code of 1M one-name lines",
                 torchscript_with(
                     folder / "code.pt",
-                    "code/__torch__/tests/torch_models",
+                    "code/__torch__/tests/models/torch_programs",
                     lambda source: source + b"a\n" * (1 << 20),
                 ),
                 {"input_shapes": shapes},

@@ -8,6 +8,7 @@ from pydantic import Field, model_validator
 
 from core.sweeps import Sweep, SweepError, count, expand
 from optimizers.config import PipelineSpec, StrictModel
+from optimizers.spec_versions import upgrade_spec
 
 
 class JobLimits(StrictModel):
@@ -73,3 +74,8 @@ class BatchSpec(StrictModel):
         except SweepError as exc:
             raise ValueError(str(exc)) from exc
         return {**data, "jobs": jobs}
+
+
+def load_stored_spec(stored: dict[str, Any]) -> JobSpec:
+    """A job spec as stored in the database, of any spec version, in today's shape."""
+    return JobSpec.model_validate(upgrade_spec(stored))

@@ -169,7 +169,7 @@ class S3Storage:
 
 
 class StorageCheckpoints:
-    """A job's checkpoints (optimizers.types.Checkpoints) as objects under `prefix`, so that
+    """A job's checkpoints (optimizers.results.Checkpoints) as objects under `prefix`, so that
     a retried attempt of the job resumes on whichever worker runs it. `scratch` is a local
     folder for the copies that storing needs."""
 

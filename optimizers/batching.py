@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from optimizers.errors import DatasetMismatchError, UnsupportedError
-from optimizers.types import ModelInfo, TensorInfo
+from optimizers.results import ModelInfo, TensorInfo
 
 
 @dataclass(frozen=True)

@@ -8,10 +8,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from optimizers.batching import BatchLayout, batch_layout, field_hint
-from optimizers.config import DistillConfig, PipelineSpec, PruneConfig, QuantizeConfig
+from optimizers.config import DistillConfig, Int8Config, PassConfig, PipelineSpec, PruneConfig
 from optimizers.datasets import check_fits
 from optimizers.errors import DatasetMismatchError, UnsupportedError
-from optimizers.types import DatasetInfo, Dim, ModelInfo, TensorInfo
+from optimizers.results import DatasetInfo, Dim, ModelInfo, TensorInfo
 
 #: Input element types that modelpress can read from datasets and synthesize for benchmarks.
 SUPPORTED_INPUT_DTYPES = frozenset(
@@ -59,11 +59,7 @@ def check_spec(
     for config in spec.passes:
         # Quantization upgrades opset 10-12 models to 13 where it needs to (per-channel scales,
         # static QDQ); older models predate onnxruntime's quantization support altogether.
-        if (
-            isinstance(config, QuantizeConfig)
-            and config.method in ("dynamic", "static")
-            and (model.opset or 0) < MIN_QUANTIZE_OPSET
-        ):
+        if isinstance(config, Int8Config) and (model.opset or 0) < MIN_QUANTIZE_OPSET:
             raise UnsupportedError(
                 f"int8 quantization needs a model with opset {MIN_QUANTIZE_OPSET} or newer; this "
                 f"model uses opset {model.opset}. Re-export the model with opset >= 13"
@@ -154,7 +150,7 @@ def check_trainable_layout(model: ModelInfo, layout: BatchLayout, *, kind: str) 
             )
 
 
-def _purpose(config: QuantizeConfig | PruneConfig | DistillConfig) -> str:
+def _purpose(config: PassConfig) -> str:
     if isinstance(config, PruneConfig):
         return "prune fine-tuning"
     if isinstance(config, DistillConfig):

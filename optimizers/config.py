@@ -7,9 +7,20 @@ classes. Dataset references are opaque ids that the caller resolves to files.
 from __future__ import annotations
 
 import math
-from typing import Annotated, Any, ClassVar, Literal
+from collections.abc import Iterable, Mapping
+from typing import Annotated, Any, ClassVar, Literal, Union, cast
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializeAsAny,
+    TypeAdapter,
+    WrapValidator,
+    model_validator,
+)
+
+from optimizers.spec_versions import SPEC_VERSION
 
 DatasetId = Annotated[str, Field(min_length=1, max_length=64)]
 #: Most elements one benchmark input may have (4 GiB of float32).
@@ -28,15 +39,37 @@ class PassConfig(StrictModel):
     """Base of every pass config; `kind` names the pass in a job spec."""
 
     kind: str
-    #: Sub-classes register themselves here by kind, so one entry point can run any of them.
-    registry: ClassVar[dict[str, type[PassConfig]]] = {}
+    #: The function that applies this config, as "module:function"; imported on first use.
+    apply: ClassVar[str] = ""
+    #: Optional: a function, as "module:function", that measures the pass's output against
+    #: its input after it ran and returns the pass's extra reports (optimizers.registry).
+    report: ClassVar[str] = ""
+    #: Concrete sub-classes (those with `apply`) register themselves here by kind, then by
+    #: method for kinds with one class per method (`quantize`), else under None.
+    registry: ClassVar[dict[str, dict[str | None, type[PassConfig]]]] = {}
 
     @classmethod
     def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
         super().__pydantic_init_subclass__(**kwargs)
-        kind_field = cls.model_fields.get("kind")
-        if kind_field is not None and kind_field.default is not None:
-            PassConfig.registry[str(kind_field.default)] = cls
+        kind = cls.model_fields["kind"].default
+        if not cls.apply or not isinstance(kind, str):
+            return
+        method_field = cls.model_fields.get("method")
+        if method_field is not None and method_field.annotation is str:
+            return  # a base of several methods (QuantizeConfig, Int8Config)
+        method = method_field.default if method_field is not None else None
+        by_method = method_field is not None and method_field.annotation == Literal[method]
+        PassConfig.registry.setdefault(kind, {})[method if by_method else None] = cls
+
+    def as_submitted(self) -> dict[str, Any]:
+        """The pass as a user writes it: its tags (`kind`, and `method` where the method has
+        a class of its own) and the fields that differ from their defaults."""
+        tags = {
+            name: getattr(self, name)
+            for name in ("kind", "method")
+            if name in type(self).model_fields
+        }
+        return tags | self.model_dump(mode="json", exclude_defaults=True)
 
     def dataset_ids(self) -> list[str]:
         """Datasets this pass reads, so the caller can resolve and check them up front."""
@@ -97,85 +130,135 @@ class MixedConfig(StrictModel):
 
 
 class QuantizeConfig(PassConfig):
-    """Quantization with onnxruntime's quantization tools."""
+    """Base of the quantization methods (onnxruntime's quantization tools): `kind` quantize,
+    then `method` picks the class. Every method can be limited to some nodes."""
 
     kind: Literal["quantize"] = "quantize"
-    method: Literal["dynamic", "static", "fp16", "int4_weight_only"] = Field(
-        description="`dynamic`: int8 weights, activations quantized at run time. `static`: "
-        "int8 weights and calibrated activations. `fp16`: float16 weights and compute, float32 "
-        "inputs and outputs. `int4_weight_only`: 4-bit blocked MatMul weights (MatMulNBits)."
-    )
-    scope: Literal["full", "partial", "mixed"] = Field(
+    report: ClassVar[str] = "optimizers.quantization.sensitivity_report:sensitivity_report"
+    method: str
+    scope: Literal["full", "partial"] = Field(
         default="full",
-        description="`full`: every quantizable op. `partial`: only `include`, minus `exclude`, "
-        "or only weights (`weights_only`). `mixed`: per-node precision chosen by `mixed`.",
+        description="`full`: every quantizable op. `partial`: only `include`, minus `exclude`.",
     )
     include: NodeSelection | None = None
     exclude: NodeSelection | None = None
-    weights_only: bool = Field(
-        default=False,
-        description="Partial scope: store weights as int8 with DequantizeLinear, keep "
-        "activations and compute in float. Needs no calibration.",
-    )
-    mixed: MixedConfig | None = None
-    per_channel: bool = False
-    format: Literal["qdq", "qoperator"] = Field(
-        default="qdq", description="Static only: QDQ (default) or QOperator graph."
-    )
-    weight_type: Literal["int8", "uint8"] = "int8"
-    activation_type: Literal["int8", "uint8"] = Field(
-        default="uint8", description="Static only: type of quantized activations."
-    )
-    block_size: int = Field(
-        default=32, ge=16, le=256, description="int4_weight_only: weights per scale (power of 2)."
-    )
-    symmetric: bool = Field(default=True, description="int4_weight_only: symmetric int4 blocks.")
-    calibration: CalibrationConfig | None = None
 
     @model_validator(mode="after")
-    def _consistent(self) -> QuantizeConfig:
-        integer = self.method in ("dynamic", "static")
-        if self.method == "static" and self.calibration is None and not self.weights_only:
-            raise ValueError("static quantization needs `calibration` with a `dataset_id`")
-        if self.method != "static" and self.calibration is not None:
-            raise ValueError(f"method '{self.method}' takes no `calibration`; remove it")
-        if self.block_size & (self.block_size - 1):
-            raise ValueError("block_size must be a power of 2 (16, 32, 64, 128 or 256)")
-        if self.scope == "full" and (self.include or self.exclude or self.weights_only):
+    def _selection(self) -> QuantizeConfig:
+        if self.scope == "full" and (self.include or self.exclude):
             raise ValueError(
-                "scope 'full' quantizes every node; use scope 'partial' with include, exclude "
-                "or weights_only"
+                "scope 'full' quantizes every node; use scope 'partial' with include or exclude"
             )
-        if self.scope != "mixed" and self.mixed is not None:
-            raise ValueError("`mixed` settings need scope 'mixed'")
         if self.scope == "partial":
             nothing = (self.include is None or self.include.is_empty()) and (
                 self.exclude is None or self.exclude.is_empty()
             )
-            if nothing and not self.weights_only:
-                raise ValueError("scope 'partial' needs `include`, `exclude` or `weights_only`")
-            if self.weights_only and not integer:
-                raise ValueError("weights_only applies to methods 'dynamic' and 'static'")
+            if nothing:
+                raise ValueError("scope 'partial' needs `include` or `exclude`")
+        return self
+
+
+class Int8Config(QuantizeConfig):
+    """int8 weights and activations (dynamic or static); scope `mixed` keeps the most
+    sensitive nodes in float until the measured drop is within `mixed.max_drop`."""
+
+    apply: ClassVar[str] = "optimizers.quantization.mixed:quantize_int8_or_mixed"
+    scope: Literal["full", "partial", "mixed"] = Field(  # type: ignore[assignment]
+        default="full",
+        description="`full`: every quantizable op. `partial`: only `include`, minus `exclude`. "
+        "`mixed`: per-node precision chosen by `mixed`.",
+    )
+    mixed: MixedConfig | None = None
+    per_channel: bool = False
+    weight_type: Literal["int8", "uint8"] = "int8"
+
+    @model_validator(mode="after")
+    def _mixed(self) -> Int8Config:
+        if self.scope != "mixed" and self.mixed is not None:
+            raise ValueError("`mixed` settings need scope 'mixed'")
         if self.scope == "mixed":
-            if not integer:
-                raise ValueError("scope 'mixed' applies to methods 'dynamic' and 'static'")
             if self.mixed is None:
                 self.mixed = MixedConfig()
             if self.mixed.dataset_id is None:
-                if self.calibration is None:
+                if self.calibration_dataset() is None:
                     raise ValueError(
                         "scope 'mixed' needs `mixed.dataset_id` (or a calibration dataset)"
                     )
-                self.mixed.dataset_id = self.calibration.dataset_id
-        if not integer and self.per_channel:
-            raise ValueError(f"per_channel applies to 'dynamic' and 'static', not '{self.method}'")
+                self.mixed.dataset_id = self.calibration_dataset()
         return self
 
+    def calibration_dataset(self) -> str | None:
+        return None
+
     def dataset_ids(self) -> list[str]:
-        ids = [self.calibration.dataset_id] if self.calibration else []
-        if self.mixed is not None and self.mixed.dataset_id:
+        ids = [self.calibration_dataset()]
+        if self.mixed is not None:
             ids.append(self.mixed.dataset_id)
-        return list(dict.fromkeys(ids))
+        return list(dict.fromkeys(i for i in ids if i))
+
+
+class DynamicQuantizeConfig(Int8Config):
+    """`dynamic`: int8 weights, activations quantized at run time."""
+
+    method: Literal["dynamic"] = "dynamic"
+
+
+class StaticQuantizeConfig(Int8Config):
+    """`static`: int8 weights and activations, activation ranges calibrated on a dataset."""
+
+    method: Literal["static"] = "static"
+    format: Literal["qdq", "qoperator"] = Field(
+        default="qdq", description="QDQ (default) or QOperator graph."
+    )
+    activation_type: Literal["int8", "uint8"] = Field(
+        default="uint8", description="Type of quantized activations."
+    )
+    calibration: CalibrationConfig | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _calibrated(cls, data: Any) -> Any:
+        # Before the `mixed` check, which may take the calibration dataset.
+        if isinstance(data, dict) and data.get("calibration") is None:
+            raise ValueError("static quantization needs `calibration` with a `dataset_id`")
+        return data
+
+    def calibration_dataset(self) -> str | None:
+        return self.calibration.dataset_id if self.calibration else None
+
+
+class Fp16Config(QuantizeConfig):
+    """`fp16`: float16 weights and compute, float32 inputs and outputs."""
+
+    apply: ClassVar[str] = "optimizers.quantization.fp16:quantize_fp16"
+    method: Literal["fp16"] = "fp16"
+
+
+class Int8WeightOnlyConfig(QuantizeConfig):
+    """`int8_weight_only`: Conv/MatMul/Gemm weights stored as int8 with a DequantizeLinear in
+    front; activations and compute stay float. Needs no data."""
+
+    apply: ClassVar[str] = "optimizers.quantization.int8_weight_only:quantize_int8_weight_only"
+    method: Literal["int8_weight_only"] = "int8_weight_only"
+    per_channel: bool = False
+    weight_type: Literal["int8", "uint8"] = "int8"
+
+
+class Int4WeightOnlyConfig(QuantizeConfig):
+    """`int4_weight_only`: 4-bit blocked MatMul weights (MatMulNBits)."""
+
+    apply: ClassVar[str] = "optimizers.quantization.int4_weight_only:quantize_int4"
+    method: Literal["int4_weight_only"] = "int4_weight_only"
+    block_size: int = Field(
+        default=32, ge=16, le=256, description="Weights per scale (a power of 2)."
+    )
+    symmetric: bool = Field(default=True, description="Symmetric int4 blocks.")
+
+    @model_validator(mode="after")
+    def _power_of_two(self) -> Int4WeightOnlyConfig:
+        if self.block_size & (self.block_size - 1):
+            raise ValueError("block_size must be a power of 2 (16, 32, 64, 128 or 256)")
+        return self
 
 
 class TrainingSettings(StrictModel):
@@ -227,6 +310,7 @@ class PruneConfig(PassConfig):
     """Pruning of a trainable copy of the model (converted from ONNX in the worker)."""
 
     kind: Literal["prune"] = "prune"
+    apply: ClassVar[str] = "optimizers.trainable.prune:prune"
     method: Literal["magnitude", "structured", "2:4"] = Field(
         description="`magnitude`: zero the smallest weights (unstructured; the model keeps its "
         "shape). `structured`: remove whole channels, hidden units and heads, so the model "
@@ -304,6 +388,7 @@ class DistillConfig(PassConfig, TrainingSettings):
     """Knowledge distillation: the pass's input model teaches `student`."""
 
     kind: Literal["distill"] = "distill"
+    apply: ClassVar[str] = "optimizers.trainable.distill:distill"
     student: StudentConfig
 
     def dataset_ids(self) -> list[str]:
@@ -313,7 +398,62 @@ class DistillConfig(PassConfig, TrainingSettings):
         return [self.student.model_id] if self.student.model_id else []
 
 
-AnyPass = Annotated[QuantizeConfig | PruneConfig | DistillConfig, Field(discriminator="kind")]
+def _pass_union() -> TypeAdapter[Any]:
+    """Every pass config registered so far, as one union tagged by `kind`, then by `method`."""
+    kinds = tuple(
+        (kind, tuple(by_method.items())) for kind, by_method in PassConfig.registry.items()
+    )
+    if _UNION_CACHE.get("kinds") != kinds:
+        _UNION_CACHE["kinds"] = kinds
+        _UNION_CACHE["adapter"] = TypeAdapter(_tagged(_kind_union(dict(m)) for _, m in kinds))
+    return cast(TypeAdapter[Any], _UNION_CACHE["adapter"])
+
+
+def _kind_union(by_method: dict[str | None, type[PassConfig]]) -> Any:
+    if None in by_method or len(by_method) == 1:
+        return next(iter(by_method.values()))
+    return _tagged(by_method.values(), discriminator="method")
+
+
+def _tagged(types: Iterable[Any], discriminator: str = "kind") -> Any:
+    members = tuple(types)
+    if len(members) == 1:
+        return members[0]
+    return Annotated[Union[members], Field(discriminator=discriminator)]  # noqa: UP007
+
+
+_UNION_CACHE: dict[str, Any] = {}
+
+
+def parse_pass(data: Mapping[str, Any]) -> PassConfig:
+    """One pass of a job spec (a JSON object) as its registered config class."""
+    return cast(PassConfig, _pass_union().validate_python(dict(data)))
+
+
+def _validate_pass(value: Any, handler: Any) -> PassConfig:
+    # The registry, not a list written here, says which kinds exist: a pass defined after
+    # this module (in its own room) validates like the built-in ones.
+    if isinstance(value, PassConfig):
+        value = value.model_dump()
+    return parse_pass(value)
+
+
+#: One pass of a job spec: any registered pass config, chosen by `kind`, then `method`. The
+#: JSON schema lists the built-in passes (a flat `anyOf`: OpenAPI's discriminator mapping
+#: cannot say "by kind, then by method").
+AnyPass = Annotated[
+    SerializeAsAny[PassConfig],
+    WrapValidator(
+        _validate_pass,
+        json_schema_input_type=DynamicQuantizeConfig
+        | StaticQuantizeConfig
+        | Fp16Config
+        | Int8WeightOnlyConfig
+        | Int4WeightOnlyConfig
+        | PruneConfig
+        | DistillConfig,
+    ),
+]
 
 
 class EvaluateConfig(StrictModel):
@@ -400,6 +540,10 @@ class InputConfig(StrictModel):
 class PipelineSpec(StrictModel):
     """What to do to one model: passes in order, then evaluation and benchmark."""
 
+    spec_version: Literal[2] = Field(
+        default=SPEC_VERSION,
+        description="Version of the spec's shape; older stored specs are upgraded on load.",
+    )
     passes: list[AnyPass] = Field(min_length=1, max_length=16)
     inputs: dict[Annotated[str, Field(min_length=1, max_length=1024)], InputConfig] | None = Field(
         default=None,
@@ -414,6 +558,8 @@ class PipelineSpec(StrictModel):
 
     @model_validator(mode="after")
     def _runnable_here(self) -> PipelineSpec:
+        # Stored with exclude_unset, a spec must still say which version it is.
+        self.model_fields_set.add("spec_version")
         for index, config in enumerate(self.passes):
             if (
                 isinstance(config, PruneConfig)

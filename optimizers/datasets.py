@@ -17,7 +17,7 @@ import numpy as np
 
 from optimizers.batching import BatchLayout, batch_layout, field_hint
 from optimizers.errors import DatasetMismatchError, InvalidDatasetError
-from optimizers.types import ArrayInfo, DatasetInfo, ModelInfo, TensorInfo
+from optimizers.results import ArrayInfo, DatasetInfo, ModelInfo, TensorInfo
 
 LABELS = "labels"
 #: Element kinds a model can consume: bool, signed and unsigned ints, floats.

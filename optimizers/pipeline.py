@@ -5,58 +5,52 @@ same process."""
 from __future__ import annotations
 
 import json
-import math
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from optimizers.batching import BatchLayout, batch_layout
-from optimizers.benchmark import benchmark_pair, input_shape, make_feeds
+from optimizers.batching import batch_layout
 from optimizers.checks import check_spec
-from optimizers.config import AnyPass, EvaluateConfig, PipelineSpec
+from optimizers.config import PipelineSpec
 from optimizers.datasets import inspect_dataset
-from optimizers.environment import describe_environment
 from optimizers.errors import (
     DatasetMismatchError,
     InvalidModelError,
-    OptimizerError,
     PassOutputError,
 )
-from optimizers.evaluate import evaluate, fidelity_on_inputs
-from optimizers.external_data import has_external_data, model_size_bytes
-from optimizers.inspect import inspect_model
-from optimizers.passes import run_pass
-from optimizers.runtime import create_session, default_threads, resolve_provider
-from optimizers.sensitivity import analysis_feeds, analyze, failed_report
-from optimizers.types import (
+from optimizers.external_data import model_size_bytes
+from optimizers.measure.benchmark import benchmark_pair, make_feeds
+from optimizers.measure.environment import describe_environment
+from optimizers.measure.runtime import create_session, default_threads, resolve_provider
+from optimizers.measure.stages import (
+    StageMeasure,
+    benchmark_inputs_record,
+    relabel,
+    stage_model_name,
+)
+from optimizers.measure.verdict import compare
+from optimizers.model_info import inspect_model
+from optimizers.registry import report_step, run_pass
+from optimizers.results import (
     Checkpoints,
     DatasetInfo,
     ModelInfo,
     NoCheckpoints,
     PassContext,
-    PassResult,
     PrefixedCheckpoints,
     ProgressFn,
+    ReportContext,
     no_progress,
 )
 
 #: Progress fractions of the whole job at which each stage starts.
 PASSES_START, EVALUATE_START, BENCHMARK_START, BENCHMARK_END = 0.05, 0.45, 0.6, 0.97
-#: Samples for fidelity when the spec has no evaluate section.
-FIDELITY_SAMPLES = 32
-#: Share of each quantize pass's progress span spent on its sensitivity report.
-ANALYSIS_SHARE = 0.15
+#: Share of a pass's progress span spent on its report step (a quantize pass's sensitivity).
+REPORT_SHARE = 0.15
 #: Share of each pass's progress span spent measuring its output model (the stage).
 MEASURE_SHARE = 0.2
-#: Stage benchmarks are short (at most this many warm-up runs and timed runs per batch size):
-#: they show the trend from pass to pass; the final comparison uses the spec's full settings.
-STAGE_WARMUP, STAGE_ITERATIONS = 3, 20
-#: Float noise allowed when comparing a drop with its limit (1 - 0.99 is 0.010000000000000009).
-_TOLERANCE_EPSILON = 1e-9
 
 
 #: Files kept for the user: (artifact kind, file name, path).
@@ -122,7 +116,7 @@ def run_pipeline(
     stages: list[dict[str, Any]] = []
     artifacts: ArtifactFiles = []
     bench_dataset_id = _benchmark_dataset_id(spec)
-    measure = _Measure(
+    measure = StageMeasure(
         original=model_path,
         model=model,
         spec=spec,
@@ -138,8 +132,8 @@ def run_pipeline(
         number = index + 1
         span = (PASSES_START + index * width, PASSES_START + number * width)
         measure_start = span[1] - MEASURE_SHARE * width
-        analyzed = config.kind == "quantize"
-        split = measure_start - ANALYSIS_SHARE * width if analyzed else measure_start
+        reporter = report_step(type(config))
+        split = measure_start - REPORT_SHARE * width if reporter else measure_start
         label = f"pass{number}-{config.kind}"
         ctx = PassContext(
             workdir=workdir / label,
@@ -162,23 +156,25 @@ def run_pipeline(
             "details": result.details,
             "notes": result.notes,
         }
-        if analyzed:
-            progress("analyzing", split, f"pass {number}: measuring per-node sensitivity")
-            name = f"pass{number}-sensitivity.json"
-            report = _sensitivity(
+        if reporter is not None:
+            entry |= reporter(
                 current,
                 result,
                 config,
-                spec,
-                model,
-                datasets,
-                provider,
-                threads,
-                ctx.workdir,
-                layout,
+                ReportContext(
+                    number=number,
+                    workdir=ctx.workdir,
+                    model=model,
+                    datasets=datasets,
+                    evaluate_dataset_id=spec.evaluate.dataset_id if spec.evaluate else None,
+                    input_shapes=spec.benchmark.input_shapes,
+                    layout=layout,
+                    provider=provider,
+                    threads=threads,
+                    progress=progress,
+                    progress_at=split,
+                ),
             )
-            result.artifacts["sensitivity"] = ctx.workdir / "sensitivity.json"
-            entry["sensitivity"] = _sensitivity_summary(report, name)
         progress("measuring", measure_start, f"pass {number}: measuring its model")
         stage_name = stage_model_name(result.model_path, f"pass{number}-{config.kind}")
         stage = {
@@ -190,7 +186,7 @@ def run_pipeline(
             "artifact": stage_name,
             **measure.stage(
                 result.model_path,
-                progress=_relabel(progress, "measuring", f"pass {number}: "),
+                progress=relabel(progress, "measuring", f"pass {number}: "),
                 progress_span=(measure_start, span[1]),
             ),
         }
@@ -255,7 +251,7 @@ def run_pipeline(
     metrics: dict[str, Any] = {
         **measured,
         "fidelity": fidelity,
-        "comparison": _compare(spec, measured, fidelity, bench["speedup_paired"]),
+        "comparison": compare(spec, measured, fidelity, bench["speedup_paired"]),
         "benchmark": {
             "provider": bench["provider"],
             "threads": bench["threads"],
@@ -289,165 +285,6 @@ def run_pipeline(
     )
 
 
-def stage_model_name(path: Path, stem: str) -> str:
-    """The artifact name of a stage's model: `stem.onnx`, or `stem.zip` when its weights
-    live in external data files (the caller packages the model with them)."""
-    return f"{stem}.zip" if has_external_data(path) else f"{stem}.onnx"
-
-
-@dataclass
-class _Measure:
-    """Measures a model against the original on the job's data: quality (accuracy with
-    labels, fidelity always), and for stages also size, parameters and a short benchmark."""
-
-    original: Path
-    model: ModelInfo
-    spec: PipelineSpec
-    datasets: Mapping[str, Path]
-    bench_dataset_id: str | None
-    provider: str
-    threads: int
-    layout: BatchLayout
-    #: The original's size and accuracy do not change from stage to stage.
-    _original_size: int | None = None
-
-    def quality(
-        self,
-        candidate: Path,
-        *,
-        progress: ProgressFn = no_progress,
-        progress_span: tuple[float, float] = (0.0, 1.0),
-    ) -> tuple[dict[str, float | None], dict[str, Any]]:
-        """({"baseline", "optimized"} accuracy, fidelity) of `candidate`: on the evaluate
-        dataset when the spec has one, else on calibration samples, else on random inputs."""
-        spec = self.spec
-        bench_dataset = self.datasets[self.bench_dataset_id] if self.bench_dataset_id else None
-        if spec.evaluate is not None:
-            evaluated = evaluate(
-                self.original,
-                candidate,
-                self.datasets[spec.evaluate.dataset_id],
-                spec.evaluate,
-                providers=[self.provider],
-                threads=self.threads,
-                progress=progress,
-                progress_span=progress_span,
-                layout=self.layout,
-            )
-            accuracy = {
-                "baseline": evaluated["baseline_accuracy"],
-                "optimized": evaluated["optimized_accuracy"],
-            }
-            return accuracy, evaluated["fidelity"]
-        none: dict[str, float | None] = {"baseline": None, "optimized": None}
-        if bench_dataset is not None:
-            fidelity = evaluate(
-                self.original,
-                candidate,
-                bench_dataset,
-                EvaluateConfig(
-                    dataset_id=str(self.bench_dataset_id),
-                    metric="fidelity",
-                    samples=FIDELITY_SAMPLES,
-                ),
-                providers=[self.provider],
-                threads=self.threads,
-                layout=self.layout,
-            )["fidelity"]
-            fidelity["source"] = "calibration_dataset"
-            return none, fidelity
-        fidelity = fidelity_on_inputs(
-            self.original,
-            candidate,
-            _synthetic_feeds(self.model, spec, self.layout),
-            providers=[self.provider],
-            threads=self.threads,
-        )
-        return none, fidelity
-
-    def stage(
-        self,
-        candidate: Path,
-        *,
-        progress: ProgressFn,
-        progress_span: tuple[float, float],
-    ) -> dict[str, Any]:
-        """The numbers of one stage's `candidate` model against the original."""
-        start, end = progress_span
-        middle = start + (end - start) * 0.4
-        if self._original_size is None:
-            self._original_size = model_size_bytes(self.original)
-        size = model_size_bytes(candidate)
-        parameters = inspect_model(candidate).parameter_count
-        accuracy, fidelity = self.quality(
-            candidate, progress=progress, progress_span=(start, middle)
-        )
-        settings = self.spec.benchmark.model_copy(
-            update={
-                "warmup": min(self.spec.benchmark.warmup, STAGE_WARMUP),
-                "iterations": min(self.spec.benchmark.iterations, STAGE_ITERATIONS),
-            }
-        )
-        bench_dataset = self.datasets[self.bench_dataset_id] if self.bench_dataset_id else None
-        bench = benchmark_pair(
-            self.original,
-            candidate,
-            settings,
-            feeds_for_batch=lambda batch: make_feeds(
-                self.model,
-                batch,
-                dataset=bench_dataset,
-                input_shapes=self.spec.benchmark.input_shapes,
-                layout=self.layout,
-            ),
-            progress=progress,
-            progress_span=(middle, end),
-        )
-        original_p50 = {b: s["p50"] for b, s in bench["baseline"]["latency_ms"].items()}
-        stage_p50 = {b: s["p50"] for b, s in bench["optimized"]["latency_ms"].items()}
-        accuracy_drop = (
-            accuracy["baseline"] - accuracy["optimized"]
-            if accuracy["baseline"] is not None and accuracy["optimized"] is not None
-            else None
-        )
-        return {
-            "size_bytes": size,
-            "size_ratio": round(size / self._original_size, 4),
-            "parameter_count": parameters,
-            "parameter_ratio": (
-                round(parameters / self.model.parameter_count, 4)
-                if self.model.parameter_count
-                else None
-            ),
-            "latency_p50_ms": stage_p50,
-            "original_latency_p50_ms": original_p50,
-            "speedup_p50": {b: round(original_p50[b] / stage_p50[b], 3) for b in stage_p50},
-            "accuracy": accuracy["optimized"],
-            "original_accuracy": accuracy["baseline"],
-            "accuracy_drop": accuracy_drop,
-            "fidelity": fidelity,
-            "measurement": {
-                "warmup": bench["warmup"],
-                "iterations": bench["iterations"],
-                "inputs": _benchmark_inputs(self.spec, self.bench_dataset_id),
-                "note": (
-                    f"a short benchmark ({bench['iterations']} timed runs per batch size, "
-                    "original and stage interleaved); the final comparison uses the spec's "
-                    "benchmark settings"
-                ),
-            },
-        }
-
-
-def _relabel(progress: ProgressFn, stage: str, prefix: str) -> ProgressFn:
-    """Progress of a helper (evaluate, benchmark) reported under another stage name."""
-
-    def report(_: str, fraction: float, message: str) -> None:
-        progress(stage, fraction, prefix + message)
-
-    return report
-
-
 def _inspect_model(models: Mapping[str, Path], model_id: str) -> ModelInfo:
     try:
         path = models[model_id]
@@ -473,62 +310,6 @@ def _check_loads(path: Path, *, kind: str, provider: str, threads: int) -> None:
         ) from exc
 
 
-def _sensitivity(
-    baseline: Path,
-    result: PassResult,
-    config: AnyPass,
-    spec: PipelineSpec,
-    model: ModelInfo,
-    datasets: Mapping[str, Path],
-    provider: str,
-    threads: int,
-    workdir: Path,
-    layout: BatchLayout,
-) -> dict[str, Any]:
-    """The sensitivity report of one quantize pass (its input against its output), written
-    as JSON in the pass's workdir. A report that failed says why; the job goes on."""
-    dataset_ids = config.dataset_ids()
-    if spec.evaluate is not None:
-        dataset_id: str | None = spec.evaluate.dataset_id
-        source = "evaluate_dataset"
-    elif dataset_ids:
-        dataset_id, source = dataset_ids[0], "pass_dataset"
-    else:
-        dataset_id, source = None, "synthetic_inputs"
-    try:
-        feeds = analysis_feeds(
-            model,
-            dataset=datasets[dataset_id] if dataset_id else None,
-            input_shapes=spec.benchmark.input_shapes,
-            layout=layout,
-        )
-        report = analyze(
-            baseline,
-            result.model_path,
-            feeds,
-            pass_config=config.model_dump(mode="json", exclude_defaults=True),
-            provider=provider,
-            threads=threads,
-        )
-    except OptimizerError as exc:  # e.g. synthetic inputs for a model with symbolic dims
-        report = failed_report(baseline, result.model_path, exc.message)
-    report["inputs"] = {"source": source, "dataset_id": dataset_id}
-    workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "sensitivity.json").write_text(json.dumps(report, indent=2, allow_nan=False))
-    return report
-
-
-def _sensitivity_summary(report: dict[str, Any], artifact: str) -> dict[str, Any]:
-    ranked = [node for node in report["nodes"] if node["quantized"]]
-    return {
-        "status": report["status"],
-        "error": report["error"],
-        "worst_nodes": [node["node"] for node in ranked[:3]],
-        "suggested_exclude": report["suggested_exclude"]["nodes"],
-        "artifact": artifact,
-    }
-
-
 def _benchmark_dataset_id(spec: PipelineSpec) -> str | None:
     """Benchmark inputs come from the evaluate dataset, else a pass's dataset (calibration)."""
     if spec.evaluate is not None:
@@ -539,217 +320,6 @@ def _benchmark_dataset_id(spec: PipelineSpec) -> str | None:
     return None
 
 
-def _benchmark_inputs(spec: PipelineSpec, dataset_id: str | None) -> str:
-    if dataset_id is None:
-        return "synthetic"
-    return "evaluate_dataset" if spec.evaluate is not None else "calibration_dataset"
-
-
-def benchmark_inputs_record(
-    model: ModelInfo,
-    spec: PipelineSpec,
-    dataset_id: str | None,
-    *,
-    layout: BatchLayout,
-    num_samples: int | None,
-) -> dict[str, Any]:
-    """What the benchmark fed, precisely enough to feed the same with plain numpy: dataset
-    rows, or the seed and the shape of every input at every batch size."""
-    record: dict[str, Any] = {
-        "source": _benchmark_inputs(spec, dataset_id),
-        # A list: JSON objects lose their key order in some databases (PostgreSQL's jsonb).
-        "order": [tensor.name for tensor in model.inputs],
-        "batch_axes": layout.as_json(),
-        "dtypes": {tensor.name: tensor.dtype for tensor in model.inputs},
-    }
-    if dataset_id is not None:
-        record |= {
-            "dataset_id": dataset_id,
-            "num_samples": num_samples,
-            "rows": "at batch size B, rows 0..B-1 of each batched input (row i % num_samples "
-            "when the dataset has fewer), the sample axis moved to the input's batch axis; "
-            "inputs without a batch axis as given once",
-        }
-        return record
-    shapes = {
-        str(batch): {
-            tensor.name: input_shape(tensor, batch, spec.benchmark.input_shapes, layout)
-            for tensor in model.inputs
-        }
-        for batch in spec.benchmark.batch_sizes
-    }
-    record |= {
-        "seed": 0,
-        "shapes": shapes,
-        "generator": "per batch size, rng = numpy.random.default_rng(seed); then for each "
-        "input in `order`: float inputs rng.standard_normal(shape).astype(dtype), "
-        "integer and bool inputs rng.integers(0, 2, size=shape).astype(dtype)",
-    }
-    return record
-
-
-def _synthetic_feeds(
-    model: ModelInfo, spec: PipelineSpec, layout: BatchLayout
-) -> Iterator[dict[str, np.ndarray]]:
-    batch = max(spec.benchmark.batch_sizes)
-    for seed in range(max(1, math.ceil(FIDELITY_SAMPLES / batch))):
-        yield make_feeds(
-            model,
-            batch,
-            dataset=None,
-            input_shapes=spec.benchmark.input_shapes,
-            seed=seed,
-            layout=layout,
-        )
-
-
-def _compare(
-    spec: PipelineSpec,
-    measured: dict[str, dict[str, Any]],
-    fidelity: dict[str, Any],
-    paired: dict[str, dict[str, float]],
-) -> dict[str, Any]:
-    base, opt = measured["baseline"], measured["optimized"]
-    size_ratio = opt["size_bytes"] / base["size_bytes"]
-    speedups = {
-        batch: round(base["latency_ms"][batch]["p50"] / opt["latency_ms"][batch]["p50"], 3)
-        for batch in base["latency_ms"]
-    }
-    intervals = {batch: (paired[batch]["low"], paired[batch]["high"]) for batch in speedups}
-    accuracy_drop = (
-        base["accuracy"] - opt["accuracy"]
-        if base["accuracy"] is not None and opt["accuracy"] is not None
-        else None
-    )
-    fidelity_loss = max(0.0, 1.0 - fidelity["cosine_mean"])
-    max_drop: float | None = None
-    within: bool | None = None
-    if (
-        spec.evaluate is not None
-        and accuracy_drop is not None
-        and spec.evaluate.metric != "fidelity"
-    ):
-        metric, drop = "accuracy", accuracy_drop
-    else:
-        metric, drop = "fidelity", fidelity_loss
-    if spec.evaluate is not None:
-        max_drop = spec.evaluate.max_drop
-        within = drop <= max_drop + _TOLERANCE_EPSILON
-    return {
-        "size_ratio": round(size_ratio, 4),
-        "speedup_p50": speedups,
-        "speedup_interval": {batch: list(bounds) for batch, bounds in intervals.items()},
-        "accuracy_drop": accuracy_drop,
-        "metric": metric,
-        "drop": drop,
-        "max_drop": max_drop,
-        "slower_than_baseline": any(
-            _speed_change(s, intervals[batch]) == "slower" for batch, s in speedups.items()
-        ),
-        "within_tolerance": within,
-        "verdict": _verdict(
-            size_ratio=size_ratio,
-            speedups=speedups,
-            intervals=intervals,
-            metric=metric,
-            drop=drop,
-            max_drop=max_drop,
-            fidelity=fidelity,
-        ),
-    }
-
-
-def _speed_change(speedup: float, interval: tuple[float, float]) -> str:
-    """ "faster", "slower" or "same": a change counts when the 95% interval of the paired
-    speedups lies wholly on the side of 1 the median speedup is on."""
-    low, high = interval
-    if speedup < 1.0 and high < 1.0:
-        return "slower"
-    if speedup >= 1.0 and low > 1.0:
-        return "faster"
-    return "same"
-
-
-def _verdict(
-    *,
-    size_ratio: float,
-    speedups: dict[str, float],
-    intervals: dict[str, tuple[float, float]],
-    metric: str,
-    drop: float,
-    max_drop: float | None,
-    fidelity: dict[str, Any],
-) -> str:
-    """One plain sentence: what got better first, then what got worse, in capitals, so that
-    a slower or less accurate model is never read as an improvement."""
-    good: list[str] = []
-    bad: list[str] = []
-    if size_ratio < 1.0:
-        good.append(f"{_times(1.0 / size_ratio)} smaller")
-    else:
-        bad.append(f"NOT smaller ({size_ratio:.2f}x the original size)")
-
-    change = {batch: _speed_change(s, intervals[batch]) for batch, s in speedups.items()}
-    faster = [(batch, s) for batch, s in speedups.items() if change[batch] == "faster"]
-    slower = [(batch, s) for batch, s in speedups.items() if change[batch] == "slower"]
-    same = [(batch, s) for batch, s in speedups.items() if change[batch] == "same"]
-    if faster:
-        (first_batch, first), *others = faster
-        good.append(
-            f"{_times(first)} faster at batch {first_batch}"
-            + "".join(f", {_times(s)} at batch {batch}" for batch, s in others)
-        )
-    if same:
-        parts = [f"batch {batch} ({_times(s)})" for batch, s in same]
-        good.append("no measurable speed difference at " + " and ".join(parts))
-    if slower:
-        parts = [f"batch {batch} ({_times(s)})" for batch, s in slower]
-        bad.append("SLOWER than the original at " + " and ".join(parts))
-
-    neutral = ""
-    if max_drop is None:
-        neutral = (
-            f"output cosine similarity {fidelity['cosine_mean']:.4f} on "
-            f"{fidelity['source'].replace('_', ' ')} (accuracy not checked)"
-        )
-    elif metric == "accuracy":
-        if drop <= 0.0:
-            good.append(
-                "no accuracy drop" if drop == 0.0 else f"accuracy up {_points(-drop)} points"
-            )
-        elif drop <= max_drop + _TOLERANCE_EPSILON:
-            good.append(f"accuracy drop {_points(drop)} points (within {_points(max_drop)})")
-        else:
-            bad.append(
-                f"accuracy DROPPED {_points(drop)} points, over the {_points(max_drop)}-point limit"
-            )
-    elif drop <= max_drop + _TOLERANCE_EPSILON:
-        good.append(f"fidelity loss {drop:.2g} (1 - cosine, within {max_drop:g})")
-    else:
-        bad.append(f"fidelity loss {drop:.2g} (1 - cosine) is OVER the {max_drop:g} limit")
-
-    sentence = ", ".join(good)
-    if bad:
-        sentence = f"{sentence} but {', '.join(bad)}" if sentence else ", ".join(bad)
-    if neutral:
-        sentence = f"{sentence}; {neutral}"
-    return sentence[:1].upper() + sentence[1:]
-
-
-def _times(ratio: float) -> str:
-    # More decimals near 1x, where "1.0x faster" or "SLOWER (1.00x)" would hide which side
-    # of 1 the measurement fell on.
-    if ratio >= 1.1:
-        return f"{ratio:.1f}x"
-    text = f"{ratio:.2f}x"
-    return f"{ratio:.3f}x" if text == "1.00x" else text
-
-
-def _points(fraction: float) -> str:
-    points = fraction * 100.0
-    return f"{points:.1f}" if abs(points) >= 0.1 else f"{points:.2g}"
-
-
 def preload() -> None:
     """Import what the passes load lazily (quantization pre-processing pulls in torch and
     sympy through onnxruntime.tools), so that a long-lived worker pays for it once at start
@@ -757,6 +327,6 @@ def preload() -> None:
     import onnxruntime.quantization.shape_inference
     import onnxruntime.tools.symbolic_shape_infer  # noqa: F401
 
-    from optimizers.passes import registered_passes
+    from optimizers.registry import registered_passes
 
     registered_passes()

@@ -27,9 +27,9 @@ import onnx
 from optimizers.config import PipelineSpec
 from optimizers.errors import InvalidModelError, OptimizerError
 from optimizers.external_data import check_relative_location, external_data_locations
-from optimizers.formats import UploadFormat, extract_onnx_zip
+from optimizers.formats.to_onnx import to_onnx
 from optimizers.pipeline import ArtifactFiles, run_pipeline
-from optimizers.types import ModelInfo, ProgressFn
+from optimizers.results import ProgressFn
 from worker.protocol import (
     FILE_SIZE_LIMIT,
     INTERNAL_ERROR,
@@ -116,7 +116,7 @@ class Progress:
 
 
 class PipeCheckpoints:
-    """Checkpoints (optimizers.types.Checkpoints) kept by the pool process in storage: the job
+    """Checkpoints (optimizers.results.Checkpoints) kept by the pool process in storage: the job
     hands it files to keep and asks it for kept ones, all through the scratch folder."""
 
     def __init__(self, channel: Channel, scratch: Path) -> None:
@@ -282,26 +282,15 @@ def _prepare_model(
     progress: ProgressFn,
 ) -> _Model:
     """The ONNX model the pipeline runs on, what it came from, and notes for the result."""
-    model_format = described["format"]
-    stored_path = scratch / check_path(described["path"])
-    if model_format == UploadFormat.onnx:
-        return _Model(stored_path, {"format": model_format, "converted": False}, [])
-    if model_format == UploadFormat.onnx_zip:
-        progress("loading", 0.02, "extracting the model and its external data")
-        path = extract_onnx_zip(stored_path, workdir, max_total_bytes=max_total_bytes)
-        return _Model(path, {"format": model_format, "converted": False}, [])
-    if model_format in (UploadFormat.torch_export, UploadFormat.torchscript):
-        from optimizers.torch_export import convert_to_onnx
-
-        progress("loading", 0.02, f"converting the {model_format} program to ONNX")
-        conversion = convert_to_onnx(
-            stored_path,
-            ModelInfo.model_validate(described["info"]),
-            workdir,
-            max_total_bytes=max_total_bytes,
-        )
-        return _Model(conversion.model_path, conversion.source, conversion.notes)
-    raise InvalidModelError(f"the model has an unknown format '{model_format}'")
+    model = to_onnx(
+        scratch / check_path(described["path"]),
+        described["format"],
+        info=described["info"],
+        workdir=workdir,
+        max_total_bytes=max_total_bytes,
+        progress=progress,
+    )
+    return _Model(model.path, model.source, model.notes)
 
 
 def package_model(

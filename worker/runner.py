@@ -28,7 +28,7 @@ from sqlalchemy.orm import Session
 from core import jobstate
 from core.db import new_id
 from core.jobspec import JobLimits as RequestedLimits
-from core.jobspec import JobSpec
+from core.jobspec import JobSpec, load_stored_spec
 from core.sandbox import SandboxUnavailable
 from core.settings import Settings
 from core.storage import Storage, StorageCheckpoints, StorageError
@@ -36,7 +36,7 @@ from core.storage_keys import artifact_key, attempt_prefix, checkpoints_prefix
 from core.tables import Artifact, Dataset, Job, JobStatus, StoredModel
 from optimizers.config import PipelineSpec
 from optimizers.errors import OptimizerError
-from optimizers.types import ModelInfo
+from optimizers.results import ModelInfo
 from worker.dbretry import UNREACHABLE, retrying
 from worker.monitor import Limits, StopReason, Supervision, supervise
 from worker.protocol import (
@@ -610,7 +610,7 @@ def _load_inputs(session: Session, job_id: str) -> _Inputs:
     missing = set(job.dataset_ids) - set(datasets)
     if missing:
         raise StorageError(f"dataset(s) {sorted(missing)} were deleted before the job ran")
-    spec = JobSpec.model_validate(job.spec)
+    spec = load_stored_spec(job.spec)
     # Jobs created before the column existed name their extra models only in the spec.
     extra_ids = list(job.extra_model_ids or spec.model_ids())
     extra = {

@@ -28,7 +28,7 @@ from core.settings import Settings
 from core.storage import Storage
 from core.tables import ACTIVE_STATUSES, ApiKey, Dataset, Job, StoredModel
 from optimizers.datasets import check_fits, inspect_dataset
-from optimizers.types import ModelInfo
+from optimizers.results import ModelInfo
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 

@@ -25,7 +25,7 @@ from api.schemas import ArtifactOut, JobOut, Page
 from api.submit import commit_or_find_winner, new_job, replay, request_hash, send_committed
 from core import jobstate
 from core.db import session_factory
-from core.jobspec import JobSpec
+from core.jobspec import JobSpec, load_stored_spec
 from core.settings import get_settings
 from core.tables import FINAL_STATUSES, Artifact, Job, JobStatus
 
@@ -198,7 +198,7 @@ def retry_job(
             session,
             settings,
             key.project_id,
-            JobSpec.model_validate(job.spec),
+            load_stored_spec(job.spec),
             loc=["spec"],
             retry_of=job.id,
         )

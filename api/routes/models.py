@@ -29,7 +29,8 @@ from core.db import new_id
 from core.settings import Settings
 from core.storage import Storage
 from core.tables import ACTIVE_STATUSES, ApiKey, Job, StoredModel
-from optimizers.formats import inspect_upload, storage_name
+from optimizers.formats.kinds import storage_name
+from optimizers.formats.upload import inspect_upload
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 

@@ -15,7 +15,7 @@ from core.db import session_factory
 from core.keys import is_well_formed
 from core.tables import ApiKey
 from tests.api.helpers import upload_dataset, upload_model
-from tests.factories import make_dataset, make_mlp
+from tests.models.onnx_basic import make_dataset, make_mlp
 
 
 def test_requests_without_a_valid_key_are_401(client: TestClient) -> None:

@@ -13,7 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from tests.api.helpers import upload_model
-from tests.factories import make_mlp
+from tests.models.onnx_basic import make_mlp
 
 
 def _assert_problem(response: Any, status: int, type_suffix: str | None = None) -> None:

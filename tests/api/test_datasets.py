@@ -11,7 +11,7 @@ import numpy as np
 from fastapi.testclient import TestClient
 
 from tests.api.helpers import upload_dataset, upload_model
-from tests.factories import make_dataset, make_mlp
+from tests.models.onnx_basic import make_dataset, make_mlp
 
 
 def test_upload_describes_the_arrays(client: TestClient, tmp_path: Path) -> None:

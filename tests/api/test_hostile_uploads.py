@@ -19,7 +19,7 @@ from fastapi.testclient import TestClient
 from onnx import TensorProto, helper
 
 from tests.api.helpers import upload_model
-from tests.factories import make_mlp
+from tests.models.onnx_basic import make_mlp
 
 LIMIT = 5 * 1024 * 1024  # MODELPRESS_MAX_UPLOAD_BYTES in service_env
 
@@ -158,7 +158,7 @@ def _torchscript_reading(path: Path, secret: Path) -> bytes:
 
 def _program_calling(path: Path, target: str) -> bytes:
     """A real torch.export program with one node's target replaced by `target`."""
-    from tests.torch_models import rewrite_zip, save_pt2
+    from tests.models.torch_programs import rewrite_zip, save_pt2
 
     save_pt2(path)
     with zipfile.ZipFile(path) as archive:

@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 
 from api.deps import require_admin, require_instance, require_read, require_write
 from tests.api.helpers import store_report, upload_dataset, upload_model
-from tests.factories import make_dataset, make_mlp
+from tests.models.onnx_basic import make_dataset, make_mlp
 
 #: Routes anyone may call: liveness and readiness carry no project data.
 PUBLIC_PATHS = {"/healthz", "/readyz"}

@@ -18,7 +18,7 @@ from core.db import session_factory
 from core.settings import get_settings
 from core.tables import JobStatus
 from tests.api.helpers import store_report, upload_model
-from tests.factories import make_mlp
+from tests.models.onnx_basic import make_mlp
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from tests.api.helpers import upload_dataset, upload_model
-from tests.factories import make_cnn, make_dataset, make_mlp
+from tests.models.onnx_basic import make_cnn, make_dataset, make_mlp
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.torch_models import (
+from tests.models.torch_programs import (
     CLASSES,
     IN_FEATURES,
     make_external_data_zip,

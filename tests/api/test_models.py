@@ -8,7 +8,7 @@ from pathlib import Path
 from fastapi.testclient import TestClient
 
 from tests.api.helpers import upload_model
-from tests.factories import make_cnn, make_mlp
+from tests.models.onnx_basic import make_cnn, make_mlp
 
 
 def test_upload_inspects_the_model(client: TestClient, tmp_path: Path) -> None:

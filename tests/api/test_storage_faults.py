@@ -8,7 +8,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from tests.conftest import ADMIN_KEY
-from tests.factories import make_mlp
+from tests.models.onnx_basic import make_mlp
 
 
 def test_an_upload_the_file_store_refuses_is_a_503_and_keeps_no_model(

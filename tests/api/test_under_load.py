@@ -19,8 +19,8 @@ import httpx
 import pytest
 
 from tests.conftest import ADMIN_KEY
-from tests.factories import make_mlp
 from tests.integration.processes import Service, run_service
+from tests.models.onnx_basic import make_mlp
 
 pytestmark = pytest.mark.slow
 

@@ -14,9 +14,9 @@ import redis
 from core.db import reset_engines
 from core.queue import get_celery
 from core.settings import get_settings
-from tests.factories import make_mlp
 from tests.integration.processes import run_service, start_redis
 from tests.integration.test_end_to_end import upload
+from tests.models.onnx_basic import make_mlp
 from tests.ports import free_port
 from worker.reaper import reap_once
 

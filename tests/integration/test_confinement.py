@@ -17,9 +17,9 @@ from sqlalchemy.orm import Session
 from core.db import new_id
 from core.storage import LocalStorage
 from core.tables import Project, StoredModel
-from tests.factories import make_mlp
 from tests.integration.processes import BIN, Service, run_service, start, wait_until
 from tests.integration.test_end_to_end import upload, wait_for_job
+from tests.models.onnx_basic import make_mlp
 from tests.worker.hostile import save_glutton, save_thief, torchscript_info
 from tests.worker.test_sandbox import CANARY, _encodings
 

@@ -12,8 +12,8 @@ import httpx
 import numpy as np
 import onnxruntime as ort
 
-from tests.factories import make_dataset, make_mlp
 from tests.integration.processes import Service
+from tests.models.onnx_basic import make_dataset, make_mlp
 
 
 def upload(client: httpx.Client, route: str, path: Path) -> dict[str, Any]:

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.factories import make_mlp
 from tests.integration.processes import Service
 from tests.integration.test_end_to_end import upload, wait_for_job, wait_for_stage
+from tests.models.onnx_basic import make_mlp
 
 # A worker start and two runs of a long benchmark: many minutes on a busy small machine.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]

@@ -15,9 +15,9 @@ import httpx
 import pytest
 import redis
 
-from tests.factories import make_mlp
 from tests.integration.processes import Service, run_service, start_redis
 from tests.integration.test_end_to_end import upload, wait_for_job, wait_for_stage
+from tests.models.onnx_basic import make_mlp
 from tests.ports import free_port
 
 # Worker start-up imports torch: minutes on a busy small machine.

@@ -12,7 +12,7 @@ import pytest
 
 from tests.integration.processes import Service
 from tests.integration.test_end_to_end import upload, wait_for_job
-from tests.torch_models import make_external_data_zip, save_pt2
+from tests.models.torch_programs import make_external_data_zip, save_pt2
 
 pytestmark = pytest.mark.slow
 

@@ -9,16 +9,18 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from tests.factories import make_dataset, make_mlp
 from tests.integration.processes import ROOT, Service
 from tests.integration.test_end_to_end import upload, wait_for_job
+from tests.models.onnx_basic import make_dataset, make_mlp
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 
 
 def test_distill_prune_quantize_pipeline(redis_service: Service, tmp_path: Path) -> None:
     missing = [
-        name for name in ("distill", "prune") if not (ROOT / f"optimizers/{name}.py").exists()
+        name
+        for name in ("distill", "prune")
+        if not (ROOT / f"optimizers/trainable/{name}.py").exists()
     ]
     if missing:
         pytest.skip(f"the {' and '.join(missing)} pass is not in this checkout yet")

@@ -10,7 +10,7 @@ import onnxruntime as ort
 
 from tests.integration.processes import Service
 from tests.integration.test_end_to_end import upload, wait_for_job
-from tests.optimizers.helpers import make_streaming_model, streaming_dataset
+from tests.models.sequences import make_streaming_model, streaming_dataset
 
 
 def test_streaming_model_is_quantized_evaluated_and_benchmarked(

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.factories import make_dataset, make_mlp
+from tests.models.onnx_basic import make_dataset, make_mlp
 
 
 @pytest.fixture(autouse=True)

@@ -13,16 +13,17 @@ import onnxruntime as ort
 import pytest
 
 from optimizers.batching import batch_layout
-from optimizers.benchmark import make_feeds
 from optimizers.checks import check_spec
 from optimizers.config import PipelineSpec
 from optimizers.datasets import inspect_dataset, iter_feeds
 from optimizers.errors import DatasetMismatchError, UnsupportedError
-from optimizers.inspect import inspect_model
+from optimizers.measure.benchmark import make_feeds
+from optimizers.model_info import inspect_model
 from optimizers.pipeline import run_pipeline
-from optimizers.types import ModelInfo
-from tests.factories import make_mlp
-from tests.optimizers.helpers import make_streaming_model, save_npz, streaming_dataset
+from optimizers.results import ModelInfo
+from tests.models.onnx_basic import make_mlp
+from tests.models.sequences import make_streaming_model, streaming_dataset
+from tests.optimizers.helpers import save_npz
 
 FAST_BENCHMARK: dict[str, Any] = {"batch_sizes": [1, 4], "warmup": 1, "iterations": 4}
 #: How a user settles the streaming model's inputs when its dims are written -1.
@@ -203,7 +204,7 @@ def test_the_benchmark_record_rebuilds_the_same_inputs(tmp_path: Path) -> None:
     """What bench/verify_benchmark.py feeds from a job's record, with numpy alone, is what the
     benchmark fed: random inputs from the seed and shapes, or dataset rows."""
     from bench.verify_benchmark import recorded_feeds
-    from optimizers.pipeline import benchmark_inputs_record
+    from optimizers.measure.stages import benchmark_inputs_record
 
     info = inspect_model(make_streaming_model(tmp_path / "s.onnx"))
     data = streaming_dataset(tmp_path / "d.npz", samples=5)

@@ -10,9 +10,10 @@ from optimizers.checks import check_spec
 from optimizers.config import PipelineSpec
 from optimizers.datasets import inspect_dataset
 from optimizers.errors import DatasetMismatchError, UnsupportedError
-from optimizers.inspect import inspect_model
-from tests.factories import make_cnn, make_mlp
-from tests.optimizers.helpers import make_sequence_model, save_npz
+from optimizers.model_info import inspect_model
+from tests.models.onnx_basic import make_cnn, make_mlp
+from tests.models.sequences import make_sequence_model
+from tests.optimizers.helpers import save_npz
 
 
 def _spec(**fields: Any) -> PipelineSpec:

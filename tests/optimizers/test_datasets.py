@@ -8,7 +8,7 @@ import pytest
 
 from optimizers.datasets import check_fits, inspect_dataset, iter_batches, load_batch
 from optimizers.errors import DatasetMismatchError, InvalidDatasetError
-from optimizers.types import ModelInfo, TensorInfo
+from optimizers.results import ModelInfo, TensorInfo
 from tests.optimizers.helpers import save_npz
 
 

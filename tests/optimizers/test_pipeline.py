@@ -11,10 +11,12 @@ import pytest
 from optimizers.config import PipelineSpec
 from optimizers.errors import OptimizerError
 from optimizers.external_data import model_size_bytes as model_size
-from optimizers.inspect import inspect_model
-from optimizers.pipeline import ArtifactFiles, _verdict, run_pipeline
-from tests.optimizers.helpers import make_sequence_model, partial_quantize
-from tests.optimizers.sensitive_models import SENSITIVE_NODE, make_inputs, make_outlier_mlp
+from optimizers.measure.verdict import verdict_text as _verdict
+from optimizers.model_info import inspect_model
+from optimizers.pipeline import ArtifactFiles, run_pipeline
+from tests.models.sensitive import SENSITIVE_NODE, make_inputs, make_outlier_mlp
+from tests.models.sequences import make_sequence_model
+from tests.optimizers.helpers import partial_quantize
 
 SIDE = {"size_bytes", "latency_ms", "throughput_per_s", "peak_memory_bytes", "accuracy"}
 FIDELITY = {

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from optimizers.types import ModelInfo, TensorInfo
+from optimizers.results import ModelInfo, TensorInfo
 
 
 def save_thief(path: Path, *, canary: Path, size: int) -> Path:

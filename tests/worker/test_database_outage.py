@@ -21,7 +21,7 @@ from core.migrate import upgrade
 from core.settings import get_settings
 from core.storage import get_storage
 from tests.api.helpers import upload_model
-from tests.factories import make_mlp
+from tests.models.onnx_basic import make_mlp
 from tests.ports import free_port
 from tests.postgres import _as_postgres, _bindir
 from worker import sandbox

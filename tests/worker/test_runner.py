@@ -18,9 +18,9 @@ from fastapi.testclient import TestClient
 
 from core.settings import get_settings
 from core.storage import LocalStorage, StorageCheckpoints, get_storage
-from optimizers.types import PrefixedCheckpoints
+from optimizers.results import PrefixedCheckpoints
 from tests.api.helpers import upload_dataset, upload_model
-from tests.factories import make_dataset, make_mlp
+from tests.models.onnx_basic import make_dataset, make_mlp
 from tests.optimizers.helpers import partial_quantize
 from worker.runner import execute_job
 

@@ -29,8 +29,8 @@ from core.storage import get_storage
 from core.tables import Project, StoredModel
 from tests.api.helpers import upload_model
 from tests.conftest import ADMIN_KEY
-from tests.factories import make_mlp
 from tests.integration.processes import start_redis
+from tests.models.onnx_basic import make_mlp
 from tests.ports import free_port
 from tests.worker.hostile import save_glutton, save_thief, save_vandal, torchscript_info
 from worker import sandbox
