@@ -15,7 +15,7 @@ from core.db import session_factory
 from core.sweeps import SweepError, expand
 from core.tables import JobStatus
 from tests.api.helpers import upload_model
-from tests.factories import make_mlp
+from tests.models.onnx_basic import make_mlp
 
 
 @pytest.fixture
