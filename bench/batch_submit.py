@@ -22,8 +22,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.models.onnx_basic import make_mlp  # noqa: E402
 from tests.integration.processes import run_redis, run_service  # noqa: E402
+from tests.models.onnx_basic import make_mlp  # noqa: E402
 
 SWEEP_JOBS = 1000
 MATRIX = {
