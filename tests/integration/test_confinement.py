@@ -4,23 +4,25 @@ cannot confine jobs refuses to start."""
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import create_engine, select
+from sqlalchemy import create_engine
 from sqlalchemy.orm import Session
 
-from core.db import new_id
 from core.storage import LocalStorage
-from core.tables import Project, StoredModel
 from tests.integration.processes import BIN, Service, run_service, start, wait_until
 from tests.integration.test_end_to_end import upload, wait_for_job
 from tests.models.onnx_basic import make_mlp
-from tests.worker.hostile import save_glutton, save_thief, torchscript_info
+from tests.worker.hostile import (
+    insert_stored_model,
+    save_glutton,
+    save_thief,
+    torchscript_info,
+)
 from tests.worker.test_sandbox import CANARY, _encodings
 
 # A worker start (its job host imports torch) and conversions: minutes on a busy machine.
@@ -40,31 +42,14 @@ def _data_dir(service: Service) -> Path:
 
 
 def _insert_model(service: Service, path: Path, info: dict[str, Any]) -> str:
-    """A stored model as an upload would leave it, without the upload's checks."""
     data_dir = _data_dir(service)
     engine = create_engine(f"sqlite:///{data_dir / 'modelpress.db'}")
-    model_id = new_id("mdl")
-    with Session(engine) as session, session.begin():
-        project_id = session.scalars(select(Project.id)).first()
-        assert project_id is not None
-        key = f"{project_id}/models/{model_id}/model.pt"
-        staged = path.with_suffix(".staged")
-        staged.write_bytes(path.read_bytes())
-        LocalStorage(data_dir / "storage").put_file(key, staged)
-        session.add(
-            StoredModel(
-                id=model_id,
-                project_id=project_id,
-                name=path.name,
-                format=info["format"],
-                sha256=hashlib.sha256(path.read_bytes()).hexdigest(),
-                size_bytes=path.stat().st_size,
-                storage_key=key,
-                info=info,
-            )
-        )
-    engine.dispose()
-    return model_id
+    storage = LocalStorage(data_dir / "storage")
+    try:
+        with Session(engine) as session, session.begin():
+            return insert_stored_model(session, storage, path=path, info=info)
+    finally:
+        engine.dispose()
 
 
 def _submit(client: httpx.Client, model_id: str, **extra: Any) -> str:

@@ -4,10 +4,46 @@ mapping), and allocate without bound. torch is imported inside the functions."""
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from core import storage_keys
+from core.db import new_id
+from core.storage import Storage
+from core.tables import Project, StoredModel
+from optimizers.formats.kinds import storage_name
 from optimizers.results import ModelInfo, TensorInfo
+
+
+def insert_stored_model(
+    session: Session, storage: Storage, *, path: Path, info: dict[str, Any]
+) -> str:
+    """A stored model as an upload would leave it, without the upload's checks: the upload
+    refuses these programs, and the tests show what the sandbox does with one that got by."""
+    model_id = new_id("mdl")
+    project_id = session.scalars(select(Project.id)).first()
+    assert project_id is not None
+    key = storage_keys.model_key(project_id, model_id, storage_name(info["format"]))
+    staged = path.with_suffix(".staged")  # storing moves the file
+    staged.write_bytes(path.read_bytes())
+    storage.put_file(key, staged)
+    session.add(
+        StoredModel(
+            id=model_id,
+            project_id=project_id,
+            name=path.name,
+            format=info["format"],
+            sha256=hashlib.sha256(path.read_bytes()).hexdigest(),
+            size_bytes=path.stat().st_size,
+            storage_key=key,
+            info=info,
+        )
+    )
+    return model_id
 
 
 def save_thief(path: Path, *, canary: Path, size: int) -> Path:

@@ -20,19 +20,23 @@ from typing import Any
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import select
 
-from core.db import new_id, session_scope
+from core.db import session_scope
 from core.sandbox import host_command, probe
 from core.settings import get_settings
 from core.storage import get_storage
-from core.tables import Project, StoredModel
 from tests.api.helpers import upload_model
 from tests.conftest import ADMIN_KEY
 from tests.integration.processes import start_redis
 from tests.models.onnx_basic import make_mlp
 from tests.ports import free_port
-from tests.worker.hostile import save_glutton, save_thief, save_vandal, torchscript_info
+from tests.worker.hostile import (
+    insert_stored_model,
+    save_glutton,
+    save_thief,
+    save_vandal,
+    torchscript_info,
+)
 from worker import sandbox
 from worker.runner import execute_job
 
@@ -44,28 +48,8 @@ CANARY = b"modelpress-canary:" + hashlib.sha256(b"canary").hexdigest().encode()[
 
 
 def _insert_model(path: Path, info: dict[str, Any]) -> str:
-    """A stored model as an upload would leave it, without the upload's checks."""
-    model_id = new_id("mdl")
     with session_scope() as session:
-        project_id = session.scalars(select(Project.id)).first()
-        assert project_id is not None
-        key = f"{project_id}/models/{model_id}/model.pt"
-        staged = path.with_suffix(".staged")
-        staged.write_bytes(path.read_bytes())
-        get_storage().put_file(key, staged)
-        session.add(
-            StoredModel(
-                id=model_id,
-                project_id=project_id,
-                name=path.name,
-                format=info["format"],
-                sha256=hashlib.sha256(path.read_bytes()).hexdigest(),
-                size_bytes=path.stat().st_size,
-                storage_key=key,
-                info=info,
-            )
-        )
-    return model_id
+        return insert_stored_model(session, get_storage(), path=path, info=info)
 
 
 def _run_job(client: TestClient, spec: dict[str, Any]) -> dict[str, Any]:
