@@ -190,12 +190,7 @@ class _JobRun:
             return self._fail(JobStatus.failed, "missing_input", str(exc))
         except Exception as exc:
             log.exception("job %s: unexpected error", self.job_id)
-            return self._fail(
-                JobStatus.failed,
-                INTERNAL_ERROR,
-                f"{type(exc).__name__}: {exc} (a bug in modelpress; the traceback is in the "
-                "worker log)",
-            )
+            return self._fail_bug(f"{type(exc).__name__}: {exc}")
         try:
             self.process = self.host.start_job(self.kernel)
         except SandboxUnavailable as exc:
@@ -217,12 +212,7 @@ class _JobRun:
             )
         except Exception as exc:
             log.exception("job %s: unexpected error", self.job_id)
-            return self._fail(
-                JobStatus.failed,
-                INTERNAL_ERROR,
-                f"{type(exc).__name__}: {exc} (a bug in modelpress; the traceback is in the "
-                "worker log)",
-            )
+            return self._fail_bug(f"{type(exc).__name__}: {exc}")
         finally:
             self.process.close()
         return self._record_outcome(watch)
@@ -503,11 +493,7 @@ class _JobRun:
             message,
             str(outcome.get("traceback", ""))[-8000:],
         )
-        return self._fail(
-            JobStatus.failed,
-            INTERNAL_ERROR,
-            f"{message} (a bug in modelpress; the traceback is in the worker log)",
-        )
+        return self._fail_bug(message)
 
     def _memory_message(self) -> str:
         return (
@@ -565,6 +551,14 @@ class _JobRun:
                 "recording an outcome (a bug in modelpress; the worker log has the details)"
             )
         return self._fail(status, error_type, message)
+
+    def _fail_bug(self, message: str) -> str:
+        """Fails the job for an error that is modelpress's own, logged with its traceback."""
+        return self._fail(
+            JobStatus.failed,
+            INTERNAL_ERROR,
+            f"{message} (a bug in modelpress; the traceback is in the worker log)",
+        )
 
     def _fail(self, status: JobStatus, error_type: str, message: str) -> str:
         self._db(

@@ -12,6 +12,7 @@ import shutil
 import stat
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
+from typing import BinaryIO
 
 from worker.protocol import ProtocolError, check_relative
 
@@ -54,18 +55,16 @@ class ScratchFolder:
 
     def copy_in(self, relative: str, source: Path) -> None:
         """A new file at `relative` with the content of `source` (outside the folder)."""
-        parts = PurePosixPath(check_relative(relative)).parts
-        with self._folder(parts[:-1], create=True) as folder:
-            fd = os.open(
-                parts[-1],
-                os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                0o600,
-                dir_fd=folder,
-            )
-            with open(fd, "wb") as dest, source.open("rb") as src:
-                shutil.copyfileobj(src, dest, 1 << 20)
+        with self._new_file(relative) as dest, source.open("rb") as src:
+            shutil.copyfileobj(src, dest, 1 << 20)
 
     def write_bytes(self, relative: str, data: bytes) -> None:
+        with self._new_file(relative) as dest:
+            dest.write(data)
+
+    @contextlib.contextmanager
+    def _new_file(self, relative: str) -> Iterator[BinaryIO]:
+        """A file created at `relative`, never through a link and never over an existing one."""
         parts = PurePosixPath(check_relative(relative)).parts
         with self._folder(parts[:-1], create=True) as folder:
             fd = os.open(
@@ -75,7 +74,7 @@ class ScratchFolder:
                 dir_fd=folder,
             )
             with open(fd, "wb") as dest:
-                dest.write(data)
+                yield dest
 
     def copy_out(self, relative: str, dest: Path) -> str:
         """Copy the regular file at `relative` to `dest` (outside the folder); its sha256."""
