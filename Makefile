@@ -59,7 +59,7 @@ test-fast: install
 
 # Offline: the vulnerability audit needs pypi.org, so it is a target of its own.
 lint: style
-	$(BIN)/mypy api core worker optimizers client/modelpress
+	$(BIN)/mypy api core worker optimizers web client/modelpress
 
 style: install
 	$(BIN)/ruff check .

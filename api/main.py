@@ -19,6 +19,7 @@ from api.uploads import sweep_stale_uploads
 from core.bootstrap import ensure_admin_key
 from core.db import session_factory
 from core.settings import get_settings
+from web.app import install as install_dashboard
 
 log = logging.getLogger("modelpress.api")
 
@@ -69,6 +70,8 @@ def create_app() -> FastAPI:
         keys.router,
     ):
         app.include_router(router)
+    # The dashboard's pages, under / (the API stays under /v1).
+    install_dashboard(app)
     app.add_middleware(
         RequestGuard,
         streamed_body_routes=streamed_uploads(app.openapi()),

@@ -62,6 +62,10 @@ class Settings(BaseSettings):
     unsafe_unconfined_jobs: bool = False
     #: The bubblewrap program that confines jobs (a name on PATH or a path).
     bwrap_path: str = "bwrap"
+    #: A dashboard sign-in not used for this long ends; the next page asks to sign in again.
+    web_session_idle_minutes: float = Field(30.0, gt=0)
+    #: A dashboard sign-in ends this long after it began, however busy it was.
+    web_session_max_hours: float = Field(12.0, gt=0)
 
     @model_validator(mode="after")
     def _absolute_data_dir(self) -> Settings:

@@ -29,8 +29,9 @@ def _dependency_calls(route: Any) -> set[Any]:
     return calls
 
 
-def app_routes(app: Any) -> list[Any]:
-    """Every API route of the app with its full path, included routers' routes too."""
+def app_routes(app: Any, *, dashboard: bool = False) -> list[Any]:
+    """Every API route of the app with its full path, included routers' routes too; with
+    `dashboard`, the dashboard's routes (left out of the OpenAPI document) instead."""
     try:
         from fastapi.routing import iter_route_contexts
     except ImportError:  # FastAPI before included routers were kept nested
@@ -39,6 +40,10 @@ def app_routes(app: Any) -> list[Any]:
         routes = [
             c for c in iter_route_contexts(app.routes) if isinstance(c.original_route, APIRoute)
         ]
+    in_schema = [r for r in routes if getattr(r, "original_route", r).include_in_schema]
+    if dashboard:
+        return [r for r in routes if r not in in_schema]
+    routes = in_schema
     # Checked against the OpenAPI document, so no change in how FastAPI nests routers can
     # hide a route from these tests.
     walked = {(r.path, method) for r in routes for method in r.methods}
