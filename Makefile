@@ -17,7 +17,7 @@ unexport PYTHONDONTWRITEBYTECODE
 # left, e.g. TEST_DEADLINE_AT=$$(( $$(date +%s) + 3600 )) for an hour from now.
 TEST_DEADLINE_AT ?=
 
-.PHONY: install run api worker migrate test test-fast lint style audit bench system-packages clean
+.PHONY: install run api worker migrate test test-fast lint style audit bench system-packages clean screenshots
 
 $(STAMP): pyproject.toml client/pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -53,6 +53,10 @@ system-packages:
 test: install system-packages
 	$(BIN)/python -m pytest -ra --durations=30 -n $(TEST_WORKERS) --dist loadgroup \
 		$(if $(TEST_DEADLINE_AT),--deadline-at=$(TEST_DEADLINE_AT))
+
+# The dashboard's screenshots in docs/screenshots/, taken by its browser tests.
+screenshots: install system-packages
+	MODELPRESS_SCREENSHOTS=1 $(BIN)/python -m pytest -q tests/web -k browser
 
 test-fast: install
 	$(BIN)/python -m pytest -ra -m "not slow" -n $(TEST_WORKERS) --dist loadgroup

@@ -5,11 +5,13 @@ from __future__ import annotations
 from playwright.sync_api import Page, expect
 
 from tests.conftest import ADMIN_KEY
+from tests.web.screens import keep_screenshot
 
 
 def browser_sign_in(page: Page, key: str = ADMIN_KEY, path: str = "/jobs") -> None:
     page.goto(path)
     expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+    keep_screenshot(page, "signin")
     page.get_by_label("API key").fill(key)
     page.get_by_role("button", name="Sign in").click()
 
