@@ -62,6 +62,9 @@ class Settings(BaseSettings):
     unsafe_unconfined_jobs: bool = False
     #: The bubblewrap program that confines jobs (a name on PATH or a path).
     bwrap_path: str = "bwrap"
+    #: False on an API host that runs no jobs (workers on other hosts or containers): /readyz
+    #: leaves the sandbox out, since each worker proves its own sandbox at start.
+    readyz_sandbox: bool = True
 
     @model_validator(mode="after")
     def _absolute_data_dir(self) -> Settings:
