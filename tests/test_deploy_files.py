@@ -110,9 +110,9 @@ def test_compose_commands_are_real_entry_points() -> None:
     services = _services()
     assert set(services) >= {"postgres", "redis", "minio", "migrate", "api", "worker-gpu"}
     for name, service in services.items():
-        command = service.get("command")
         if "build" not in service:
             continue
+        command: list[str] = service["command"]
         if command[:2] == ["python", "-m"]:
             assert importlib.util.find_spec(f"{command[2]}.__main__"), name
         else:
