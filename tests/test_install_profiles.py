@@ -1,10 +1,13 @@
-"""The install profiles in pyproject.toml: the API process runs on `pip install .` alone, which
-names neither torch nor onnxruntime, and the worker and GPU profiles add what runs jobs."""
+"""The install profiles in pyproject.toml and the Makefile that installs them: the API process
+runs on `pip install .` alone, which names neither torch nor onnxruntime; the worker and GPU
+profiles add what runs jobs; the Makefile builds its venv from any Python 3.11 or newer."""
 
 from __future__ import annotations
 
 import importlib.metadata
 import json
+import shutil
+import subprocess
 import tomllib
 from collections.abc import Iterable
 from contextlib import contextmanager
@@ -170,3 +173,45 @@ def test_the_api_serves_with_only_the_api_profile_importable(tmp_path: Path) -> 
             assert http.get(job.headers["location"]).json()["status"] == "queued"
         log = service.processes["api"].output()
         assert "not in the api profile" not in log, log[-4000:]
+
+
+def _fake_python(folder: Path, name: str, *, new_enough: bool) -> None:
+    """A `name` on PATH that answers the Makefile's version check as a Python that is, or is
+    not, 3.11 or newer."""
+    script = folder / name
+    script.write_text(f"#!/bin/sh\nexit {0 if new_enough else 1}\n")
+    script.chmod(0o755)
+
+
+def _make(*args: str, path: Path, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    make = shutil.which("make")
+    assert make, "make is installed (the CI script installs it)"
+    return subprocess.run(
+        [make, "-C", str(ROOT), f"VENV={tmp_path / 'venv'}", *args],
+        env={"PATH": str(path), "HOME": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_make_builds_the_venv_from_the_first_python_3_11_or_newer(tmp_path: Path) -> None:
+    found = tmp_path / "bin"
+    found.mkdir()
+    _fake_python(found, "python3.13", new_enough=False)
+    _fake_python(found, "python3.12", new_enough=True)
+    _fake_python(found, "python3", new_enough=True)
+    planned = _make("-n", "install", path=found, tmp_path=tmp_path)
+    assert planned.returncode == 0, planned.stderr
+    assert f"python3.12 -m venv {tmp_path / 'venv'}" in planned.stdout
+
+
+def test_make_says_what_to_install_when_no_python_fits(tmp_path: Path) -> None:
+    old = tmp_path / "bin"
+    old.mkdir()
+    _fake_python(old, "python3", new_enough=False)
+    refused = _make("install", path=old, tmp_path=tmp_path)
+    assert refused.returncode != 0
+    assert "needs Python 3.11 or newer" in refused.stderr
+    assert "apt-get install python3 python3-venv" in refused.stderr
+    assert not (tmp_path / "venv").exists()
