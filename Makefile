@@ -1,10 +1,20 @@
 # modelpress: `make run` starts the service on embedded defaults, `make test` runs the tests,
 # `make lint` checks style, the allowed imports between the parts and types (offline),
 # `make audit` checks the installed packages for known vulnerabilities (needs pypi.org).
-PYTHON ?= python3.11
+# The first Python >= 3.11 found; `make PYTHON=/path/to/python` chooses another.
+PYTHON ?= $(shell for candidate in python3.13 python3.12 python3.11 python3; do \
+	command -v $$candidate >/dev/null 2>&1 \
+	&& $$candidate -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null \
+	&& { echo $$candidate; break; }; done)
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed
+# What each target needs, installed into one .venv (docs/deploy.md, "Install profiles"):
+# the API alone (`pip install .`), the service (API and CPU worker, `.[worker]`, and the
+# `modelpress` command), and the tests and tools on top (`.[worker,dev]`).
+API_STAMP     := $(VENV)/.installed-api
+SERVICE_STAMP := $(VENV)/.installed-service
+STAMP         := $(VENV)/.installed
+PIP_INSTALL   := $(BIN)/pip install -q --no-compile -c constraints.txt
 # Test processes. 0 runs the suite in this process, which suits two cores best: every test
 # process pays for importing torch once. With N > 0 the real-server tests share one of them.
 TEST_WORKERS ?= 0
@@ -17,32 +27,55 @@ unexport PYTHONDONTWRITEBYTECODE
 # left, e.g. TEST_DEADLINE_AT=$$(( $$(date +%s) + 3600 )) for an hour from now.
 TEST_DEADLINE_AT ?=
 
-.PHONY: install run api worker migrate test test-fast lint style audit bench system-packages clean screenshots
+.PHONY: install install-service run api worker migrate test test-fast lint style audit bench system-packages clean screenshots
 
-$(STAMP): pyproject.toml client/pyproject.toml constraints.txt
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+$(VENV)/bin/python:
+	@test -n "$(PYTHON)" && $(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11)); import ensurepip' \
+		2>/dev/null || { \
+		echo "modelpress needs Python 3.11 or newer with its venv module; found: $(or $(PYTHON),none)"; \
+		echo "(looked for python3.13, python3.12, python3.11, python3 on PATH)."; \
+		echo "Install one: Debian 12+ / Ubuntu 24.04: apt-get install python3 python3-venv;"; \
+		echo "elsewhere https://www.python.org/downloads/ -- or name it: make PYTHON=/path/to/python3.12"; \
+		exit 1; } >&2
+	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
+
+$(API_STAMP): pyproject.toml constraints.txt | $(VENV)/bin/python
 	@# Bytecode is compiled on first import instead, for the modules actually used.
-	$(BIN)/pip install -q --no-compile -c constraints.txt -e '.[dev]'
-	@# The client and CLI (their own package): the tests drive the `modelpress` command.
-	$(BIN)/pip install -q --no-compile -c constraints.txt -e ./client
-	touch $(STAMP)
+	$(PIP_INSTALL) -e .
+	touch $@
+
+$(SERVICE_STAMP): pyproject.toml client/pyproject.toml constraints.txt | $(VENV)/bin/python
+	$(PIP_INSTALL) -e '.[worker]'
+	@# The client and CLI (their own package): `modelpress submit` against the running service.
+	$(PIP_INSTALL) -e ./client
+	touch $(API_STAMP) $@
+
+$(STAMP): pyproject.toml client/pyproject.toml constraints.txt | $(VENV)/bin/python
+	$(PIP_INSTALL) -e '.[worker,dev]'
+	@# The tests drive the `modelpress` command too.
+	$(PIP_INSTALL) -e ./client
+	touch $(API_STAMP) $(SERVICE_STAMP) $@
 
 install: $(STAMP)
 
-migrate: install
+# What `make run` needs: the API and a CPU worker, no test tools.
+install-service: $(SERVICE_STAMP)
+
+migrate: $(API_STAMP)
 	$(BIN)/python -m core migrate
 
 # One API process and one worker on SQLite, a local data folder and an embedded broker.
-run: migrate system-packages
+run: install-service migrate system-packages
 	@trap 'kill 0' INT TERM EXIT; \
 	$(BIN)/celery -A worker.celery_app worker -Q cpu,gpu --loglevel INFO & \
 	$(BIN)/python -m api
 
+# The API alone needs neither torch nor onnxruntime.
 api: migrate
 	$(BIN)/python -m api
 
-worker: migrate system-packages
+worker: install-service migrate system-packages
 	$(BIN)/celery -A worker.celery_app worker -Q $${MODELPRESS_QUEUES:-cpu} --loglevel INFO
 
 # Debian packages the service and the integration tests use for real (bubblewrap for the job

@@ -66,6 +66,9 @@ class Settings(BaseSettings):
     web_session_idle_minutes: float = Field(30.0, gt=0)
     #: A dashboard sign-in ends this long after it began, however busy it was.
     web_session_max_hours: float = Field(12.0, gt=0)
+    #: False on an API host that runs no jobs (workers on other hosts or containers): /readyz
+    #: leaves the sandbox out, since each worker proves its own sandbox at start.
+    readyz_sandbox: bool = True
 
     @model_validator(mode="after")
     def _absolute_data_dir(self) -> Settings:

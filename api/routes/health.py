@@ -3,6 +3,8 @@ and can jobs be confined on this machine."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from fastapi import APIRouter
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
@@ -29,6 +31,8 @@ def _check_database() -> None:
 
 #: The sandbox check's value when the settings allow unconfined jobs: ready, and says so.
 UNCONFINED = "off: MODELPRESS_UNSAFE_UNCONFINED_JOBS=true, jobs run unconfined"
+#: Its value on an API host that runs no jobs: ready, and says why it was not checked.
+NOT_HERE = "not checked: MODELPRESS_READYZ_SANDBOX=false, no jobs run on this host"
 
 
 def _check_sandbox() -> None:
@@ -40,12 +44,16 @@ def _check_sandbox() -> None:
 @router.get("/readyz")
 async def readyz() -> JSONResponse:
     checks: dict[str, str] = {}
-    for name, probe in (
+    probes: list[tuple[str, Callable[[], object]]] = [
         ("database", _check_database),
         ("broker", ping_broker),
         ("storage", lambda: get_storage().ping()),
-        ("sandbox", _check_sandbox),
-    ):
+    ]
+    if get_settings().readyz_sandbox:
+        probes.append(("sandbox", _check_sandbox))
+    else:
+        checks["sandbox"] = NOT_HERE
+    for name, probe in probes:
         try:
             await run_in_threadpool(probe)
             checks[name] = "ok"
@@ -53,7 +61,7 @@ async def readyz() -> JSONResponse:
             checks[name] = f"error: {type(exc).__name__}: {exc}"[:300]
     if checks["sandbox"] == "ok" and get_settings().unsafe_unconfined_jobs:
         checks["sandbox"] = UNCONFINED
-    ready = all(v in ("ok", UNCONFINED) for v in checks.values())
+    ready = all(v in ("ok", UNCONFINED, NOT_HERE) for v in checks.values())
     return JSONResponse(
         {"status": "ready" if ready else "not ready", "checks": checks},
         status_code=200 if ready else 503,

@@ -40,6 +40,19 @@ def test_readyz_reports_a_machine_that_cannot_confine_jobs(
     assert "unconfined" in ready.json()["checks"]["sandbox"]
 
 
+def test_readyz_of_an_api_host_that_runs_no_jobs_leaves_the_sandbox_out(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An API container without bubblewrap, its workers elsewhere (docker-compose.yml).
+    monkeypatch.setenv("MODELPRESS_BWRAP_PATH", "/nonexistent/bwrap")
+    monkeypatch.setenv("MODELPRESS_READYZ_SANDBOX", "false")
+    get_settings.cache_clear()
+    ready = client.get("/readyz")
+    assert ready.status_code == 200, ready.text
+    assert ready.json()["checks"]["sandbox"].startswith("not checked")
+    assert ready.json()["checks"]["database"] == "ok"
+
+
 def test_readyz_reports_an_unreachable_broker(
     client: TestClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:

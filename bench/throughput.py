@@ -1,0 +1,303 @@
+"""Jobs per minute through one, then two CPU workers on disjoint cores, the API's status reads
+while they run, and the API's reads with 10,000 jobs queued.
+
+    PYTHONPATH=$PWD .venv/bin/python bench/throughput.py [--jobs 500] [--clients 50]
+
+The production shape on one machine: PostgreSQL and Redis (started here, as the tests start
+them), one API process, workers pinned to cores of their own (MODELPRESS_CPUS where the
+worker has that setting, else `taskset -c`). Each phase submits `--jobs` short jobs in one
+batch (dynamic int8 quantization of a 16-64-4 MLP, benchmark at batch 1 with 2 warm-up and
+10 timed iterations) and waits for all of them, while `--clients` threads each read a random
+job's status every `--poll` seconds. Then the workers stop, 10,000 queued jobs are inserted
+straight into the database, and the same clients read their statuses, then one client pages
+through the job list. Prints jobs per minute, queue wait (created -> started) p50/p99, and
+the API's p50/p99 for each kind of read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import random
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import httpx  # noqa: E402
+from sqlalchemy import create_engine, text  # noqa: E402
+
+from core.migrate import upgrade  # noqa: E402
+from core.settings import Settings  # noqa: E402
+from tests.integration.processes import (  # noqa: E402
+    BIN,
+    Process,
+    Service,
+    run_redis,
+    run_service,
+    start,
+    wait_until,
+)
+from tests.models.onnx_basic import make_mlp  # noqa: E402
+from tests.ports import free_port  # noqa: E402
+from tests.postgres import run_postgres  # noqa: E402
+
+RECIPE: dict[str, Any] = {
+    "passes": [{"kind": "quantize", "method": "dynamic"}],
+    "benchmark": {"batch_sizes": [1], "warmup": 2, "iterations": 10, "threads": 1},
+}
+QUEUED_ROWS = 10_000
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def ms(values: list[float]) -> str:
+    if not values:
+        return "no reads"
+    return (
+        f"p50 {percentile(values, 0.5) * 1000:.1f} ms, p99 {percentile(values, 0.99) * 1000:.1f} ms"
+        f" ({len(values)} reads)"
+    )
+
+
+class Readers:
+    """`count` threads, each reading a random job's status every `interval` seconds."""
+
+    def __init__(self, service: Service, *, count: int, interval: float) -> None:
+        self.service, self.count, self.interval = service, count, interval
+        self.ids: list[str] = []
+        self.latencies: list[float] = []
+        self.errors = 0
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+
+    def _read(self, seed: int) -> None:
+        rng = random.Random(seed)
+        with self.service.client() as client:
+            while not self._stop.is_set():
+                if self.ids:
+                    job_id = rng.choice(self.ids)
+                    began = time.perf_counter()
+                    try:
+                        ok = client.get(f"/v1/jobs/{job_id}").status_code == 200
+                    except httpx.HTTPError:
+                        ok = False
+                    took = time.perf_counter() - began
+                    with self._lock:
+                        if ok:
+                            self.latencies.append(took)
+                        else:
+                            self.errors += 1
+                # Spread the clients so that they do not all ask at once.
+                self._stop.wait(self.interval * rng.uniform(0.5, 1.5))
+
+    @contextlib.contextmanager
+    def running(self, ids: list[str]) -> Iterator[Readers]:
+        self.ids, self.latencies, self.errors = ids, [], 0
+        self._stop.clear()
+        self._threads = [
+            threading.Thread(target=self._read, args=(n,), daemon=True) for n in range(self.count)
+        ]
+        for thread in self._threads:
+            thread.start()
+        try:
+            yield self
+        finally:
+            self._stop.set()
+            for thread in self._threads:
+                thread.join(60)
+
+
+def start_worker(service: Service, name: str, cores: str) -> Process:
+    """A worker pinned to `cores`: by its own setting where it has one, else by taskset."""
+    env = dict(service.env)
+    command = [str(BIN / "celery"), "-A", "worker.celery_app", "worker", "-Q", "cpu"]
+    command += ["--loglevel", "INFO", "-n", f"{name}@%h"]
+    if "cpus" in Settings.model_fields:
+        env["MODELPRESS_CPUS"] = cores
+    else:
+        command = ["taskset", "-c", cores, *command]
+    proc = start(name, command, env, service.logs)
+    service.processes[name] = proc
+    wait_until(
+        lambda: "ready." in proc.output() or proc.popen.poll() is not None,
+        600,  # the worker preloads torch: minutes on a busy 2-core machine
+        f"{name} to be ready",
+    )
+    if proc.popen.poll() is not None:
+        raise RuntimeError(f"{name} exited:\n{proc.output()[-3000:]}")
+    return proc
+
+
+def run_phase(
+    service: Service, readers: Readers, *, model_id: str, jobs: int, label: str
+) -> dict[str, Any]:
+    specs = [{"model_id": model_id, **RECIPE, "labels": {"n": n}} for n in range(jobs)]
+    with service.client() as client:
+        began = time.monotonic()
+        answer = client.post("/v1/batches", json={"name": label, "jobs": specs}, timeout=300)
+        assert answer.status_code == 202, answer.text[:500]
+        batch_id = answer.json()["id"]
+        ids = [job["id"] for job in answer.json()["jobs"]]
+        with readers.running(ids):
+            while True:
+                batch = client.get(f"/v1/batches/{batch_id}", timeout=60).json()
+                states = [job["status"] for job in batch["jobs"]]
+                if all(s in ("succeeded", "failed", "canceled") for s in states):
+                    break
+                time.sleep(1.0)
+        elapsed = time.monotonic() - began
+    waits = [
+        (
+            datetime.fromisoformat(j["started_at"]) - datetime.fromisoformat(j["created_at"])
+        ).total_seconds()
+        for j in batch["jobs"]
+        if j["started_at"]
+    ]
+    return {
+        "label": label,
+        "elapsed": elapsed,
+        "per_minute": jobs / elapsed * 60,
+        "succeeded": states.count("succeeded"),
+        "failed": [j.get("error") for j in batch["jobs"] if j["status"] != "succeeded"][:3],
+        "waits": waits,
+        "reads": list(readers.latencies),
+        "read_errors": readers.errors,
+    }
+
+
+def insert_queued_jobs(database_url: str, count: int) -> list[str]:
+    """`count` queued jobs copied from a finished one, written straight into the database (no
+    broker message: they only need to be read)."""
+    engine = create_engine(database_url)
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                """
+                INSERT INTO jobs (id, project_id, model_id, spec, dataset_ids, extra_model_ids,
+                    queue, status, progress, progress_message, attempts, max_attempts,
+                    created_at, queued_at, updated_at)
+                SELECT 'job_' || md5('queued' || g), j.project_id, j.model_id, j.spec,
+                    j.dataset_ids, j.extra_model_ids, j.queue, 'queued', 0.0,
+                    'waiting for a worker', 0, j.max_attempts,
+                    now() - g * interval '1 millisecond', now(), now()
+                FROM generate_series(1, :count) AS g,
+                    (SELECT * FROM jobs ORDER BY created_at LIMIT 1) AS j
+                """
+            ),
+            {"count": count},
+        )
+        ids = [row[0] for row in conn.execute(text("SELECT id FROM jobs WHERE status = 'queued'"))]
+    engine.dispose()
+    return ids
+
+
+def timed_pages(service: Service, *, pages: int, params: dict[str, Any]) -> list[float]:
+    latencies: list[float] = []
+    token = None
+    with service.client() as client:
+        for _ in range(pages):
+            query = dict(params, page_size=100)
+            if token:
+                query["page_token"] = token
+            began = time.perf_counter()
+            page = client.get("/v1/jobs", params=query)
+            latencies.append(time.perf_counter() - began)
+            assert page.status_code == 200, page.text[:300]
+            token = page.json()["next_page_token"]
+    return latencies
+
+
+def report_phase(phase: dict[str, Any], clients: int) -> None:
+    waits = phase["waits"]
+    print(
+        f"{phase['label']}: {phase['succeeded']} succeeded in {phase['elapsed']:.1f} s -> "
+        f"{phase['per_minute']:.1f} jobs/min; queue wait p50 {percentile(waits, 0.5):.1f} s, "
+        f"p99 {percentile(waits, 0.99):.1f} s"
+    )
+    if phase["failed"]:
+        print(f"  not succeeded (first 3): {phase['failed']}")
+    print(
+        f"  status reads from {clients} clients meanwhile: {ms(phase['reads'])}, "
+        f"{phase['read_errors']} errors"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--jobs", type=int, default=500, help="Jobs per phase (at most 1000).")
+    parser.add_argument("--clients", type=int, default=50, help="Concurrent status readers.")
+    parser.add_argument("--poll", type=float, default=1.0, help="Seconds between a client's reads.")
+    parser.add_argument("--read-seconds", type=float, default=20.0, help="With 10,000 queued.")
+    parser.add_argument(
+        "--pages", type=int, default=100, help="List pages read with 10,000 queued."
+    )
+    args = parser.parse_args()
+    if not 1 <= args.jobs <= 1000:
+        parser.error("--jobs: 1 to 1000 (one batch)")
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < 2:
+        parser.error("two cores are needed for two workers on disjoint cores")
+    if "cpus" not in Settings.model_fields and shutil.which("taskset") is None:
+        parser.error("taskset (util-linux) is needed to pin the workers")
+
+    began = time.monotonic()
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
+        tmp_path = Path(tmp)
+        server = stack.enter_context(contextlib.contextmanager(run_postgres)(free_port()))
+        engine = create_engine(server, isolation_level="AUTOCOMMIT")
+        with engine.connect() as conn:
+            conn.execute(text("CREATE DATABASE modelpress"))
+        engine.dispose()
+        database_url = server.rsplit("/", 1)[0] + "/modelpress"
+        upgrade(database_url)
+        broker = stack.enter_context(contextlib.contextmanager(run_redis)(tmp_path))
+        env = {"MODELPRESS_DATABASE_URL": database_url, "MODELPRESS_HEARTBEAT_INTERVAL_S": "2"}
+        service = stack.enter_context(
+            contextlib.contextmanager(run_service)(tmp_path, broker, env, with_worker=False)
+        )
+        readers = Readers(service, count=args.clients, interval=args.poll)
+        model_path = make_mlp(tmp_path / "mlp.onnx")
+        with service.client() as client, model_path.open("rb") as handle:
+            model = client.post("/v1/models", files={"file": ("mlp.onnx", handle)}).json()
+        pinning = "MODELPRESS_CPUS" if "cpus" in Settings.model_fields else "taskset -c"
+        print(f"cores {cores}; workers pinned with {pinning}; {args.jobs} jobs per phase")
+
+        start_worker(service, "worker-a", str(cores[0]))
+        one = run_phase(service, readers, model_id=model["id"], jobs=args.jobs, label="1 worker")
+        report_phase(one, args.clients)
+        start_worker(service, "worker-b", str(cores[1]))
+        two = run_phase(service, readers, model_id=model["id"], jobs=args.jobs, label="2 workers")
+        report_phase(two, args.clients)
+        for name in ("worker-a", "worker-b"):
+            service.processes[name].stop()
+
+        queued = insert_queued_jobs(database_url, QUEUED_ROWS)
+        with readers.running(queued):
+            time.sleep(args.read_seconds)
+        print(
+            f"{len(queued)} queued jobs in the database: status reads from {args.clients} "
+            f"clients: {ms(readers.latencies)}, {readers.errors} errors"
+        )
+        newest = timed_pages(service, pages=args.pages, params={})
+        print(f"  list pages of 100, newest first: {ms(newest)}")
+        waiting = timed_pages(service, pages=args.pages, params={"status": "queued"})
+        print(f"  list pages of 100, status=queued: {ms(waiting)}")
+    print(f"whole run: {(time.monotonic() - began) / 60:.1f} min")
+
+
+if __name__ == "__main__":
+    main()
