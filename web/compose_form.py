@@ -142,9 +142,7 @@ def _collect(prop: Json, path: Path, values: Values, out: Converted) -> Any:
     node, _ = _unwrap(prop)
     widget = _widget(node, path)
     if widget == "passes":
-        return [
-            _collect_pass(index, values, out) for index in range(pass_count(values))
-        ] or None
+        return [_collect_pass(index, values, out) for index in range(pass_count(values))] or None
     if widget == "group":
         return _collect_object(node, path, values, out)
     if widget == "const":
@@ -332,9 +330,7 @@ def change_chain(values: Values, action: str) -> tuple[Values, str | None]:
         focus = index + 1
     elif verb == "retype" and 0 <= index < count:
         focus = index
-    return reorder_passes(values, order), (
-        None if focus is None else f"passes.{focus}.{VARIANT}"
-    )
+    return reorder_passes(values, order), (None if focus is None else f"passes.{focus}.{VARIANT}")
 
 
 # ---------------------------------------------------------------------------------------
@@ -388,17 +384,13 @@ def build_form(values: Values, choices: Choices) -> Group:
     return root
 
 
-def _build_object(
-    node: Json, path: Path, values: Values, choices: Choices, group: Group
-) -> None:
+def _build_object(node: Json, path: Path, values: Values, choices: Choices, group: Group) -> None:
     required = set(node.get("required", []))
     for key, prop in node.get("properties", {}).items():
-        if path and len(path) == 2 and path[0] == "passes" and key in ("kind", "method"):
-            if "const" in _resolve(prop):
-                continue  # chosen by the pass's variant picker
-        group.children.append(
-            _build(prop, (*path, key), values, choices, required=key in required)
-        )
+        is_tag = len(path) == 2 and path[0] == "passes" and key in ("kind", "method")
+        if is_tag and "const" in _resolve(prop):
+            continue  # chosen by the pass's variant picker
+        group.children.append(_build(prop, (*path, key), values, choices, required=key in required))
 
 
 def _hint(node: Json, widget: str) -> str:
@@ -473,7 +465,7 @@ def _unknown(value: str, options: list[tuple[str, str]]) -> list[tuple[str, str]
 def _pick(
     found: list[tuple[str, str]], value: str, noun: str, required: bool
 ) -> list[tuple[str, str]]:
-    options = [("", f"choose {noun}…" if required else "none")] + found
+    options = [("", f"choose {noun}…" if required else "none"), *found]
     if value and value not in {v for v, _ in found}:
         options.append((value, f"{value} (not in this project)"))
     return options

@@ -81,9 +81,10 @@ def test_every_option_in_the_api_schema_has_a_control(
         ), variant
         published = schema[pass_schema["title"]]
         for path in _schema_paths({"$defs": schema}, published, "passes.0."):
-            if path in ("passes.0.kind", "passes.0.method") and "const" in published[
-                "properties"
-            ][path.split(".")[-1]]:
+            if (
+                path in ("passes.0.kind", "passes.0.method")
+                and "const" in published["properties"][path.split(".")[-1]]
+            ):
                 continue  # the pass picker chooses these
             assert path in controls, f"{variant}: no control for {path}"
 
@@ -138,6 +139,7 @@ def test_the_apis_message_is_shown_next_to_the_field_and_input_is_kept(
             "passes.0.calibration.samples": "lots",
             "benchmark.warmup": "-3",
             "passes.0.weight_type": "uint8",
+            "labels": '{"team": vision}',
         },
     )
     assert response.status_code == 422
@@ -151,6 +153,9 @@ def test_the_apis_message_is_shown_next_to_the_field_and_input_is_kept(
     warmup_error = re.search(r'id="f-benchmark-warmup-error"[^>]*>(.*?)</p>', page)
     assert warmup_error and "greater than or equal to 0" in warmup_error.group(1)
     assert '<option value="uint8" selected>' in page
+    labels_error = re.search(r'id="f-labels-error"[^>]*>(.*?)</p>', page)
+    assert labels_error and "not valid JSON" in labels_error.group(1)
+    assert "{&#34;team&#34;: vision}</textarea>" in page
     assert client.get("/v1/jobs").json()["items"] == []
 
 
@@ -182,24 +187,39 @@ def test_passes_are_added_moved_and_removed_keeping_what_was_typed(
     base = {"csrf_token": token, "model_id": library["model_id"]}
     added = pages.post(
         "/jobs/new",
-        data={**base, "action": "add", f"passes.0.{VARIANT}": "prune", "passes.0.method": "structured",
-              "passes.0.ratio": "0.3"},
+        data={
+            **base,
+            "action": "add",
+            f"passes.0.{VARIANT}": "prune",
+            "passes.0.method": "structured",
+            "passes.0.ratio": "0.3",
+        },
     )
     assert added.status_code == 200
     controls = _controls(added.text)
     assert f"passes.1.{VARIANT}" in controls and 'value="0.3"' in controls["passes.0.ratio"]
     moved = pages.post(
         "/jobs/new",
-        data={**base, "action": "up:1", f"passes.0.{VARIANT}": "prune", "passes.0.ratio": "0.3",
-              f"passes.1.{VARIANT}": "quantize/fp16"},
+        data={
+            **base,
+            "action": "up:1",
+            f"passes.0.{VARIANT}": "prune",
+            "passes.0.ratio": "0.3",
+            f"passes.1.{VARIANT}": "quantize/fp16",
+        },
     )
     controls = _controls(moved.text)
     assert 'value="0.3"' in controls["passes.1.ratio"]
     assert '<option value="quantize/fp16" selected>' in moved.text.split('id="f-passes-1')[0]
     removed = pages.post(
         "/jobs/new",
-        data={**base, "action": "remove:0", f"passes.0.{VARIANT}": "prune", "passes.0.ratio": "0.3",
-              f"passes.1.{VARIANT}": "quantize/fp16"},
+        data={
+            **base,
+            "action": "remove:0",
+            f"passes.0.{VARIANT}": "prune",
+            "passes.0.ratio": "0.3",
+            f"passes.1.{VARIANT}": "quantize/fp16",
+        },
     )
     controls = _controls(removed.text)
     assert f"passes.1.{VARIANT}" not in controls and "passes.0.ratio" not in controls
@@ -222,7 +242,9 @@ def test_the_json_editor_submits_and_its_errors_go_next_to_the_fields(
     error = re.search(r'id="f-benchmark-iterations-error"[^>]*>(.*?)</p>', refused.text)
     assert error and "greater than or equal to 1" in error.group(1)
     # What was typed stays in the editor as written, and the form shows the same spec.
-    assert html.escape(text, quote=False) in refused.text or text.replace('"', "&#34;") in refused.text
+    assert (
+        html.escape(text, quote=False) in refused.text or text.replace('"', "&#34;") in refused.text
+    )
     assert 'value="0"' in _controls(refused.text)["benchmark.iterations"]
 
     broken = pages.post(
@@ -297,8 +319,11 @@ def test_composing_needs_the_write_scope_and_the_csrf_token(
     token = sign_in(pages)
     refused = pages.post(
         "/jobs/new",
-        data={"action": "submit", "model_id": library["model_id"],
-              f"passes.0.{VARIANT}": "quantize/fp16"},
+        data={
+            "action": "submit",
+            "model_id": library["model_id"],
+            f"passes.0.{VARIANT}": "quantize/fp16",
+        },
     )
     assert refused.status_code == 403
     assert token and client.get("/v1/jobs").json()["items"] == []

@@ -39,8 +39,11 @@ def test_pages_show_the_projects_own_models_and_datasets_only(
     theirs = _other_project(client, tmp_path)
     job = client.post(
         "/v1/jobs",
-        json={"model_id": mine["id"], "passes": [{"kind": "quantize", "method": "dynamic"}],
-              "evaluate": {"dataset_id": data["id"]}},
+        json={
+            "model_id": mine["id"],
+            "passes": [{"kind": "quantize", "method": "dynamic"}],
+            "evaluate": {"dataset_id": data["id"]},
+        },
     )
     assert job.status_code == 202, job.text
     sign_in(pages)
@@ -63,7 +66,9 @@ def test_pages_show_the_projects_own_models_and_datasets_only(
     assert f'href="/datasets/{data["id"]}"' in datasets.text
     assert theirs["dataset_id"] not in datasets.text
     dataset_page = pages.get(f"/datasets/{data['id']}")
-    assert dataset_page.status_code == 200 and f'href="/jobs/{job.json()["id"]}"' in dataset_page.text
+    assert (
+        dataset_page.status_code == 200 and f'href="/jobs/{job.json()["id"]}"' in dataset_page.text
+    )
 
     for url in (
         f"/models/{theirs['model_id']}",
@@ -91,9 +96,7 @@ def test_the_original_file_downloads_from_its_page(
     assert pages.get(f"/models/{model['id']}/download", follow_redirects=False).status_code == 303
 
 
-def test_upload_form_stores_the_model_and_opens_its_page(
-    pages: TestClient, tmp_path: Path
-) -> None:
+def test_upload_form_stores_the_model_and_opens_its_page(pages: TestClient, tmp_path: Path) -> None:
     token = sign_in(pages)
     model_path = make_mlp(tmp_path / "tiny.onnx")
     with model_path.open("rb") as handle:
@@ -143,7 +146,9 @@ def test_a_refused_upload_says_why_next_to_the_form_and_stores_nothing(
     hostile = tmp_path / "model.pt"
     hostile.write_bytes(pickle.dumps(Hostile()))
     with hostile.open("rb") as handle:
-        page = pages.post(f"/models/upload?csrf_token={token}", files={"file": ("model.pt", handle)})
+        page = pages.post(
+            f"/models/upload?csrf_token={token}", files={"file": ("model.pt", handle)}
+        )
     assert page.status_code == 422
     refusal = re.search(r'id="upload-error"[^>]*>([^<]+)<', page.text)
     assert refusal and "The upload was refused" in refusal.group(1)
@@ -195,7 +200,9 @@ def test_uploads_stream_past_the_body_limit_and_stop_at_the_upload_limit(
     too_big = tmp_path / "big.onnx"
     too_big.write_bytes(b"\0" * 3_100_000)
     with too_big.open("rb") as handle:
-        page = pages.post(f"/models/upload?csrf_token={token}", files={"file": ("big.onnx", handle)})
+        page = pages.post(
+            f"/models/upload?csrf_token={token}", files={"file": ("big.onnx", handle)}
+        )
     assert page.status_code == 413
     assert "larger than the limit of 3000000 bytes" in page.text
     assert len(client.get("/v1/models").json()["items"]) == 1

@@ -24,7 +24,7 @@ from api.errors import Problem
 from api.submit import new_batch, new_job, send_committed
 from core.jobspec import BatchSpec, JobSpec
 from core.tables import Dataset, StoredModel
-from web.auth import CSRF_FIELD, SignedIn, WriteViewer, Writer
+from web.auth import CSRF_FIELD, SignedIn, Writer, WriteViewer
 from web.compose_form import (
     DEFAULT_VARIANT,
     VARIANT,
@@ -71,13 +71,13 @@ class Draft:
 
 def _choices(session: Session, project_id: str) -> Choices:
     def listed(table: type[StoredModel] | type[Dataset]) -> list[tuple[str, str]]:
-        rows = session.scalars(
-            select(table)
+        rows = session.execute(
+            select(table.id, table.name)
             .where(table.project_id == project_id)
             .order_by(table.created_at.desc(), table.id.desc())
             .limit(_PICKER_LIMIT)
         ).all()
-        return [(row.id, f"{row.name} ({row.id})") for row in rows]
+        return [(row_id, f"{name} ({row_id})") for row_id, name in rows]
 
     return Choices(models=listed(StoredModel), datasets=listed(Dataset))
 
@@ -87,7 +87,8 @@ def _show(
 ) -> HTMLResponse:
     form = build_form(draft.values, _choices(session, viewer.project_id))
     for name, message in draft.local_errors.items():
-        draft.errors.append((name.split("."), message))
+        loc: Loc = [*name.split(".")]
+        draft.errors.append((loc, message))
     placed: list[FieldError] = place_errors(form, draft.errors, prefix=draft.error_prefix)
     converted = to_spec(draft.values)
     spec_json = draft.spec_json
@@ -158,9 +159,7 @@ async def compose_submit(
     request: Request, viewer: Writer, session: SessionDep, settings: SettingsDep
 ) -> Response:
     posted = await request.form()
-    values = {
-        k: v for k, v in posted.items() if isinstance(v, str) and k not in _CONTROL_FIELDS
-    }
+    values = {k: v for k, v in posted.items() if isinstance(v, str) and k not in _CONTROL_FIELDS}
     action = str(posted.get("action") or "submit")
     draft = Draft(
         values=values,
@@ -184,6 +183,11 @@ def _submit_form(
     converted = to_spec(draft.values)
     if converted.errors:
         draft.local_errors = converted.errors
+        # The rest of the form is checked too, so every mistake shows at once.
+        try:
+            JobSpec.model_validate(converted.spec)
+        except ValidationError as exc:
+            draft.errors = _validation_errors(exc)
         return _show(request, viewer, session, draft, status_code=422)
     return _submit_spec(request, viewer, session, settings, draft, converted.spec)
 

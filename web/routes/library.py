@@ -56,9 +56,7 @@ def _page(
     upload_error: str | None = None,
 ) -> HTMLResponse:
     query = select(table).where(table.project_id == viewer.project_id)
-    rows, next_token = paginate(
-        session, query, table, page_size=PAGE_SIZE, page_token=page_token
-    )
+    rows, next_token = paginate(session, query, table, page_size=PAGE_SIZE, page_token=page_token)
     kind = "models" if table is StoredModel else "datasets"
     context: dict[str, Any] = {}
     if table is Dataset:
@@ -213,9 +211,7 @@ async def _upload(
     except Problem as exc:
         session.rollback()
         if _wants_json(request):
-            return JSONResponse(
-                {"error": exc.detail, "type": exc.type}, status_code=exc.status
-            )
+            return JSONResponse({"error": exc.detail, "type": exc.type}, status_code=exc.status)
         return _page(
             request,
             viewer,
