@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
+
+from markupsafe import Markup, escape
 
 from core.jobspec import JobSpec
 
@@ -27,6 +30,15 @@ DEFAULT_VARIANT = "quantize/dynamic"
 MODEL_FIELDS = {"model_id"}
 DATASET_FIELDS = {"dataset_id"}
 _NULL = {"type": "null"}
+#: The job's own fields in the order a person fills them in; the others follow in the
+#: schema's order.
+_TOP_ORDER = ("model_id", "passes", "evaluate", "benchmark")
+_CODE = re.compile(r"`([^`]+)`")
+
+
+def rich(text: str) -> Markup:
+    """A schema description as HTML: escaped, with its `code` spans marked up."""
+    return Markup(_CODE.sub(lambda m: f"<code>{m.group(1)}</code>", str(escape(text))))
 
 
 @functools.cache
@@ -352,6 +364,10 @@ class Control:
     def id(self) -> str:
         return dom_id(self.name)
 
+    @property
+    def hint_html(self) -> Markup:
+        return rich(self.hint)
+
 
 @dataclass
 class Group:
@@ -364,10 +380,25 @@ class Group:
     pass_index: int | None = None
     pass_total: int = 0
     is_chain: bool = False
+    #: An object the spec may leave out: shown folded until something in it is filled in.
+    optional: bool = False
 
     @property
     def id(self) -> str:
         return dom_id(self.name or "spec")
+
+    @property
+    def hint_html(self) -> Markup:
+        return rich(self.hint)
+
+    @property
+    def filled(self) -> bool:
+        """Whether anything in it has a value or an error (then it is shown unfolded)."""
+        return any(
+            node.error is not None or (isinstance(node, Control) and bool(node.value))
+            for node in walk(self)
+            if not (isinstance(node, Control) and node.widget == "const")
+        )
 
 
 @dataclass
@@ -386,7 +417,11 @@ def build_form(values: Values, choices: Choices) -> Group:
 
 def _build_object(node: Json, path: Path, values: Values, choices: Choices, group: Group) -> None:
     required = set(node.get("required", []))
-    for key, prop in node.get("properties", {}).items():
+    properties: Json = node.get("properties", {})
+    if not path:
+        first = {k: properties[k] for k in _TOP_ORDER if k in properties}
+        properties = first | properties
+    for key, prop in properties.items():
         is_tag = len(path) == 2 and path[0] == "passes" and key in ("kind", "method")
         if is_tag and "const" in _resolve(prop):
             continue  # chosen by the pass's variant picker
@@ -419,12 +454,14 @@ def _build(
             name=name,
             legend=humanize(key) + ("" if required else " (optional)"),
             hint=node.get("description", ""),
+            optional=nullable,
         )
         _build_object(node, path, values, choices, group)
         return group
+    picker = widget == "text" and key in MODEL_FIELDS | DATASET_FIELDS
     control = Control(
         name=name,
-        label=humanize(key),
+        label=humanize(key.removesuffix("_id") if picker else key),
         widget=widget,
         value=values.get(name, ""),
         hint=_hint(node, widget),

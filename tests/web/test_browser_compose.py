@@ -112,9 +112,7 @@ def test_the_json_editor_shows_the_apis_message_next_to_the_field(
 
     iterations = page.get_by_label("Iterations")
     expect(iterations).to_have_attribute("aria-invalid", "true")
-    expect(iterations).to_have_accessible_description(
-        re.compile("greater than or equal to 1")
-    )
+    expect(iterations).to_have_accessible_description(re.compile("greater than or equal to 1"))
     expect(page.get_by_role("alert").first).to_contain_text("The job was not submitted")
     # What was typed is still there, in the editor and in the form.
     expect(page.get_by_label("Job spec (JSON)")).to_have_value(json.dumps(spec))
