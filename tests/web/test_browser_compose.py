@@ -12,7 +12,7 @@ from axe_playwright_python.sync_playwright import Axe
 from playwright.sync_api import Page, expect
 
 from tests.integration.processes import Service
-from tests.models.onnx_basic import make_mlp
+from tests.models.onnx_basic import make_dataset, make_mlp
 from tests.web.screens import keep_screenshot
 from tests.web.test_browser_signin import browser_sign_in
 
@@ -51,10 +51,12 @@ def test_upload_a_model_then_compose_and_submit_a_job(
     assert _serious_violations(page) == []
 
     model_path = make_mlp(tmp_path / "tiny-mlp.onnx", in_features=16, classes=4, opset=17)
+    data_path = make_dataset(tmp_path / "tiny.npz", model_path, samples=16)
     page.get_by_label("Model file").set_input_files(model_path)
     page.evaluate(_WATCH_PROGRESS)
     page.get_by_role("button", name="Upload").click()
     expect(page).to_have_url(re.compile(r"/models/mdl_\w+$"))
+    model_url = page.url
     progress = json.loads(page.evaluate("sessionStorage.getItem('progress')"))
     statuses = json.loads(page.evaluate("sessionStorage.getItem('statuses')"))
     assert progress and progress[-1] == 100
@@ -71,7 +73,14 @@ def test_upload_a_model_then_compose_and_submit_a_job(
     assert _serious_violations(page) == []
     page.goto("/models")
     keep_screenshot(page, "models")
-    page.go_back()
+    with dashboard.client() as api, data_path.open("rb") as handle:
+        stored = api.post("/v1/datasets", files={"file": ("tiny.npz", handle)})
+    assert stored.status_code == 201, stored.text
+    page.goto("/datasets")
+    page.get_by_role("link", name="tiny.npz").click()
+    expect(page.get_by_role("heading", name="tiny.npz")).to_be_visible()
+    assert _serious_violations(page) == []
+    page.goto(model_url)
 
     # Compose a quantization job for it: the form comes with the model chosen.
     page.get_by_role("link", name="New job for this model").click()

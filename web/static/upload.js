@@ -78,6 +78,8 @@
         if (request.status === 201 && answer.url) {
           status.textContent = "Stored. Opening its page…";
           window.location.assign(answer.url);
+        } else if (request.status === 403 && !answer.error) {
+          showError("the page's security token is stale or your key may not upload; reload the page and try again");
         } else if (request.status === 401) {
           window.location.assign(`/signin?next=${encodeURIComponent(window.location.pathname)}`);
         } else {
