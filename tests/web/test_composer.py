@@ -16,6 +16,7 @@ from fastapi.testclient import TestClient
 from tests.api.helpers import upload_dataset, upload_model
 from tests.models.onnx_basic import make_dataset, make_mlp
 from tests.web.conftest import sign_in
+from tests.web.test_library_pages import other_project
 from web.compose_form import VARIANT, pass_variants
 
 
@@ -327,3 +328,38 @@ def test_composing_needs_the_write_scope_and_the_csrf_token(
     )
     assert refused.status_code == 403
     assert token and client.get("/v1/jobs").json()["items"] == []
+
+
+def test_a_form_sent_twice_makes_one_job_and_another_spec_another(
+    pages: TestClient, client: TestClient, library: dict[str, str]
+) -> None:
+    token = sign_in(pages)
+    page = pages.get("/jobs/new").text
+    submission = re.search(r'name="submission" value="([^"]+)"', page)
+    assert submission
+    form = {
+        "csrf_token": token,
+        "submission": submission.group(1),
+        "action": "submit",
+        "model_id": library["model_id"],
+        f"passes.0.{VARIANT}": "quantize/fp16",
+    }
+    first = pages.post("/jobs/new", data=form, follow_redirects=False)
+    again = pages.post("/jobs/new", data=form, follow_redirects=False)
+    assert first.status_code == again.status_code == 303
+    assert first.headers["location"] == again.headers["location"]
+    changed = pages.post(
+        "/jobs/new", data={**form, "benchmark.iterations": "7"}, follow_redirects=False
+    )
+    assert changed.headers["location"] != first.headers["location"]
+    assert len(client.get("/v1/jobs").json()["items"]) == 2
+
+
+def test_the_pickers_list_the_projects_own_models_and_datasets_only(
+    pages: TestClient, client: TestClient, library: dict[str, str], tmp_path: Path
+) -> None:
+    theirs = other_project(client, tmp_path)
+    sign_in(pages)
+    page = pages.get("/jobs/new").text
+    assert f'<option value="{library["model_id"]}"' in page
+    assert theirs["model_id"] not in page and theirs["dataset_id"] not in page

@@ -16,7 +16,7 @@ from tests.models.onnx_basic import make_dataset, make_mlp
 from tests.web.conftest import sign_in
 
 
-def _other_project(client: TestClient, tmp_path: Path) -> dict[str, str]:
+def other_project(client: TestClient, tmp_path: Path) -> dict[str, str]:
     """A model and a dataset of another project, uploaded with that project's key."""
     project = client.post("/v1/projects", json={"name": "team-b"}).json()
     key = client.post(
@@ -36,7 +36,7 @@ def test_pages_show_the_projects_own_models_and_datasets_only(
     model_path = make_mlp(tmp_path / "mine.onnx", in_features=16, classes=4, opset=17)
     mine = upload_model(client, model_path)
     data = upload_dataset(client, make_dataset(tmp_path / "mine.npz", model_path))
-    theirs = _other_project(client, tmp_path)
+    theirs = other_project(client, tmp_path)
     job = client.post(
         "/v1/jobs",
         json={

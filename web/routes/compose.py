@@ -9,8 +9,9 @@ submit buttons that come back to this page with everything typed so far."""
 from __future__ import annotations
 
 import json
+import secrets
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 from fastapi import APIRouter, Request
@@ -21,9 +22,9 @@ from sqlalchemy.orm import Session
 
 from api.deps import SessionDep, SettingsDep
 from api.errors import Problem
-from api.submit import new_batch, new_job, send_committed
+from api.submit import commit_or_find_winner, new_batch, new_job, request_hash, send_committed
 from core.jobspec import BatchSpec, JobSpec
-from core.tables import Dataset, StoredModel
+from core.tables import Batch, Dataset, Job, StoredModel
 from web.auth import CSRF_FIELD, SignedIn, Writer, WriteViewer
 from web.compose_form import (
     DEFAULT_VARIANT,
@@ -42,10 +43,15 @@ from web.templating import render
 router = APIRouter(include_in_schema=False)
 
 #: Form fields that are not part of the spec.
-_CONTROL_FIELDS = {CSRF_FIELD, "action", "spec_json", "sweep_matrix", "sweep_name"}
+_CONTROL_FIELDS = {CSRF_FIELD, "action", "spec_json", "sweep_matrix", "sweep_name", "submission"}
+#: Each rendering of the page has its own submission token; with the spec's hash it is the
+#: Idempotency-Key of what the page submits, so a double click or a resent form makes one
+#: job (or batch), not two, while the same page with another spec makes another.
+_SUBMISSION_PREFIX = "dashboard-"
 #: Most models and datasets a picker lists (the newest).
 _PICKER_LIMIT = 500
 Loc = list[str | int]
+Found = TypeVar("Found", Job, Batch)
 
 
 @dataclass
@@ -67,6 +73,8 @@ class Draft:
     mode: str = "form"
     #: Errors about the sweep's jobs are prefixed with the job's place.
     error_prefix: str = ""
+    #: The token of the page that was submitted (see `_SUBMISSION_PREFIX`).
+    submission: str = ""
 
 
 def _choices(session: Session, project_id: str) -> Choices:
@@ -105,6 +113,7 @@ def _show(
         draft=draft,
         spec_json=spec_json,
         variant_field=VARIANT,
+        submission=_SUBMISSION_PREFIX + secrets.token_urlsafe(16),
     )
 
 
@@ -161,10 +170,12 @@ async def compose_submit(
     posted = await request.form()
     values = {k: v for k, v in posted.items() if isinstance(v, str) and k not in _CONTROL_FIELDS}
     action = str(posted.get("action") or "submit")
+    submission = str(posted.get("submission") or "")
     draft = Draft(
         values=values,
         sweep_matrix=str(posted.get("sweep_matrix") or ""),
         sweep_name=str(posted.get("sweep_name") or ""),
+        submission=submission if submission.startswith(_SUBMISSION_PREFIX) else "",
     )
     spec_text = str(posted.get("spec_json") or "")
     if action == "submit":
@@ -232,14 +243,28 @@ def _submit_spec(
 ) -> Response:
     try:
         spec = JobSpec.model_validate(data)
-        job = new_job(session, settings, viewer.project_id, spec, loc=["body"])
-        session.commit()
+        key = _idempotency_key(draft, spec)
+        done = _find(session, Job, viewer.project_id, key)
+        if done is not None:
+            return RedirectResponse(f"/jobs/{done.id}", status_code=303)
+        job = new_job(
+            session,
+            settings,
+            viewer.project_id,
+            spec,
+            loc=["body"],
+            idempotency_key=key,
+            request_hash=request_hash(spec),
+        )
+        winner = commit_or_find_winner(session, lambda: _find(session, Job, viewer.project_id, key))
     except ValidationError as exc:
         draft.errors = _validation_errors(exc)
     except Problem as exc:
         session.rollback()
         draft.errors = _problem_errors(exc)
     else:
+        if winner is not None:
+            return RedirectResponse(f"/jobs/{winner.id}", status_code=303)
         send_committed(session, [job])
         return RedirectResponse(f"/jobs/{job.id}", status_code=303)
     if draft.mode == "json":
@@ -266,17 +291,46 @@ def _submit_sweep(
     }
     try:
         spec = BatchSpec.model_validate(body)
-        batch, jobs = new_batch(session, settings, viewer.project_id, spec)
-        session.commit()
+        key = _idempotency_key(draft, spec)
+        done = _find(session, Batch, viewer.project_id, key)
+        if done is not None:
+            return RedirectResponse(f"/jobs?batch_id={done.id}", status_code=303)
+        batch, jobs = new_batch(
+            session,
+            settings,
+            viewer.project_id,
+            spec,
+            idempotency_key=key,
+            request_hash=request_hash(spec),
+        )
+        winner = commit_or_find_winner(
+            session, lambda: _find(session, Batch, viewer.project_id, key)
+        )
     except ValidationError as exc:
         _sweep_errors(draft, [(list(e["loc"]), e["msg"]) for e in exc.errors()])
     except Problem as exc:
         session.rollback()
         _sweep_errors(draft, _problem_errors(exc), detail=exc.detail)
     else:
+        if winner is not None:
+            return RedirectResponse(f"/jobs?batch_id={winner.id}", status_code=303)
         send_committed(session, jobs)
         return RedirectResponse(f"/jobs?batch_id={batch.id}", status_code=303)
     return _show(request, viewer, session, draft, status_code=422)
+
+
+def _idempotency_key(draft: Draft, spec: JobSpec | BatchSpec) -> str | None:
+    if not draft.submission:
+        return None
+    return f"{draft.submission[:64]}:{request_hash(spec)[:32]}"
+
+
+def _find(session: Session, table: type[Found], project_id: str, key: str | None) -> Found | None:
+    if key is None:
+        return None
+    return session.scalar(
+        select(table).where(table.project_id == project_id, table.idempotency_key == key)
+    )
 
 
 def _sweep_errors(
