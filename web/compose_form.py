@@ -533,6 +533,8 @@ def _build_chain(node: Json, values: Values, choices: Choices) -> Group:
                 label="Pass",
                 widget="select",
                 value=variant,
+                hint="Choosing another kind shows its options: the form comes back with "
+                "everything typed so far kept.",
                 options=options + _unknown(variant, options),
                 required=True,
             )
