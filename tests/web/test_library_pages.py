@@ -206,3 +206,33 @@ def test_uploads_stream_past_the_body_limit_and_stop_at_the_upload_limit(
     assert page.status_code == 413
     assert "larger than the limit of 3000000 bytes" in page.text
     assert len(client.get("/v1/models").json()["items"]) == 1
+
+
+def test_a_dataset_is_checked_against_the_model_chosen_in_the_form(
+    pages: TestClient, client: TestClient, tmp_path: Path
+) -> None:
+    token = sign_in(pages)
+    narrow = upload_model(client, make_mlp(tmp_path / "narrow.onnx", in_features=8))
+    wide_path = make_mlp(tmp_path / "wide.onnx", in_features=16)
+    data_path = make_dataset(tmp_path / "wide.npz", wide_path)
+    form = pages.get("/datasets").text
+    assert f'<option value="{narrow["id"]}">' in form
+    with data_path.open("rb") as handle:
+        refused = pages.post(
+            f"/datasets/upload?csrf_token={token}",
+            files={"file": ("wide.npz", handle)},
+            data={"model_id": narrow["id"]},
+        )
+    assert refused.status_code == 422
+    refusal = re.search(r'id="upload-error"[^>]*>([^<]+)<', refused.text)
+    assert refusal and "Nothing was stored" in refusal.group(1)
+    assert client.get("/v1/datasets").json()["items"] == []
+    with data_path.open("rb") as handle:
+        stored = pages.post(
+            f"/datasets/upload?csrf_token={token}",
+            files={"file": ("wide.npz", handle)},
+            follow_redirects=False,
+        )
+    assert stored.status_code == 303
+    page = pages.get(stored.headers["location"]).text
+    assert "<h1>wide.npz</h1>" in page and "yes: accuracy can be measured" in page
