@@ -93,7 +93,8 @@ def _choices(session: Session, project_id: str) -> Choices:
 def _show(
     request: Request, viewer: SignedIn, session: Session, draft: Draft, *, status_code: int = 200
 ) -> HTMLResponse:
-    form = build_form(draft.values, _choices(session, viewer.project_id))
+    choices = _choices(session, viewer.project_id)
+    form = build_form(draft.values, choices)
     for name, message in draft.local_errors.items():
         loc: Loc = [*name.split(".")]
         draft.errors.append((loc, message))
@@ -113,6 +114,7 @@ def _show(
         draft=draft,
         spec_json=spec_json,
         variant_field=VARIANT,
+        has_models=bool(choices.models),
         submission=_SUBMISSION_PREFIX + secrets.token_urlsafe(16),
     )
 
