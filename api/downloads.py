@@ -9,7 +9,7 @@ from fastapi.responses import Response, StreamingResponse
 
 from api.errors import Problem
 from core.storage import Storage
-from core.tables import Artifact, StoredModel
+from core.tables import Artifact, Dataset, StoredModel
 
 _RANGE = re.compile(r"bytes=(\d*)-(\d*)")
 #: Any position with more digits lies past the end of every object (and Python refuses to
@@ -85,9 +85,10 @@ def download_response(
 
 
 def stored_file_response(
-    request: Request, storage: Storage, row: StoredModel | Artifact
+    request: Request, storage: Storage, row: StoredModel | Dataset | Artifact
 ) -> Response:
-    """An uploaded model's or an artifact's content, with its ETag and Range support."""
+    """The content of an uploaded model or dataset, or of an artifact, with its ETag and
+    Range support."""
     return download_response(
         request,
         storage,

@@ -19,6 +19,7 @@ from api.uploads import sweep_stale_uploads
 from core.bootstrap import ensure_admin_key
 from core.db import session_factory
 from core.settings import get_settings
+from web.app import STREAMED_ROUTES as DASHBOARD_UPLOADS
 from web.app import install as install_dashboard
 
 log = logging.getLogger("modelpress.api")
@@ -74,7 +75,8 @@ def create_app() -> FastAPI:
     install_dashboard(app)
     app.add_middleware(
         RequestGuard,
-        streamed_body_routes=streamed_uploads(app.openapi()),
+        # The dashboard's upload forms stream like the API's; its routes are not in the schema.
+        streamed_body_routes=[*streamed_uploads(app.openapi()), *DASHBOARD_UPLOADS],
     )
     app.add_middleware(RetryAfter)
     return app

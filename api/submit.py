@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any, TypeVar
 
 from fastapi import Response
@@ -17,11 +18,11 @@ from api.errors import Problem, answered_as, field_error
 from api.owned import find_owned
 from core.db import new_id, utcnow
 from core.dbclock import db_utcnow
-from core.jobspec import JobSpec
+from core.jobspec import BatchSpec, JobSpec
 from core.jobstate import mark_unsent
 from core.queue import send_jobs
 from core.settings import Settings
-from core.tables import Dataset, Job, JobStatus, StoredModel
+from core.tables import Batch, Dataset, Job, JobStatus, StoredModel
 from optimizers.checks import check_spec
 from optimizers.results import DatasetInfo, ModelInfo
 
@@ -113,6 +114,42 @@ def new_job(
     job = Job(**(values | columns))
     session.add(job)
     return job
+
+
+def new_batch(
+    session: Session,
+    settings: Settings,
+    project_id: str,
+    spec: BatchSpec,
+    *,
+    idempotency_key: str | None = None,
+    request_hash: str | None = None,
+) -> tuple[Batch, list[Job]]:
+    """A batch and its queued jobs, every spec checked first (an error names the job by its
+    index, `body.jobs.N`), added to the session (not committed)."""
+    batch = Batch(
+        id=new_id("bat"),
+        project_id=project_id,
+        name=spec.name,
+        idempotency_key=idempotency_key,
+        request_hash=request_hash,
+        created_at=utcnow(),
+    )
+    session.add(batch)
+    jobs = [
+        new_job(
+            session,
+            settings,
+            project_id,
+            job_spec,
+            loc=["body", "jobs", index],
+            batch_id=batch.id,
+            # Each job a microsecond after the one before: a batch lists in the order given.
+            created_at=batch.created_at + timedelta(microseconds=index),
+        )
+        for index, job_spec in enumerate(spec.jobs)
+    ]
+    return batch, jobs
 
 
 def _extra_models(

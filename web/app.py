@@ -17,8 +17,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.errors import Problem
 from web.auth import SignInRequired
-from web.routes import home, jobs, signin
+from web.routes import compose, home, jobs, library, signin
 from web.templating import STATIC_DIR, render
+
+#: Dashboard routes whose body is a streamed upload; the API's request guard lets them past
+#: its JSON body limit (api.main).
+STREAMED_ROUTES = library.STREAMED_ROUTES
 
 #: Paths that belong to the API, not to the dashboard: errors there stay problem+json.
 _API_PATHS = ("/v1", "/openapi.json", "/docs", "/redoc", "/healthz", "/readyz", "/metrics")
@@ -116,7 +120,8 @@ def _install_error_pages(app: FastAPI) -> None:
 
 def install(app: FastAPI) -> None:
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
-    for router in (signin.router, home.router, jobs.router):
+    # The composer's /jobs/new before any /jobs/{job_id}.
+    for router in (signin.router, home.router, compose.router, jobs.router, library.router):
         app.include_router(router)
     _install_error_pages(app)
     app.add_middleware(PageHeaders)

@@ -89,7 +89,11 @@ async def _sent_token(request: Request) -> str:
     if header:
         return header
     content_type = request.headers.get("content-type", "")
-    if content_type.startswith(("application/x-www-form-urlencoded", "multipart/form-data")):
+    if content_type.startswith("multipart/form-data"):
+        # An upload streams its body to disk itself (api.uploads); parsing it here would read
+        # the whole file first. Its form names the token in the action URL instead.
+        return request.query_params.get(CSRF_FIELD, "")
+    if content_type.startswith("application/x-www-form-urlencoded"):
         # Starlette keeps the parsed form on the request, so the route reads it again freely.
         value = (await request.form()).get(CSRF_FIELD)
         return value if isinstance(value, str) else ""

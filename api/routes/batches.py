@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from datetime import timedelta
 
 from fastapi import APIRouter, Response
 from sqlalchemy import func, select
@@ -13,9 +12,8 @@ from api.deps import IdempotencyKey, ReadKey, SessionDep, SettingsDep, WriteKey
 from api.owned import get_owned
 from api.pagination import paginate
 from api.schemas import BatchOut, BatchSummary, JobOut, Page
-from api.submit import commit_or_find_winner, new_job, replay, request_hash, send_committed
+from api.submit import commit_or_find_winner, new_batch, replay, request_hash, send_committed
 from core import jobstate
-from core.db import new_id, utcnow
 from core.jobspec import BatchSpec
 from core.tables import Batch, Job, JobStatus
 
@@ -38,28 +36,14 @@ def create_batch(
         existing = _find_by_idempotency_key(session, key.project_id, idempotency_key)
         if existing is not None:
             return _replay(session, existing, hashed, response)
-    batch = Batch(
-        id=new_id("bat"),
-        project_id=key.project_id,
-        name=spec.name,
+    batch, jobs = new_batch(
+        session,
+        settings,
+        key.project_id,
+        spec,
         idempotency_key=idempotency_key,
         request_hash=hashed,
-        created_at=utcnow(),
     )
-    session.add(batch)
-    jobs = [
-        new_job(
-            session,
-            settings,
-            key.project_id,
-            job_spec,
-            loc=["body", "jobs", index],
-            batch_id=batch.id,
-            # Each job a microsecond after the one before: a batch lists in the order given.
-            created_at=batch.created_at + timedelta(microseconds=index),
-        )
-        for index, job_spec in enumerate(spec.jobs)
-    ]
     winner = commit_or_find_winner(
         session,
         lambda: _find_by_idempotency_key(session, key.project_id, idempotency_key or ""),

@@ -7,28 +7,19 @@ from functools import partial
 from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import select
-from sqlalchemy.orm import Session
 
 from api.deps import ReadKey, SessionDep, SettingsDep, StorageDep, WriteKey
-from api.errors import Problem, answered_as
+from api.errors import Problem
 from api.owned import get_owned
 from api.pagination import Sha256Filter, paginate
 from api.schemas import DatasetOut, Page
+from api.stored_uploads import store_dataset
 from api.uploads import (
-    ZIP_EXPANSION_LIMIT,
-    Upload,
-    keep_upload,
     multipart_body_schema,
     receive_upload,
-    safe_filename,
 )
 from core import storage_keys
-from core.db import new_id
-from core.settings import Settings
-from core.storage import Storage
-from core.tables import ACTIVE_STATUSES, ApiKey, Dataset, Job, StoredModel
-from optimizers.datasets import check_fits, inspect_dataset
-from optimizers.results import ModelInfo
+from core.tables import ACTIVE_STATUSES, Dataset, Job
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 
@@ -57,43 +48,16 @@ async def upload_dataset(
     # thread, so the event loop goes on serving other requests meanwhile.
     row = await run_in_threadpool(
         partial(
-            _store_dataset, upload, key=key, session=session, settings=settings, storage=storage
+            store_dataset,
+            upload,
+            project_id=key.project_id,
+            session=session,
+            settings=settings,
+            storage=storage,
         )
     )
     response.headers["Location"] = f"/v1/datasets/{row.id}"
     return DatasetOut.of(row)
-
-
-def _store_dataset(
-    upload: Upload, *, key: ApiKey, session: Session, settings: Settings, storage: Storage
-) -> Dataset:
-    try:
-        with answered_as(type="invalid_dataset", detail_prefix="not a usable dataset: "):
-            info = inspect_dataset(
-                upload.path, max_total_bytes=ZIP_EXPANSION_LIMIT * settings.max_upload_bytes
-            )
-        model_id = upload.fields.get("model_id")
-        if model_id:
-            model = get_owned(session, StoredModel, model_id, project_id=key.project_id)
-            with answered_as(type="dataset_mismatch"):
-                check_fits(ModelInfo.model_validate(model.info), info, purpose="dataset")
-        dataset_id = new_id("dst")
-        row = Dataset(
-            id=dataset_id,
-            project_id=key.project_id,
-            name=safe_filename(
-                upload.fields.get("name") or upload.filename, storage_keys.DATASET_FILE
-            ),
-            sha256=upload.sha256,
-            size_bytes=upload.size_bytes,
-            storage_key=storage_keys.dataset_key(key.project_id, dataset_id),
-            info=info.model_dump(mode="json"),
-        )
-        prefix = storage_keys.dataset_prefix(key.project_id, dataset_id)
-        keep_upload(upload, row, session=session, storage=storage, prefix=prefix)
-    finally:
-        upload.discard()
-    return row
 
 
 @router.get("", response_model=Page[DatasetOut])

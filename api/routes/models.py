@@ -8,29 +8,20 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import select
-from sqlalchemy.orm import Session
 
 from api.deps import ReadKey, SessionDep, SettingsDep, StorageDep, WriteKey
 from api.downloads import stored_file_response
-from api.errors import Problem, answered_as
+from api.errors import Problem
 from api.owned import get_owned
 from api.pagination import Sha256Filter, paginate
 from api.schemas import ModelOut, Page
+from api.stored_uploads import store_model
 from api.uploads import (
-    ZIP_EXPANSION_LIMIT,
-    Upload,
-    keep_upload,
     multipart_body_schema,
     receive_upload,
-    safe_filename,
 )
 from core import storage_keys
-from core.db import new_id
-from core.settings import Settings
-from core.storage import Storage
-from core.tables import ACTIVE_STATUSES, ApiKey, Job, StoredModel
-from optimizers.formats.kinds import storage_name
-from optimizers.formats.upload import inspect_upload
+from core.tables import ACTIVE_STATUSES, Job, StoredModel
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
@@ -77,42 +68,17 @@ async def upload_model(
     # Inspecting, storing, the row and its commit wait on disks and the database: in a worker
     # thread, so the event loop goes on serving other requests meanwhile.
     row = await run_in_threadpool(
-        partial(_store_model, upload, key=key, session=session, settings=settings, storage=storage)
+        partial(
+            store_model,
+            upload,
+            project_id=key.project_id,
+            session=session,
+            settings=settings,
+            storage=storage,
+        )
     )
     response.headers["Location"] = f"/v1/models/{row.id}"
     return ModelOut.of(row)
-
-
-def _store_model(
-    upload: Upload, *, key: ApiKey, session: Session, settings: Settings, storage: Storage
-) -> StoredModel:
-    try:
-        if upload.size_bytes == 0:
-            raise Problem(422, "the uploaded file is empty", type="invalid_model")
-        with answered_as(type="invalid_model"):
-            info = inspect_upload(
-                upload.path,
-                max_total_bytes=ZIP_EXPANSION_LIMIT * settings.max_upload_bytes,
-                fields=upload.fields,
-                tmp_dir=upload.scratch_dir,
-            )
-        model_id = new_id("mdl")
-        stored_name = storage_name(info.format)
-        row = StoredModel(
-            id=model_id,
-            project_id=key.project_id,
-            name=safe_filename(upload.fields.get("name") or upload.filename, stored_name),
-            format=info.format,
-            sha256=upload.sha256,
-            size_bytes=upload.size_bytes,
-            storage_key=storage_keys.model_key(key.project_id, model_id, stored_name),
-            info=info.model_dump(mode="json"),
-        )
-        prefix = storage_keys.model_prefix(key.project_id, model_id)
-        keep_upload(upload, row, session=session, storage=storage, prefix=prefix)
-    finally:
-        upload.discard()
-    return row
 
 
 @router.get("", response_model=Page[ModelOut])
