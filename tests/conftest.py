@@ -42,10 +42,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     # Tests marked slow run last, so that a deadline (--deadline-at) cuts them first; of those,
-    # the ones that start real servers and workers (the longest) come last.
-    def order(item: pytest.Item) -> tuple[bool, bool]:
+    # the ones that start real servers and workers (the longest) come last. The browser tests
+    # come after everything: Playwright's sync API keeps an event loop running in this thread
+    # until the session ends, and asyncio.run() (used by some tests) refuses to run beside it.
+    def order(item: pytest.Item) -> tuple[bool, bool, bool]:
         slow = item.get_closest_marker("slow") is not None
-        return slow, slow and item.nodeid.startswith("tests/integration/")
+        browser = "page" in getattr(item, "fixturenames", ())
+        return browser, slow, slow and item.nodeid.startswith("tests/integration/")
 
     items.sort(key=order)
     # With several test processes (pytest-xdist, --dist loadgroup), the tests that run real
