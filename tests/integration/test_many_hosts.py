@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import pytest
 from moto.server import ThreadedMotoServer
 
@@ -259,6 +260,18 @@ def test_each_host_reaches_the_shared_services_and_nothing_else(
     assert outside.returncode != 0 and "unreachable" in outside.stderr
 
 
+def _still_running(processes: list[psutil.Process]) -> list[psutil.Process]:
+    """Those not yet ended (a zombie has ended: it waits only for its parent to read it)."""
+    running = []
+    for process in processes:
+        try:
+            if process.status() != psutil.STATUS_ZOMBIE:
+                running.append(process)
+        except psutil.NoSuchProcess:
+            pass
+    return running
+
+
 def _host_of(job: dict[str, Any]) -> str:
     """The host name in the job's `worker` ("host:pid")."""
     worker = job["worker"]
@@ -335,8 +348,13 @@ def test_jobs_spread_over_two_hosts_and_move_off_a_killed_one(
         assert running["status"] == "running" and running["attempts"] == 1
         lost_host = _host_of(running)
         (survivor,) = set(HOSTS) - {lost_host}
+        # The worker, its pool process, the job host and the job's process, at least.
+        processes = psutil.Process(cluster.worker(lost_host).popen.pid).children(recursive=True)
+        assert len(processes) >= 3, processes
         cluster.worker(lost_host).stop(signal.SIGKILL)
         assert client.get(f"/v1/jobs/{long_id}").json()["status"] == "running"
+        # Nothing of the dead host works on: its job must not run twice.
+        wait_until(lambda: not _still_running(processes), 15, "the dead host's processes to end")
 
         done = wait_for_job(
             service, client, long_id, {"succeeded", "failed"}, HEARTBEAT_TIMEOUT_S + 300
