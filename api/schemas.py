@@ -97,6 +97,10 @@ class JobOut(BaseModel):
     queue: str
     attempts: int
     max_attempts: int
+    worker: str | None = Field(
+        description="The worker that runs the job, or last ran it: its host name and process "
+        "id (`host:pid`). On several worker machines it says which one a job was on."
+    )
     batch_id: str | None = Field(description="The batch this job was submitted in, if any.")
     retry_of: str | None = Field(description="The failed or canceled job this one retries.")
     error: JobError | None
@@ -129,6 +133,7 @@ class JobOut(BaseModel):
             queue=row.queue,
             attempts=row.attempts,
             max_attempts=row.max_attempts,
+            worker=row.worker,
             batch_id=row.batch_id,
             retry_of=row.retry_of,
             error=error,

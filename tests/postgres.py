@@ -7,7 +7,7 @@ import os
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Generator
 from pathlib import Path
 
 
@@ -21,7 +21,11 @@ def _as_postgres(args: list[str]) -> list[str]:
     return ["runuser", "-u", "postgres", "--", *args] if os.geteuid() == 0 else args
 
 
-def run_postgres(port: int) -> Iterator[str]:
+def run_postgres(
+    port: int, *, host: str = "127.0.0.1", trusted_network: str | None = None
+) -> Generator[str]:
+    """A server listening on host:port only. `trusted_network` (a CIDR) lets clients from
+    other machines of that network in, as initdb's own rules do for loopback."""
     bindir = _bindir()
     if bindir is None:
         raise RuntimeError("PostgreSQL is not installed: apt-get install postgresql")
@@ -49,7 +53,10 @@ def run_postgres(port: int) -> Iterator[str]:
         check=True,
         capture_output=True,
     )
-    options = f"-p {port} -k {sockets} -h 127.0.0.1 -F -c fsync=off -c full_page_writes=off"
+    if trusted_network:
+        with (data / "pg_hba.conf").open("a") as rules:
+            rules.write(f"host all all {trusted_network} trust\n")
+    options = f"-p {port} -k {sockets} -h {host} -F -c fsync=off -c full_page_writes=off"
     subprocess.run(
         _as_postgres(
             [
@@ -68,7 +75,7 @@ def run_postgres(port: int) -> Iterator[str]:
         capture_output=True,
     )
     try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
+        yield f"postgresql+psycopg://postgres@{host}:{port}/postgres"
     finally:
         subprocess.run(
             _as_postgres([str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"]),

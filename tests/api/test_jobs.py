@@ -315,3 +315,19 @@ def test_the_stored_spec_validates_again_in_the_worker(
         assert row is not None
         assert JobSpec.model_validate(row.spec).model_dump(mode="json") == job["spec"]
         assert row.extra_model_ids == [mlp["id"]]
+
+
+def test_a_job_names_the_worker_that_runs_it(client: TestClient, mlp: dict[str, Any]) -> None:
+    from core import jobstate
+    from core.db import session_scope
+
+    job = client.post("/v1/jobs", json=_spec(mlp["id"])).json()
+    assert job["worker"] is None
+    with session_scope() as session:
+        assert jobstate.claim(session, job["id"], "gpu-host-3:4242") == 1
+    running = client.get(f"/v1/jobs/{job['id']}").json()
+    assert running["status"] == "running"
+    # Which of several worker machines a job is on: what an operator asks first.
+    assert running["worker"] == "gpu-host-3:4242"
+    listed = client.get("/v1/jobs").json()["items"]
+    assert [item["worker"] for item in listed] == ["gpu-host-3:4242"]

@@ -159,8 +159,9 @@ def run_service(
             proc.stop()
 
 
-def start_redis(tmp_path: Path, port: int) -> Process:
-    """A redis-server that keeps nothing on disk: stopped, it forgets every message."""
+def start_redis(tmp_path: Path, port: int, *, host: str = "127.0.0.1") -> Process:
+    """A redis-server on host:port that keeps nothing on disk: stopped, it forgets every
+    message."""
     binary = shutil.which("redis-server")
     if binary is None:
         raise RuntimeError("redis-server is not installed: run `make system-packages`")
@@ -171,7 +172,11 @@ def start_redis(tmp_path: Path, port: int) -> Process:
             "--port",
             str(port),
             "--bind",
-            "127.0.0.1",
+            host,
+            # Without a password Redis answers only loopback clients unless told otherwise;
+            # another address is a private test network (tests/integration/netns.py).
+            "--protected-mode",
+            "yes" if host == "127.0.0.1" else "no",
             "--save",
             "",
             "--appendonly",
@@ -183,7 +188,7 @@ def start_redis(tmp_path: Path, port: int) -> Process:
         tmp_path,
     )
     try:
-        wait_until(lambda: socket.create_connection(("127.0.0.1", port), 0.2), 10, "redis-server")
+        wait_until(lambda: socket.create_connection((host, port), 0.2), 10, "redis-server")
     except BaseException:
         proc.stop()
         raise
