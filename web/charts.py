@@ -325,15 +325,41 @@ def compare_chart(points: list[Point], *, batch: str, metric: str) -> Chart:
             ],
         }
 
+    speedups = [p.speedup for p in points]
+    low, high = min([*speedups, 1.0]), max([*speedups, 1.0])
+    pad = (high - low) * 0.1 or 0.1
     option = {
         "animation": False,
         "legend": {"top": 0},
         "tooltip": {"trigger": "item", "formatter": "{b}: speed-up, drop, size ratio = {c}"},
-        "grid": {"left": 16, "right": 100, "top": 40, "bottom": 40, "containLabel": True},
-        "xAxis": {"type": "value", "name": f"speed-up at batch {batch} (\u00d7)", "scale": True},
-        "yAxis": {"type": "value", "name": f"{metric} drop", "scale": True},
+        "grid": {"left": 40, "right": 100, "top": 40, "bottom": 40, "containLabel": True},
+        "xAxis": {
+            "type": "value",
+            "name": f"speed-up at batch {batch} (\u00d7); right of 1\u00d7 is faster",
+            "nameLocation": "middle",
+            "nameGap": 28,
+            # 1x (the original's speed) always shows, so "all slower" is seen at a glance.
+            "min": round(low - pad, 3),
+            "max": round(high + pad, 3),
+        },
+        "yAxis": {
+            "type": "value",
+            "name": f"{metric} drop (lower is better)",
+            "nameLocation": "middle",
+            "nameGap": 56,
+            "min": 0,
+        },
         "series": [
-            series("Pareto-best", True, "diamond", OPTIMIZED),
+            {
+                **series("Pareto-best", True, "diamond", OPTIMIZED),
+                "markLine": {
+                    "symbol": "none",
+                    "silent": True,
+                    "data": [{"xAxis": 1}],
+                    "label": {"formatter": "same speed"},
+                    "lineStyle": {"color": "#1b1f24", "type": "dashed"},
+                },
+            },
             series("Others", False, "circle", NEUTRAL),
         ],
     }

@@ -66,7 +66,8 @@ class Speed:
             return "no interval measured"
         low, high = self.interval
         if self.tone == "worse":  # said in the same words as the speed: slower by …
-            return f"95% interval {times(1 / high)}\u2013{times(1 / low)} slower"
+            most = times(1 / low) if low > 0 else "\u221e"
+            return f"95% interval {times(1 / high)}\u2013{most} slower"
         return f"95% interval {times(low)}\u2013{times(high)}"
 
     def words(self) -> str:

@@ -155,7 +155,9 @@ def comparison(
         "batch_sizes": sizes,
         "batch": chosen,
         "metric": metric,
-        "scatter": compare_chart(points, batch=chosen, metric=metric) if points and chosen else None,
+        "scatter": compare_chart(points, batch=chosen, metric=metric)
+        if points and chosen
+        else None,
         "model_id": model_ids[0] if model_ids else None,
     }
 
