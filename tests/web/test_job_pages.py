@@ -1,3 +1,4 @@
+# ruff: noqa: RUF001, RUF003 (the pages say "2.30×" and "1.1–1.3": the tests read them so)
 """The jobs list, a job's page and the compare page, rendered from jobs that a worker
 finished (fast: no browser, no worker process)."""
 
@@ -279,7 +280,7 @@ def test_compare_marks_the_pareto_best_and_refuses_mixed_models(
     data = json.loads(
         re.search(r'id="chart-compare-data">(.*?)</script>', page.text, re.S).group(1)  # type: ignore[union-attr]
     )
-    best, others = data["series"]
+    best, _others = data["series"]
     assert [p["value"][0] for p in best["data"]] == [1.817]
 
     picked = pages.get(f"/compare?job={finished['faster']}&job={finished['slower']}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
 
@@ -21,7 +23,7 @@ router = APIRouter(include_in_schema=False)
 
 def _page(
     request: Request, viewer: Viewer, session: SessionDep, storage: StorageDep, job_id: str
-) -> dict[str, object]:
+) -> dict[str, Any]:
     row = get_owned(session, Job, job_id, project_id=viewer.project_id)
     context = job_context(session, storage, row)
     context["model_name"] = model_names(session, viewer.project_id).get(row.model_id or "")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
-from typing import Annotated
+from typing import Annotated, Any
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Form, Query, Request
@@ -91,7 +91,7 @@ def model_names(session: Session, project_id: str) -> dict[str, str]:
 
 def _context(
     session: Session, viewer: Viewer, filters: Filters, page_token: str | None
-) -> dict[str, object]:
+) -> dict[str, Any]:
     error = None
     try:
         jobs, next_token = _listed(session, viewer.project_id, filters, page_token)
