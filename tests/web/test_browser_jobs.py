@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from axe_playwright_python.sync_playwright import Axe
 from playwright.sync_api import Browser, Page, expect
 
 from tests.integration.processes import Service
@@ -23,6 +24,21 @@ FINAL = {"succeeded", "failed", "canceled"}
 BENCHMARK = {"batch_sizes": [1, 8], "warmup": 2, "iterations": 10}
 #: A worker needs a while for its first job (it loads torch); the page must wait as long.
 FINISH_TIMEOUT_MS = 180_000
+
+
+def assert_accessible(page: Page) -> None:
+    """No serious or critical axe-core violation, and nothing wider than a phone at 390 px."""
+    results = Axe().run(page)
+    serious = [v for v in results.response["violations"] if v["impact"] in {"serious", "critical"}]
+    assert not serious, results.generate_report()
+    size = page.viewport_size
+    page.set_viewport_size({"width": 390, "height": 844})
+    try:
+        # Charts redraw to the new width on the window's resize event: give them a moment.
+        page.wait_for_function("document.documentElement.scrollWidth <= 390", timeout=5000)
+    finally:
+        if size:
+            page.set_viewport_size(size)
 
 
 def _quantize(model_id: str, dataset_id: str, **extra: Any) -> dict[str, Any]:
@@ -93,6 +109,7 @@ def _walk(page: Page, browser: Browser, dashboard: Service, tmp_path: Path) -> N
         expect(page.locator(f"#chart-{chart} canvas").first).to_be_attached()
     expect(page.locator("#chart-sensitivity-1 canvas").first).to_be_attached()
     keep_screenshot(page, "job")
+    assert_accessible(page)
 
     # The optimized model, byte for byte.
     with dashboard.client() as api:
@@ -121,6 +138,7 @@ def _walk(page: Page, browser: Browser, dashboard: Service, tmp_path: Path) -> N
     expect(table.get_by_text("Pareto-best").first).to_be_visible()
     expect(table.locator("tbody tr")).to_have_count(3)
     keep_screenshot(page, "compare")
+    assert_accessible(page)
     with page.expect_download() as picked:
         table.get_by_role("link", name="Download model").first.click()
     assert picked.value.suggested_filename == "optimized.onnx"
@@ -147,6 +165,7 @@ def _walk(page: Page, browser: Browser, dashboard: Service, tmp_path: Path) -> N
     page.goto("/jobs")
     expect(page.get_by_role("link", name=job["id"])).to_be_visible()
     keep_screenshot(page, "jobs")
+    assert_accessible(page)
 
     # Another project's key sees none of it.
     with dashboard.client() as api:
