@@ -20,6 +20,8 @@ TONE_COLOURS = {"better": GOOD, "worse": BAD, "neutral": NEUTRAL}
 #: A custom series that charts.js draws as vertical interval bars ([x, low, high]).
 ERROR_BARS = "errorbar"
 SENSITIVITY_NODES = 10
+#: Where the sensitivity chart's axis ends: int8 noise beyond this rarely matters.
+SQNR_AXIS_MAX = 80
 
 
 @dataclass(frozen=True)
@@ -127,8 +129,14 @@ def _speedup(measured: list[Speed]) -> Chart:
             "renderItem": ERROR_BARS,
             "data": [[i, *s.interval] for i, s in enumerate(measured) if s.interval is not None],
             "z": 10,
+            # An interval far wider than the speed-ups (a few noisy runs) is cut at the top
+            # of the chart rather than squeezing every bar flat; the table has its numbers.
+            "clip": True,
         },
     ]
+    tops = [s.interval[1] for s in measured if s.interval] + [s.speedup for s in measured]
+    ceiling = 3 * max([1.0, *(s.speedup for s in measured)])
+    option["yAxis"] |= {"min": 0, "max": round(min(max([1.0, *tops]), ceiling) * 1.1, 2)}
     description = "Speed-up of the optimized model (original p50 / optimized p50), per batch: " + (
         "; ".join(s.words() for s in measured)
     )
@@ -257,11 +265,20 @@ def sensitivity_chart(number: int, report: dict[str, Any]) -> Chart | None:
         return None
     suggested = set((report.get("suggested_exclude") or {}).get("nodes") or [])
     labels = [str(n.get("node") or n.get("op_type")) for n in nodes]
+    values = [float(n.get("local_sqnr_db") or 0.0) for n in nodes]
     option: dict[str, Any] = {
         "animation": False,
         "tooltip": {"trigger": "item"},
         "grid": {"left": 16, "right": 40, "top": 30, "bottom": 30, "containLabel": True},
-        "xAxis": {"type": "value", "name": "local SQNR (dB), lower = worse"},
+        "xAxis": {
+            "type": "value",
+            "name": "local SQNR (dB), lower = worse",
+            "nameLocation": "middle",
+            "nameGap": 28,
+            # Nodes that add no measurable error sit at the cap (200 dB); cutting the axis
+            # keeps the nodes that matter readable (each bar's label keeps its value).
+            "max": SQNR_AXIS_MAX if max(values) > SQNR_AXIS_MAX else None,
+        },
         "yAxis": {"type": "category", "data": labels, "inverse": True},
         "series": [
             {

@@ -17,6 +17,7 @@ from fastapi.testclient import TestClient
 from tests.web.conftest import sign_in
 from tests.web.jobs_data import (
     SUGGESTED_NODE,
+    WORKER_RESULTS,
     finish_like_a_worker,
     project_id_of,
     quantize_spec,
@@ -323,3 +324,35 @@ def test_another_projects_pages_fragments_files_and_buttons_are_not_found(
         assert response.status_code == 404, action
     assert client.get(f"/v1/jobs/{finished['queued']}").json()["status"] == "queued"
     assert finished["faster"] not in pages.get("/jobs").text
+
+
+def test_a_failed_job_shows_its_error_and_what_it_got_done(
+    client: TestClient, pages: TestClient, signed_in: str, finished: dict[str, str]
+) -> None:
+    from core import jobstate
+    from core.db import session_factory
+    from core.tables import JobStatus
+
+    job_id = finished["queued"]
+    with session_factory()() as session:
+        attempt = jobstate.claim(session, job_id, "test-worker")
+        assert attempt == 1
+        stages = {"stages": WORKER_RESULTS["faster"]["result"]["stages"][:1]}
+        assert jobstate.record_result(session, job_id, attempt, result=stages)
+        assert jobstate.finish(
+            session,
+            job_id,
+            attempt,
+            status=JobStatus.failed,
+            error_type="quantization_failed",
+            error_message="pass 2 (quantize): the model has no node that can be quantized",
+        )
+        session.commit()
+    html = pages.get(f"/jobs/{job_id}").text
+    words = _text(html)
+    assert "Failed: quantization_failed" in words
+    assert "the model has no node that can be quantized" in words
+    assert "Started" in words and "attempt 1 of 3" in words
+    assert '<section class="verdict' not in html  # no result, no verdict
+    assert "1: prune / structured" in words  # the pass it finished before failing
+    assert ">Retry this job</button>" in html and "Cancel this job" not in html
