@@ -84,9 +84,11 @@ def test_pareto_best_are_those_nothing_beats_on_every_count() -> None:
         Candidate("fast", speedup=3.0, size_ratio=0.5, drop=0.02),
         Candidate("accurate", speedup=1.5, size_ratio=0.5, drop=0.0),
         Candidate("small", speedup=1.2, size_ratio=0.1, drop=0.03),
-        Candidate("dominated", speedup=1.4, size_ratio=0.6, drop=0.02),  # "fast" beats it
+        # As small and as accurate as "fast", only slower: beaten though it ties on two counts.
+        Candidate("dominated", speedup=2.0, size_ratio=0.5, drop=0.02),
         Candidate("twin", speedup=3.0, size_ratio=0.5, drop=0.02),  # equal to "fast": kept
-        Candidate("unmeasured", speedup=1.0, size_ratio=0.5, drop=None),  # beaten by "accurate"
+        # Ties "accurate" on speed and size; a drop not measured cannot beat a measured one.
+        Candidate("unmeasured", speedup=1.5, size_ratio=0.5, drop=None),
     ]
     assert pareto_best(candidates) == {"fast", "accurate", "small", "twin"}
 
