@@ -291,7 +291,9 @@ def test_compare_marks_the_pareto_best_and_refuses_mixed_models(
     foreign = submit(client, quantize_spec(other_model, other_dataset))
     mixed = pages.get(f"/compare?job={finished['faster']}&job={foreign}")
     assert mixed.status_code == 422
-    assert "these jobs optimize different models" in unescape(mixed.text)
+    assert "These jobs optimize different models" in unescape(mixed.text)
+    empty = pages.get(f"/compare?model_id={other_model}")
+    assert "There is no succeeded job to compare here yet." in unescape(empty.text)
 
 
 def test_another_projects_pages_fragments_files_and_buttons_are_not_found(

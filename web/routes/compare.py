@@ -183,6 +183,8 @@ def compare_page(
         "error": None,
     }
     status = 200
+    if not rows and (job_ids or batch_id or model_id):
+        context["error"] = "there is no succeeded job to compare here yet"
     if rows:
         try:
             context |= comparison(session, viewer.project_id, rows, batch)
