@@ -330,6 +330,7 @@ def compare_chart(points: list[Point], *, batch: str, metric: str) -> Chart:
             "symbol": symbol,
             "itemStyle": {"color": colour, "borderColor": "#1b1f24", "borderWidth": 1},
             "label": {"show": True, "position": "right", "formatter": "{b}"},
+            "labelLayout": {"moveOverlap": "shiftY"},
             "data": [
                 {
                     "name": p.name,
