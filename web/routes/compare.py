@@ -89,7 +89,7 @@ def _batch_sizes(jobs: list[JobOut]) -> list[str]:
 
 
 def comparison(
-    session: Session, project_id: str, rows: list[Job], batch: str | None
+    session: Session, project_id: str, rows: list[Job], *, batch: str | None
 ) -> dict[str, Any]:
     jobs = [JobOut.of(r) for r in rows]
     model_ids = sorted({j.model_id or "" for j in jobs})
@@ -173,7 +173,7 @@ def compare_page(
     batch: Annotated[str | None, Query(max_length=10)] = None,
 ) -> HTMLResponse:
     job_ids = list(dict.fromkeys(job))
-    rows = _jobs(session, viewer.project_id, job_ids, batch_id, model_id)
+    rows = _jobs(session, viewer.project_id, job_ids=job_ids, batch_id=batch_id, model_id=model_id)
     models = model_names(session, viewer.project_id)
     context: dict[str, Any] = {
         "models": models,
@@ -187,7 +187,7 @@ def compare_page(
         context["error"] = "there is no succeeded job to compare here yet"
     if rows:
         try:
-            context |= comparison(session, viewer.project_id, rows, batch)
+            context |= comparison(session, viewer.project_id, rows, batch=batch)
         except Problem as exc:
             context["error"], status = exc.detail, exc.status
     if context.get("model_id"):

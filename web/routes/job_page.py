@@ -21,9 +21,7 @@ from web.templating import render
 router = APIRouter(include_in_schema=False)
 
 
-def _page(
-    request: Request, viewer: Viewer, session: SessionDep, storage: StorageDep, job_id: str
-) -> dict[str, Any]:
+def _page(viewer: Viewer, session: SessionDep, storage: StorageDep, job_id: str) -> dict[str, Any]:
     row = get_owned(session, Job, job_id, project_id=viewer.project_id)
     context = job_context(session, storage, row)
     context["model_name"] = model_names(session, viewer.project_id).get(row.model_id or "")
@@ -35,7 +33,7 @@ def _page(
 def job_page(
     job_id: str, request: Request, viewer: Viewer, session: SessionDep, storage: StorageDep
 ) -> HTMLResponse:
-    context = _page(request, viewer, session, storage, job_id)
+    context = _page(viewer, session, storage, job_id)
     return render(request, "jobs/page.html", viewer=viewer, **context)
 
 
@@ -45,7 +43,7 @@ def job_live(
 ) -> HTMLResponse:
     """The page's body alone, polled while the job is active; once it is final the body it
     returns no longer polls, and carries the verdict and the charts."""
-    context = _page(request, viewer, session, storage, job_id)
+    context = _page(viewer, session, storage, job_id)
     return render(request, "jobs/_body.html", viewer=viewer, **context)
 
 

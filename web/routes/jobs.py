@@ -57,7 +57,7 @@ def _day(text: str, field: str) -> date:
 
 
 def _listed(
-    session: Session, project_id: str, filters: Filters, page_token: str | None
+    session: Session, project_id: str, *, filters: Filters, page_token: str | None
 ) -> tuple[list[JobOut], str | None]:
     """The API's own query (GET /v1/jobs), keyset pages included."""
     query = select(Job).where(Job.project_id == project_id)
@@ -90,11 +90,13 @@ def model_names(session: Session, project_id: str) -> dict[str, str]:
 
 
 def _context(
-    session: Session, viewer: Viewer, filters: Filters, page_token: str | None
+    session: Session, viewer: Viewer, *, filters: Filters, page_token: str | None
 ) -> dict[str, Any]:
     error = None
     try:
-        jobs, next_token = _listed(session, viewer.project_id, filters, page_token)
+        jobs, next_token = _listed(
+            session, viewer.project_id, filters=filters, page_token=page_token
+        )
     except Problem as exc:  # a bad filter is said above the form, which keeps the values
         jobs, next_token, error = [], None, exc.detail
     here = filters.query(page_token=page_token)
@@ -142,7 +144,7 @@ def jobs_page(
     page_token: Annotated[str | None, Query(max_length=600)] = None,
 ) -> HTMLResponse:
     filters = _filters(status, model_id, batch_id, created_from, created_to)
-    context = _context(session, viewer, filters, page_token)
+    context = _context(session, viewer, filters=filters, page_token=page_token)
     return render(
         request,
         "jobs/list.html",
@@ -166,7 +168,7 @@ def jobs_rows(
 ) -> HTMLResponse:
     """The table's body alone: what the list page polls while a job on it is active."""
     filters = _filters(status, model_id, batch_id, created_from, created_to)
-    context = _context(session, viewer, filters, page_token)
+    context = _context(session, viewer, filters=filters, page_token=page_token)
     return render(request, "jobs/_rows.html", viewer=viewer, **context)
 
 
