@@ -17,7 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.errors import Problem
 from web.auth import SignInRequired
-from web.routes import compose, home, jobs, library, signin
+from web.routes import compare, compose, home, job_page, jobs, library, signin
 from web.templating import STATIC_DIR, render
 
 #: Dashboard routes whose body is a streamed upload; the API's request guard lets them past
@@ -121,7 +121,15 @@ def _install_error_pages(app: FastAPI) -> None:
 def install(app: FastAPI) -> None:
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     # The composer's /jobs/new before any /jobs/{job_id}.
-    for router in (signin.router, home.router, compose.router, jobs.router, library.router):
+    for router in (
+        signin.router,
+        home.router,
+        compose.router,
+        jobs.router,
+        job_page.router,
+        compare.router,
+        library.router,
+    ):
         app.include_router(router)
     _install_error_pages(app)
     app.add_middleware(PageHeaders)

@@ -16,6 +16,7 @@ from fastapi.sse import EventSourceResponse, ServerSentEvent
 from pydantic import AfterValidator, AwareDatetime
 from sqlalchemy import select
 
+from api import jobactions
 from api.deps import IdempotencyKey, ReadKey, SessionDep, SettingsDep, StorageDep, WriteKey
 from api.downloads import stored_file_response
 from api.errors import Problem, not_found
@@ -23,9 +24,8 @@ from api.owned import get_owned
 from api.pagination import as_utc, paginate
 from api.schemas import ArtifactOut, JobOut, Page
 from api.submit import commit_or_find_winner, new_job, replay, request_hash, send_committed
-from core import jobstate
 from core.db import session_factory
-from core.jobspec import JobSpec, load_stored_spec
+from core.jobspec import JobSpec
 from core.settings import get_settings
 from core.tables import FINAL_STATUSES, Artifact, Job, JobStatus
 
@@ -127,18 +127,7 @@ def get_job(job_id: str, key: ReadKey, session: SessionDep) -> JobOut:
 @router.post("/{job_id}/cancel", status_code=202, response_model=JobOut)
 def cancel_job(job_id: str, key: WriteKey, session: SessionDep) -> JobOut:
     job = get_owned(session, Job, job_id, project_id=key.project_id)
-    if job.status == JobStatus.canceling:
-        return JobOut.of(job)
-    if not jobstate.request_cancel(session, job):
-        session.refresh(job)
-        raise Problem(
-            409,
-            f"the job is already {job.status}; only queued or running jobs can be canceled",
-            type="job_not_cancelable",
-        )
-    session.commit()
-    session.refresh(job)
-    return JobOut.of(job)
+    return JobOut.of(jobactions.cancel(session, job))
 
 
 @router.get("/{job_id}/artifacts", response_model=list[ArtifactOut])
@@ -187,27 +176,7 @@ def retry_job(
     """A new job with the same spec as a failed or canceled one; the old job and its artifacts
     stay as they are. The new job's `retry_of` names the old one."""
     job = get_owned(session, Job, job_id, project_id=key.project_id)
-    if job.status not in (JobStatus.failed, JobStatus.canceled):
-        raise Problem(
-            409,
-            f"the job is {job.status}; only failed or canceled jobs can be retried",
-            type="job_not_retryable",
-        )
-    try:
-        retry = new_job(
-            session,
-            settings,
-            key.project_id,
-            load_stored_spec(job.spec),
-            loc=["spec"],
-            retry_of=job.id,
-        )
-    except Problem as exc:  # e.g. its model or dataset was deleted since
-        raise Problem(
-            409, f"the job cannot run again as it was: {exc.detail}", type="job_not_retryable"
-        ) from exc
-    session.commit()
-    send_committed(session, [retry])
+    retry = jobactions.retry(session, settings, job)
     response.headers["Location"] = f"/v1/jobs/{retry.id}"
     return JobOut.of(retry)
 
