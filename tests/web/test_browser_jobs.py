@@ -125,6 +125,12 @@ def _walk(page: Page, browser: Browser, dashboard: Service, tmp_path: Path) -> N
     assert spec["model_id"] == model["id"]
     assert SENSITIVE_NODE in spec["passes"][0]["exclude"]["nodes"]
     assert spec["passes"][0]["scope"] == "partial"
+    # ...and running it from there submits exactly that spec.
+    page.get_by_role("button", name="Submit job").first.click()
+    page.wait_for_url("**/jobs/job_*")
+    with dashboard.client() as api:
+        rerun = api.get(f"/v1/jobs/{urlsplit(page.url).path.rsplit('/', 1)[1]}").json()
+    assert SENSITIVE_NODE in rerun["spec"]["passes"][0]["exclude"]["nodes"]
 
     # The list follows the sweep's jobs as they run, without reloading.
     page.goto(f"/jobs?batch_id={sweep['id']}")
