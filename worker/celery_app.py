@@ -12,7 +12,7 @@ from __future__ import annotations
 import gc
 import logging
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
 from celery.signals import worker_init, worker_process_init, worker_ready, worker_shutdown
 
@@ -55,7 +55,7 @@ def run_job(job_id: str) -> str | None:
 _presence: list[Presence] = []
 
 
-def _refuse_to_start(message: str, status: int) -> None:
+def _refuse_to_start(message: str, status: int) -> NoReturn:
     log.critical(message)
     print(f"modelpress worker: {message}", file=sys.stderr, flush=True)
     sys.exit(status)
@@ -78,12 +78,6 @@ def _start_worker(sender: Any, **_: Any) -> None:
                 f"check failed: {reason}",
                 EXIT_NO_GPU,
             )
-        log.error(
-            "this worker refuses the %r queue (its GPU check failed: %s) and serves %s",
-            queue,
-            reason,
-            ", ".join(repr(q) for q in choice.queues),
-        )
         queues.deselect(queue)
     # Before the pool forks, so that its processes know the worker's id.
     presence = Presence.create(
@@ -95,12 +89,24 @@ def _start_worker(sender: Any, **_: Any) -> None:
         interval_s=settings.heartbeat_interval_s,
     )
     _presence.append(presence)
+
+
+def _report_start(presence: Presence) -> None:
+    # Logged once the worker's logging is set up (worker_init comes before it).
+    worker = presence.registration
+    for queue, reason in worker.refused.items():
+        log.error(
+            "this worker refuses the %r queue (its GPU check failed: %s) and serves %s",
+            queue,
+            reason,
+            ", ".join(repr(q) for q in worker.queues),
+        )
     log.info(
         "worker %s serves %s on cores %s (%s)",
-        presence.registration.id,
-        ", ".join(choice.queues),
-        ",".join(str(core) for core in cores),
-        choice.device.get("name") or choice.device.get("kind"),
+        worker.id,
+        ", ".join(worker.queues),
+        ",".join(str(core) for core in worker.cores),
+        worker.device.get("name") or worker.device.get("kind"),
     )
 
 
@@ -135,6 +141,7 @@ def _fresh_engine_after_fork(**_: Any) -> None:
 @worker_ready.connect
 def _start_reaper(**_: Any) -> None:
     for presence in _presence:
+        _report_start(presence)
         presence.beat_forever()
     start_reaper(settings)
     log.info("reaper started (heartbeat timeout %.0f s)", settings.heartbeat_timeout_s)
