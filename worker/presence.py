@@ -15,7 +15,7 @@ import threading
 from dataclasses import dataclass
 
 from core import workers
-from core.db import new_id, session_scope
+from core.db import close_pooled_connections, new_id, session_scope
 from core.workers import Registration
 
 log = logging.getLogger(__name__)
@@ -78,6 +78,8 @@ class Presence:
                 workers.register(session, registration)
         except Exception:
             log.warning("worker not registered yet; its heartbeat tries again", exc_info=True)
+        finally:
+            close_pooled_connections()  # the pool processes are forked next
         return presence
 
     def beat_forever(self) -> None:
