@@ -130,8 +130,9 @@ class JobOut(BaseModel):
     finished_at: datetime | None
 
     @classmethod
-    def of(cls, row: Job, *, live_queues: Collection[str]) -> JobOut:
-        """`live_queues`: the queues some live worker serves (core.workers.live_queues)."""
+    def of(cls, row: Job, *, live_queues: Collection[str] | None = None) -> JobOut:
+        """`live_queues`: the queues some live worker serves (api.deps.live_queues); every
+        API answer passes them. None leaves `waiting_for` unset (not known to the caller)."""
         error = None
         if row.error_type:
             error = JobError(type=row.error_type, message=row.error_message or "")
@@ -147,7 +148,9 @@ class JobOut(BaseModel):
             batch_id=row.batch_id,
             retry_of=row.retry_of,
             error=error,
-            waiting_for=waiting_for(status=row.status, queue=row.queue, live=live_queues),
+            waiting_for=None
+            if live_queues is None
+            else waiting_for(status=row.status, queue=row.queue, live=live_queues),
             spec=_with_defaults(row.spec),
             labels=row.spec.get("labels"),
             summary=JobSummary.of(row.result),

@@ -143,3 +143,23 @@ def test_a_running_job_waits_for_nothing(client: TestClient, tmp_path: Path) -> 
     with session_scope() as session:
         jobstate.claim(session, job["id"], "host1:1")
     assert client.get(f"/v1/jobs/{job['id']}").json()["waiting_for"] is None
+
+
+def test_batches_and_event_streams_say_why_a_job_waits(client: TestClient, tmp_path: Path) -> None:
+    _worker(["cpu"])
+    model = upload_model(client, make_mlp(tmp_path / "mlp.onnx"))
+    spec = {
+        "model_id": model["id"],
+        "passes": [{"kind": "quantize", "method": "dynamic"}],
+        "benchmark": {"device": "cuda"},
+    }
+    response = client.post("/v1/batches", json={"jobs": [spec, {**spec, "benchmark": {}}]})
+    assert response.status_code == 202, response.text
+    gpu_job, cpu_job = response.json()["jobs"]
+    assert gpu_job["waiting_for"]["queue"] == "gpu" and cpu_job["waiting_for"] is None
+    batch = client.get(f"/v1/batches/{response.json()['id']}").json()
+    assert batch["jobs"][0]["waiting_for"]["queue"] == "gpu"
+
+    with client.stream("GET", f"/v1/jobs/{gpu_job['id']}/events") as events:
+        first = next(line for line in events.iter_lines() if line.startswith("data: "))
+    assert '"waiting_for":{"queue":"gpu"' in first.replace(" ", "")
