@@ -227,13 +227,15 @@ def resend_stale_queued(
     conditional: the first message to arrive runs the job, any later one finds it no longer
     queued and is dropped. Marking is conditional too, so of several reapers only one re-sends.
 
-    With `queues`, only jobs of those queues (the ones some live worker serves): a job whose
-    queue no worker serves would otherwise be sent again every `after_s` until one appears;
-    its first message waits in the broker, and it is sent again once a worker is there.
+    With `queues` (the ones some live worker serves), a job of another queue is sent again
+    only once a worker serves it: otherwise it would be sent every `after_s` until one
+    appears. A job the broker never took is sent whatever its queue: that first message waits
+    in the broker for the worker to come.
     """
-    due = or_(Job.sent_at.is_(None), Job.sent_at < db_utcnow(-after_s))
+    stale = Job.sent_at < db_utcnow(-after_s)
     if queues is not None:
-        due = due & Job.queue.in_(sorted(queues))
+        stale = stale & Job.queue.in_(sorted(queues))
+    due = or_(Job.sent_at.is_(None), stale)
     waiting = session.execute(
         select(Job.id, Job.queue)
         .where(Job.status == JobStatus.queued, due)

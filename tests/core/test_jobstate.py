@@ -217,3 +217,18 @@ def test_a_job_whose_queue_no_worker_serves_is_not_sent_again(service_env: dict[
         ]
         session.commit()
         assert jobstate.resend_stale_queued(session, after_s=60, queues={"cpu", "gpu"}) == []
+
+
+def test_a_job_the_broker_never_took_is_sent_even_while_no_worker_serves_it(
+    service_env: dict[str, str],
+) -> None:
+    with session_factory()() as session:
+        unsent = _job(session, queue="gpu")
+        jobstate.mark_unsent(session, [unsent])
+        session.commit()
+        # Its first message then waits in the broker for a gpu worker; it is not sent again.
+        assert jobstate.resend_stale_queued(session, after_s=0.001, queues=set()) == [
+            (unsent, "gpu")
+        ]
+        session.commit()
+        assert jobstate.resend_stale_queued(session, after_s=0.001, queues=set()) == []
