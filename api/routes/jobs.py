@@ -262,7 +262,8 @@ def _project_of(job_id: str) -> str | None:
 
 
 def _state_of(job_id: str) -> tuple[object, ...] | None:
-    """What a change of is worth an event: a queued job's also whether a worker serves it."""
+    """The fields whose change is worth an event; for a queued job, also whether a live worker
+    serves its queue."""
     with session_factory()() as session:
         row = session.execute(
             select(
