@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 
 from api.errors import Problem
 from api.middleware import STATE_KEY
+from core import workers
 from core.db import session_factory
 from core.settings import Settings, get_settings
 from core.storage import Storage, get_storage
@@ -125,3 +126,10 @@ WriteKey = Annotated[ApiKey, Depends(require_write)]
 AdminKey = Annotated[ApiKey, Depends(require_admin)]
 #: Manages projects, and the keys of every project (the first-start key holds it).
 InstanceKey = Annotated[ApiKey, Depends(require_instance)]
+
+
+def live_queues(session: Session) -> frozenset[str]:
+    """The queues some live worker serves: a queued job of another queue shows `waiting_for`.
+    Read on every answer that shows jobs (one small query) rather than stored with the job:
+    no process is there to keep a stored value true while no worker runs at all."""
+    return workers.live_queues(session, timeout_s=get_settings().heartbeat_timeout_s)

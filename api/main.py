@@ -14,7 +14,7 @@ from api.errors import install_error_handlers
 from api.middleware import RequestGuard, streamed_uploads
 from api.openapi import install_security_scheme, operation_id
 from api.retry_after import RetryAfter
-from api.routes import artifacts, batches, datasets, health, jobs, keys, models
+from api.routes import artifacts, batches, datasets, health, jobs, keys, models, workers
 from api.uploads import sweep_stale_uploads
 from core.bootstrap import ensure_admin_key
 from core.db import session_factory
@@ -69,6 +69,7 @@ def create_app() -> FastAPI:
         batches.router,
         artifacts.router,
         keys.router,
+        workers.router,
     ):
         app.include_router(router)
     # The dashboard's pages, under / (the API stays under /v1).

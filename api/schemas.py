@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import datetime
 from typing import Any, Generic, Literal, TypeVar
 
@@ -10,6 +11,7 @@ from pydantic import BaseModel, Field, ValidationError
 from api.results import JobResult, JobSummary, typed_result
 from core.jobspec import load_stored_spec
 from core.tables import ApiKey, Artifact, Batch, Dataset, Job, JobStatus, Project, StoredModel
+from core.workers import waiting_for
 from optimizers.results import DatasetInfo, TensorInfo
 
 T = TypeVar("T")
@@ -88,6 +90,13 @@ class JobError(BaseModel):
     message: str
 
 
+class WaitingFor(BaseModel):
+    """Why a queued job cannot start now."""
+
+    queue: str = Field(description="The queue the job waits on (`cpu` or `gpu`).")
+    reason: str = Field(description="E.g. no live worker serves the queue.")
+
+
 class JobOut(BaseModel):
     id: str
     model_id: str | None
@@ -104,6 +113,11 @@ class JobOut(BaseModel):
     batch_id: str | None = Field(description="The batch this job was submitted in, if any.")
     retry_of: str | None = Field(description="The failed or canceled job this one retries.")
     error: JobError | None
+    waiting_for: WaitingFor | None = Field(
+        None,
+        description="Set while the job is queued and no live worker serves its queue (e.g. a "
+        "`gpu` job and no GPU worker): it stays queued and starts once one is there.",
+    )
     spec: dict[str, Any]
     labels: dict[str, Any] | None = Field(
         None, description="The spec's labels (a sweep's jobs: the matrix values they were given)."
@@ -120,7 +134,9 @@ class JobOut(BaseModel):
     finished_at: datetime | None
 
     @classmethod
-    def of(cls, row: Job) -> JobOut:
+    def of(cls, row: Job, *, live_queues: Collection[str] | None = None) -> JobOut:
+        """`live_queues`: the queues some live worker serves (api.deps.live_queues); every
+        API answer passes them. None leaves `waiting_for` unset (not known to the caller)."""
         error = None
         if row.error_type:
             error = JobError(type=row.error_type, message=row.error_message or "")
@@ -137,6 +153,9 @@ class JobOut(BaseModel):
             batch_id=row.batch_id,
             retry_of=row.retry_of,
             error=error,
+            waiting_for=None
+            if live_queues is None
+            else waiting_for(status=row.status, queue=row.queue, live=live_queues),
             spec=_with_defaults(row.spec),
             labels=row.spec.get("labels"),
             summary=JobSummary.of(row.result),

@@ -77,6 +77,14 @@ def reset_engines() -> None:
     _session_factory.cache_clear()
 
 
+def close_pooled_connections() -> None:
+    """Closes the default engine's pooled connections: done before a fork, so that no child
+    inherits (and, when it lets go of it, closes) a connection the parent still uses."""
+    engine = session_factory().kw.get("bind")
+    if isinstance(engine, Engine):
+        engine.dispose()
+
+
 def session_factory(url: str | None = None) -> sessionmaker[Session]:
     if url is None:
         from core.settings import get_settings

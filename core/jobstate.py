@@ -7,7 +7,7 @@ neither reaps healthy jobs nor keeps a dead one alive."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 from sqlalchemy import or_, select, update
@@ -20,8 +20,11 @@ from core.tables import Job, JobStatus
 RUNNING = (JobStatus.running, JobStatus.canceling)
 
 
-def claim(session: Session, job_id: str, worker: str) -> int | None:
-    """queued -> running. Returns the attempt number, or None if the job is not claimable."""
+def claim(
+    session: Session, job_id: str, worker: str, *, worker_id: str | None = None
+) -> int | None:
+    """queued -> running. Returns the attempt number, or None if the job is not claimable.
+    `worker_id` is the claiming worker's row (core.workers), which shows the job as its own."""
     now = utcnow()
     result = session.execute(
         update(Job)
@@ -32,6 +35,7 @@ def claim(session: Session, job_id: str, worker: str) -> int | None:
             started_at=now,
             heartbeat_at=db_utcnow(),
             worker=worker,
+            worker_id=worker_id,
             stage="loading",
             progress=0.0,
             progress_message="claimed by worker",
@@ -211,7 +215,9 @@ def reap_stale(session: Session, *, timeout_s: float) -> list[tuple[str, str]]:
     return requeue
 
 
-def resend_stale_queued(session: Session, *, after_s: float) -> list[tuple[str, str]]:
+def resend_stale_queued(
+    session: Session, *, after_s: float, queues: Collection[str] | None = None
+) -> list[tuple[str, str]]:
     """Queued jobs to hand to the broker (again): those it never took (sent_at is NULL: it was
     unreachable when they were queued or re-queued) and those sent more than `after_s` ago and
     still not claimed (the broker may have lost them). Marks each as sent now and returns
@@ -220,8 +226,16 @@ def resend_stale_queued(session: Session, *, after_s: float) -> list[tuple[str, 
     A job the broker did not lose gets a second message; that is harmless because `claim` is
     conditional: the first message to arrive runs the job, any later one finds it no longer
     queued and is dropped. Marking is conditional too, so of several reapers only one re-sends.
+
+    With `queues` (the ones some live worker serves), a job of another queue is sent again
+    only once a worker serves it: otherwise it would be sent every `after_s` until one
+    appears. A job the broker never took is sent whatever its queue: that first message waits
+    in the broker for the worker to come.
     """
-    due = or_(Job.sent_at.is_(None), Job.sent_at < db_utcnow(-after_s))
+    stale = Job.sent_at < db_utcnow(-after_s)
+    if queues is not None:
+        stale = stale & Job.queue.in_(sorted(queues))
+    due = or_(Job.sent_at.is_(None), stale)
     waiting = session.execute(
         select(Job.id, Job.queue)
         .where(Job.status == JobStatus.queued, due)

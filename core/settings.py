@@ -6,8 +6,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from core.cpus import parse_cpu_list
 
 PLACEHOLDER_SECRETS = {"", "changeme", "change-me", "secret", "admin"}
 
@@ -69,6 +71,21 @@ class Settings(BaseSettings):
     #: False on an API host that runs no jobs (workers on other hosts or containers): /readyz
     #: leaves the sandbox out, since each worker proves its own sandbox at start.
     readyz_sandbox: bool = True
+    #: The cores this worker (and every job it runs) is pinned to, e.g. `0-1` or `2,3`;
+    #: None: the cores the worker was started with. Workers on one host get disjoint sets.
+    cpus: str | None = None
+    #: A worker that stopped (cleanly or not) stays listed by GET /v1/workers this long.
+    worker_history_s: float = Field(3600.0, gt=0)
+    #: How long a worker started for the `gpu` queue gives its GPU check before refusing it.
+    gpu_check_timeout_s: float = Field(180.0, gt=0)
+
+    @field_validator("cpus")
+    @classmethod
+    def _core_list(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        parse_cpu_list(value)
+        return value.strip()
 
     @model_validator(mode="after")
     def _absolute_data_dir(self) -> Settings:
@@ -110,6 +127,10 @@ class Settings(BaseSettings):
     @property
     def uses_embedded_broker(self) -> bool:
         return self.resolved_broker_url.startswith(("mpsqla+", "sqla+"))
+
+    @property
+    def cpu_set(self) -> tuple[int, ...] | None:
+        return None if self.cpus is None else parse_cpu_list(self.cpus)
 
     @property
     def storage_dir(self) -> Path:

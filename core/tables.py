@@ -143,6 +143,9 @@ class Job(Base):
     error_message: Mapped[str | None] = mapped_column(Text)
     result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     worker: Mapped[str | None] = mapped_column(String(255))
+    #: The worker (workers.id) whose attempt holds the job; no foreign key: worker rows are
+    #: pruned after MODELPRESS_WORKER_HISTORY_S while the job keeps the id.
+    worker_id: Mapped[str | None] = mapped_column(String(40))
     idempotency_key: Mapped[str | None] = mapped_column(String(255))
     request_hash: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
@@ -187,3 +190,32 @@ class WebSession(Base):
     csrf_token: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Worker(Base):
+    """A Celery worker as it reports itself: written at its start and refreshed by its
+    heartbeat (by the database's clock); a worker that stops cleanly sets `stopped_at`."""
+
+    __tablename__ = "workers"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    #: Celery's node name, e.g. `cpu-a@host1`.
+    name: Mapped[str] = mapped_column(String(255))
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    #: The queues it consumes (after its GPU check), e.g. ["cpu"].
+    queues: Mapped[list[str]] = mapped_column(JSON)
+    #: Queues it was started for and refused, with the reason: {"gpu": "..."}.
+    refused: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
+    #: The cores it and its jobs are pinned to (its CPU affinity).
+    cores: Mapped[list[int]] = mapped_column(JSON)
+    #: {"kind": "cpu"} or {"kind": "cuda", "name", "memory_bytes", "driver", ...}.
+    device: Mapped[dict[str, Any]] = mapped_column(JSON)
+    #: Software versions: modelpress, onnxruntime, torch, python.
+    versions: Mapped[dict[str, str]] = mapped_column(JSON)
+    #: The job its attempt runs now, refreshed by each heartbeat from the jobs table.
+    current_job_id: Mapped[str | None] = mapped_column(String(40))
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    #: By the database's clock (core.dbclock), as live/dead is judged.
+    heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    stopped_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from api.deps import live_queues
 from api.schemas import ArtifactOut, JobOut
 from core.storage import Storage
 from core.tables import Artifact, Job, JobStatus
@@ -101,7 +102,7 @@ def explanations(storage: Storage, row: Job, artifacts: list[Artifact]) -> list[
 
 
 def job_context(session: Session, storage: Storage, row: Job) -> dict[str, Any]:
-    job = JobOut.of(row)
+    job = JobOut.of(row, live_queues=live_queues(session))
     rows = list(
         session.scalars(
             select(Artifact).where(Artifact.job_id == row.id).order_by(Artifact.created_at)

@@ -2,7 +2,9 @@
 
 Start it with `celery -A worker.celery_app worker -Q cpu` (or `-Q gpu` on GPU machines).
 Jobs run in a confined job process (worker.sandbox); a worker that cannot confine them
-refuses to start, unless MODELPRESS_UNSAFE_UNCONFINED_JOBS allows unconfined jobs.
+refuses to start, unless MODELPRESS_UNSAFE_UNCONFINED_JOBS allows unconfined jobs. A worker
+pins itself to MODELPRESS_CPUS, takes the `gpu` queue only once its GPU proved itself
+(worker.gpu_check), and reports itself in the `workers` table (worker.presence).
 """
 
 from __future__ import annotations
@@ -10,23 +12,31 @@ from __future__ import annotations
 import gc
 import logging
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
-from celery.signals import worker_init, worker_process_init, worker_ready
+from celery.signals import worker_init, worker_process_init, worker_ready, worker_shutdown
 
 from core.db import reset_engines
 from core.queue import RUN_JOB_TASK, make_celery
 from core.sandbox import probe
 from core.settings import get_settings
 from core.storage import get_storage
+from worker.affinity import CoresUnavailable, pin_to
+from worker.gpu_check import choose_queues
+from worker.presence import Presence
 from worker.reaper import start_reaper
 from worker.runner import execute_job
 from worker.sandbox import SandboxUnavailable, job_host
 
 log = logging.getLogger("modelpress.worker")
 
-#: The exit status of a worker that refuses to start (sysexits' EX_CONFIG).
+#: The exit status of a worker that refuses to start (sysexits' EX_CONFIG): it cannot confine
+#: jobs, or MODELPRESS_CPUS names cores it may not use.
 EXIT_CANNOT_CONFINE = 78
+EXIT_BAD_CONFIG = 78
+#: The exit status of a worker started only for the `gpu` queue whose GPU check failed
+#: (sysexits' EX_UNAVAILABLE).
+EXIT_NO_GPU = 69
 
 settings = get_settings()
 app = make_celery(settings)
@@ -42,8 +52,65 @@ def run_job(job_id: str) -> str | None:
     return execute_job(job_id, settings=settings, storage=get_storage())
 
 
+_presence: list[Presence] = []
+
+
+def _refuse_to_start(message: str, status: int) -> NoReturn:
+    log.critical(message)
+    print(f"modelpress worker: {message}", file=sys.stderr, flush=True)
+    sys.exit(status)
+
+
 @worker_init.connect
-def _refuse_without_sandbox(**_: Any) -> None:
+def _start_worker(sender: Any, **_: Any) -> None:
+    # First: the pool, the job host and every job inherit the affinity set here.
+    try:
+        cores = pin_to(settings.cpu_set)
+    except CoresUnavailable as exc:
+        _refuse_to_start(str(exc), EXIT_BAD_CONFIG)
+    _refuse_without_sandbox()
+    queues = sender.app.amqp.queues
+    choice = choose_queues(list(queues.consume_from), timeout_s=settings.gpu_check_timeout_s)
+    for queue, reason in choice.refused.items():
+        if not choice.queues:
+            _refuse_to_start(
+                f"this worker was started only for the {queue!r} queue and refuses it: its GPU "
+                f"check failed: {reason}",
+                EXIT_NO_GPU,
+            )
+        queues.deselect(queue)
+    # Before the pool forks, so that its processes know the worker's id.
+    presence = Presence.create(
+        name=sender.hostname,
+        queues=choice.queues,
+        refused=choice.refused,
+        cores=cores,
+        device=choice.device,
+        interval_s=settings.heartbeat_interval_s,
+    )
+    _presence.append(presence)
+
+
+def _report_start(presence: Presence) -> None:
+    # Logged once the worker's logging is set up (worker_init comes before it).
+    worker = presence.registration
+    for queue, reason in worker.refused.items():
+        log.error(
+            "this worker refuses the %r queue (its GPU check failed: %s) and serves %s",
+            queue,
+            reason,
+            ", ".join(repr(q) for q in worker.queues),
+        )
+    log.info(
+        "worker %s serves %s on cores %s (%s)",
+        worker.id,
+        ", ".join(worker.queues),
+        ",".join(str(core) for core in worker.cores),
+        worker.device.get("name") or worker.device.get("kind"),
+    )
+
+
+def _refuse_without_sandbox() -> None:
     if settings.unsafe_unconfined_jobs:
         log.warning(
             "MODELPRESS_UNSAFE_UNCONFINED_JOBS is set: jobs run UNCONFINED, with this worker's "
@@ -57,9 +124,7 @@ def _refuse_without_sandbox(**_: Any) -> None:
             "bubblewrap and allow user namespaces (docs/security.md), or, on a trusted "
             "single-user install only, set MODELPRESS_UNSAFE_UNCONFINED_JOBS=true"
         )
-        log.critical(message)
-        print(f"modelpress worker: {message}", file=sys.stderr, flush=True)
-        sys.exit(EXIT_CANNOT_CONFINE)
+        _refuse_to_start(message, EXIT_CANNOT_CONFINE)
 
 
 @worker_process_init.connect
@@ -75,5 +140,17 @@ def _fresh_engine_after_fork(**_: Any) -> None:
 
 @worker_ready.connect
 def _start_reaper(**_: Any) -> None:
+    for presence in _presence:
+        _report_start(presence)
+        presence.beat_forever()
     start_reaper(settings)
     log.info("reaper started (heartbeat timeout %.0f s)", settings.heartbeat_timeout_s)
+
+
+@worker_shutdown.connect
+def _stopped(**_: Any) -> None:
+    for presence in _presence:
+        try:
+            presence.stop()
+        except Exception:
+            log.warning("could not mark this worker stopped; it is listed as dead", exc_info=True)

@@ -28,6 +28,7 @@ from optimizers.config import PipelineSpec
 from optimizers.errors import InvalidModelError, OptimizerError
 from optimizers.external_data import check_relative_location, external_data_locations
 from optimizers.formats.to_onnx import to_onnx
+from optimizers.measure.runtime import default_threads
 from optimizers.pipeline import ArtifactFiles, run_pipeline
 from optimizers.results import ProgressFn
 from worker.protocol import (
@@ -187,6 +188,7 @@ def run_job(*, events_fd: int, control_fd: int, scratch: Path) -> int:
 
 def _run(channel: Channel, scratch: Path) -> dict[str, Any]:
     request = json.loads((scratch / REQUEST_FILE).read_text())
+    _torch_threads_follow_affinity()
     # TMPDIR of an unconfined job (inside the sandbox /tmp is its own).
     (scratch / "tmp").mkdir(exist_ok=True)
     progress = Progress(channel)
@@ -264,6 +266,14 @@ def _run(channel: Channel, scratch: Path) -> dict[str, Any]:
         },
         "model": {"name": name, "content_type": content_type, "path": _relative(path, scratch)},
     }
+
+
+def _torch_threads_follow_affinity() -> None:
+    """Training runs as many torch threads as the cores this job may use (its worker's
+    MODELPRESS_CPUS), as the onnxruntime sessions do, not one per core of the host."""
+    import torch
+
+    torch.set_num_threads(default_threads())
 
 
 def check_path(path: str) -> str:

@@ -1,12 +1,13 @@
 """Keeps the database's job states honest: jobs whose worker died (no heartbeat) are
-re-queued or failed, and queued jobs that the broker may have lost are sent again."""
+re-queued or failed, and queued jobs that the broker may have lost are sent again, when some
+live worker serves their queue (a job that waits for one is left alone)."""
 
 from __future__ import annotations
 
 import logging
 import threading
 
-from core import jobstate
+from core import jobstate, workers
 from core.db import session_scope
 from core.queue import send_jobs
 from core.settings import Settings
@@ -21,7 +22,11 @@ def reap_once(settings: Settings) -> list[str]:
     for job_id, _ in requeue:
         log.warning("job %s lost its worker; queued again", job_id)
     with session_scope() as session:
-        resend = jobstate.resend_stale_queued(session, after_s=settings.requeue_after_s)
+        served = workers.live_queues(session, timeout_s=settings.heartbeat_timeout_s)
+        resend = jobstate.resend_stale_queued(
+            session, after_s=settings.requeue_after_s, queues=served
+        )
+        workers.prune(session, history_s=settings.worker_history_s)
     for job_id, _ in resend:
         log.warning("job %s is queued and not (or no longer) in the broker; sent", job_id)
     # Sent after the commits, like every enqueue; what the broker does not take now is

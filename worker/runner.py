@@ -39,6 +39,7 @@ from optimizers.errors import OptimizerError
 from optimizers.results import ModelInfo
 from worker.dbretry import UNREACHABLE, retrying
 from worker.monitor import Limits, StopReason, Supervision, supervise
+from worker.presence import current_worker_id
 from worker.protocol import (
     FILE_SIZE_LIMIT,
     INTERNAL_ERROR,
@@ -109,7 +110,7 @@ def execute_job(job_id: str, *, settings: Settings, storage: Storage) -> str | N
         return None
 
     def claim(session: Session) -> tuple[int | None, Any]:
-        attempt = jobstate.claim(session, job_id, worker_name())
+        attempt = jobstate.claim(session, job_id, worker_name(), worker_id=current_worker_id())
         spec = session.scalar(select(Job.spec).where(Job.id == job_id)) if attempt else None
         return attempt, spec
 

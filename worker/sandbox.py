@@ -337,7 +337,8 @@ def kernel_limits(settings: Settings, *, memory_mb: int | None, hard_time_s: flo
     """The rlimits of a job: its memory limit (else the machine's memory), CPU time for its
     hard time limit on every core, files as large as an extracted upload may be, and a
     bounded number of processes and threads."""
-    cores = os.cpu_count() or 1
+    # The cores it may run on (its worker's MODELPRESS_CPUS), not the host's.
+    cores = len(os.sched_getaffinity(0)) or 1
     return KernelLimits(
         memory_mb=memory_mb or machine_memory_mb(),
         cpu_s=int(hard_time_s * cores) + 10,

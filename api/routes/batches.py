@@ -8,7 +8,7 @@ from fastapi import APIRouter, Response
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from api.deps import IdempotencyKey, ReadKey, SessionDep, SettingsDep, WriteKey
+from api.deps import IdempotencyKey, ReadKey, SessionDep, SettingsDep, WriteKey, live_queues
 from api.owned import get_owned
 from api.pagination import paginate
 from api.schemas import BatchOut, BatchSummary, JobOut, Page
@@ -117,4 +117,5 @@ def _batch_out(session: Session, batch: Batch) -> BatchOut:
     for job in jobs:
         counts[job.status] += 1
     summary = BatchSummary.of(batch, counts)
-    return BatchOut(**summary.model_dump(), jobs=[JobOut.of(job) for job in jobs])
+    live = live_queues(session)
+    return BatchOut(**summary.model_dump(), jobs=[JobOut.of(job, live_queues=live) for job in jobs])

@@ -15,9 +15,18 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from pydantic import AfterValidator, AwareDatetime
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from api import jobactions
-from api.deps import IdempotencyKey, ReadKey, SessionDep, SettingsDep, StorageDep, WriteKey
+from api.deps import (
+    IdempotencyKey,
+    ReadKey,
+    SessionDep,
+    SettingsDep,
+    StorageDep,
+    WriteKey,
+    live_queues,
+)
 from api.downloads import stored_file_response
 from api.errors import Problem, not_found
 from api.owned import get_owned
@@ -51,9 +60,13 @@ def _find_by_idempotency_key(session: SessionDep, project_id: str, key: str) -> 
     )
 
 
-def _replay(existing: Job, hashed: str, response: Response) -> JobOut:
+def _out(session: Session, job: Job) -> JobOut:
+    return JobOut.of(job, live_queues=live_queues(session))
+
+
+def _replay(session: Session, existing: Job, hashed: str, response: Response) -> JobOut:
     replay(existing.request_hash, hashed, response, f"/v1/jobs/{existing.id}")
-    return JobOut.of(existing)
+    return _out(session, existing)
 
 
 @router.post("", status_code=202, response_model=JobOut)
@@ -69,7 +82,7 @@ def create_job(
     if idempotency_key:
         existing = _find_by_idempotency_key(session, key.project_id, idempotency_key)
         if existing is not None:
-            return _replay(existing, hashed, response)
+            return _replay(session, existing, hashed, response)
 
     job = new_job(
         session,
@@ -85,11 +98,11 @@ def create_job(
         lambda: _find_by_idempotency_key(session, key.project_id, idempotency_key or ""),
     )
     if winner is not None:
-        return _replay(winner, hashed, response)
+        return _replay(session, winner, hashed, response)
     # Only now is the row visible to a worker; the broker carries nothing but the id.
     send_committed(session, [job])
     response.headers["Location"] = f"/v1/jobs/{job.id}"
-    return JobOut.of(job)
+    return _out(session, job)
 
 
 @router.get("", response_model=Page[JobOut])
@@ -116,18 +129,19 @@ def list_jobs(
     if created_before:
         query = query.where(Job.created_at < created_before)
     rows, token = paginate(session, query, Job, page_size=page_size, page_token=page_token)
-    return Page(items=[JobOut.of(r) for r in rows], next_page_token=token)
+    live = live_queues(session)
+    return Page(items=[JobOut.of(r, live_queues=live) for r in rows], next_page_token=token)
 
 
 @router.get("/{job_id}", response_model=JobOut)
 def get_job(job_id: str, key: ReadKey, session: SessionDep) -> JobOut:
-    return JobOut.of(get_owned(session, Job, job_id, project_id=key.project_id))
+    return _out(session, get_owned(session, Job, job_id, project_id=key.project_id))
 
 
 @router.post("/{job_id}/cancel", status_code=202, response_model=JobOut)
 def cancel_job(job_id: str, key: WriteKey, session: SessionDep) -> JobOut:
     job = get_owned(session, Job, job_id, project_id=key.project_id)
-    return JobOut.of(jobactions.cancel(session, job))
+    return _out(session, jobactions.cancel(session, job))
 
 
 @router.get("/{job_id}/artifacts", response_model=list[ArtifactOut])
@@ -178,7 +192,7 @@ def retry_job(
     job = get_owned(session, Job, job_id, project_id=key.project_id)
     retry = jobactions.retry(session, settings, job)
     response.headers["Location"] = f"/v1/jobs/{retry.id}"
-    return JobOut.of(retry)
+    return _out(session, retry)
 
 
 EVENT_STREAM_DOC: dict[int | str, dict[str, Any]] = {
@@ -217,19 +231,24 @@ def _project_of(job_id: str) -> str | None:
 
 
 def _state_of(job_id: str) -> tuple[object, ...] | None:
+    """The fields whose change is worth an event; for a queued job, also whether a live worker
+    serves its queue."""
     with session_factory()() as session:
         row = session.execute(
-            select(Job.status, Job.stage, Job.progress, Job.progress_message, Job.attempts).where(
-                Job.id == job_id
-            )
+            select(
+                Job.status, Job.stage, Job.progress, Job.progress_message, Job.attempts, Job.queue
+            ).where(Job.id == job_id)
         ).one_or_none()
-    return None if row is None else tuple(row)
+        if row is None:
+            return None
+        waiting = row.status == JobStatus.queued and row.queue not in live_queues(session)
+    return (*tuple(row), waiting)
 
 
 def _job_of(job_id: str) -> JobOut | None:
     with session_factory()() as session:
         row = session.get(Job, job_id)
-        return None if row is None else JobOut.of(row)
+        return None if row is None else _out(session, row)
 
 
 async def _visible_job_id(job_id: str, key: ReadKey) -> str:
@@ -260,7 +279,15 @@ async def job_events(
             if job is None:
                 return
             progress = job.progress
-            last = (job.status, job.stage, progress.fraction, progress.message, job.attempts)
+            last = (
+                job.status,
+                job.stage,
+                progress.fraction,
+                progress.message,
+                job.attempts,
+                job.queue,
+                job.waiting_for is not None,
+            )
             yield ServerSentEvent(event="job", raw_data=job.model_dump_json())
             if job.status in FINAL_STATUSES:
                 return

@@ -20,6 +20,7 @@ from modelpress.models import (
     JobSummary,
     Metrics,
     Model,
+    Worker,
 )
 
 __all__ = [
@@ -39,4 +40,5 @@ __all__ = [
     "Model",
     "ModelpressError",
     "WaitTimeout",
+    "Worker",
 ]

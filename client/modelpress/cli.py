@@ -39,7 +39,7 @@ from modelpress.errors import (
     ModelpressError,
     WaitTimeout,
 )
-from modelpress.models import Batch, Job
+from modelpress.models import Batch, Job, Worker
 
 
 class Exit(IntEnum):
@@ -395,7 +395,7 @@ def _wait_job(c: Client, job_id: str, timeout: float | None, as_json: bool) -> J
                 task,
                 completed=job.progress.fraction,
                 description=f"{job.id} {job.status} {job.stage or ''}",
-                message=job.progress.message or "",
+                message=_message(job),
             )
 
         try:
@@ -416,7 +416,7 @@ def _batch_table(batch: Batch, jobs: list[Job] | None = None) -> Table:
     table.add_column("progress", justify="right")
     for job in jobs if jobs is not None else batch.jobs:
         table.add_row(
-            job.id, describe(job), job.status, job.stage or "", f"{job.progress.fraction:.0%}"
+            job.id, describe(job), _status(job), job.stage or "", f"{job.progress.fraction:.0%}"
         )
     return table
 
@@ -461,8 +461,21 @@ def _exit_for(jobs: list[Job], rows: list[Any], fail_on_slower: bool) -> None:
             )
 
 
+def _status(job: Job) -> str:
+    """The status, and what a queued job waits for when no worker serves its queue."""
+    if job.waiting_for:
+        return f"{job.status}, waiting for a {job.waiting_for.queue} worker"
+    return job.status
+
+
+def _message(job: Job) -> str:
+    return job.waiting_for.reason if job.waiting_for else job.progress.message or ""
+
+
 def _print_job(job: Job) -> None:
     out.print(f"job {job.id}: {job.status}" + (f" ({job.stage})" if job.stage else ""))
+    if job.waiting_for:
+        out.print(f"[yellow]waiting[/yellow]: {job.waiting_for.reason}", highlight=False)
     if job.error:
         out.print(f"[red]{job.error.type}[/red]: {job.error.message}", highlight=False)
     if job.summary:
@@ -495,7 +508,7 @@ def jobs_list(
         table.add_row(
             j.id,
             describe(j),
-            j.status,
+            _status(j),
             j.stage or "",
             str(j.created_at)[:19],
             j.summary.verdict if j.summary else "",
@@ -550,7 +563,7 @@ def jobs_events(job_id: str, timeout: TimeoutOpt = None, as_json: JsonOpt = Fals
                 else:
                     out.print(
                         f"{job.status:10} {job.stage or '':14} "
-                        f"{job.progress.fraction:4.0%} {job.progress.message or ''}",
+                        f"{job.progress.fraction:4.0%} {_message(job)}",
                         highlight=False,
                     )
         except WaitTimeout as exc:
@@ -682,6 +695,37 @@ def compare(
 
 
 # --- admin -------------------------------------------------------------------------------
+
+
+@app.command("workers")
+def workers_list(as_json: JsonOpt = False) -> None:
+    """The workers serving this service: queues, cores, device, current job (admin)."""
+    with client() as c:
+        found = c.workers()
+    if as_json:
+        emit(found)
+        return
+    table = Table("worker", "state", "queues", "cores", "device", "job", "refused")
+    for w in found:
+        table.add_row(
+            w.name,
+            w.state,
+            ",".join(w.queues),
+            ",".join(str(core) for core in w.cores),
+            _device(w),
+            w.current_job_id or ("busy" if w.busy else ""),
+            "; ".join(f"{queue}: {reason}" for queue, reason in w.refused.items()),
+        )
+    out.print(table)
+
+
+def _device(worker: Worker) -> str:
+    device = worker.device
+    if device.get("kind") != "cuda":
+        return str(device.get("kind") or "")
+    memory = device.get("memory_bytes")
+    size = f", {memory / 1024**3:.0f} GiB" if isinstance(memory, int) else ""
+    return f"{device.get('name') or 'cuda'}{size}"
 
 
 @keys_app.command("list")

@@ -25,7 +25,7 @@ from modelpress.errors import (
     JobNotSucceeded,
     WaitTimeout,
 )
-from modelpress.models import Artifact, Batch, Dataset, Job, Model
+from modelpress.models import Artifact, Batch, Dataset, Job, Model, Worker
 
 T = TypeVar("T", bound=BaseModel)
 
@@ -563,6 +563,10 @@ class Client:
         return dest
 
     # --- admin ---------------------------------------------------------------------------
+
+    def workers(self) -> list[Worker]:
+        """Live workers and those that stopped or died recently (an admin key)."""
+        return [Worker.model_validate(w) for w in self._request("GET", "/v1/workers").json()]
 
     def request_json(self, method: str, path: str, **kwargs: Any) -> Any:
         """Any other route, e.g. the admin routes for keys and projects."""

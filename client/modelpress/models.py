@@ -57,6 +57,13 @@ class JobError(_Schema):
     message: str
 
 
+class WaitingFor(_Schema):
+    """Why a queued job cannot start: no live worker serves its queue."""
+
+    queue: str
+    reason: str
+
+
 class JobSummary(_Schema):
     """A succeeded job's headline numbers (the API's `summary`)."""
 
@@ -137,6 +144,7 @@ class Job(_Schema):
     batch_id: str | None = None
     retry_of: str | None = None
     error: JobError | None = None
+    waiting_for: WaitingFor | None = None
     spec: dict[str, Any] = Field(default_factory=dict)
     labels: dict[str, Any] | None = None
     summary: JobSummary | None = None
@@ -165,6 +173,23 @@ class Batch(_Schema):
     @property
     def done(self) -> bool:
         return self.status in FINAL_STATUSES
+
+
+class Worker(_Schema):
+    """A worker as it reports itself (GET /v1/workers, admin)."""
+
+    id: str
+    name: str
+    host: str | None = None
+    state: str
+    queues: list[str] = Field(default_factory=list)
+    refused: dict[str, str] = Field(default_factory=dict)
+    cores: list[int] = Field(default_factory=list)
+    device: dict[str, Any] = Field(default_factory=dict)
+    versions: dict[str, str] = Field(default_factory=dict)
+    busy: bool = False
+    current_job_id: str | None = None
+    seconds_since_heartbeat: float | None = None
 
 
 class Artifact(_Schema):

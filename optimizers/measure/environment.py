@@ -3,11 +3,13 @@ workers can be told apart."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import importlib.util
 import logging
 import os
 import platform
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import psutil
+
+from optimizers.measure.runtime import usable_cores
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +43,7 @@ _RELEVANT_FLAG_PREFIXES = (
 
 def describe_environment(provider: str, threads: int) -> dict[str, Any]:
     cpu_model, cpu_flags = _cpu_model_and_flags()
+    cuda = provider == "CUDAExecutionProvider"
     return {
         "cpu_model": cpu_model,
         "cpu_flags": cpu_flags,
@@ -55,7 +60,12 @@ def describe_environment(provider: str, threads: int) -> dict[str, Any]:
         },
         "execution_provider": provider,
         "threads": threads,
-        "gpu": _gpu_name() if provider == "CUDAExecutionProvider" else None,
+        "torch_threads": _torch_threads(),
+        #: The cores the job ran on (its worker's MODELPRESS_CPUS, or all it was given).
+        "cores": usable_cores(),
+        "device": "cuda" if cuda else "cpu",
+        "gpu": _gpu_name() if cuda else None,
+        "gpu_device": _gpu_device() if cuda else None,
     }
 
 
@@ -106,3 +116,35 @@ def _gpu_name() -> str | None:
     except Exception:
         logger.warning("could not read the GPU name through torch", exc_info=True)
     return None
+
+
+def _torch_threads() -> int | None:
+    """torch's intra-op threads where the job loaded torch (training passes); this module
+    never imports it."""
+    torch = sys.modules.get("torch")
+    return int(torch.get_num_threads()) if torch is not None else None
+
+
+def _gpu_device() -> dict[str, Any] | None:
+    """Memory and compute capability of the GPU that ran the job (CUDA device 0 of those
+    visible to it), and the driver version, where torch and the driver say so."""
+    described: dict[str, Any] = {}
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/driver/nvidia/version").read_text().splitlines():
+            if "Kernel Module" in line:
+                described["driver"] = line.split("Kernel Module")[1].split()[0]
+                break
+    if importlib.util.find_spec("torch") is not None:
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                props = torch.cuda.get_device_properties(0)
+                described |= {
+                    "name": props.name,
+                    "memory_bytes": int(props.total_memory),
+                    "compute_capability": f"{props.major}.{props.minor}",
+                }
+        except Exception:
+            logger.warning("could not describe the GPU through torch", exc_info=True)
+    return described or None

@@ -6,7 +6,6 @@ import os
 from pathlib import Path
 
 import onnxruntime as ort
-import psutil
 
 from optimizers.errors import InvalidModelError, UnsupportedError
 
@@ -29,15 +28,35 @@ def resolve_provider(device: str) -> str:
     raise UnsupportedError(f"unknown benchmark device '{device}'; use 'cpu' or 'cuda'")
 
 
-def default_threads() -> int:
-    """Physical cores this process may run on: hyper-threads rarely speed up inference, and a
-    container's CPU set can be much smaller than the host's core count."""
-    physical = psutil.cpu_count(logical=False) or os.cpu_count() or 1
+def usable_cores() -> list[int]:
+    """The cores this process may run on (its CPU affinity: a worker's MODELPRESS_CPUS, a
+    container's CPU set), sorted."""
     try:
-        usable = len(os.sched_getaffinity(0))
+        return sorted(os.sched_getaffinity(0))
     except AttributeError:  # not available on macOS
-        usable = physical
-    return max(1, min(physical, usable))
+        return list(range(os.cpu_count() or 1))
+
+
+def default_threads() -> int:
+    """Physical cores among those this process may run on: hyper-threads rarely speed up
+    inference, and a worker pinned to two cores must not start a thread per core of the host
+    (its threads would queue on its two cores, and another worker's cores stay untouched)."""
+    cores = usable_cores()
+    physical = {_physical_core(core) for core in cores}
+    if None in physical:  # no topology to read: every usable core counts
+        return max(1, len(cores))
+    return max(1, len(physical))
+
+
+def _physical_core(core: int) -> tuple[str, str] | None:
+    topology = Path(f"/sys/devices/system/cpu/cpu{core}/topology")
+    try:
+        return (
+            (topology / "physical_package_id").read_text().strip(),
+            (topology / "core_id").read_text().strip(),
+        )
+    except OSError:
+        return None
 
 
 #: Session config entries every session gets. Idle intra-op threads otherwise spin for a

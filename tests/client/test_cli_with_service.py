@@ -313,3 +313,35 @@ def test_a_create_retried_after_a_lost_answer_is_one_job(service: Service, tiny:
             client.cancel_job(job.id)
     finally:
         proxy.close()
+
+
+def test_the_cli_says_why_a_job_waits_and_which_workers_serve(
+    service: Service, tiny: Path, tmp_path: Path
+) -> None:
+    env = {"MODELPRESS_URL": service.base_url, "MODELPRESS_API_KEY": ADMIN_KEY}
+    with Client(service.base_url, ADMIN_KEY) as client:
+        model = client.upload_model(tiny / "tiny.onnx")
+        # This machine has no GPU: the service's worker refused the gpu queue at its start.
+        job = client.submit(
+            {
+                "model_id": model.id,
+                "passes": [{"kind": "quantize", "method": "dynamic"}],
+                "benchmark": {"device": "cuda"},
+            }
+        )
+        assert job.waiting_for is not None and job.waiting_for.queue == "gpu"
+        try:
+            shown = cli(tmp_path, "jobs", "show", job.id, env=env)
+            assert shown.returncode == 0, shown.stderr
+            assert "waiting: no live worker serves the 'gpu' queue" in shown.stdout
+            listed = cli(tmp_path, "jobs", "list", env=env)
+            assert "waiting for a gpu worker" in listed.stdout
+            events = cli(tmp_path, "jobs", "events", job.id, "--timeout", "2", env=env)
+            assert "no live worker serves the 'gpu' queue" in events.stdout
+
+            (worker,) = as_json(cli(tmp_path, "workers", "--json", env=env))
+            assert worker["queues"] == ["cpu"] and "gpu" in worker["refused"]
+            table = cli(tmp_path, "workers", env=env)
+            assert "CUDAExecutionProvider" in table.stdout
+        finally:
+            client.cancel_job(job.id)

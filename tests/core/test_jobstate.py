@@ -201,3 +201,34 @@ def test_heartbeats_are_utc_whatever_the_database_time_zone(service_env: dict[st
         heartbeat = session.get_one(Job, job_id).heartbeat_at
         assert heartbeat is not None
         assert abs(heartbeat - utcnow()) < timedelta(minutes=1)
+
+
+def test_a_job_whose_queue_no_worker_serves_is_not_sent_again(service_env: dict[str, str]) -> None:
+    with session_factory()() as session:
+        gpu = _job(session, queue="gpu", sent_at=utcnow() - timedelta(hours=1))
+        cpu = _job(session, sent_at=utcnow() - timedelta(hours=1))
+        # Only cpu workers are live: the gpu job's first message waits in the broker.
+        assert jobstate.resend_stale_queued(session, after_s=60, queues={"cpu"}) == [(cpu, "cpu")]
+        session.commit()
+        assert jobstate.resend_stale_queued(session, after_s=60, queues={"cpu"}) == []
+        # A gpu worker appeared: the job that waited is sent, once.
+        assert jobstate.resend_stale_queued(session, after_s=60, queues={"cpu", "gpu"}) == [
+            (gpu, "gpu")
+        ]
+        session.commit()
+        assert jobstate.resend_stale_queued(session, after_s=60, queues={"cpu", "gpu"}) == []
+
+
+def test_a_job_the_broker_never_took_is_sent_even_while_no_worker_serves_it(
+    service_env: dict[str, str],
+) -> None:
+    with session_factory()() as session:
+        unsent = _job(session, queue="gpu")
+        jobstate.mark_unsent(session, [unsent])
+        session.commit()
+        # Its first message then waits in the broker for a gpu worker; it is not sent again.
+        assert jobstate.resend_stale_queued(session, after_s=0.001, queues=set()) == [
+            (unsent, "gpu")
+        ]
+        session.commit()
+        assert jobstate.resend_stale_queued(session, after_s=0.001, queues=set()) == []

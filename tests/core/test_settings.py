@@ -21,3 +21,33 @@ def test_a_relative_data_folder_is_made_absolute(
 
     assert settings.data_dir == tmp_path.resolve() / "data"
     assert settings.tmp_dir.is_absolute() and settings.storage_dir.is_absolute()
+
+
+@pytest.mark.parametrize(
+    ("value", "cores"),
+    [("0", (0,)), ("0-1", (0, 1)), ("2,3", (2, 3)), (" 0-2, 6 ", (0, 1, 2, 6)), ("", None)],
+)
+def test_worker_cores_are_read_as_a_core_list(
+    monkeypatch: pytest.MonkeyPatch, value: str, cores: tuple[int, ...] | None
+) -> None:
+    monkeypatch.setenv("MODELPRESS_CPUS", value)
+    assert Settings().cpu_set == cores
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("two", "is not a core list"),
+        ("0-", "is not a core list"),
+        ("3-1", "runs backwards"),
+        ("-1", "is not a core list"),
+        ("0-99999", "is beyond"),
+    ],
+)
+def test_an_invalid_core_list_is_refused_by_name(
+    monkeypatch: pytest.MonkeyPatch, value: str, message: str
+) -> None:
+    monkeypatch.setenv("MODELPRESS_CPUS", value)
+    with pytest.raises(ValueError, match="MODELPRESS_CPUS") as raised:
+        Settings()
+    assert message in str(raised.value)

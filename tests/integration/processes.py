@@ -84,24 +84,25 @@ class Service:
             limits=httpx.Limits(max_keepalive_connections=0),
         )
 
-    def start_worker(self, name: str = "worker") -> Process:
-        proc = start(
-            name,
-            [
-                str(BIN / "celery"),
-                "-A",
-                "worker.celery_app",
-                "worker",
-                "-Q",
-                "cpu,gpu",
-                "--loglevel",
-                "INFO",
-                "-n",
-                f"{name}@%h",
-            ],
-            self.env,
-            self.logs,
-        )
+    def worker_command(self, name: str, queues: str) -> list[str]:
+        return [
+            str(BIN / "celery"),
+            "-A",
+            "worker.celery_app",
+            "worker",
+            "-Q",
+            queues,
+            "--loglevel",
+            "INFO",
+            "-n",
+            f"{name}@%h",
+        ]
+
+    def start_worker(
+        self, name: str = "worker", *, queues: str = "cpu,gpu", env: dict[str, str] | None = None
+    ) -> Process:
+        command = self.worker_command(name, queues)
+        proc = start(name, command, {**self.env, **(env or {})}, self.logs)
         self.processes[name] = proc
         wait_until(
             lambda: "ready." in proc.output() or proc.popen.poll() is not None,

@@ -13,7 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from api import jobactions
-from api.deps import SessionDep, SettingsDep
+from api.deps import SessionDep, SettingsDep, live_queues
 from api.errors import Problem
 from api.owned import get_owned
 from api.pagination import paginate
@@ -77,7 +77,8 @@ def _listed(
         end = datetime.combine(_day(filters.created_to, "To"), time(), UTC) + timedelta(days=1)
         query = query.where(Job.created_at < end)
     rows, token = paginate(session, query, Job, page_size=PAGE_SIZE, page_token=page_token)
-    return [JobOut.of(r) for r in rows], token
+    served = live_queues(session)
+    return [JobOut.of(r, live_queues=served) for r in rows], token
 
 
 def model_names(session: Session, project_id: str) -> dict[str, str]:
