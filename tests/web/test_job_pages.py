@@ -358,3 +358,22 @@ def test_a_failed_job_shows_its_error_and_what_it_got_done(
     assert '<section class="verdict' not in html  # no result, no verdict
     assert "1: prune / structured" in words  # the pass it finished before failing
     assert ">Retry this job</button>" in html and "Cancel this job" not in html
+
+
+def test_a_job_no_worker_can_take_says_so_on_its_page_and_in_the_list(
+    client: TestClient, pages: TestClient, signed_in: str, tmp_path: Path
+) -> None:
+    from tests.api.helpers import upload_model
+    from tests.models.onnx_basic import make_mlp
+
+    model = upload_model(client, make_mlp(tmp_path / "mlp.onnx"))
+    spec = {
+        "model_id": model["id"],
+        "passes": [{"kind": "quantize", "method": "dynamic"}],
+        "benchmark": {"device": "cuda"},
+    }
+    job = client.post("/v1/jobs", json=spec).json()
+    page = _text(pages.get(f"/jobs/{job['id']}").text)
+    assert "Waiting for a worker: no live worker serves the 'gpu' queue" in page
+    listed = _text(pages.get("/jobs").text)
+    assert "waiting: no live worker serves the 'gpu' queue" in listed
