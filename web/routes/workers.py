@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 
+from api import key_rules
 from api.deps import SessionDep, SettingsDep
 from web.auth import AdminViewer
 from web.templating import render
@@ -22,5 +23,6 @@ def workers_page(
         "admin/workers.html",
         viewer=viewer,
         nav="admin",
+        is_instance=key_rules.is_instance(viewer.key),
         view=live_workers(session, viewer, settings=settings),
     )
