@@ -2,7 +2,8 @@
 critical problem, and the page fits 1280 px and 390 px wide without scrolling sideways.
 
 The pages are the app's own GET routes, so a page added later is checked too; a path
-parameter is filled with a real id made through /v1 (add one to `real_ids` for a new kind)."""
+parameter is filled with a real id made through /v1 (add one to `real_ids` for a new kind).
+"""
 
 from __future__ import annotations
 
@@ -33,16 +34,20 @@ def _upload(client: httpx.Client, route: str, path: Path) -> dict[str, Any]:
     return dict(response.json())
 
 
-def _succeeded_job(service: Service, client: httpx.Client, spec: dict[str, Any]) -> str:
-    created = client.post("/v1/jobs", json=spec)
+def _succeeded_batch(
+    service: Service, client: httpx.Client, spec: dict[str, Any]
+) -> tuple[str, str]:
+    """A batch of one job, run to success: real ids for both a batch's and a job's pages."""
+    created = client.post("/v1/batches", json={"name": "accessibility", "jobs": [spec]})
     assert created.status_code == 202, created.text
-    job_id = str(created.json()["id"])
+    batch_id = str(created.json()["id"])
+    job_id = str(created.json()["jobs"][0]["id"])
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         job = client.get(f"/v1/jobs/{job_id}").json()
         if job["status"] in {"succeeded", "failed", "canceled"}:
             assert job["status"] == "succeeded", f"{job['error']}\n{service.dump_logs()}"
-            return job_id
+            return batch_id, job_id
         time.sleep(0.3)
     raise AssertionError(f"job {job_id} did not finish\n{service.dump_logs()}")
 
@@ -56,7 +61,7 @@ def real_ids(dashboard: Service, tmp_path_factory: pytest.TempPathFactory) -> di
     with dashboard.client() as client:
         model = _upload(client, "/v1/models", model_path)
         dataset = _upload(client, "/v1/datasets", data_path)
-        job_id = _succeeded_job(
+        batch_id, job_id = _succeeded_batch(
             dashboard,
             client,
             {
@@ -76,6 +81,7 @@ def real_ids(dashboard: Service, tmp_path_factory: pytest.TempPathFactory) -> di
         "model_id": model["id"],
         "dataset_id": dataset["id"],
         "job_id": job_id,
+        "batch_id": batch_id,
         "artifact_id": artifacts[0]["id"],
         "project_id": project["id"],
         "key_id": key["id"],
