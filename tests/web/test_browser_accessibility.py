@@ -128,6 +128,14 @@ def _readable(violations: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def serious_violations(page: Page, axe: Axe | None = None) -> str:
+    """axe-core's serious and critical findings on the page as it is now, readable; "" if none."""
+    found = [
+        v for v in (axe or Axe()).run(page).response["violations"] if v["impact"] in FAILING_IMPACTS
+    ]
+    return _readable(found)
+
+
 def test_every_dashboard_page_passes_axe_and_fits_both_widths(
     page: Page, real_ids: dict[str, str]
 ) -> None:
@@ -157,11 +165,9 @@ def test_every_dashboard_page_passes_axe_and_fits_both_widths(
                     f"{path} at {width} px scrolls sideways by {overflow} px; sticking out: "
                     + ", ".join(page.evaluate(_STICKING_OUT))
                 )
-            serious = [
-                v for v in axe.run(page).response["violations"] if v["impact"] in FAILING_IMPACTS
-            ]
+            serious = serious_violations(page, axe)
             if serious:
-                problems.append(f"{path} at {width} px:\n{_readable(serious)}")
+                problems.append(f"{path} at {width} px:\n{serious}")
         checked.append(path)
     print("checked:", ", ".join(checked))
     assert not problems, "\n".join(problems)

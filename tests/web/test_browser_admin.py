@@ -12,6 +12,7 @@ from tests.conftest import ADMIN_KEY
 from tests.integration.processes import Service, wait_until
 from tests.models.onnx_basic import make_mlp
 from tests.web.screens import keep_screenshot
+from tests.web.test_browser_accessibility import serious_violations
 from tests.web.test_browser_signin import browser_sign_in
 
 #: The name a control is announced by: its label, or the text of a link or button.
@@ -53,6 +54,12 @@ def test_keyboard_alone_signs_in_creates_and_revokes_a_key(page: Page) -> None:
     expect(page.get_by_role("heading", name="The new key")).to_be_visible()
     new_key = page.get_by_label("API key", exact=True).input_value()
     assert new_key.startswith("mpk_") and new_key != ADMIN_KEY
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"])
+    tab_to(page, "Copy key")
+    page.keyboard.press("Enter")
+    expect(page.locator("#new-key-copied")).to_have_text("Copied to the clipboard.")
+    assert page.evaluate("navigator.clipboard.readText()") == new_key
+    assert not serious_violations(page)  # the page as it shows a new key, which no GET does
     keep_screenshot(page, "admin")
     row = page.get_by_role("row", name="nightly export")
     expect(row).to_contain_text("active")
