@@ -17,7 +17,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.errors import Problem
 from web.auth import SignInRequired
-from web.routes import admin, home, jobs, signin, workers
+from web.routes import home, jobs, signin
+from web.routes.admin import router as admin_router
+from web.routes.workers import router as workers_router
 from web.templating import STATIC_DIR, render
 
 #: Paths that belong to the API, not to the dashboard: errors there stay problem+json.
@@ -116,7 +118,9 @@ def _install_error_pages(app: FastAPI) -> None:
 
 def install(app: FastAPI) -> None:
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
-    for router in (signin.router, home.router, jobs.router, admin.router, workers.router):
+    for router in (signin.router, home.router, jobs.router):
         app.include_router(router)
+    app.include_router(admin_router)
+    app.include_router(workers_router)
     _install_error_pages(app)
     app.add_middleware(PageHeaders)
