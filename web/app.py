@@ -18,6 +18,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from api.errors import Problem
 from web.auth import SignInRequired
 from web.routes import compare, compose, home, job_page, jobs, library, signin
+from web.routes.admin import router as admin_router
+from web.routes.workers import router as workers_router
 from web.templating import STATIC_DIR, render
 
 #: Dashboard routes whose body is a streamed upload; the API's request guard lets them past
@@ -131,5 +133,7 @@ def install(app: FastAPI) -> None:
         library.router,
     ):
         app.include_router(router)
+    app.include_router(admin_router)
+    app.include_router(workers_router)
     _install_error_pages(app)
     app.add_middleware(PageHeaders)

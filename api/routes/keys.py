@@ -9,11 +9,10 @@ from typing import Literal
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
-from api.deps import AdminKey, InstanceKey, SessionDep, held_scopes
-from api.errors import Problem
+from api import key_rules
+from api.deps import AdminKey, InstanceKey, SessionDep
 from api.schemas import KeyCreated, KeyOut, ProjectOut
 from core import admin
-from core.tables import ApiKey
 
 router = APIRouter(tags=["keys"])
 
@@ -35,14 +34,6 @@ class KeyCreate(BaseModel):
     )
 
 
-def _is_instance(key: ApiKey) -> bool:
-    return "instance" in held_scopes(key)
-
-
-def _needs_instance(what: str) -> Problem:
-    return Problem(403, f"{what} needs an API key with the 'instance' scope", type="forbidden")
-
-
 @router.post("/v1/projects", status_code=201, response_model=ProjectOut)
 def create_project(body: ProjectCreate, key: InstanceKey, session: SessionDep) -> ProjectOut:
     project = admin.create_project(session, name=body.name)
@@ -54,7 +45,7 @@ def list_projects(key: AdminKey, session: SessionDep) -> list[ProjectOut]:
     """Every project for an `instance` key; an `admin` key sees its own project only."""
     counts = admin.active_key_counts(session)
     projects = admin.list_projects(session)
-    if not _is_instance(key):
+    if not key_rules.is_instance(key):
         projects = [p for p in projects if p.id == key.project_id]
     return [ProjectOut.of(p, active_keys=counts.get(p.id, 0)) for p in projects]
 
@@ -67,14 +58,7 @@ def list_projects(key: AdminKey, session: SessionDep) -> list[ProjectOut]:
 def revoke_project(project_id: str, key: InstanceKey, session: SessionDep) -> ProjectOut:
     """Revoke every key of the project; its models, datasets, jobs and artifacts are kept."""
     project = admin.find_project(session, project_id)
-    if project.id == key.project_id:
-        # Over HTTP this would lock the caller out mid-request; the CLI can still do it.
-        raise Problem(
-            409,
-            "this is the project of the key making the request; revoke it with another "
-            "project's instance key or with `python -m core projects revoke`",
-            type="own_project",
-        )
+    key_rules.check_project_revocation(key, project)
     admin.revoke_project(session, project)
     return ProjectOut.of(project, active_keys=0)
 
@@ -82,10 +66,7 @@ def revoke_project(project_id: str, key: InstanceKey, session: SessionDep) -> Pr
 @router.post("/v1/keys", status_code=201, response_model=KeyCreated)
 def create_api_key(body: KeyCreate, key: AdminKey, session: SessionDep) -> KeyCreated:
     """An `admin` key creates keys for its own project, with any scope but `instance`."""
-    if body.project_id != key.project_id and not _is_instance(key):
-        raise _needs_instance("creating a key for another project")
-    if "instance" in body.scopes and not _is_instance(key):
-        raise _needs_instance("granting the 'instance' scope")
+    key_rules.check_key_creation(key, project_id=body.project_id, scopes=body.scopes)
     row, plain = admin.create_key(
         session,
         project_id=body.project_id,
@@ -101,19 +82,12 @@ def list_api_keys(
     key: AdminKey, session: SessionDep, project_id: str | None = None
 ) -> list[KeyOut]:
     """Every project's keys for an `instance` key; an `admin` key sees its own project's."""
-    if not _is_instance(key):
-        if project_id not in (None, key.project_id):
-            raise _needs_instance("listing another project's keys")
-        project_id = key.project_id
+    project_id = key_rules.listed_keys_project(key, project_id)
     return [KeyOut.of(k) for k in admin.list_keys(session, project_id=project_id)]
 
 
 @router.delete("/v1/keys/{key_id}", response_model=KeyOut)
 def revoke_api_key(key_id: str, key: AdminKey, session: SessionDep) -> KeyOut:
     row = admin.find_key(session, key_id)
-    if not _is_instance(key):
-        if row.project_id != key.project_id:  # as if it did not exist, like any resource
-            raise admin.AdminError("not_found", f"key {key_id!r} was not found")
-        if "instance" in row.scopes:
-            raise _needs_instance("revoking a key with the 'instance' scope")
+    key_rules.check_key_revocation(key, row)
     return KeyOut.of(admin.revoke_key(session, row.id))
