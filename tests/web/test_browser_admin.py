@@ -77,13 +77,15 @@ def test_keyboard_alone_signs_in_creates_and_revokes_a_key(page: Page) -> None:
 def test_the_workers_panel_shows_the_worker_running_a_job(
     page: Page, dashboard: Service, tmp_path: Path
 ) -> None:
-    model_path = make_mlp(tmp_path / "mlp.onnx", in_features=16, hidden=32, classes=4)
+    # Wide enough that its benchmark runs for minutes: the job is still running when the
+    # panel is read, and is canceled afterwards.
+    model_path = make_mlp(tmp_path / "mlp.onnx", in_features=256, hidden=1024, classes=10)
     with dashboard.client() as client, model_path.open("rb") as handle:
         model = client.post("/v1/models", files={"file": (model_path.name, handle)}).json()
         slow = {
             "model_id": model["id"],
             "passes": [{"kind": "quantize", "method": "dynamic"}],
-            "benchmark": {"batch_sizes": [1], "warmup": 1, "iterations": 100_000},
+            "benchmark": {"batch_sizes": [64], "warmup": 0, "iterations": 100_000},
         }
         job_id = client.post("/v1/jobs", json=slow).json()["id"]
         try:
@@ -106,7 +108,10 @@ def test_the_workers_panel_shows_the_worker_running_a_job(
         finally:
             client.post(f"/v1/jobs/{job_id}/cancel")
             wait_until(
-                lambda: client.get(f"/v1/jobs/{job_id}").json()["status"] == "canceled",
+                lambda: (
+                    client.get(f"/v1/jobs/{job_id}").json()["status"]
+                    in ("canceled", "succeeded", "failed")
+                ),
                 120,
                 "the job to stop",
             )
