@@ -13,11 +13,13 @@ from fastapi import FastAPI
 from api.errors import install_error_handlers
 from api.middleware import RequestGuard, streamed_uploads
 from api.openapi import install_security_scheme, operation_id
+from api.request_context import RequestContext, route_templates
 from api.retry_after import RetryAfter
-from api.routes import artifacts, batches, datasets, health, jobs, keys, models
+from api.routes import artifacts, batches, datasets, health, jobs, keys, metrics, models
 from api.uploads import sweep_stale_uploads
 from core.bootstrap import ensure_admin_key
 from core.db import session_factory
+from core.metrics import prepare_metrics_dir
 from core.settings import get_settings
 
 log = logging.getLogger("modelpress.api")
@@ -27,6 +29,7 @@ log = logging.getLogger("modelpress.api")
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings = get_settings()
     settings.tmp_dir.mkdir(parents=True, exist_ok=True)
+    prepare_metrics_dir(settings)
     # Uploads cut short by a killed API process left their temp files here; other API
     # processes may be receiving uploads right now, and the sweep leaves those alone.
     removed = sweep_stale_uploads(settings.tmp_dir)
@@ -67,6 +70,7 @@ def create_app() -> FastAPI:
         batches.router,
         artifacts.router,
         keys.router,
+        metrics.router,
     ):
         app.include_router(router)
     app.add_middleware(
@@ -74,6 +78,13 @@ def create_app() -> FastAPI:
         streamed_body_routes=streamed_uploads(app.openapi()),
     )
     app.add_middleware(RetryAfter)
+    # Added last, so it is the outermost layer: it sees every answer, the refusals too.
+    app.add_middleware(
+        RequestContext,
+        templates=route_templates(
+            app.openapi(), extra=[r.path for r in app.routes if hasattr(r, "path")]
+        ),
+    )
     return app
 
 

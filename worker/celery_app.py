@@ -9,12 +9,22 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import sys
 from typing import Any
 
-from celery.signals import worker_init, worker_process_init, worker_ready
+from celery.signals import (
+    setup_logging,
+    worker_init,
+    worker_process_init,
+    worker_process_shutdown,
+    worker_ready,
+)
+from prometheus_client import start_http_server
 
 from core.db import reset_engines
+from core.logs import configure_logging
+from core.metrics import prepare_metrics_dir, process_ended, process_registry
 from core.queue import RUN_JOB_TASK, make_celery
 from core.sandbox import probe
 from core.settings import get_settings
@@ -40,6 +50,23 @@ app.conf.worker_concurrency = 1
 @app.task(name=RUN_JOB_TASK, acks_late=True, ignore_result=True)
 def run_job(job_id: str) -> str | None:
     return execute_job(job_id, settings=settings, storage=get_storage())
+
+
+@setup_logging.connect
+def _configure_logging(loglevel: int | str | None = None, **_: Any) -> None:
+    # Connected, Celery leaves logging to this: MODELPRESS_LOG_FORMAT, at `--loglevel`.
+    configure_logging(settings, level=loglevel or None)
+
+
+@worker_init.connect
+def _prepare_metrics(**_: Any) -> None:
+    # Before the pool forks: its processes inherit the folder (PROMETHEUS_MULTIPROC_DIR).
+    prepare_metrics_dir(settings)
+
+
+@worker_process_shutdown.connect
+def _pool_process_ended(pid: int | None = None, **_: Any) -> None:
+    process_ended(pid or os.getpid())
 
 
 @worker_init.connect
@@ -77,3 +104,21 @@ def _fresh_engine_after_fork(**_: Any) -> None:
 def _start_reaper(**_: Any) -> None:
     start_reaper(settings)
     log.info("reaper started (heartbeat timeout %.0f s)", settings.heartbeat_timeout_s)
+
+
+@worker_ready.connect
+def _serve_metrics(**_: Any) -> None:
+    if settings.worker_metrics_port is None:
+        return
+    # What this machine's processes observed (job durations, queue waits, heartbeats), for a
+    # Prometheus that scrapes each worker machine; the database's numbers come from the API.
+    start_http_server(
+        settings.worker_metrics_port,
+        addr=settings.worker_metrics_host,
+        registry=process_registry(settings),
+    )
+    log.info(
+        "metrics served on http://%s:%d/metrics",
+        settings.worker_metrics_host,
+        settings.worker_metrics_port,
+    )
