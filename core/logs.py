@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 
+from pythonjsonlogger.core import RESERVED_ATTRS
 from pythonjsonlogger.json import JsonFormatter
 
 from core.settings import Settings
@@ -52,6 +53,8 @@ def _formatter(format: str) -> logging.Formatter:
             "%(asctime)s %(levelname)s %(name)s %(message)s",
             rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
             datefmt="%Y-%m-%dT%H:%M:%S%z",
+            # uvicorn's copy of its message with terminal colours.
+            reserved_attrs=[*RESERVED_ATTRS, "color_message"],
         )
     return _TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
 
@@ -67,6 +70,8 @@ def configure_logging(settings: Settings, *, level: int | str | None = None) -> 
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level or settings.log_level)
+    # Python's warnings become log lines too, rather than bare text among the JSON lines.
+    logging.captureWarnings(True)
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         uvicorn_logger = logging.getLogger(name)
         uvicorn_logger.handlers.clear()

@@ -14,6 +14,7 @@ import sys
 from typing import Any
 
 from celery.signals import (
+    celeryd_init,
     setup_logging,
     worker_init,
     worker_process_init,
@@ -50,6 +51,14 @@ app.conf.worker_concurrency = 1
 @app.task(name=RUN_JOB_TASK, acks_late=True, ignore_result=True)
 def run_job(job_id: str) -> str | None:
     return execute_job(job_id, settings=settings, storage=get_storage())
+
+
+@celeryd_init.connect
+def _log_from_the_start(instance: Any, options: dict[str, Any], **_: Any) -> None:
+    # Before Celery's own start-up checks log their warnings.
+    configure_logging(settings, level=options.get("loglevel") or None)
+    if settings.resolved_log_format == "json":
+        instance.quiet = True  # the start-up banner is plain text among the JSON lines
 
 
 @setup_logging.connect
