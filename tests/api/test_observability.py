@@ -76,6 +76,9 @@ def test_only_an_instance_key_may_scrape_metrics(client: TestClient) -> None:
     assert paths["/healthz"]["get"]["security"] == []
 
 
+@pytest.mark.parametrize(
+    "db_backend", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+)
 def test_metrics_count_jobs_queues_and_stored_bytes(client: TestClient, tmp_path: Path) -> None:
     model_path = make_mlp(tmp_path / "m.onnx")
     model = upload_model(client, model_path)
@@ -143,6 +146,23 @@ def test_every_answer_carries_the_request_id(client: TestClient) -> None:
     for hostile in ("two words", "x" * 200, "id;drop", "ünï"):
         answer = client.get("/healthz", headers={"X-Request-ID": hostile.encode("utf-8")})
         assert re.fullmatch(r"[0-9a-f]{32}", answer.headers["x-request-id"]), hostile
+
+
+def test_an_unexpected_error_carries_the_request_id(service_env: dict[str, str]) -> None:
+    from api.main import create_app
+
+    app = create_app()
+
+    @app.get("/boom")
+    def boom() -> None:
+        raise RuntimeError("a bug")
+
+    with TestClient(app, raise_server_exceptions=False) as client:
+        answer = client.get("/boom", headers={"X-Request-ID": "trace-500"})
+    assert answer.status_code == 500
+    assert answer.headers["x-request-id"] == "trace-500"
+    assert answer.json()["request_id"] == "trace-500"
+    assert answer.json()["type"].endswith("/internal_error")
 
 
 def _readyz(client: TestClient) -> tuple[int, dict[str, Any]]:
