@@ -50,9 +50,10 @@ def _formatter(format: str) -> logging.Formatter:
     if format == "json":
         # python-json-logger: every `extra=` field of a record becomes a member of its line.
         return JsonFormatter(
-            "%(asctime)s %(levelname)s %(name)s %(message)s",
-            rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
-            datefmt="%Y-%m-%dT%H:%M:%S%z",
+            "%(levelname)s %(name)s %(message)s",
+            rename_fields={"levelname": "level", "name": "logger"},
+            # ISO 8601 in UTC, to the microsecond.
+            timestamp="time",
             # uvicorn's copy of its message with terminal colours.
             reserved_attrs=[*RESERVED_ATTRS, "color_message"],
         )
