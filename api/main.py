@@ -79,12 +79,7 @@ def create_app() -> FastAPI:
     )
     app.add_middleware(RetryAfter)
     # Added last, so it is the outermost layer: it sees every answer, the refusals too.
-    app.add_middleware(
-        RequestContext,
-        templates=route_templates(
-            app.openapi(), extra=[r.path for r in app.routes if hasattr(r, "path")]
-        ),
-    )
+    app.add_middleware(RequestContext, templates=route_templates(app))
     return app
 
 

@@ -11,11 +11,11 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Iterator
 
+from fastapi import FastAPI
 from starlette.datastructures import MutableHeaders
-from starlette.routing import compile_path
+from starlette.routing import Mount, compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from core import logs
@@ -36,13 +36,31 @@ UNMATCHED = "unmatched"
 _METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
 
 
-def route_templates(openapi: dict[str, Any], extra: Iterable[str] = ()) -> list[tuple[str, Any]]:
+def route_templates(app: FastAPI) -> list[tuple[str, re.Pattern[str]]]:
     """(template, compiled pattern) of every route, those with fewer parameters first so
-    that `/v1/jobs/summary` is not taken for `/v1/jobs/{job_id}`. From the OpenAPI document:
-    it lists every route however routers nest."""
-    paths = set(openapi.get("paths", {})) | set(extra)
+    that `/v1/jobs/summary` is not taken for `/v1/jobs/{job_id}`. A mounted app (static
+    files) is one template, `/static/{path:path}`."""
+    paths = set(app.openapi().get("paths", {}))
+    for path, mounted in _full_paths(app):
+        if mounted:
+            paths.add(path.rstrip("/") + "/{path:path}")
+        elif path:
+            paths.add(path)
     ordered = sorted(paths, key=lambda path: (path.count("{"), path))
     return [(path, compile_path(path)[0]) for path in ordered]
+
+
+def _full_paths(app: FastAPI) -> Iterator[tuple[str, bool]]:
+    """(full path, is a mount) of every route, those of included routers too (whose own
+    `path` leaves out their routers' prefixes), the ones not in the OpenAPI document too."""
+    try:
+        from fastapi.routing import iter_route_contexts
+    except ImportError:  # FastAPI before included routers were kept nested: app.routes is flat
+        for route in app.routes:
+            yield getattr(route, "path", ""), isinstance(route, Mount)
+        return
+    for context in iter_route_contexts(app.routes):
+        yield context.path or "", isinstance(context.original_route, Mount)
 
 
 def _request_id(scope: Scope) -> str:
@@ -56,14 +74,14 @@ def _request_id(scope: Scope) -> str:
 
 
 class RequestContext:
-    def __init__(self, app: ASGIApp, *, templates: list[tuple[str, Any]]) -> None:
+    def __init__(self, app: ASGIApp, *, templates: list[tuple[str, re.Pattern[str]]]) -> None:
         self.app = app
         self.templates = templates
 
     def _route(self, path: str) -> str:
         for template, pattern in self.templates:
             if pattern.fullmatch(path):
-                return str(template)
+                return template
         return UNMATCHED
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

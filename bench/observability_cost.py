@@ -43,7 +43,7 @@ def layer_cost_us(requests: int) -> tuple[float, float]:
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b"ok"})
 
-    wrapped = RequestContext(bare, templates=route_templates(app.openapi()))
+    wrapped = RequestContext(bare, templates=route_templates(app))
 
     async def drive(asgi) -> float:  # type: ignore[no-untyped-def]
         async def receive():  # type: ignore[no-untyped-def]

@@ -123,6 +123,30 @@ def test_http_latency_is_labelled_by_route_template(client: TestClient) -> None:
     assert counted is not None and counted >= 3
 
 
+def test_pages_outside_the_api_schema_get_their_route_template(tmp_path: Path) -> None:
+    # Pages served beside the API (not in its OpenAPI document, in nested routers) and a
+    # mounted folder of static files.
+    from fastapi import APIRouter, FastAPI
+    from starlette.staticfiles import StaticFiles
+
+    from api.request_context import UNMATCHED, RequestContext, route_templates
+
+    pages, jobs = APIRouter(prefix="/pages"), APIRouter()
+
+    @jobs.get("/{job_id}", include_in_schema=False)
+    def job_page(job_id: str) -> None: ...
+
+    pages.include_router(jobs, prefix="/jobs")
+    app = FastAPI()
+    app.include_router(pages)
+    app.mount("/static", StaticFiles(directory=tmp_path), name="static")
+
+    layer = RequestContext(app, templates=route_templates(app))
+    assert layer._route("/pages/jobs/job_1") == "/pages/jobs/{job_id}"
+    assert layer._route("/static/app.css") == "/static/{path:path}"
+    assert layer._route("/nowhere/job_1") == UNMATCHED
+
+
 def test_every_answer_carries_the_request_id(client: TestClient) -> None:
     ok = client.get("/healthz", headers={"X-Request-ID": "lb-7f3a.42"})
     assert ok.headers["x-request-id"] == "lb-7f3a.42"
