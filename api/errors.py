@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from api.request_context import REQUEST_ID_HEADER, STATE_REQUEST_ID
 from core.admin import AdminError
 from core.storage import StorageError
 from optimizers.errors import OptimizerError
@@ -150,6 +151,12 @@ def problem_response(
     }
     if errors is not None:
         body["errors"] = errors
+    # Set by api.request_context; the answer to an unexpected error is built outside that
+    # layer, so the header is set here too.
+    request_id = request.scope.get("state", {}).get(STATE_REQUEST_ID)
+    if request_id is not None:
+        body["request_id"] = request_id
+        headers = {**(headers or {}), REQUEST_ID_HEADER: request_id}
     return JSONResponse(
         jsonable_encoder(body), status_code=status, media_type=PROBLEM_JSON, headers=headers
     )
@@ -166,6 +173,10 @@ PROBLEM_SCHEMA: dict[str, Any] = {
         "status": {"type": "integer"},
         "detail": {"type": "string"},
         "instance": {"type": "string"},
+        "request_id": {
+            "type": "string",
+            "description": "The request's id, also in the X-Request-ID header and its log lines",
+        },
         "errors": {"type": "array", "items": {"type": "object"}},
     },
 }

@@ -13,11 +13,13 @@ from fastapi import FastAPI
 from api.errors import install_error_handlers
 from api.middleware import RequestGuard, streamed_uploads
 from api.openapi import install_security_scheme, operation_id
+from api.request_context import RequestContext, route_templates
 from api.retry_after import RetryAfter
-from api.routes import artifacts, batches, datasets, health, jobs, keys, models, workers
+from api.routes import artifacts, batches, datasets, health, jobs, keys, metrics, models, workers
 from api.uploads import sweep_stale_uploads
 from core.bootstrap import ensure_admin_key
 from core.db import session_factory
+from core.metrics import prepare_metrics_dir
 from core.settings import get_settings
 from web.app import STREAMED_ROUTES as DASHBOARD_UPLOADS
 from web.app import install as install_dashboard
@@ -29,6 +31,7 @@ log = logging.getLogger("modelpress.api")
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings = get_settings()
     settings.tmp_dir.mkdir(parents=True, exist_ok=True)
+    prepare_metrics_dir(settings)
     # Uploads cut short by a killed API process left their temp files here; other API
     # processes may be receiving uploads right now, and the sweep leaves those alone.
     removed = sweep_stale_uploads(settings.tmp_dir)
@@ -70,6 +73,7 @@ def create_app() -> FastAPI:
         artifacts.router,
         keys.router,
         workers.router,
+        metrics.router,
     ):
         app.include_router(router)
     # The dashboard's pages, under / (the API stays under /v1).
@@ -80,6 +84,8 @@ def create_app() -> FastAPI:
         streamed_body_routes=[*streamed_uploads(app.openapi()), *DASHBOARD_UPLOADS],
     )
     app.add_middleware(RetryAfter)
+    # Added last, so it is the outermost layer: it sees every answer, the refusals too.
+    app.add_middleware(RequestContext, templates=route_templates(app))
     return app
 
 

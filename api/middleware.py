@@ -23,9 +23,11 @@ from core.db import session_factory
 from core.settings import get_settings
 from core.tables import ApiKey
 
-#: Every route under this prefix needs a key; the others (`/healthz`, `/readyz`, `/docs`,
-#: `/openapi.json`) are public.
+#: Every route under this prefix needs a key, and so does METRICS_PATH; the others
+#: (`/healthz`, `/readyz`, `/docs`, `/openapi.json`) are public.
 PROTECTED_PREFIX = "/v1"
+#: Prometheus's scrape: the numbers of every project, for a key with the `instance` scope.
+METRICS_PATH = "/metrics"
 #: Where an authenticated request's key is kept for `api.deps.current_key`.
 STATE_KEY = "api_key"
 
@@ -64,7 +66,7 @@ class RequestGuard:
                 scope, receive, send, Problem(400, "the URL contains a NUL", type="invalid_url")
             )
             return
-        if _is_protected(scope["path"]):
+        if is_protected(scope["path"]):
             key = await _authenticate(scope)
             if isinstance(key, Problem):
                 await _refuse(scope, receive, send, key)
@@ -82,8 +84,8 @@ class RequestGuard:
         await self.app(scope, _capped(receive, limit), send)
 
 
-def _is_protected(path: str) -> bool:
-    return path == PROTECTED_PREFIX or path.startswith(PROTECTED_PREFIX + "/")
+def is_protected(path: str) -> bool:
+    return path in (PROTECTED_PREFIX, METRICS_PATH) or path.startswith(PROTECTED_PREFIX + "/")
 
 
 async def _authenticate(scope: Scope) -> ApiKey | Problem:

@@ -8,6 +8,8 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
 
+from api.middleware import is_protected
+
 BEARER = "bearerAuth"
 
 
@@ -31,7 +33,7 @@ def install_security_scheme(app: FastAPI) -> None:
             }
             schema["security"] = [{BEARER: []}]
             for path, item in schema.get("paths", {}).items():
-                if not path.startswith("/v1/"):  # health, metrics and docs take no key
+                if not is_protected(path):  # health and docs take no key
                     for operation in item.values():
                         operation["security"] = []
         return schema

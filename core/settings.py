@@ -87,6 +87,22 @@ class Settings(BaseSettings):
         parse_cpu_list(value)
         return value.strip()
 
+    #: Where the processes of this machine keep their Prometheus metrics (prometheus-client's
+    #: multiprocess mode); default: data_dir/metrics. Local to one machine, never shared.
+    metrics_dir: Path | None = None
+    #: A worker serves its machine's metrics on this port (GET /metrics); None: not served.
+    worker_metrics_port: int | None = Field(None, ge=1, le=65535)
+    worker_metrics_host: str = "127.0.0.1"
+    #: `json`: one JSON object per log line; `text`: for reading in a terminal. Default: json
+    #: in production, text in development.
+    log_format: Literal["json", "text"] | None = None
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _level_in_capitals(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
     @model_validator(mode="after")
     def _absolute_data_dir(self) -> Settings:
         # Every path under it stays valid whatever directory a job's code runs in.
@@ -139,6 +155,16 @@ class Settings(BaseSettings):
     @property
     def tmp_dir(self) -> Path:
         return self.data_dir / "tmp"
+
+    @property
+    def resolved_metrics_dir(self) -> Path:
+        return (self.metrics_dir or self.data_dir / "metrics").resolve()
+
+    @property
+    def resolved_log_format(self) -> str:
+        if self.log_format:
+            return self.log_format
+        return "json" if self.environment == "production" else "text"
 
 
 @lru_cache

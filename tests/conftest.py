@@ -161,17 +161,26 @@ def database_url(db_backend: str, request: pytest.FixtureRequest) -> str | None:
     return server.rsplit("/", 1)[0] + f"/{name}"
 
 
+@pytest.fixture(scope="session")
+def metrics_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The metrics folder of every test in this process: prometheus-client keeps writing to
+    the files a process opened first, whichever test's data folder is current now."""
+    return tmp_path_factory.mktemp("metrics")
+
+
 @pytest.fixture
 def service_env(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     migrated_sqlite: Path,
     database_url: str | None,
+    metrics_dir: Path,
 ) -> Iterator[dict[str, str]]:
     """Settings for one test: its own data folder, database and embedded broker."""
     data_dir = tmp_path / "data"
     env = {
         "MODELPRESS_DATA_DIR": str(data_dir),
+        "MODELPRESS_METRICS_DIR": str(metrics_dir),
         "MODELPRESS_BOOTSTRAP_KEY": ADMIN_KEY,
         "MODELPRESS_MAX_UPLOAD_BYTES": str(5 * 1024 * 1024),
         # No worker runs in most tests to finish a job: its event stream ends within seconds.

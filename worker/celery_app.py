@@ -11,12 +11,24 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import sys
 from typing import Any, NoReturn
 
-from celery.signals import worker_init, worker_process_init, worker_ready, worker_shutdown
+from celery.signals import (
+    celeryd_init,
+    setup_logging,
+    worker_init,
+    worker_process_init,
+    worker_process_shutdown,
+    worker_ready,
+    worker_shutdown,
+)
+from prometheus_client import start_http_server
 
 from core.db import reset_engines
+from core.logs import configure_logging
+from core.metrics import prepare_metrics_dir, process_ended, process_registry
 from core.queue import RUN_JOB_TASK, make_celery
 from core.sandbox import probe
 from core.settings import get_settings
@@ -59,6 +71,31 @@ def _refuse_to_start(message: str, status: int) -> NoReturn:
     log.critical(message)
     print(f"modelpress worker: {message}", file=sys.stderr, flush=True)
     sys.exit(status)
+
+
+@celeryd_init.connect
+def _log_from_the_start(instance: Any, options: dict[str, Any], **_: Any) -> None:
+    # Before Celery's own start-up checks log their warnings.
+    configure_logging(settings, level=options.get("loglevel") or None)
+    if settings.resolved_log_format == "json":
+        instance.quiet = True  # the start-up banner is plain text among the JSON lines
+
+
+@setup_logging.connect
+def _configure_logging(loglevel: int | str | None = None, **_: Any) -> None:
+    # Connected, Celery leaves logging to this: MODELPRESS_LOG_FORMAT, at `--loglevel`.
+    configure_logging(settings, level=loglevel or None)
+
+
+@worker_init.connect
+def _prepare_metrics(**_: Any) -> None:
+    # Before the pool forks: its processes inherit the folder (PROMETHEUS_MULTIPROC_DIR).
+    prepare_metrics_dir(settings)
+
+
+@worker_process_shutdown.connect
+def _pool_process_ended(pid: int | None = None, **_: Any) -> None:
+    process_ended(pid or os.getpid())
 
 
 @worker_init.connect
@@ -154,3 +191,21 @@ def _stopped(**_: Any) -> None:
             presence.stop()
         except Exception:
             log.warning("could not mark this worker stopped; it is listed as dead", exc_info=True)
+
+
+@worker_ready.connect
+def _serve_metrics(**_: Any) -> None:
+    if settings.worker_metrics_port is None:
+        return
+    # What this machine's processes observed (job durations, queue waits, heartbeats), for a
+    # Prometheus that scrapes each worker machine; the database's numbers come from the API.
+    start_http_server(
+        settings.worker_metrics_port,
+        addr=settings.worker_metrics_host,
+        registry=process_registry(settings),
+    )
+    log.info(
+        "metrics served on http://%s:%d/metrics",
+        settings.worker_metrics_host,
+        settings.worker_metrics_port,
+    )

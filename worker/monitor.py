@@ -14,6 +14,8 @@ from __future__ import annotations
 import enum
 import logging
 import math
+import os
+import socket
 import time
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -21,6 +23,7 @@ from typing import Any, Protocol
 from core import jobstate
 from core.db import session_scope
 from core.jobspec import JobLimits as RequestedLimits
+from core.metrics import observe_heartbeat
 from core.settings import Settings
 from core.tables import JobStatus
 
@@ -28,6 +31,11 @@ log = logging.getLogger(__name__)
 
 #: How often the supervising process checks the job's process (exit, memory, limits).
 _POLL_S = 0.2
+
+
+def worker_name() -> str:
+    """This pool process, as a job's `worker` and the heartbeat metrics name it."""
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 class StopReason(enum.StrEnum):
@@ -171,6 +179,7 @@ def _watch(
             if status is None:
                 watch.reason = StopReason.lost
                 break
+            observe_heartbeat(worker=worker_name(), at=time.time())
             if status == JobStatus.canceling and watch.reason != StopReason.canceled:
                 watch.reason = StopReason.canceled
                 process.request_stop()

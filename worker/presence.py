@@ -12,10 +12,12 @@ import os
 import platform
 import socket
 import threading
+import time
 from dataclasses import dataclass
 
 from core import workers
 from core.db import close_pooled_connections, new_id, session_scope
+from core.metrics import observe_heartbeat
 from core.workers import Registration
 
 log = logging.getLogger(__name__)
@@ -101,6 +103,9 @@ class Presence:
             if not workers.beat(session, self.registration.id):
                 # Pruned while this worker was cut off from the database: it says who it is again.
                 workers.register(session, self.registration)
+        # The worker's own heartbeat, busy or idle (a job's heartbeats are counted apart, by
+        # the pool process that runs it).
+        observe_heartbeat(worker=self.registration.name, at=time.time())
 
     def stop(self) -> None:
         if self._stop is not None:

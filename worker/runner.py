@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import shutil
 import signal
-import socket
 import tempfile
 import time
 from collections.abc import Callable
@@ -29,16 +27,18 @@ from core import jobstate
 from core.db import new_id
 from core.jobspec import JobLimits as RequestedLimits
 from core.jobspec import JobSpec, load_stored_spec
+from core.logs import job_context
+from core.metrics import observe_job, observe_pass, observe_queue_wait
 from core.sandbox import SandboxUnavailable
 from core.settings import Settings
 from core.storage import Storage, StorageCheckpoints, StorageError
 from core.storage_keys import artifact_key, attempt_prefix, checkpoints_prefix
-from core.tables import Artifact, Dataset, Job, JobStatus, StoredModel
+from core.tables import FINAL_STATUSES, Artifact, Dataset, Job, JobStatus, StoredModel
 from optimizers.config import PipelineSpec
 from optimizers.errors import OptimizerError
 from optimizers.results import ModelInfo
 from worker.dbretry import UNREACHABLE, retrying
-from worker.monitor import Limits, StopReason, Supervision, supervise
+from worker.monitor import Limits, StopReason, Supervision, supervise, worker_name
 from worker.presence import current_worker_id
 from worker.protocol import (
     FILE_SIZE_LIMIT,
@@ -62,6 +62,8 @@ _ARTIFACT_KIND = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
 _CONTENT_TYPES = {"application/octet-stream", "application/zip", "application/json"}
 _FINAL_MODELS = {"optimized.onnx": "application/octet-stream", "optimized.zip": "application/zip"}
 _RESULT_KEYS = ("metrics", "notes", "passes", "stages", "source")
+#: A pass kind or method as a metric label: what the registry names, nothing else.
+_LABEL_VALUE = re.compile(r"[a-z0-9_:]{0,40}")
 
 
 def _optimizer_error_types() -> set[str]:
@@ -91,13 +93,14 @@ class _Inputs:
     extra_models: dict[str, _StoredModel]
 
 
-def worker_name() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
 def execute_job(job_id: str, *, settings: Settings, storage: Storage) -> str | None:
     """Returns the job's final status, or None when this worker did not get the job (or lost
     it to another attempt). A worker whose job sandbox cannot start leaves the job queued."""
+    with job_context(job_id):
+        return _execute(job_id, settings=settings, storage=storage)
+
+
+def _execute(job_id: str, *, settings: Settings, storage: Storage) -> str | None:
     try:
         host = job_host(settings)
         host.wait_ready()
@@ -111,13 +114,23 @@ def execute_job(job_id: str, *, settings: Settings, storage: Storage) -> str | N
 
     def claim(session: Session) -> tuple[int | None, Any]:
         attempt = jobstate.claim(session, job_id, worker_name(), worker_id=current_worker_id())
-        spec = session.scalar(select(Job.spec).where(Job.id == job_id)) if attempt else None
-        return attempt, spec
+        if not attempt:
+            return None, None
+        return attempt, session.execute(
+            select(Job.spec, Job.queue, Job.queued_at, Job.started_at).where(Job.id == job_id)
+        ).one()
 
-    attempt, spec = retrying(claim, patience_s=settings.heartbeat_timeout_s, what=f"job {job_id}")
+    attempt, claimed = retrying(
+        claim, patience_s=settings.heartbeat_timeout_s, what=f"job {job_id}"
+    )
     if attempt is None:
         log.info("job %s is not claimable (taken, canceled or out of attempts); skipping", job_id)
         return None
+    began = time.monotonic()
+    spec, queue = claimed.spec, claimed.queue
+    if claimed.queued_at is not None and claimed.started_at is not None:
+        wait = (claimed.started_at - claimed.queued_at).total_seconds()
+        observe_queue_wait(queue=queue, seconds=wait)
     limits = Limits.of(settings, _requested_limits(spec))
     log.info("job %s: attempt %d started (%s)", job_id, attempt, limits)
     staging = Path(tempfile.mkdtemp(prefix=f"{job_id}-", dir=_jobs_dir(settings)))
@@ -131,11 +144,47 @@ def execute_job(job_id: str, *, settings: Settings, storage: Storage) -> str | N
         limits=limits,
         kernel=kernel_limits(settings, memory_mb=limits.memory_mb, hard_time_s=limits.hard_time_s),
     )
+    status = None
     try:
-        return run.execute()
+        status = run.execute()
+        return status
     finally:
         host.scratch.empty()
         shutil.rmtree(staging, ignore_errors=True)
+        if status in FINAL_STATUSES:
+            _observe_outcome(run, spec, queue=queue, status=str(status), began=began)
+
+
+def _observe_outcome(run: _JobRun, spec: Any, *, queue: str, status: str, began: float) -> None:
+    observe_job(
+        queue=queue,
+        status=status,
+        passes=_pass_kinds(run, spec),
+        seconds=time.monotonic() - began,
+    )
+    for entry in run.passes:
+        if isinstance(entry, dict) and isinstance(entry.get("duration_s"), int | float):
+            observe_pass(
+                kind=_label(entry.get("kind")),
+                method=_label(entry.get("method")),
+                seconds=float(entry["duration_s"]),
+            )
+
+
+def _pass_kinds(run: _JobRun, spec: Any) -> str:
+    """The kinds of passes the job runs, sorted and joined by '+' (`prune+quantize`): a label
+    with few values, however long a job's chain of passes."""
+    if run.inputs is not None:
+        kinds = {config.kind for config in run.inputs.spec.passes}
+    else:  # its spec could not be loaded
+        passes = spec.get("passes") if isinstance(spec, dict) else None
+        kinds = {_label(p.get("kind")) for p in passes or [] if isinstance(p, dict)}
+    return "+".join(sorted(kinds)) or "none"
+
+
+def _label(value: Any) -> str:
+    text = str(value) if value is not None else ""
+    return text if _LABEL_VALUE.fullmatch(text) else "other"
 
 
 def _requested_limits(spec: dict[str, Any] | None) -> RequestedLimits:
@@ -169,6 +218,8 @@ class _JobRun:
     process: JobProcess | None = None
     stages: list[dict[str, Any]] = field(default_factory=list)
     outcome: dict[str, Any] | None = None
+    #: The passes of a succeeded job as its result lists them (kind, method, duration_s).
+    passes: list[Any] = field(default_factory=list)
     protocol_error: str | None = None
     _last_progress: float = 0.0
     _staged: int = 0
@@ -470,6 +521,7 @@ class _JobRun:
             return JobStatus.canceled
         # Training state is needed only to resume an unfinished job.
         self.storage.delete_prefix(checkpoints_prefix(self.inputs.project_id, self.job_id))
+        self.passes = list(result.get("passes") or [])
         log.info("job %s: succeeded", self.job_id)
         return JobStatus.succeeded
 

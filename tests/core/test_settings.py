@@ -51,3 +51,19 @@ def test_an_invalid_core_list_is_refused_by_name(
     with pytest.raises(ValueError, match="MODELPRESS_CPUS") as raised:
         Settings()
     assert message in str(raised.value)
+
+
+def test_logs_are_json_in_production_and_text_in_development(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("MODELPRESS_DATABASE_URL", "postgresql+psycopg://db/modelpress")
+    monkeypatch.setenv("MODELPRESS_ENVIRONMENT", "production")
+    assert Settings().resolved_log_format == "json"
+    monkeypatch.setenv("MODELPRESS_ENVIRONMENT", "development")
+    assert Settings().resolved_log_format == "text"
+    monkeypatch.setenv("MODELPRESS_LOG_FORMAT", "json")
+    monkeypatch.setenv("MODELPRESS_LOG_LEVEL", "debug")
+    assert (Settings().resolved_log_format, Settings().log_level) == ("json", "DEBUG")
+    monkeypatch.setenv("MODELPRESS_LOG_FORMAT", "xml")
+    with pytest.raises(ValueError, match="log_format"):
+        Settings()
