@@ -62,6 +62,14 @@ class Settings(BaseSettings):
     unsafe_unconfined_jobs: bool = False
     #: The bubblewrap program that confines jobs (a name on PATH or a path).
     bwrap_path: str = "bwrap"
+    #: Finished jobs' artifacts are removed this many days after the job finished (the job and
+    #: its result numbers stay). None: kept until the job is deleted.
+    retention_days: float | None = Field(None, gt=0)
+    #: How often each worker runs its maintenance: retention and the sweep of orphans.
+    maintenance_interval_s: float = Field(3600.0, gt=0)
+    #: The sweeper removes an object or scratch folder that nothing points to only once it is
+    #: this old: an upload stores its object before its row commits.
+    orphan_grace_s: float = Field(3600.0, ge=60)
 
     @model_validator(mode="after")
     def _absolute_data_dir(self) -> Settings:

@@ -7,6 +7,8 @@ import os
 import re
 import shutil
 from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Protocol
@@ -18,6 +20,13 @@ class StorageError(Exception):
     pass
 
 
+@dataclass(frozen=True)
+class StoredObject:
+    key: str
+    #: When the object was stored (its age decides whether the sweeper may judge it).
+    stored_at: datetime
+
+
 class Storage(Protocol):
     def put_file(self, key: str, source: Path) -> None: ...
     def fetch_to(self, key: str, dest: Path) -> Path: ...
@@ -25,6 +34,8 @@ class Storage(Protocol):
     def exists(self, key: str) -> bool: ...
     def iter_range(self, key: str, start: int, end: int) -> Iterator[bytes]: ...
     def delete_prefix(self, prefix: str) -> None: ...
+    def delete(self, key: str) -> None: ...
+    def list_objects(self, prefix: str) -> Iterator[StoredObject]: ...
     def ping(self) -> None: ...
 
 
@@ -54,6 +65,9 @@ class LocalStorage:
         except OSError:  # another filesystem: copy instead
             shutil.copyfile(source, partial)
             source.unlink()
+        # A moved file keeps the time it was last written (an upload: before it was checked);
+        # the sweeper's grace period counts from the moment it was stored.
+        os.utime(partial)
         os.replace(partial, dest)
 
     def fetch_to(self, key: str, dest: Path) -> Path:
@@ -92,6 +106,24 @@ class LocalStorage:
             shutil.rmtree(target, ignore_errors=True)
         elif target.exists():
             target.unlink()
+
+    def delete(self, key: str) -> None:
+        self.path(key).unlink(missing_ok=True)
+
+    def list_objects(self, prefix: str) -> Iterator[StoredObject]:
+        """Every object whose key starts with the folder `prefix` ("" for all of them)."""
+        top = self.path(prefix) if prefix else self.root
+        for folder, _, names in os.walk(top):
+            for name in names:
+                path = Path(folder, name)
+                key = path.relative_to(self.root).as_posix()
+                if key == ".ready":
+                    continue
+                try:
+                    modified = path.stat().st_mtime
+                except FileNotFoundError:  # deleted while listed
+                    continue
+                yield StoredObject(key=key, stored_at=datetime.fromtimestamp(modified, UTC))
 
     def ping(self) -> None:
         probe = self.root / ".ready"
@@ -163,6 +195,20 @@ class S3Storage:
             objects = [{"Key": item["Key"]} for item in page.get("Contents", [])]
             if objects:
                 self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": objects})
+
+    def delete(self, key: str) -> None:
+        self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+
+    def list_objects(self, prefix: str) -> Iterator[StoredObject]:
+        """Every object whose key starts with the folder `prefix` ("" for all of them)."""
+        base = f"{self.prefix}/" if self.prefix else ""
+        listed = f"{self._key(prefix)}/" if prefix else base
+        paginator = self.client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=listed):
+            for item in page.get("Contents", []):
+                yield StoredObject(
+                    key=item["Key"][len(base) :], stored_at=item["LastModified"].astimezone(UTC)
+                )
 
     def ping(self) -> None:
         self.client.head_bucket(Bucket=self.bucket)

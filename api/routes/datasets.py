@@ -6,11 +6,11 @@ from functools import partial
 
 from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from api.deps import ReadKey, SessionDep, SettingsDep, StorageDep, WriteKey
-from api.errors import Problem, answered_as
+from api.errors import answered_as, in_use, not_found
 from api.owned import get_owned
 from api.pagination import Sha256Filter, paginate
 from api.schemas import DatasetOut, Page
@@ -24,9 +24,10 @@ from api.uploads import (
 )
 from core import storage_keys
 from core.db import new_id
+from core.inuse import active_jobs_using, lock_for_delete
 from core.settings import Settings
 from core.storage import Storage
-from core.tables import ACTIVE_STATUSES, ApiKey, Dataset, Job, StoredModel
+from core.tables import ApiKey, Dataset, StoredModel
 from optimizers.datasets import check_fits, inspect_dataset
 from optimizers.results import ModelInfo
 
@@ -120,20 +121,17 @@ def get_dataset(dataset_id: str, key: ReadKey, session: SessionDep) -> DatasetOu
 def delete_dataset(
     dataset_id: str, key: WriteKey, session: SessionDep, storage: StorageDep
 ) -> Response:
-    row = get_owned(session, Dataset, dataset_id, project_id=key.project_id)
-    active_jobs = session.scalars(
-        select(Job.dataset_ids).where(
-            Job.project_id == key.project_id, Job.status.in_(ACTIVE_STATUSES)
-        )
-    ).all()
-    users = sum(1 for ids in active_jobs if row.id in ids)
+    """Deletes the dataset and its stored file. Refused (409 `dataset_in_use`) while an
+    unfinished job reads it; finished jobs keep their results and the id in their spec."""
+    get_owned(session, Dataset, dataset_id, project_id=key.project_id)
+    # Row lock, then the check, then the row, then the commit; the file only after it
+    # (core.inuse says why this order never deletes what a job reads).
+    if not lock_for_delete(session, Dataset, dataset_id):
+        raise not_found("dataset", dataset_id)
+    users = active_jobs_using(session, project_id=key.project_id, dataset_id=dataset_id)
     if users:
-        raise Problem(
-            409,
-            f"the dataset is used by {users} unfinished job(s); cancel them first",
-            type="dataset_in_use",
-        )
-    session.delete(row)
+        raise in_use("dataset", dataset_id, users)
+    session.execute(delete(Dataset).where(Dataset.id == dataset_id))
     session.commit()
     storage.delete_prefix(storage_keys.dataset_prefix(key.project_id, dataset_id))
     return Response(status_code=204)
