@@ -120,6 +120,16 @@ class Settings(BaseSettings):
     def tmp_dir(self) -> Path:
         return self.data_dir / "tmp"
 
+    @property
+    def job_staging_dir(self) -> Path:
+        """A worker's folders for one attempt of a job each, named `<job id>-<random>`."""
+        return self.tmp_dir / "jobs"
+
+    @property
+    def sandbox_dir(self) -> Path:
+        """The scratch folders of the job hosts, named `<pool process id>-<random>`."""
+        return self.tmp_dir / "sandbox"
+
 
 @lru_cache
 def get_settings() -> Settings:

@@ -60,14 +60,14 @@ class LocalStorage:
         dest = self.path(key)
         dest.parent.mkdir(parents=True, exist_ok=True)
         partial = dest.with_name(dest.name + ".partial")
+        # A moved file keeps the time it was last written (an upload: before it was checked);
+        # the sweeper's grace period must count from the moment it was stored.
+        os.utime(source)
         try:
             os.replace(source, partial)
         except OSError:  # another filesystem: copy instead
             shutil.copyfile(source, partial)
             source.unlink()
-        # A moved file keeps the time it was last written (an upload: before it was checked);
-        # the sweeper's grace period counts from the moment it was stored.
-        os.utime(partial)
         os.replace(partial, dest)
 
     def fetch_to(self, key: str, dest: Path) -> Path:
@@ -197,18 +197,29 @@ class S3Storage:
                 self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": objects})
 
     def delete(self, key: str) -> None:
-        self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+        except (BotoCoreError, ClientError) as exc:
+            raise StorageError(f"object {key!r} could not be deleted: {exc}") from exc
 
     def list_objects(self, prefix: str) -> Iterator[StoredObject]:
         """Every object whose key starts with the folder `prefix` ("" for all of them)."""
         base = f"{self.prefix}/" if self.prefix else ""
         listed = f"{self._key(prefix)}/" if prefix else base
+        from botocore.exceptions import BotoCoreError, ClientError
+
         paginator = self.client.get_paginator("list_objects_v2")
-        for page in paginator.paginate(Bucket=self.bucket, Prefix=listed):
-            for item in page.get("Contents", []):
-                yield StoredObject(
-                    key=item["Key"][len(base) :], stored_at=item["LastModified"].astimezone(UTC)
-                )
+        try:
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=listed):
+                for item in page.get("Contents", []):
+                    yield StoredObject(
+                        key=item["Key"][len(base) :],
+                        stored_at=item["LastModified"].astimezone(UTC),
+                    )
+        except (BotoCoreError, ClientError) as exc:
+            raise StorageError(f"the objects under {prefix!r} could not be listed: {exc}") from exc
 
     def ping(self) -> None:
         self.client.head_bucket(Bucket=self.bucket)

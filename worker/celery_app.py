@@ -19,6 +19,7 @@ from core.queue import RUN_JOB_TASK, make_celery
 from core.sandbox import probe
 from core.settings import get_settings
 from core.storage import get_storage
+from worker.maintenance import start_maintenance
 from worker.reaper import start_reaper
 from worker.runner import execute_job
 from worker.sandbox import SandboxUnavailable, job_host
@@ -77,3 +78,13 @@ def _fresh_engine_after_fork(**_: Any) -> None:
 def _start_reaper(**_: Any) -> None:
     start_reaper(settings)
     log.info("reaper started (heartbeat timeout %.0f s)", settings.heartbeat_timeout_s)
+
+
+@worker_ready.connect
+def _start_maintenance(**_: Any) -> None:
+    start_maintenance(settings)
+    log.info(
+        "maintenance started (every %.0f s; retention %s)",
+        settings.maintenance_interval_s,
+        f"{settings.retention_days:g} days" if settings.retention_days else "off",
+    )
