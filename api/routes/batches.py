@@ -13,6 +13,7 @@ from api.deps import IdempotencyKey, ReadKey, SessionDep, SettingsDep, StorageDe
 from api.errors import Problem
 from api.owned import get_owned
 from api.pagination import paginate
+from api.removal import remove_objects
 from api.schemas import BatchOut, BatchSummary, JobOut, Page
 from api.submit import commit_or_find_winner, new_job, replay, request_hash, send_committed
 from core import jobstate, storage_keys
@@ -132,8 +133,7 @@ def delete_batch(
     session.execute(delete(Batch).where(Batch.id == batch.id))
     session.commit()
     # The objects only after the commit: a crash in between leaves orphans for the sweeper.
-    for job_id in finished:
-        storage.delete_prefix(storage_keys.job_prefix(key.project_id, job_id))
+    remove_objects(storage, [storage_keys.job_prefix(key.project_id, j) for j in finished])
     return Response(status_code=204)
 
 

@@ -13,6 +13,7 @@ from api.deps import ReadKey, SessionDep, SettingsDep, StorageDep, WriteKey
 from api.errors import answered_as, in_use, not_found
 from api.owned import get_owned
 from api.pagination import Sha256Filter, paginate
+from api.removal import remove_objects
 from api.schemas import DatasetOut, Page
 from api.uploads import (
     ZIP_EXPANSION_LIMIT,
@@ -133,5 +134,5 @@ def delete_dataset(
         raise in_use("dataset", dataset_id, users)
     session.execute(delete(Dataset).where(Dataset.id == dataset_id))
     session.commit()
-    storage.delete_prefix(storage_keys.dataset_prefix(key.project_id, dataset_id))
+    remove_objects(storage, [storage_keys.dataset_prefix(key.project_id, dataset_id)])
     return Response(status_code=204)

@@ -21,6 +21,7 @@ from api.downloads import stored_file_response
 from api.errors import Problem, not_found
 from api.owned import get_owned
 from api.pagination import as_utc, paginate
+from api.removal import remove_objects
 from api.schemas import ArtifactOut, JobOut, Page
 from api.submit import (
     commit_jobs,
@@ -166,7 +167,7 @@ def delete_job(job_id: str, key: WriteKey, session: SessionDep, storage: Storage
         raise job_active(current)
     session.commit()
     # The objects only after the commit: a crash in between leaves orphans for the sweeper.
-    storage.delete_prefix(storage_keys.job_prefix(key.project_id, job_id))
+    remove_objects(storage, [storage_keys.job_prefix(key.project_id, job_id)])
     return Response(status_code=204)
 
 

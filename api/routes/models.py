@@ -15,6 +15,7 @@ from api.downloads import stored_file_response
 from api.errors import Problem, answered_as, in_use, not_found
 from api.owned import get_owned
 from api.pagination import Sha256Filter, paginate
+from api.removal import remove_objects
 from api.schemas import ModelOut, Page
 from api.uploads import (
     ZIP_EXPANSION_LIMIT,
@@ -160,5 +161,5 @@ def delete_model(
         raise in_use("model", model_id, users)
     session.execute(delete(StoredModel).where(StoredModel.id == model_id))
     session.commit()
-    storage.delete_prefix(storage_keys.model_prefix(key.project_id, model_id))
+    remove_objects(storage, [storage_keys.model_prefix(key.project_id, model_id)])
     return Response(status_code=204)
