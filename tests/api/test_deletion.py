@@ -93,9 +93,8 @@ def test_a_finished_job_is_deleted_with_its_artifacts(
     job = _finished_job_with_report(api, mlp["id"], tmp_path)
     project_id = _job_project(job["id"])
     artifact = api.get(f"/v1/jobs/{job['id']}/artifacts").json()[0]
-    assert _stored(f"{project_id}/jobs/{job['id']}") == [
-        f"{project_id}/jobs/{job['id']}/report.json"
-    ]
+    prefix = f"{project_id}/jobs/{job['id']}"
+    assert _stored(prefix) == [f"{prefix}/report.json"]
     kept = _finished_job_with_report(api, mlp["id"], tmp_path)
     retry = api.post(f"/v1/jobs/{job['id']}/retry").json()
 
