@@ -19,27 +19,10 @@ from core.db import session_factory
 from core.storage import get_storage
 from core.tables import Job, JobStatus
 from tests.api.helpers import store_report, upload_dataset, upload_model
-from tests.conftest import make_bucket
 from tests.models.onnx_basic import make_dataset, make_mlp
+from tests.storage_kinds import storage_kind
 
-
-@pytest.fixture(params=["local", "s3"])
-def storage_kind(
-    request: pytest.FixtureRequest,
-    service_env: dict[str, str],
-    monkeypatch: pytest.MonkeyPatch,
-) -> str:
-    """The test's storage: the data folder, or a new bucket of a real S3 server on loopback."""
-    if request.param == "s3":
-        endpoint: str = request.getfixturevalue("s3_endpoint")
-        request.getfixturevalue("s3_credentials")
-        monkeypatch.setenv("MODELPRESS_STORAGE_URL", f"s3://{make_bucket(endpoint)}/data")
-        monkeypatch.setenv("MODELPRESS_S3_ENDPOINT_URL", endpoint)
-        monkeypatch.setenv("MODELPRESS_S3_REGION", "us-east-1")
-        from core.settings import get_settings
-
-        get_settings.cache_clear()
-    return str(request.param)
+__all__ = ["storage_kind"]  # a fixture of this module
 
 
 @pytest.fixture
@@ -287,11 +270,12 @@ def test_a_job_submitted_while_its_input_is_deleted_is_refused(
     submitting = threading.Thread(target=submit)
     submitting.start()
     submitting.join(1.5)
-    # The submission waits for the deletion: it cannot commit a job reading a row being deleted.
-    assert submitting.is_alive(), answers.get("submit") and answers["submit"].text
+    waited = submitting.is_alive()
     release.set()
     deleting.join(30)
     submitting.join(30)
+    # The submission waited for the deletion: it cannot commit a job reading a row being deleted.
+    assert waited, answers["submit"].text
 
     assert answers["delete"].status_code == 204, answers["delete"].text
     refused = answers["submit"]
@@ -330,10 +314,11 @@ def test_a_deletion_after_a_submission_took_its_locks_sees_the_job(
     )
     deleting.start()
     deleting.join(1.5)
-    assert deleting.is_alive()
+    waited = deleting.is_alive()
     release.set()
     submitting.join(30)
     deleting.join(30)
+    assert waited, answers["delete"].text
 
     assert answers["submit"].status_code == 202, answers["submit"].text
     assert answers["delete"].status_code == 409, answers["delete"].text
