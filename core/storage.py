@@ -190,9 +190,16 @@ class S3Storage:
         yield from response["Body"].iter_chunks(chunk)
 
     def delete_prefix(self, prefix: str) -> None:
+        """The object `prefix`, or the objects in the folder `prefix`, as a path names a file
+        or a folder: deleting job_1 must not delete job_12 (S3 prefixes are plain strings)."""
+        full = self._key(prefix)
         paginator = self.client.get_paginator("list_objects_v2")
-        for page in paginator.paginate(Bucket=self.bucket, Prefix=self._key(prefix)):
-            objects = [{"Key": item["Key"]} for item in page.get("Contents", [])]
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=full):
+            objects = [
+                {"Key": item["Key"]}
+                for item in page.get("Contents", [])
+                if item["Key"] == full or item["Key"].startswith(f"{full}/")
+            ]
             if objects:
                 self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": objects})
 
