@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 
 from core.__main__ import main as core_main
 from core.db import session_factory, utcnow
@@ -146,7 +146,7 @@ def test_the_sweeper_removes_orphans_and_keeps_what_rows_point_to(
         session.execute(
             update(Job).where(Job.id == expired_job).values(artifacts_expired_at=utcnow())
         )
-        session.execute(Artifact.__table__.delete().where(Artifact.job_id == expired_job))
+        session.execute(delete(Artifact).where(Artifact.job_id == expired_job))
         session.commit()
     orphans.append(f"{project}/jobs/{expired_job}/report.json")
     _put("not-modelpress/notes.txt", tmp_path)
@@ -178,7 +178,7 @@ def test_the_sweeper_never_removes_an_upload_in_progress(
     def put_then_sweep(self: Storage, key: str, source: Path) -> None:
         long_ago = time.time() - 2 * 86400
         os.utime(source, (long_ago, long_ago))
-        original(self, key, source)  # type: ignore[arg-type]
+        original(self, key, source)
         swept.append(sweep(storage=self, settings=get_settings()).objects)
 
     monkeypatch.setattr(storage_class, "put_file", put_then_sweep)
