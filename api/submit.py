@@ -77,8 +77,8 @@ def commit_jobs(session: Session, jobs: list[Job]) -> None:
         raise field_error(["body"], str(exc)) from exc
     except IntegrityError:
         session.rollback()
-        # On PostgreSQL a job's model_id is a foreign key: a model deleted at the same moment
-        # fails the INSERT itself.
+        # A job's model_id is a foreign key: a model deleted at the same moment can fail the
+        # INSERT itself, before the locks are reached.
         for job in jobs:
             if (
                 job.model_id

@@ -155,7 +155,7 @@ def delete_job(job_id: str, key: WriteKey, session: SessionDep, storage: Storage
     """Deletes a finished job, its artifacts and everything it stored. An unfinished job is
     refused (409 `job_active`): cancel it first. Jobs that retried it keep their own rows."""
     job = get_owned(session, Job, job_id, project_id=key.project_id)
-    # Conditional, so a job that a worker is about to claim again can never lose its row.
+    # Conditional: only a finished job goes, whatever happened since it was read.
     deleted = session.execute(
         delete(Job).where(Job.id == job.id, Job.status.in_(FINAL_STATUSES))
     ).rowcount  # type: ignore[attr-defined]
