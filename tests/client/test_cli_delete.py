@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -126,3 +127,28 @@ def test_batches_delete_waits_for_the_batch_to_be_canceled(
     assert f"batch {batch['id']} deleted" in deleted.stdout
     assert http.get(f"/v1/batches/{batch['id']}").status_code == 404
     assert all(http.get(f"/v1/jobs/{j['id']}").status_code == 404 for j in batch["jobs"])
+
+
+def test_a_job_whose_artifacts_expired_says_so(
+    api_only: Service, http: httpx.Client, tmp_path: Path
+) -> None:
+    model = _upload(http, "models", make_mlp(tmp_path / "mlp.onnx"))
+    dataset = _upload(http, "datasets", make_dataset(tmp_path / "d.npz", tmp_path / "mlp.onnx"))
+    job = http.post("/v1/jobs", json=_spec(model["id"], dataset["id"])).json()
+    # As retention leaves a succeeded job: its numbers kept, its artifacts gone.
+    database = Path(api_only.env["MODELPRESS_DATA_DIR"]) / "modelpress.db"
+    with sqlite3.connect(database) as connection:
+        connection.execute(
+            "UPDATE jobs SET status = 'succeeded', finished_at = '2026-01-01 00:00:00', "
+            "artifacts_expired_at = '2026-02-01 00:00:00' WHERE id = ?",
+            (job["id"],),
+        )
+
+    shown = cli(api_only, tmp_path, "jobs", "show", job["id"])
+    assert shown.returncode == 0, shown.stderr
+    assert "artifacts removed by retention on 2026-02-01" in shown.stdout
+
+    download = cli(api_only, tmp_path, "download", job["id"], "--to", str(tmp_path / "out"))
+    assert download.returncode == 5, download.stderr
+    assert "retention" in download.stderr
+    assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
