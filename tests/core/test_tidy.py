@@ -30,6 +30,10 @@ __all__ = ["storage_kind"]  # a fixture of this module
 
 HOURS_LATER = timedelta(hours=2)
 
+both_databases = pytest.mark.parametrize(
+    "db_backend", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+)
+
 
 @pytest.fixture
 def api(storage_kind: str, client: TestClient) -> TestClient:
@@ -78,6 +82,7 @@ def _settings(**values: Any) -> Settings:
 # --- retention ---------------------------------------------------------------------------------
 
 
+@both_databases
 def test_retention_expires_only_old_finished_jobs_artifacts(
     api: TestClient, mlp: dict[str, Any], tmp_path: Path
 ) -> None:
@@ -125,6 +130,7 @@ def test_retention_expires_only_old_finished_jobs_artifacts(
 # --- the sweeper -------------------------------------------------------------------------------
 
 
+@both_databases
 def test_the_sweeper_removes_orphans_and_keeps_what_rows_point_to(
     api: TestClient, mlp: dict[str, Any], tmp_path: Path
 ) -> None:
