@@ -78,6 +78,19 @@ def not_found(kind: str, resource_id: str) -> Problem:
     return Problem(404, f"{kind} {resource_id!r} was not found", type="not_found")
 
 
+def in_use(kind: str, resource_id: str, job_ids: list[str]) -> Problem:
+    """A deletion refused because unfinished jobs read the resource; it names them."""
+    shown = ", ".join(job_ids[:10]) + (
+        f" and {len(job_ids) - 10} more" if len(job_ids) > 10 else ""
+    )
+    return Problem(
+        409,
+        f"{kind} {resource_id!r} is read by unfinished job(s) {shown}; cancel them (or wait "
+        f"until they finish), then delete the {kind}",
+        type=f"{kind}_in_use",
+    )
+
+
 def field_error(loc: list[str | int], message: str, *, type: str = "invalid_spec") -> Problem:
     return Problem(
         422,

@@ -6,7 +6,7 @@ from __future__ import annotations
 from sqlalchemy.orm import Session
 
 from api.errors import Problem
-from api.submit import new_job, send_committed
+from api.submit import commit_jobs, new_job, send_committed
 from core import jobstate
 from core.jobspec import load_stored_spec
 from core.settings import Settings
@@ -48,10 +48,11 @@ def retry(session: Session, settings: Settings, job: Job) -> Job:
             loc=["spec"],
             retry_of=job.id,
         )
+        # Committed once its model and datasets are locked and still there (core.inuse).
+        commit_jobs(session, [again])
     except Problem as exc:  # e.g. its model or dataset was deleted since
         raise Problem(
             409, f"the job cannot run again as it was: {exc.detail}", type="job_not_retryable"
         ) from exc
-    session.commit()
     send_committed(session, [again])
     return again

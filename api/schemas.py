@@ -132,6 +132,11 @@ class JobOut(BaseModel):
     heartbeat_at: datetime | None
     cancel_requested_at: datetime | None
     finished_at: datetime | None
+    artifacts_expired_at: datetime | None = Field(
+        None,
+        description="When retention (MODELPRESS_RETENTION_DAYS) removed the job's artifacts; "
+        "its result numbers are kept.",
+    )
 
     @classmethod
     def of(cls, row: Job, *, live_queues: Collection[str] | None = None) -> JobOut:
@@ -166,6 +171,7 @@ class JobOut(BaseModel):
             heartbeat_at=row.heartbeat_at,
             cancel_requested_at=row.cancel_requested_at,
             finished_at=row.finished_at,
+            artifacts_expired_at=row.artifacts_expired_at,
         )
 
 

@@ -18,6 +18,7 @@ from api.errors import Problem, answered_as, field_error
 from api.owned import find_owned
 from core.db import new_id, utcnow
 from core.dbclock import db_utcnow
+from core.inuse import InputGone, confirm_inputs
 from core.jobspec import BatchSpec, JobSpec
 from core.jobstate import mark_unsent
 from core.queue import send_jobs
@@ -49,19 +50,44 @@ def replay(stored_hash: str | None, hashed: str, response: Response, location: s
     response.headers["Idempotent-Replayed"] = "true"
 
 
-def commit_or_find_winner(session: Session, find_winner: Callable[[], Row | None]) -> Row | None:
+def commit_or_find_winner(
+    session: Session, find_winner: Callable[[], Row | None], *, jobs: list[Job]
+) -> Row | None:
     """Commits the new rows; None when that worked. When a concurrent request with the same
     Idempotency-Key committed first (the unique constraint refused ours), its row: the caller
     answers with that one, as a replay."""
     try:
-        session.commit()
+        commit_jobs(session, jobs)
     except IntegrityError:
-        session.rollback()
         winner = find_winner()
         if winner is None:
             raise
         return winner
     return None
+
+
+def commit_jobs(session: Session, jobs: list[Job]) -> None:
+    """Commits new jobs once every model and dataset they read is locked and still there
+    (core.inuse explains the order against a concurrent deletion). A job whose input was
+    deleted meanwhile is refused like a spec naming an unknown model: nothing is queued."""
+    try:
+        confirm_inputs(session, jobs)
+        session.commit()
+    except InputGone as exc:
+        session.rollback()
+        raise field_error(["body"], str(exc)) from exc
+    except IntegrityError:
+        session.rollback()
+        # A job's model_id is a foreign key: a model deleted at the same moment can fail the
+        # INSERT itself, before the locks are reached.
+        for job in jobs:
+            if (
+                job.model_id
+                and find_owned(session, StoredModel, job.model_id, project_id=job.project_id)
+                is None
+            ):
+                raise field_error(["body"], str(InputGone("model", job.model_id))) from None
+        raise
 
 
 def new_job(

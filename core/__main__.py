@@ -1,4 +1,5 @@
-"""`python -m core`: migrate the database; create, list and revoke projects and API keys."""
+"""`python -m core`: migrate the database; create, list and revoke projects and API keys;
+remove expired artifacts and orphans (sweep)."""
 
 from __future__ import annotations
 
@@ -39,6 +40,15 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m core", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("migrate", help="bring the database schema up to date")
+    sweep = commands.add_parser(
+        "sweep",
+        help="remove expired artifacts (MODELPRESS_RETENTION_DAYS), stored objects no row "
+        "points to, and this machine's scratch folders of jobs that are not running; prints "
+        "what it removed",
+    )
+    sweep.add_argument(
+        "--dry-run", action="store_true", help="print what would be removed, remove nothing"
+    )
 
     projects = commands.add_parser("projects", help="create, list and revoke projects")
     project_commands = projects.add_subparsers(dest="action", required=True)
@@ -135,6 +145,22 @@ def _run(args: argparse.Namespace) -> list[tuple[str, bool]]:
     return out
 
 
+def _sweep(*, dry_run: bool) -> int:
+    from core.maintenance import run_maintenance
+    from core.storage import StorageError, get_storage
+
+    try:
+        report = run_maintenance(settings=get_settings(), storage=get_storage(), dry_run=dry_run)
+    except (SQLAlchemyError, StorageError) as exc:
+        print(f"error: the sweep stopped: {exc}", file=sys.stderr)
+        return 1
+    lines = report.lines(dry_run=dry_run)
+    for line in lines:
+        print(line)
+    print(f"{len(lines)} item(s) {'to remove' if dry_run else 'removed'}", file=sys.stderr)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "migrate":
@@ -143,6 +169,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         upgrade(get_settings().resolved_database_url)
         print("database is up to date", file=sys.stderr)
         return 0
+    if args.command == "sweep":
+        return _sweep(dry_run=args.dry_run)
     try:
         output = _run(args)
     except admin.AdminError as exc:

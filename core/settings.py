@@ -103,6 +103,15 @@ class Settings(BaseSettings):
     def _level_in_capitals(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
 
+    #: Finished jobs' artifacts are removed this many days after the job finished (the job and
+    #: its result numbers stay). None: kept until the job is deleted.
+    retention_days: float | None = Field(None, gt=0)
+    #: How often each worker runs its maintenance: retention and the sweep of orphans.
+    maintenance_interval_s: float = Field(3600.0, gt=0)
+    #: The sweeper removes an object or scratch folder that nothing points to only once it is
+    #: this old: an upload stores its object before its row commits.
+    orphan_grace_s: float = Field(3600.0, ge=60)
+
     @model_validator(mode="after")
     def _absolute_data_dir(self) -> Settings:
         # Every path under it stays valid whatever directory a job's code runs in.
@@ -165,6 +174,16 @@ class Settings(BaseSettings):
         if self.log_format:
             return self.log_format
         return "json" if self.environment == "production" else "text"
+
+    @property
+    def job_staging_dir(self) -> Path:
+        """A worker's folders for one attempt of a job each, named `<job id>-<random>`."""
+        return self.tmp_dir / "jobs"
+
+    @property
+    def sandbox_dir(self) -> Path:
+        """The scratch folders of the job hosts, named `<pool process id>-<random>`."""
+        return self.tmp_dir / "sandbox"
 
 
 @lru_cache

@@ -7,6 +7,8 @@ import os
 import re
 import shutil
 from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Protocol
@@ -18,6 +20,13 @@ class StorageError(Exception):
     pass
 
 
+@dataclass(frozen=True)
+class StoredObject:
+    key: str
+    #: When the object was stored (its age decides whether the sweeper may judge it).
+    stored_at: datetime
+
+
 class Storage(Protocol):
     def put_file(self, key: str, source: Path) -> None: ...
     def fetch_to(self, key: str, dest: Path) -> Path: ...
@@ -25,6 +34,8 @@ class Storage(Protocol):
     def exists(self, key: str) -> bool: ...
     def iter_range(self, key: str, start: int, end: int) -> Iterator[bytes]: ...
     def delete_prefix(self, prefix: str) -> None: ...
+    def delete(self, key: str) -> None: ...
+    def list_objects(self, prefix: str) -> Iterator[StoredObject]: ...
     def ping(self) -> None: ...
 
 
@@ -49,6 +60,9 @@ class LocalStorage:
         dest = self.path(key)
         dest.parent.mkdir(parents=True, exist_ok=True)
         partial = dest.with_name(dest.name + ".partial")
+        # A moved file keeps the time it was last written (an upload: before it was checked);
+        # the sweeper's grace period must count from the moment it was stored.
+        os.utime(source)
         try:
             os.replace(source, partial)
         except OSError:  # another filesystem: copy instead
@@ -92,6 +106,24 @@ class LocalStorage:
             shutil.rmtree(target, ignore_errors=True)
         elif target.exists():
             target.unlink()
+
+    def delete(self, key: str) -> None:
+        self.path(key).unlink(missing_ok=True)
+
+    def list_objects(self, prefix: str) -> Iterator[StoredObject]:
+        """Every object whose key starts with the folder `prefix` ("" for all of them)."""
+        top = self.path(prefix) if prefix else self.root
+        for folder, _, names in os.walk(top):
+            for name in names:
+                path = Path(folder, name)
+                key = path.relative_to(self.root).as_posix()
+                if key == ".ready":
+                    continue
+                try:
+                    modified = path.stat().st_mtime
+                except FileNotFoundError:  # deleted while listed
+                    continue
+                yield StoredObject(key=key, stored_at=datetime.fromtimestamp(modified, UTC))
 
     def ping(self) -> None:
         probe = self.root / ".ready"
@@ -158,11 +190,43 @@ class S3Storage:
         yield from response["Body"].iter_chunks(chunk)
 
     def delete_prefix(self, prefix: str) -> None:
+        """The object `prefix`, or the objects in the folder `prefix`, as a path names a file
+        or a folder: deleting job_1 must not delete job_12 (S3 prefixes are plain strings)."""
+        full = self._key(prefix)
         paginator = self.client.get_paginator("list_objects_v2")
-        for page in paginator.paginate(Bucket=self.bucket, Prefix=self._key(prefix)):
-            objects = [{"Key": item["Key"]} for item in page.get("Contents", [])]
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=full):
+            objects = [
+                {"Key": item["Key"]}
+                for item in page.get("Contents", [])
+                if item["Key"] == full or item["Key"].startswith(f"{full}/")
+            ]
             if objects:
                 self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": objects})
+
+    def delete(self, key: str) -> None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+        except (BotoCoreError, ClientError) as exc:
+            raise StorageError(f"object {key!r} could not be deleted: {exc}") from exc
+
+    def list_objects(self, prefix: str) -> Iterator[StoredObject]:
+        """Every object whose key starts with the folder `prefix` ("" for all of them)."""
+        base = f"{self.prefix}/" if self.prefix else ""
+        listed = f"{self._key(prefix)}/" if prefix else base
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        paginator = self.client.get_paginator("list_objects_v2")
+        try:
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=listed):
+                for item in page.get("Contents", []):
+                    yield StoredObject(
+                        key=item["Key"][len(base) :],
+                        stored_at=item["LastModified"].astimezone(UTC),
+                    )
+        except (BotoCoreError, ClientError) as exc:
+            raise StorageError(f"the objects under {prefix!r} could not be listed: {exc}") from exc
 
     def ping(self) -> None:
         self.client.head_bucket(Bucket=self.bucket)

@@ -9,7 +9,32 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Literal
+
 DATASET_FILE = "data.npz"
+
+OwnerKind = Literal["models", "datasets", "jobs"]
+#: The folders under a project's prefix, each named after the table whose rows own them.
+OWNER_KINDS: tuple[OwnerKind, ...] = ("models", "datasets", "jobs")
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The row an object belongs to, read from its key."""
+
+    kind: OwnerKind
+    project_id: str
+    resource_id: str
+
+
+def owner_of(key: str) -> Owner | None:
+    """None for a key outside this layout: the sweeper leaves such objects alone."""
+    parts = key.split("/")
+    if len(parts) < 4 or parts[1] not in OWNER_KINDS:
+        return None
+    kind: OwnerKind = parts[1]
+    return Owner(kind=kind, project_id=parts[0], resource_id=parts[2])
 
 
 def model_prefix(project_id: str, model_id: str) -> str:
@@ -29,9 +54,14 @@ def dataset_key(project_id: str, dataset_id: str) -> str:
     return f"{dataset_prefix(project_id, dataset_id)}/{DATASET_FILE}"
 
 
+def job_prefix(project_id: str, job_id: str) -> str:
+    """Everything stored for one job: every attempt's artifacts and its checkpoints."""
+    return f"{project_id}/jobs/{job_id}"
+
+
 def attempt_prefix(project_id: str, job_id: str, attempt: int) -> str:
     """What one attempt of a job stored: a retried attempt replaces its predecessors' files."""
-    return f"{project_id}/jobs/{job_id}/attempt-{attempt}"
+    return f"{job_prefix(project_id, job_id)}/attempt-{attempt}"
 
 
 def artifact_key(attempt: str, name: str) -> str:
@@ -41,4 +71,4 @@ def artifact_key(attempt: str, name: str) -> str:
 
 def checkpoints_prefix(project_id: str, job_id: str) -> str:
     """Where a job's training checkpoints live: shared by all its attempts, on any worker."""
-    return f"{project_id}/jobs/{job_id}/checkpoints"
+    return f"{job_prefix(project_id, job_id)}/checkpoints"

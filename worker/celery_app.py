@@ -35,6 +35,7 @@ from core.settings import get_settings
 from core.storage import get_storage
 from worker.affinity import CoresUnavailable, pin_to
 from worker.gpu_check import choose_queues
+from worker.maintenance import start_maintenance
 from worker.presence import Presence
 from worker.reaper import start_reaper
 from worker.runner import execute_job
@@ -208,4 +209,14 @@ def _serve_metrics(**_: Any) -> None:
         "metrics served on http://%s:%d/metrics",
         settings.worker_metrics_host,
         settings.worker_metrics_port,
+    )
+
+
+@worker_ready.connect
+def _start_maintenance(**_: Any) -> None:
+    start_maintenance(settings)
+    log.info(
+        "maintenance started (every %.0f s; retention %s)",
+        settings.maintenance_interval_s,
+        f"{settings.retention_days:g} days" if settings.retention_days else "off",
     )

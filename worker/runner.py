@@ -195,7 +195,7 @@ def _requested_limits(spec: dict[str, Any] | None) -> RequestedLimits:
 
 
 def _jobs_dir(settings: Settings) -> Path:
-    path = settings.tmp_dir / "jobs"
+    path = settings.job_staging_dir
     path.mkdir(parents=True, exist_ok=True)
     return path
 

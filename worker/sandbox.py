@@ -54,7 +54,7 @@ class KernelLimits:
 class JobHost:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        root = settings.tmp_dir / "sandbox"
+        root = settings.sandbox_dir
         _remove_stale_scratch(root)
         self.scratch = ScratchFolder(root / f"{os.getpid()}-{uuid.uuid4().hex[:8]}")
         self._sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)

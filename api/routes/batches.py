@@ -5,17 +5,33 @@ from __future__ import annotations
 from collections import defaultdict
 
 from fastapi import APIRouter, Response
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
-from api.deps import IdempotencyKey, ReadKey, SessionDep, SettingsDep, WriteKey, live_queues
+from api.deps import (
+    IdempotencyKey,
+    ReadKey,
+    SessionDep,
+    SettingsDep,
+    StorageDep,
+    WriteKey,
+    live_queues,
+)
+from api.errors import Problem
 from api.owned import get_owned
 from api.pagination import paginate
+from api.removal import remove_objects
 from api.schemas import BatchOut, BatchSummary, JobOut, Page
-from api.submit import commit_or_find_winner, new_batch, replay, request_hash, send_committed
-from core import jobstate
+from api.submit import (
+    commit_or_find_winner,
+    new_batch,
+    replay,
+    request_hash,
+    send_committed,
+)
+from core import jobstate, storage_keys
 from core.jobspec import BatchSpec
-from core.tables import Batch, Job, JobStatus
+from core.tables import FINAL_STATUSES, Batch, Job, JobStatus
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"])
 
@@ -47,6 +63,7 @@ def create_batch(
     winner = commit_or_find_winner(
         session,
         lambda: _find_by_idempotency_key(session, key.project_id, idempotency_key or ""),
+        jobs=jobs,
     )
     if winner is not None:
         return _replay(session, winner, hashed, response)
@@ -83,6 +100,39 @@ def cancel_batch(batch_id: str, key: WriteKey, session: SessionDep) -> BatchOut:
     session.commit()
     session.expire_all()
     return _batch_out(session, batch)
+
+
+@router.delete("/{batch_id}", status_code=204)
+def delete_batch(
+    batch_id: str, key: WriteKey, session: SessionDep, storage: StorageDep
+) -> Response:
+    """Deletes the batch, its jobs and everything they stored. Refused (409 `batch_active`,
+    naming them) while any of its jobs is unfinished: cancel the batch first."""
+    batch = get_owned(session, Batch, batch_id, project_id=key.project_id)
+    # Finished jobs never run again (a retry is a new job outside the batch), so deleting them
+    # first and then looking for what is left finds exactly the unfinished ones; deleting the
+    # batch row would cascade to those, so then nothing is deleted at all.
+    finished = session.scalars(
+        select(Job.id).where(Job.batch_id == batch.id, Job.status.in_(FINAL_STATUSES))
+    ).all()
+    session.execute(delete(Job).where(Job.id.in_(finished), Job.status.in_(FINAL_STATUSES)))
+    unfinished = session.scalars(
+        select(Job.id).where(Job.batch_id == batch.id).order_by(Job.created_at, Job.id)
+    ).all()
+    if unfinished:
+        session.rollback()
+        shown = ", ".join(unfinished[:10]) + (" …" if len(unfinished) > 10 else "")
+        raise Problem(
+            409,
+            f"batch {batch_id!r} has {len(unfinished)} unfinished job(s) ({shown}); cancel the "
+            f"batch (POST /v1/batches/{batch_id}/cancel), then delete it once they stopped",
+            type="batch_active",
+        )
+    session.execute(delete(Batch).where(Batch.id == batch.id))
+    session.commit()
+    # The objects only after the commit: a crash in between leaves orphans for the sweeper.
+    remove_objects(storage, [storage_keys.job_prefix(key.project_id, j) for j in finished])
+    return Response(status_code=204)
 
 
 def _find_by_idempotency_key(session: Session, project_id: str, key: str) -> Batch | None:

@@ -6,12 +6,13 @@ from functools import partial
 
 from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from sqlalchemy import select
+from sqlalchemy import delete, select
 
 from api.deps import ReadKey, SessionDep, SettingsDep, StorageDep, WriteKey
-from api.errors import Problem
+from api.errors import in_use, not_found
 from api.owned import get_owned
 from api.pagination import Sha256Filter, paginate
+from api.removal import remove_objects
 from api.schemas import DatasetOut, Page
 from api.stored_uploads import store_dataset
 from api.uploads import (
@@ -19,7 +20,8 @@ from api.uploads import (
     receive_upload,
 )
 from core import storage_keys
-from core.tables import ACTIVE_STATUSES, Dataset, Job
+from core.inuse import active_jobs_using, lock_for_delete
+from core.tables import Dataset
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 
@@ -84,20 +86,17 @@ def get_dataset(dataset_id: str, key: ReadKey, session: SessionDep) -> DatasetOu
 def delete_dataset(
     dataset_id: str, key: WriteKey, session: SessionDep, storage: StorageDep
 ) -> Response:
-    row = get_owned(session, Dataset, dataset_id, project_id=key.project_id)
-    active_jobs = session.scalars(
-        select(Job.dataset_ids).where(
-            Job.project_id == key.project_id, Job.status.in_(ACTIVE_STATUSES)
-        )
-    ).all()
-    users = sum(1 for ids in active_jobs if row.id in ids)
+    """Deletes the dataset and its stored file. Refused (409 `dataset_in_use`) while an
+    unfinished job reads it; finished jobs keep their results and the id in their spec."""
+    get_owned(session, Dataset, dataset_id, project_id=key.project_id)
+    # Row lock, then the check, then the row, then the commit; the file only after it
+    # (core.inuse says why this order never deletes what a job reads).
+    if not lock_for_delete(session, Dataset, dataset_id):
+        raise not_found("dataset", dataset_id)
+    users = active_jobs_using(session, project_id=key.project_id, dataset_id=dataset_id)
     if users:
-        raise Problem(
-            409,
-            f"the dataset is used by {users} unfinished job(s); cancel them first",
-            type="dataset_in_use",
-        )
-    session.delete(row)
+        raise in_use("dataset", dataset_id, users)
+    session.execute(delete(Dataset).where(Dataset.id == dataset_id))
     session.commit()
-    storage.delete_prefix(storage_keys.dataset_prefix(key.project_id, dataset_id))
+    remove_objects(storage, [storage_keys.dataset_prefix(key.project_id, dataset_id)])
     return Response(status_code=204)

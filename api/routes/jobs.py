@@ -14,7 +14,7 @@ import anyio.to_thread
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from pydantic import AfterValidator, AwareDatetime
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from api import jobactions
@@ -31,8 +31,16 @@ from api.downloads import stored_file_response
 from api.errors import Problem, not_found
 from api.owned import get_owned
 from api.pagination import as_utc, paginate
+from api.removal import remove_objects
 from api.schemas import ArtifactOut, JobOut, Page
-from api.submit import commit_or_find_winner, new_job, replay, request_hash, send_committed
+from api.submit import (
+    commit_or_find_winner,
+    new_job,
+    replay,
+    request_hash,
+    send_committed,
+)
+from core import storage_keys
 from core.db import session_factory
 from core.jobspec import JobSpec
 from core.settings import get_settings
@@ -96,6 +104,7 @@ def create_job(
     winner = commit_or_find_winner(
         session,
         lambda: _find_by_idempotency_key(session, key.project_id, idempotency_key or ""),
+        jobs=[job],
     )
     if winner is not None:
         return _replay(session, winner, hashed, response)
@@ -144,6 +153,47 @@ def cancel_job(job_id: str, key: WriteKey, session: SessionDep) -> JobOut:
     return _out(session, jobactions.cancel(session, job))
 
 
+@router.delete("/{job_id}", status_code=204)
+def delete_job(job_id: str, key: WriteKey, session: SessionDep, storage: StorageDep) -> Response:
+    """Deletes a finished job, its artifacts and everything it stored. An unfinished job is
+    refused (409 `job_active`): cancel it first. Jobs that retried it keep their own rows."""
+    job = get_owned(session, Job, job_id, project_id=key.project_id)
+    # Conditional: only a finished job goes, whatever happened since it was read.
+    deleted = session.execute(
+        delete(Job).where(Job.id == job.id, Job.status.in_(FINAL_STATUSES))
+    ).rowcount  # type: ignore[attr-defined]
+    if not deleted:
+        session.rollback()
+        current = session.get(Job, job_id)
+        if current is None:  # deleted by another request meanwhile
+            raise not_found("job", job_id)
+        raise job_active(current)
+    session.commit()
+    # The objects only after the commit: a crash in between leaves orphans for the sweeper.
+    remove_objects(storage, [storage_keys.job_prefix(key.project_id, job_id)])
+    return Response(status_code=204)
+
+
+def artifacts_expired(job: Job) -> Problem:
+    assert job.artifacts_expired_at is not None
+    return Problem(
+        410,
+        f"the artifacts of job {job.id!r} were removed on "
+        f"{job.artifacts_expired_at:%Y-%m-%d %H:%M} UTC by the retention policy "
+        "(MODELPRESS_RETENTION_DAYS); the job and its result numbers are kept",
+        type="artifacts_expired",
+    )
+
+
+def job_active(job: Job) -> Problem:
+    return Problem(
+        409,
+        f"job {job.id!r} is {job.status}; cancel it (POST /v1/jobs/{job.id}/cancel) and delete "
+        "it once it is canceled",
+        type="job_active",
+    )
+
+
 @router.get("/{job_id}/artifacts", response_model=list[ArtifactOut])
 def list_job_artifacts(job_id: str, key: ReadKey, session: SessionDep) -> list[ArtifactOut]:
     job = get_owned(session, Job, job_id, project_id=key.project_id)
@@ -173,6 +223,8 @@ def get_job_report(
         .where(Artifact.job_id == job.id, Artifact.kind == "report")
         .order_by(Artifact.created_at.desc())
     )
+    if row is None and job.artifacts_expired_at is not None:
+        raise artifacts_expired(job)
     if row is None:
         raise Problem(
             404,

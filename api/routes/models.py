@@ -7,13 +7,14 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from sqlalchemy import select
+from sqlalchemy import delete, select
 
 from api.deps import ReadKey, SessionDep, SettingsDep, StorageDep, WriteKey
 from api.downloads import stored_file_response
-from api.errors import Problem
+from api.errors import in_use, not_found
 from api.owned import get_owned
 from api.pagination import Sha256Filter, paginate
+from api.removal import remove_objects
 from api.schemas import ModelOut, Page
 from api.stored_uploads import store_model
 from api.uploads import (
@@ -21,7 +22,8 @@ from api.uploads import (
     receive_upload,
 )
 from core import storage_keys
-from core.tables import ACTIVE_STATUSES, Job, StoredModel
+from core.inuse import active_jobs_using, lock_for_delete
+from core.tables import StoredModel
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
@@ -113,23 +115,17 @@ def download_model(
 def delete_model(
     model_id: str, key: WriteKey, session: SessionDep, storage: StorageDep
 ) -> Response:
-    row = get_owned(session, StoredModel, model_id, project_id=key.project_id)
-    unfinished = session.execute(
-        select(Job.model_id, Job.extra_model_ids).where(
-            Job.project_id == key.project_id, Job.status.in_(ACTIVE_STATUSES)
-        )
-    ).all()
-    # A job reads its own model and, for distillation, its students' models.
-    active = sum(
-        1 for job_model, extra in unfinished if job_model == row.id or row.id in (extra or [])
-    )
-    if active:
-        raise Problem(
-            409,
-            f"the model is used by {active} unfinished job(s); cancel them first",
-            type="model_in_use",
-        )
-    session.delete(row)
+    """Deletes the model and its stored file. Refused (409 `model_in_use`) while an unfinished
+    job reads it; finished jobs keep their results and show `model_id: null`."""
+    get_owned(session, StoredModel, model_id, project_id=key.project_id)
+    # Row lock, then the check, then the row, then the commit; the file only after it
+    # (core.inuse says why this order never deletes what a job reads).
+    if not lock_for_delete(session, StoredModel, model_id):
+        raise not_found("model", model_id)
+    users = active_jobs_using(session, project_id=key.project_id, model_id=model_id)
+    if users:
+        raise in_use("model", model_id, users)
+    session.execute(delete(StoredModel).where(StoredModel.id == model_id))
     session.commit()
-    storage.delete_prefix(storage_keys.model_prefix(key.project_id, model_id))
+    remove_objects(storage, [storage_keys.model_prefix(key.project_id, model_id)])
     return Response(status_code=204)

@@ -58,10 +58,12 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-models_app = typer.Typer(help="Upload, list, show and download models.", no_args_is_help=True)
-datasets_app = typer.Typer(help="Upload, list and show datasets.", no_args_is_help=True)
-jobs_app = typer.Typer(help="Follow, cancel and retry jobs.", no_args_is_help=True)
-batches_app = typer.Typer(help="Follow and cancel batches (sweeps).", no_args_is_help=True)
+models_app = typer.Typer(
+    help="Upload, list, show, download and delete models.", no_args_is_help=True
+)
+datasets_app = typer.Typer(help="Upload, list, show and delete datasets.", no_args_is_help=True)
+jobs_app = typer.Typer(help="Follow, cancel, retry and delete jobs.", no_args_is_help=True)
+batches_app = typer.Typer(help="Follow, cancel and delete batches (sweeps).", no_args_is_help=True)
 keys_app = typer.Typer(help="API keys of a project (admin).", no_args_is_help=True)
 projects_app = typer.Typer(help="Projects (instance admin).", no_args_is_help=True)
 for sub, name in (
@@ -79,6 +81,9 @@ out = Console()
 err = Console(stderr=True)
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+YesOpt = Annotated[
+    bool, typer.Option("--yes", "-y", help="Delete without asking (needed without a terminal).")
+]
 TimeoutOpt = Annotated[
     float | None, typer.Option("--timeout", help="Seconds to wait before giving up (exit 3).")
 ]
@@ -476,6 +481,12 @@ def _print_job(job: Job) -> None:
     out.print(f"job {job.id}: {job.status}" + (f" ({job.stage})" if job.stage else ""))
     if job.waiting_for:
         out.print(f"[yellow]waiting[/yellow]: {job.waiting_for.reason}", highlight=False)
+    if job.artifacts_expired_at:
+        out.print(
+            f"artifacts removed by retention on {job.artifacts_expired_at:%Y-%m-%d %H:%M} UTC "
+            "(the numbers below are kept)",
+            highlight=False,
+        )
     if job.error:
         out.print(f"[red]{job.error.type}[/red]: {job.error.message}", highlight=False)
     if job.summary:
@@ -595,6 +606,80 @@ def batches_cancel(batch_id: str, as_json: JsonOpt = False) -> None:
     with client() as c:
         batch = c.cancel_batch(batch_id)
     emit(batch) if as_json else out.print(_batch_table(batch))
+
+
+# --- deleting ----------------------------------------------------------------------------
+
+
+def _delete(
+    what: str, resource_id: str, *, consequence: str, yes: bool, as_json: bool, action: Any
+) -> None:
+    """Asks first unless --yes; without a terminal to ask on, refuses (exit 2)."""
+    if not yes:
+        if not sys.stdin.isatty():
+            fail(Exit.USAGE, f"deleting {what} {resource_id} cannot be undone; add --yes")
+        if not typer.confirm(f"delete {what} {resource_id}{consequence}?", err=True):
+            fail(Exit.USAGE, "nothing was deleted")
+    with client() as c:
+        action(c, resource_id)
+    if as_json:
+        emit({"id": resource_id, "deleted": True})
+    else:
+        out.print(f"{what} {resource_id} deleted", highlight=False)
+
+
+@models_app.command("delete")
+def models_delete(model_id: str, yes: YesOpt = False, as_json: JsonOpt = False) -> None:
+    """Deletes a model and its file. Refused (exit 5) while an unfinished job reads it."""
+    _delete(
+        "model",
+        model_id,
+        consequence=" and its stored file",
+        yes=yes,
+        as_json=as_json,
+        action=Client.delete_model,
+    )
+
+
+@datasets_app.command("delete")
+def datasets_delete(dataset_id: str, yes: YesOpt = False, as_json: JsonOpt = False) -> None:
+    """Deletes a dataset and its file. Refused (exit 5) while an unfinished job reads it."""
+    _delete(
+        "dataset",
+        dataset_id,
+        consequence=" and its stored file",
+        yes=yes,
+        as_json=as_json,
+        action=Client.delete_dataset,
+    )
+
+
+@jobs_app.command("delete")
+def jobs_delete(job_id: str, yes: YesOpt = False, as_json: JsonOpt = False) -> None:
+    """Deletes a finished job and its artifacts. Refused (exit 5) while it is unfinished:
+    cancel it first."""
+    _delete(
+        "job",
+        job_id,
+        consequence=", its results and its artifacts",
+        yes=yes,
+        as_json=as_json,
+        action=Client.delete_job,
+    )
+
+
+@batches_app.command("delete")
+def batches_delete(batch_id: str, yes: YesOpt = False, as_json: JsonOpt = False) -> None:
+    """Deletes a batch, its jobs and their artifacts. Refused (exit 5) while any of its jobs
+    is unfinished: cancel the batch first."""
+    _delete(
+        "batch",
+        batch_id,
+        consequence=", all its jobs and their artifacts",
+        yes=yes,
+        as_json=as_json,
+        action=Client.delete_batch,
+    )
 
 
 # --- results -----------------------------------------------------------------------------

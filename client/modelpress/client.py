@@ -355,6 +355,25 @@ class Client:
         response = self._request("POST", f"/v1/jobs/{job_id}/retry", retry_on_transport=False)
         return Job.model_validate(response.json())
 
+    def delete_job(self, job_id: str) -> None:
+        """Deletes a finished job and its artifacts (ApiError 409 while it is unfinished)."""
+        self._delete(f"/v1/jobs/{job_id}")
+
+    def delete_batch(self, batch_id: str) -> None:
+        """Deletes a batch whose jobs are all finished, with its jobs and their artifacts."""
+        self._delete(f"/v1/batches/{batch_id}")
+
+    def delete_model(self, model_id: str) -> None:
+        """Deletes a model (ApiError 409 while an unfinished job reads it)."""
+        self._delete(f"/v1/models/{model_id}")
+
+    def delete_dataset(self, dataset_id: str) -> None:
+        """Deletes a dataset (ApiError 409 while an unfinished job reads it)."""
+        self._delete(f"/v1/datasets/{dataset_id}")
+
+    def _delete(self, path: str) -> None:
+        self._request("DELETE", path)
+
     def get_batch(self, batch_id: str) -> Batch:
         return self._get(f"/v1/batches/{batch_id}", Batch)
 
@@ -475,6 +494,12 @@ class Client:
         job = self.get_job(job_id)
         if not job.succeeded:
             raise JobNotSucceeded(job)
+        if job.artifacts_expired_at is not None:
+            raise ApiError(
+                410,
+                f"the artifacts of job {job_id} were removed by the service's retention policy "
+                f"on {job.artifacts_expired_at:%Y-%m-%d}; its numbers are kept",
+            )
         for artifact in reversed(self.artifacts(job_id)):
             if artifact.kind == "model":
                 return artifact

@@ -151,6 +151,8 @@ class Job(_Schema):
     result: JobResult | None = None
     created_at: datetime | None = None
     finished_at: datetime | None = None
+    #: When the service's retention removed the job's artifacts (its numbers are kept).
+    artifacts_expired_at: datetime | None = None
 
     @property
     def done(self) -> bool:

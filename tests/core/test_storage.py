@@ -47,3 +47,22 @@ def test_keys_that_would_escape_are_refused(storage: Storage, tmp_path: Path, ke
     source.write_bytes(b"x")
     with pytest.raises(StorageError):
         storage.put_file(key, source)
+
+
+def test_deleting_a_folder_leaves_its_neighbours_and_listing_finds_every_object(
+    storage: Storage, tmp_path: Path
+) -> None:
+    keys = ["p1/jobs/job_1/attempt-1/a.onnx", "p1/jobs/job_12/report.json", "p1/jobs/job_1x"]
+    for key in keys:
+        source = tmp_path / "object"
+        source.write_bytes(key.encode())
+        storage.put_file(key, source)
+    listed = list(storage.list_objects(""))
+    assert sorted(o.key for o in listed) == sorted(keys)
+    assert all(o.stored_at.tzinfo is not None for o in listed)
+    assert [o.key for o in storage.list_objects("p1/jobs/job_12")] == [keys[1]]
+
+    storage.delete_prefix("p1/jobs/job_1")
+    assert sorted(o.key for o in storage.list_objects("")) == sorted(keys[1:])
+    storage.delete("p1/jobs/job_1x")
+    assert [o.key for o in storage.list_objects("p1")] == [keys[1]]

@@ -377,3 +377,21 @@ def test_a_job_no_worker_can_take_says_so_on_its_page_and_in_the_list(
     assert "Waiting for a worker: no live worker serves the 'gpu' queue" in page
     listed = _text(pages.get("/jobs").text)
     assert "waiting: no live worker serves the 'gpu' queue" in listed
+
+
+def test_a_job_whose_files_retention_removed_says_so_and_keeps_its_numbers(
+    pages: TestClient, signed_in: str, finished: dict[str, str]
+) -> None:
+    from datetime import timedelta
+
+    from core.retention import expire_artifacts
+    from core.storage import get_storage
+
+    job_id = finished["faster"]
+    before = pages.get(f"/jobs/{job_id}").text
+    assert "Download the optimized model" in before and "removed by the retention" not in before
+    expire_artifacts(storage=get_storage(), keep_for=timedelta(0))
+    after = pages.get(f"/jobs/{job_id}").text
+    assert "The files of this job were removed by the retention setting" in _text(after)
+    assert "Download the optimized model" not in after
+    assert _verdict(after) == _verdict(before)  # the numbers stay

@@ -258,7 +258,9 @@ def _submit_spec(
             idempotency_key=key,
             request_hash=request_hash(spec),
         )
-        winner = commit_or_find_winner(session, lambda: _find(session, Job, viewer.project_id, key))
+        winner = commit_or_find_winner(
+            session, lambda: _find(session, Job, viewer.project_id, key), jobs=[job]
+        )
     except ValidationError as exc:
         draft.errors = _validation_errors(exc)
     except Problem as exc:
@@ -306,7 +308,7 @@ def _submit_sweep(
             request_hash=request_hash(spec),
         )
         winner = commit_or_find_winner(
-            session, lambda: _find(session, Batch, viewer.project_id, key)
+            session, lambda: _find(session, Batch, viewer.project_id, key), jobs=jobs
         )
     except ValidationError as exc:
         _sweep_errors(draft, [(list(e["loc"]), e["msg"]) for e in exc.errors()])
