@@ -534,7 +534,8 @@ def _build_chain(node: Json, values: Values, choices: Choices) -> Group:
                 widget="select",
                 value=variant,
                 hint="Choosing another kind shows its options: the form comes back with "
-                "everything typed so far kept.",
+                "everything typed so far kept. With the keyboard, choose with the arrow "
+                "keys, then press Enter.",
                 options=options + _unknown(variant, options),
                 required=True,
             )

@@ -11,29 +11,10 @@ from playwright.sync_api import Page, expect
 from tests.conftest import ADMIN_KEY
 from tests.integration.processes import Service, wait_until
 from tests.models.onnx_basic import make_mlp
+from tests.web.keyboard import tab_to
 from tests.web.screens import keep_screenshot
 from tests.web.test_browser_accessibility import serious_violations
 from tests.web.test_browser_signin import browser_sign_in
-
-#: The name a control is announced by: its label, or the text of a link or button.
-_FOCUSED_NAME = """(() => {
-  const e = document.activeElement;
-  if (!e) return "";
-  const label = e.labels && e.labels.length ? e.labels[0].innerText : "";
-  return (label || e.innerText || e.value || "").replace(/\\s+/g, " ").trim();
-})()"""
-
-
-def tab_to(page: Page, name: str, *, limit: int = 60) -> None:
-    """Presses Tab until the control called `name` has the focus."""
-    seen = []
-    for _ in range(limit):
-        page.keyboard.press("Tab")
-        focused = page.evaluate(_FOCUSED_NAME)
-        if focused == name:
-            return
-        seen.append(focused)
-    raise AssertionError(f"Tab never reached {name!r}; it went through {seen}")
 
 
 def test_keyboard_alone_signs_in_creates_and_revokes_a_key(page: Page) -> None:
