@@ -1,4 +1,4 @@
-"""`cuda` jobs through the worker's own code on a GPU machine, and what of it ran on the GPU.
+r"""`cuda` jobs through the worker's own code on a GPU machine, and what of it ran on the GPU.
 
 Device command. Prepare the wheels here once, in the repository root (`.whl/` is git-ignored;
 the lent machine has torch, onnx, onnxruntime (CPU build), numpy and psutil, not these):
