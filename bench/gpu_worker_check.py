@@ -363,7 +363,7 @@ def _sandbox_check(settings: Any, *, torch_cuda: bool, findings: Findings) -> bo
     from core.sandbox import SandboxUnavailable, host_command
 
     scratch = settings.tmp_dir / "gpu-check-sandbox"
-    scratch.mkdir(parents=True, exist_ok=True)
+    (scratch / "tmp").mkdir(parents=True, exist_ok=True)  # HOME and TMPDIR when unconfined
     try:
         command = host_command(
             settings, scratch=scratch, channel_fd=-1, program=["-c", _SANDBOX_CHECK]
