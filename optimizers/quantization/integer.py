@@ -35,8 +35,8 @@ from optimizers.external_data import (
     save_model,
 )
 from optimizers.model_info import inspect_model
-from optimizers.quantization import node_selection as selection
 from optimizers.quantization import node_precision as precision
+from optimizers.quantization import node_selection as selection
 from optimizers.quantization import opset, smooth_quant
 from optimizers.results import ModelInfo, PassContext, PassResult
 

@@ -14,7 +14,7 @@ from onnxruntime.quantization import QuantType, quantize_dynamic
 from optimizers.config import Int8Config
 from optimizers.errors import QuantizationError
 from optimizers.external_data import data_file_for
-from optimizers.quantization.fp16_nodes import nodes_to_fp16
+from optimizers.quantization.fp16_nodes import single_nodes_to_fp16
 from optimizers.quantization.transformer_ops import keep_float_nodes
 
 _WEIGHT_TYPES = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
@@ -93,12 +93,5 @@ def apply_after(
         notes.append(f"{len(dynamic)} node(s) quantized dynamically as per_node asks")
     half = plan.nodes("fp16")
     if half:
-        quantized = nodes_to_fp16(
-            quantized,
-            set(half),
-            workdir,
-            notes,
-            asked_by="per_node 'fp16'",
-            instead="choose 'float' for these nodes",
-        )
+        quantized = single_nodes_to_fp16(quantized, half, workdir, notes)
     return quantized
