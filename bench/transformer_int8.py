@@ -1,12 +1,17 @@
-"""int8 recipes for transformers on the bench encoder (bench/models.py), every variant timed
-side by side in one process: float, dynamic per-channel int8, the plain static recipe, the
+"""int8 recipes for transformers, every variant timed side by side in one process: float,
+dynamic per-channel int8, dynamic per-channel with SmoothQuant, the plain static recipe, the
 static `transformer` preset, and per-node mixed precision (the preset with the nodes the
-sensitivity report ranks worst kept out of int8). Prints, per variant, the paired speedup
-against float at one batch size with its 95% interval, and the output cosine on held-out
-samples.
+sensitivity report ranks worst quantized dynamically instead). Prints, per variant, the
+paired speedup against float at one batch size with its 95% interval, and the cosine of the
+first output on held-out samples.
 
     .venv/bin/python bench/transformer_int8.py [--batch 8] [--rounds 12] [--per-node 3]
         [--per-node-precision float] [--calibration-samples 128] [--json out.json]
+        [--minilm FOLDER]
+
+`--minilm FOLDER` measures all-MiniLM-L6-v2 (a real sentence-embedding model, see
+bench/minilm.py for how to get the folder offline) instead of the bench encoder; its
+fidelity is the cosine of the sentence embeddings.
 
 Timing: after a warm-up, rounds of blocks; in each round every variant runs one untimed and
 `--block` timed runs in turn, the order rotating every round, so drift in machine load hits
@@ -54,6 +59,11 @@ def recipes(calibration_samples: int) -> dict[str, dict[str, Any]]:
             "per_channel": True,
             "calibration": calibration,
         },
+        "dynamic_smooth": {
+            "method": "dynamic",
+            "per_channel": True,
+            "smooth_quant": {"dataset_id": CALIBRATION, "alpha": 0.8},
+        },
         "static_transformer": {
             "method": "static",
             "preset": "transformer",
@@ -86,7 +96,7 @@ def sensitive_nodes(
         raise SystemExit(f"sensitivity report failed: {report['error']}")
     names: list[str] = []
     for entry in report["nodes"]:
-        if entry["quantized"]:
+        if entry["quantized"] and entry["op_type"] in ("MatMul", "Gemm"):
             names.extend(name for name in entry["exclude"] if name not in names + already_float)
         if len(names) >= count:
             break
@@ -128,28 +138,44 @@ def main() -> None:
     parser.add_argument("--eval-samples", type=int, default=128)
     parser.add_argument("--per-node", type=int, default=3, help="sensitive nodes kept out")
     parser.add_argument(
-        "--per-node-precision", choices=["float", "fp16", "int8_dynamic"], default="float"
+        "--per-node-precision", choices=["float", "fp16", "int8_dynamic"], default="int8_dynamic"
     )
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--minilm", type=Path, help="folder of all-MiniLM-L6-v2 (see above)")
     args = parser.parse_args()
 
-    model = MODELS["transformer"]
     gc.freeze()
     with tempfile.TemporaryDirectory(prefix="modelpress-transformer-int8-") as tmp:
         folder = Path(tmp)
-        float_path = export_model(model, folder / "encoder.onnx")
-        datasets = {
-            CALIBRATION: make_dataset(
-                model,
-                float_path,
-                folder / "calib.npz",
-                samples=args.calibration_samples,
-                seed=1,
-            ),
-            EVALUATION: make_dataset(
-                model, float_path, folder / "eval.npz", samples=args.eval_samples, seed=2
-            ),
-        }
+        if args.minilm:
+            from bench import minilm
+
+            description = "all-MiniLM-L6-v2, 6 layers, hidden 384, 12 heads, seq 128"
+            float_path = minilm.export_minilm(args.minilm, folder / "minilm.onnx")
+            datasets = {
+                CALIBRATION: minilm.make_dataset(
+                    args.minilm, folder / "calib.npz", samples=args.calibration_samples, seed=1
+                ),
+                EVALUATION: minilm.make_dataset(
+                    args.minilm, folder / "eval.npz", samples=args.eval_samples, seed=2
+                ),
+            }
+        else:
+            model = MODELS["transformer"]
+            description = f"bench encoder: {model.description}"
+            float_path = export_model(model, folder / "encoder.onnx")
+            datasets = {
+                CALIBRATION: make_dataset(
+                    model,
+                    float_path,
+                    folder / "calib.npz",
+                    samples=args.calibration_samples,
+                    seed=1,
+                ),
+                EVALUATION: make_dataset(
+                    model, float_path, folder / "eval.npz", samples=args.eval_samples, seed=2
+                ),
+            }
         paths: dict[str, Path] = {"float": float_path}
         specs: dict[str, dict[str, Any]] = {"float": {}}
         seconds: dict[str, float] = {}
@@ -189,10 +215,14 @@ def main() -> None:
             fidelity[name] = fidelity_on_inputs(
                 float_path, path, eval_feeds, providers=[CPU], threads=default_threads()
             )
-        batch = np.load(datasets[EVALUATION])[model.input_name][: args.batch]
+        with np.load(datasets[EVALUATION]) as arrays:
+            feeds = {
+                name: arrays[name][: args.batch]
+                for name in (i.name for i in inspect_model(float_path).inputs)
+            }
         times = time_all(
             paths,
-            {model.input_name: batch},
+            feeds,
             rounds=args.rounds,
             block=args.block,
             warmup=args.warmup,
@@ -202,9 +232,9 @@ def main() -> None:
     rows = []
     print()
     print(
-        f"bench encoder ({model.description}), batch {args.batch}, {args.rounds} rounds x "
+        f"{description}, batch {args.batch}, {args.rounds} rounds x "
         f"{args.block} timed runs per variant, threads {default_threads()}, cosine of the "
-        f"logits on {args.eval_samples} held-out samples"
+        f"first output on {args.eval_samples} held-out samples"
     )
     print("| variant | p50 ms | speedup (95% interval) | cosine mean | cosine min | size MB |")
     print("|---|---|---|---|---|---|")

@@ -74,7 +74,7 @@ def test_transformer_preset_keeps_the_pooled_embedding_where_plain_static_loses_
     assert _pooled_cosine(encoder, plain.model_path) < HOLDS
     assert _pooled_cosine(encoder, preset.model_path) > HOLDS
     details = preset.details
-    assert details["per_channel"] is True and details["activation_symmetric"] is True
+    assert details["per_channel"] is True and details["smooth_quant"]["alpha"] == 0.8
     assert details["smooth_quant"]["layers"] == 12  # Q, K, V, out, ff1, ff2 in 2 layers
     assert details["quantized_nodes"] > 0
 
@@ -163,9 +163,9 @@ def test_preset_fills_only_what_the_spec_leaves_unset() -> None:
         {"method": "static", "preset": "transformer", "calibration": CALIBRATION}
     )
     dumped = config.model_dump()
-    assert dumped["per_channel"] is True and dumped["activation_symmetric"] is True
+    assert dumped["per_channel"] is True and dumped["activation_symmetric"] is False
     assert dumped["keep_float"] == ["attention", "normalization"]
-    assert dumped["smooth_quant"]["alpha"] == 0.5
+    assert dumped["smooth_quant"]["alpha"] == 0.8
     assert dumped["smooth_quant"]["dataset_id"] == "calib"
     own = quantize_config(
         {
