@@ -13,6 +13,7 @@ import pytest
 from pydantic import ValidationError
 
 from optimizers.errors import QuantizationError
+from optimizers.quantization.smooth_quant import smooth
 from optimizers.registry import run_pass
 from optimizers.results import PassContext, PassResult
 from tests.optimizers.helpers import quantize_config
@@ -180,3 +181,53 @@ def test_preset_fills_only_what_the_spec_leaves_unset() -> None:
         "attention"
     ]
     assert quantize_config(own.model_dump()).model_dump() == own.model_dump()
+
+
+def test_smooth_quant_leaves_the_float_model_unchanged_and_flattens_its_outliers(
+    encoder: tuple[Path, Path, np.ndarray],
+) -> None:
+    model, calibration, held_out = encoder
+    feeds = [{INPUT: batch} for batch in np.split(np.load(calibration)[INPUT], 8)]
+    original = onnx.load(str(model))
+    result = smooth(original, feeds, alpha=0.8)
+    assert len(result.layers) == 12 and len(result.inserted) == 8  # Q/K/V share one factor
+    ref = ort.InferenceSession(str(model)).run(None, {INPUT: held_out})[0]
+    smoothed = ort.InferenceSession(result.model.SerializeToString()).run(None, {INPUT: held_out})[
+        0
+    ]
+    np.testing.assert_allclose(smoothed, ref, rtol=1e-3, atol=1e-3)
+    # The first layer's feed-forward input: its outlier channels are now near the others.
+    exposed = onnx.load(str(model))
+    exposed.graph.output.extend([onnx.ValueInfoProto(name="L0_norm1")])
+    before = ort.InferenceSession(exposed.SerializeToString()).run(["L0_norm1"], feeds[0])[0]
+    mul = next(
+        n for n in result.model.graph.node if n.name in result.inserted and n.input[0] == "L0_norm1"
+    )
+    exposed = onnx.ModelProto()
+    exposed.CopyFrom(result.model)
+    exposed.graph.output.extend([onnx.ValueInfoProto(name=mul.output[0])])
+    after = ort.InferenceSession(exposed.SerializeToString()).run([mul.output[0]], feeds[0])[0]
+
+    def spread(values: np.ndarray) -> float:
+        channels = np.abs(values).reshape(-1, values.shape[-1]).max(axis=0)
+        return float(channels.max() / np.median(channels))
+
+    assert spread(before) > 100 and spread(after) < spread(before) / 10
+
+
+def test_dynamic_int8_with_smooth_quant_reads_its_own_dataset(
+    tmp_path: Path, encoder: tuple[Path, Path, np.ndarray]
+) -> None:
+    model, calibration, _ = encoder
+    config = quantize_config(
+        {
+            "method": "dynamic",
+            "per_channel": True,
+            "smooth_quant": {"dataset_id": "calib", "alpha": 0.8, "samples": 16},
+        }
+    )
+    assert config.dataset_ids() == ["calib"]
+    result = run_pass(model, config, PassContext(workdir=tmp_path, datasets={"calib": calibration}))
+    assert result.details["smooth_quant"]["layers"] == 12
+    assert result.details["smooth_quant"]["samples"] == 16
+    assert _pooled_cosine(encoder, result.model_path) > HOLDS
