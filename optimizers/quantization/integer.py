@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shutil
@@ -288,11 +289,13 @@ def _smooth(
     """SmoothQuant on the model to quantize; returns it and the Mul nodes it inserted."""
     assert config.smooth_quant is not None and config.smooth_quant.dataset_id is not None
     settings = config.smooth_quant
+    start, end = ctx.progress_span
+    # Reported within the first tenth of the span, before the calibration's own reports.
     reader = _DatasetReader(
         model=info,
         dataset=_calibration_path(ctx, settings.dataset_id),
         samples=settings.samples,
-        ctx=ctx,
+        ctx=dataclasses.replace(ctx, progress_span=(start, start + 0.1 * (end - start))),
     )
     feeds = iter(reader.get_next, None)
     result = smooth_quant.smooth(onnx.load(str(prepared)), feeds, alpha=settings.alpha)

@@ -227,7 +227,17 @@ def test_dynamic_int8_with_smooth_quant_reads_its_own_dataset(
         }
     )
     assert config.dataset_ids() == ["calib"]
-    result = run_pass(model, config, PassContext(workdir=tmp_path, datasets={"calib": calibration}))
+    events: list[tuple[str, float, str]] = []
+    ctx = PassContext(
+        workdir=tmp_path,
+        datasets={"calib": calibration},
+        progress=lambda *event: events.append(event),
+        progress_span=(0.2, 0.6),
+    )
+    result = run_pass(model, config, ctx)
+    fractions = [fraction for _, fraction, _ in events]
+    assert fractions == sorted(fractions) and 0.2 <= fractions[0] and fractions[-1] <= 0.6
+    assert any("SmoothQuant" in message for _, _, message in events)
     assert result.details["smooth_quant"]["layers"] == 12
     assert result.details["smooth_quant"]["samples"] == 16
     assert _pooled_cosine(encoder, result.model_path) > HOLDS
