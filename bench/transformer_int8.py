@@ -229,7 +229,7 @@ def main() -> None:
         )
         sizes = {name: path.stat().st_size for name, path in paths.items()}
 
-    rows = []
+    rows: list[dict[str, Any]] = []
     print()
     print(
         f"{description}, batch {args.batch}, {args.rounds} rounds x "

@@ -113,7 +113,7 @@ def single_nodes_to_fp16(path: Path, names: list[str], workdir: Path, notes: lis
 
 def _topological(nodes: list[onnx.NodeProto], graph: onnx.GraphProto) -> list[onnx.NodeProto]:
     available = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
-    pending, ordered = nodes, []
+    pending, ordered = nodes, list[onnx.NodeProto]()
     while pending:
         ready = [n for n in pending if all(name in available for name in n.input)]
         if not ready:  # names read from an outer scope: keep the rest in order

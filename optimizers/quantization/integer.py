@@ -287,8 +287,9 @@ def _smooth(
     external_data: bool,
 ) -> tuple[Path, list[str]]:
     """SmoothQuant on the model to quantize; returns it and the Mul nodes it inserted."""
-    assert config.smooth_quant is not None and config.smooth_quant.dataset_id is not None
     settings = config.smooth_quant
+    if settings is None or settings.dataset_id is None:  # the config validator fills it
+        raise QuantizationError("`smooth_quant` needs `smooth_quant.dataset_id`")
     start, end = ctx.progress_span
     # Reported within the first tenth of the span, before the calibration's own reports.
     reader = _DatasetReader(
