@@ -1,12 +1,13 @@
 """int8 recipes for transformers, every variant timed side by side in one process: float,
 dynamic per-channel int8, dynamic per-channel with SmoothQuant, the plain static recipe, the
-static `transformer` preset, and per-node mixed precision (the preset with the nodes the
-sensitivity report ranks worst quantized dynamically instead). Prints, per variant, the
+static `transformer` preset, the preset quantizing only weight layers' inputs, and per-node
+mixed precision (that recipe with the nodes the sensitivity report ranks worst quantized
+dynamically instead). Prints, per variant, the
 paired speedup against float at one batch size with its 95% interval, and the cosine of the
 first output on held-out samples.
 
-    .venv/bin/python bench/transformer_int8.py [--batch 8] [--rounds 12] [--per-node 3]
-        [--per-node-precision float] [--calibration-samples 128] [--json out.json]
+    .venv/bin/python bench/transformer_int8.py [--batch 8] [--rounds 12] [--per-node 6]
+        [--per-node-precision int8_dynamic] [--calibration-samples 128] [--json out.json]
         [--minilm FOLDER]
 
 `--minilm FOLDER` measures all-MiniLM-L6-v2 (a real sentence-embedding model, see
@@ -67,6 +68,12 @@ def recipes(calibration_samples: int) -> dict[str, dict[str, Any]]:
         "static_transformer": {
             "method": "static",
             "preset": "transformer",
+            "calibration": calibration,
+        },
+        "static_weight_layers": {
+            "method": "static",
+            "preset": "transformer",
+            "weight_layers_only": True,
             "calibration": calibration,
         },
     }
@@ -136,7 +143,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--calibration-samples", type=int, default=128)
     parser.add_argument("--eval-samples", type=int, default=128)
-    parser.add_argument("--per-node", type=int, default=3, help="sensitive nodes kept out")
+    parser.add_argument("--per-node", type=int, default=6, help="sensitive nodes kept out")
     parser.add_argument(
         "--per-node-precision", choices=["float", "fp16", "int8_dynamic"], default="int8_dynamic"
     )
@@ -188,13 +195,13 @@ def main() -> None:
             print(f"# quantized {name} in {seconds[name]:.0f} s", flush=True)
         chosen = sensitive_nodes(
             float_path,
-            paths["static_transformer"],
+            paths["static_weight_layers"],
             datasets[CALIBRATION],
             args.per_node,
-            already_float=details["static_transformer"]["keep_float"],
+            already_float=details["static_weight_layers"]["keep_float"],
         )
         mixed = {
-            **recipes(args.calibration_samples)["static_transformer"],
+            **recipes(args.calibration_samples)["static_weight_layers"],
             "per_node": {name: args.per_node_precision for name in chosen},
         }
         paths["mixed_per_node"], details["mixed_per_node"], seconds["mixed_per_node"] = quantize(

@@ -293,6 +293,12 @@ class StaticQuantizeConfig(Int8Config):
         default=False,
         description="Activation ranges symmetric around zero (zero point 0, or 128 for uint8).",
     )
+    weight_layers_only: bool = Field(
+        default=False,
+        description="Quantize only the inputs of MatMul, Gemm and Conv nodes; every other op "
+        "(bias Add, GELU, residual sums, reshapes) keeps float inputs and outputs. Not with "
+        "`include.op_types`.",
+    )
     preset: Literal["transformer"] | None = Field(
         default=None,
         description="`transformer`: per-channel weights, SmoothQuant (alpha 0.8) and "
@@ -313,6 +319,15 @@ class StaticQuantizeConfig(Int8Config):
 
     def calibration_dataset(self) -> str | None:
         return self.calibration.dataset_id if self.calibration else None
+
+    @model_validator(mode="after")
+    def _weight_layers(self) -> StaticQuantizeConfig:
+        if self.weight_layers_only and self.include is not None and self.include.op_types:
+            raise ValueError(
+                "`weight_layers_only` picks the op types itself; drop `include.op_types` "
+                "(or select nodes by name)"
+            )
+        return self
 
 
 class Fp16Config(QuantizeConfig):

@@ -56,6 +56,8 @@ _CALIBRATION_METHODS = {
     "percentile": CalibrationMethod.Percentile,
 }
 _FORMATS = {"qdq": QuantFormat.QDQ, "qoperator": QuantFormat.QOperator}
+#: What `weight_layers_only` quantizes: the ops that hold weights (their inputs only).
+WEIGHT_LAYER_OPS = ("MatMul", "Gemm", "Conv")
 
 
 def quantize_int8(model_path: Path, config: Int8Config, ctx: PassContext) -> PassResult:
@@ -103,8 +105,11 @@ def quantize_int8(model_path: Path, config: Int8Config, ctx: PassContext) -> Pas
     output = ctx.workdir / f"{stem}.{config.method}-int8.onnx"
     data_file_for(output).unlink(missing_ok=True)  # onnxruntime appends to an existing one
     weight_type = _QUANT_TYPES[config.weight_type]
+    op_types = resolved.op_types_to_quantize
+    if static is not None and static.weight_layers_only:
+        op_types = list(WEIGHT_LAYER_OPS)
     chosen: dict[str, Any] = {
-        "op_types_to_quantize": resolved.op_types_to_quantize,
+        "op_types_to_quantize": op_types,
         "nodes_to_quantize": resolved.nodes_to_quantize,
         "nodes_to_exclude": list(dict.fromkeys([*resolved.nodes_to_exclude, *kept.out_of_main]))
         or None,
@@ -199,6 +204,7 @@ def quantize_int8(model_path: Path, config: Int8Config, ctx: PassContext) -> Pas
         "excluded_nodes": excluded,
         "pre_processed": pre_processed,
         "activation_symmetric": static.activation_symmetric if static else None,
+        "weight_layers_only": static.weight_layers_only if static else None,
         "preset": static.preset if static else None,
         "keep_float": kept.kept_float,
         "per_node": kept.summary(),
