@@ -154,7 +154,7 @@ def quantize_int8(model_path: Path, config: Int8Config, ctx: PassContext) -> Pas
                 weight_type=weight_type,
                 calibrate_method=_CALIBRATION_METHODS[calibration.method],
                 use_external_data_format=external_data,
-                extra_options={"ActivationSymmetric": static.activation_symmetric},
+                extra_options=_static_options(static),
                 **chosen,
             )
         output = precision.apply_after(
@@ -280,6 +280,15 @@ def _prepare_partial(
             )
             return prepared, pre_processed
     raise selection.unknown_names_error(uploaded, missing)
+
+
+def _static_options(config: StaticQuantizeConfig) -> dict[str, Any]:
+    options: dict[str, Any] = {"ActivationSymmetric": config.activation_symmetric}
+    if config.weight_layers_only:
+        # onnxruntime's QDQ quantizer also rounds a MatMul's output for whatever reads it
+        # next; here the result stays float, like dynamic quantization leaves it.
+        options["OpTypesToExcludeOutputQuantization"] = list(WEIGHT_LAYER_OPS)
+    return options
 
 
 def _smooth(

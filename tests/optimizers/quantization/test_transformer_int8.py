@@ -150,6 +150,16 @@ def test_per_node_unknown_name_is_a_clear_error(
             {"method": "static", "scope": "mixed", "per_node": {"a": "float"}},
             "cannot be combined with scope 'mixed'",
         ),
+        (
+            {
+                "method": "static",
+                "weight_layers_only": True,
+                "scope": "partial",
+                "include": {"op_types": ["MatMul"]},
+            },
+            "`weight_layers_only` picks the op types itself",
+        ),
+        ({"method": "dynamic", "weight_layers_only": True}, "Extra inputs are not permitted"),
     ],
 )
 def test_bad_options_are_clear_spec_errors(fields: dict[str, Any], message: str) -> None:
@@ -240,4 +250,25 @@ def test_dynamic_int8_with_smooth_quant_reads_its_own_dataset(
     assert any("SmoothQuant" in message for _, _, message in events)
     assert result.details["smooth_quant"]["layers"] == 12
     assert result.details["smooth_quant"]["samples"] == 16
+    assert _pooled_cosine(encoder, result.model_path) > HOLDS
+
+
+def test_weight_layers_only_quantizes_nothing_but_the_weight_layers_inputs(
+    tmp_path: Path, encoder: tuple[Path, Path, np.ndarray]
+) -> None:
+    result = _quantize(tmp_path, encoder, preset="transformer", weight_layers_only=True)
+    graph = onnx.load(str(result.model_path)).graph
+    producers = {output: node for node in graph.node for output in node.output}
+    readers: dict[str, list[str]] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node.op_type)
+    dequantized = [n for n in graph.node if n.op_type == "DequantizeLinear"]
+    assert dequantized
+    for node in dequantized:
+        assert set(readers[node.output[0]]) <= {"MatMul", "Gemm"}, node.name
+        quantize = producers.get(node.input[0])
+        if quantize is not None:  # an activation (weights are stored quantized)
+            assert producers[quantize.input[0]].op_type not in ("MatMul", "Gemm", "Add")
+    assert result.details["weight_layers_only"] is True
     assert _pooled_cosine(encoder, result.model_path) > HOLDS
