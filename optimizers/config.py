@@ -295,7 +295,8 @@ class StaticQuantizeConfig(Int8Config):
     )
     weight_layers_only: bool = Field(
         default=False,
-        description="Quantize only the inputs of MatMul, Gemm and Conv nodes; every other op "
+        description="Quantize only the inputs of MatMul, Gemm, Conv and Gather (embedding "
+        "tables) nodes, keeping their outputs float; every other op "
         "(bias Add, GELU, residual sums, reshapes) keeps float inputs and outputs. Not with "
         "`include.op_types`.",
     )

@@ -56,8 +56,9 @@ _CALIBRATION_METHODS = {
     "percentile": CalibrationMethod.Percentile,
 }
 _FORMATS = {"qdq": QuantFormat.QDQ, "qoperator": QuantFormat.QOperator}
-#: What `weight_layers_only` quantizes: the ops that hold weights (their inputs only).
-WEIGHT_LAYER_OPS = ("MatMul", "Gemm", "Conv")
+#: What `weight_layers_only` quantizes: the ops that hold weights (their inputs only; Gather
+#: for embedding tables, which are most of a small language model's size).
+WEIGHT_LAYER_OPS = ("MatMul", "Gemm", "Conv", "Gather")
 
 
 def quantize_int8(model_path: Path, config: Int8Config, ctx: PassContext) -> PassResult:
