@@ -1,8 +1,8 @@
 """int8 recipes for transformers, every variant timed side by side in one process: float,
 dynamic per-channel int8, dynamic per-channel with SmoothQuant, the plain static recipe, the
-static `transformer` preset, the preset quantizing only weight layers' inputs, and per-node
-mixed precision (that recipe with the nodes the sensitivity report ranks worst quantized
-dynamically instead). Prints, per variant, the
+static `transformer` preset with every op's output rounded to int8 (`weight_layers_only:
+false`), the preset itself, and per-node mixed precision (the preset with the nodes the
+sensitivity report ranks worst quantized dynamically instead). Prints, per variant, the
 paired speedup against float at one batch size with its 95% interval, and the cosine of the
 first output on held-out samples.
 
@@ -65,15 +65,15 @@ def recipes(calibration_samples: int) -> dict[str, dict[str, Any]]:
             "per_channel": True,
             "smooth_quant": {"dataset_id": CALIBRATION, "alpha": 0.8},
         },
+        "static_all_ops": {
+            "method": "static",
+            "preset": "transformer",
+            "weight_layers_only": False,
+            "calibration": calibration,
+        },
         "static_transformer": {
             "method": "static",
             "preset": "transformer",
-            "calibration": calibration,
-        },
-        "static_weight_layers": {
-            "method": "static",
-            "preset": "transformer",
-            "weight_layers_only": True,
             "calibration": calibration,
         },
     }
@@ -195,13 +195,13 @@ def main() -> None:
             print(f"# quantized {name} in {seconds[name]:.0f} s", flush=True)
         chosen = sensitive_nodes(
             float_path,
-            paths["static_weight_layers"],
+            paths["static_transformer"],
             datasets[CALIBRATION],
             args.per_node,
-            already_float=details["static_weight_layers"]["keep_float"],
+            already_float=details["static_transformer"]["keep_float"],
         )
         mixed = {
-            **recipes(args.calibration_samples)["static_weight_layers"],
+            **recipes(args.calibration_samples)["static_transformer"],
             "per_node": {name: args.per_node_precision for name in chosen},
         }
         paths["mixed_per_node"], details["mixed_per_node"], seconds["mixed_per_node"] = quantize(

@@ -155,10 +155,12 @@ KeepFloatGroup = Literal["attention", "normalization"]
 #: Precision of one node in `per_node`.
 NodePrecision = Literal["int8_static", "int8_dynamic", "fp16", "float"]
 #: What the static `transformer` preset sets, where the spec does not set it itself.
-#: Activations stay asymmetric: on all-MiniLM-L6-v2 symmetric ranges lost more (pooled cosine
-#: 0.82 against 0.89; GELU outputs are nearly one-sided), and alpha 0.8 smoothed best there.
+#: Measured on all-MiniLM-L6-v2 (docs/performance.md): weight layers only (0.998 pooled
+#: cosine against 0.89 with every op's output rounded), asymmetric activations (symmetric
+#: lost more: GELU outputs are nearly one-sided), SmoothQuant alpha 0.8.
 TRANSFORMER_PRESET: dict[str, Any] = {
     "per_channel": True,
+    "weight_layers_only": True,
     "smooth_quant": {"alpha": 0.8},
     "keep_float": ["attention", "normalization"],
 }
@@ -302,9 +304,9 @@ class StaticQuantizeConfig(Int8Config):
     )
     preset: Literal["transformer"] | None = Field(
         default=None,
-        description="`transformer`: per-channel weights, SmoothQuant (alpha 0.8) and "
-        "attention and normalization kept in float, for each of these fields the spec does "
-        "not set itself.",
+        description="`transformer`: per-channel weights, weight layers only, SmoothQuant "
+        "(alpha 0.8) and attention and normalization kept in float, for each of these fields "
+        "the spec does not set itself.",
     )
     calibration: CalibrationConfig | None = None
 

@@ -175,6 +175,7 @@ def test_preset_fills_only_what_the_spec_leaves_unset() -> None:
     )
     dumped = config.model_dump()
     assert dumped["per_channel"] is True and dumped["activation_symmetric"] is False
+    assert dumped["weight_layers_only"] is True
     assert dumped["keep_float"] == ["attention", "normalization"]
     assert dumped["smooth_quant"]["alpha"] == 0.8
     assert dumped["smooth_quant"]["dataset_id"] == "calib"
