@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shutil
@@ -35,8 +36,9 @@ from optimizers.external_data import (
     save_model,
 )
 from optimizers.model_info import inspect_model
+from optimizers.quantization import node_precision as precision
 from optimizers.quantization import node_selection as selection
-from optimizers.quantization import opset
+from optimizers.quantization import opset, smooth_quant
 from optimizers.results import ModelInfo, PassContext, PassResult
 
 logger = logging.getLogger(__name__)
@@ -54,6 +56,9 @@ _CALIBRATION_METHODS = {
     "percentile": CalibrationMethod.Percentile,
 }
 _FORMATS = {"qdq": QuantFormat.QDQ, "qoperator": QuantFormat.QOperator}
+#: What `weight_layers_only` quantizes: the ops that hold weights (their inputs only; Gather
+#: for embedding tables, which are most of a small language model's size).
+WEIGHT_LAYER_OPS = ("MatMul", "Gemm", "Conv", "Gather")
 
 
 def quantize_int8(model_path: Path, config: Int8Config, ctx: PassContext) -> PassResult:
@@ -76,7 +81,7 @@ def quantize_int8(model_path: Path, config: Int8Config, ctx: PassContext) -> Pas
     ctx.progress("quantizing", start, "pre-processing the model for quantization")
     ctx.workdir.mkdir(parents=True, exist_ok=True)
     partial = config.scope == "partial"
-    if partial:
+    if partial or config.per_node:
         prepared, pre_processed = _prepare_partial(
             model_path, config, ctx.workdir, notes, external_data=external_data
         )
@@ -87,13 +92,28 @@ def quantize_int8(model_path: Path, config: Int8Config, ctx: PassContext) -> Pas
     resolved = selection.Resolved()
     if partial:
         prepared, resolved = _resolve_selection(prepared, config, ctx.workdir)
+    smoothed: list[str] = []
+    if config.smooth_quant is not None:
+        ctx.progress("calibrating", start, "measuring activation ranges for SmoothQuant")
+        prepared, smoothed = _smooth(
+            prepared, config, ctx, info, notes, details, external_data=external_data
+        )
+    kept = precision.plan(
+        onnx.load(str(prepared), load_external_data=False),
+        config,
+        smoothed=smoothed,
+    )
     output = ctx.workdir / f"{stem}.{config.method}-int8.onnx"
     data_file_for(output).unlink(missing_ok=True)  # onnxruntime appends to an existing one
     weight_type = _QUANT_TYPES[config.weight_type]
+    op_types = resolved.op_types_to_quantize
+    if static is not None and static.weight_layers_only:
+        op_types = list(WEIGHT_LAYER_OPS)
     chosen: dict[str, Any] = {
-        "op_types_to_quantize": resolved.op_types_to_quantize,
+        "op_types_to_quantize": op_types,
         "nodes_to_quantize": resolved.nodes_to_quantize,
-        "nodes_to_exclude": resolved.nodes_to_exclude or None,
+        "nodes_to_exclude": list(dict.fromkeys([*resolved.nodes_to_exclude, *kept.out_of_main]))
+        or None,
     }
 
     reader: _DatasetReader | None = None
@@ -135,8 +155,17 @@ def quantize_int8(model_path: Path, config: Int8Config, ctx: PassContext) -> Pas
                 weight_type=weight_type,
                 calibrate_method=_CALIBRATION_METHODS[calibration.method],
                 use_external_data_format=external_data,
+                extra_options=_static_options(static),
                 **chosen,
             )
+        output = precision.apply_after(
+            output,
+            kept,
+            config,
+            ctx.workdir,
+            notes,
+            external_data=external_data,
+        )
     except OptimizerError:
         raise
     except Exception as exc:
@@ -175,6 +204,11 @@ def quantize_int8(model_path: Path, config: Int8Config, ctx: PassContext) -> Pas
         "quantized_nodes": quantized_nodes,
         "excluded_nodes": excluded,
         "pre_processed": pre_processed,
+        "activation_symmetric": static.activation_symmetric if static else None,
+        "weight_layers_only": static.weight_layers_only if static else None,
+        "preset": static.preset if static else None,
+        "keep_float": kept.kept_float,
+        "per_node": kept.summary(),
     }
     return PassResult(model_path=output, notes=notes, details=details)
 
@@ -225,7 +259,7 @@ def _prepare_partial(
     sensitivity report looks) select nodes of that graph instead."""
     uploaded = onnx.load(str(model_path), load_external_data=False)
     selection.check_op_types(uploaded, config)
-    names = selection.selected_names(config)
+    names = list(dict.fromkeys([*selection.selected_names(config), *config.per_node]))
     if not names:
         return _pre_process(model_path, workdir, notes, external_data=external_data)
     missing = selection.unknown_names(uploaded, names)
@@ -247,6 +281,54 @@ def _prepare_partial(
             )
             return prepared, pre_processed
     raise selection.unknown_names_error(uploaded, missing)
+
+
+def _static_options(config: StaticQuantizeConfig) -> dict[str, Any]:
+    options: dict[str, Any] = {"ActivationSymmetric": config.activation_symmetric}
+    if config.weight_layers_only:
+        # onnxruntime's QDQ quantizer also rounds a MatMul's output for whatever reads it
+        # next; here the result stays float, like dynamic quantization leaves it.
+        options["OpTypesToExcludeOutputQuantization"] = list(WEIGHT_LAYER_OPS)
+    return options
+
+
+def _smooth(
+    prepared: Path,
+    config: Int8Config,
+    ctx: PassContext,
+    info: ModelInfo,
+    notes: list[str],
+    details: dict[str, Any],
+    *,
+    external_data: bool,
+) -> tuple[Path, list[str]]:
+    """SmoothQuant on the model to quantize; returns it and the Mul nodes it inserted."""
+    settings = config.smooth_quant
+    if settings is None or settings.dataset_id is None:  # the config validator fills it
+        raise QuantizationError("`smooth_quant` needs `smooth_quant.dataset_id`")
+    start, end = ctx.progress_span
+    # Reported within the first tenth of the span, before the calibration's own reports.
+    reader = _DatasetReader(
+        model=info,
+        dataset=_calibration_path(ctx, settings.dataset_id),
+        samples=settings.samples,
+        ctx=dataclasses.replace(ctx, progress_span=(start, start + 0.1 * (end - start))),
+    )
+    feeds = iter(reader.get_next, None)
+    result = smooth_quant.smooth(onnx.load(str(prepared)), feeds, alpha=settings.alpha)
+    smoothed = ctx.workdir / f"{prepared.stem}.smoothed.onnx"
+    data_file_for(smoothed).unlink(missing_ok=True)
+    save_model(result.model, smoothed, external_data=external_data)
+    details["smooth_quant"] = {
+        "alpha": settings.alpha,
+        "samples": reader.available,
+        "layers": len(result.layers),
+        "folded_into_normalization": len(result.folded),
+        "inserted_mul": len(result.inserted),
+    }
+    if not result.layers:
+        notes.append("SmoothQuant found no MatMul or Gemm with a constant weight to smooth")
+    return smoothed, result.inserted
 
 
 def _resolve_selection(

@@ -15,10 +15,10 @@ from optimizers.batching import BatchLayout, batch_layout
 from optimizers.config import EvaluateConfig, Int8Config, MixedConfig, NodeSelection
 from optimizers.datasets import inspect_dataset
 from optimizers.errors import QuantizationError
-from optimizers.external_data import needs_external_data, save_model
 from optimizers.measure.evaluate import evaluate
 from optimizers.measure.runtime import CPU, default_threads
 from optimizers.model_info import inspect_model
+from optimizers.quantization.fp16_nodes import nodes_to_fp16
 from optimizers.quantization.integer import quantize_int8
 from optimizers.quantization.sensitivity import ANALYSIS_SAMPLES, analysis_feeds, analyze
 from optimizers.results import PassContext, PassResult
@@ -98,7 +98,7 @@ def quantize_mixed(model_path: Path, config: Int8Config, ctx: PassContext) -> Pa
         model = result.model_path
         notes: list[str] = []
         if excluded and mixed.fallback == "fp16":
-            model = _kept_float_to_fp16(model, set(excluded), workdir, notes)
+            model = nodes_to_fp16(model, set(excluded), workdir, notes)
         ctx.progress("measuring", split, f"round {index}: measuring the {metric} drop")
         measured = evaluate(
             model_path,
@@ -282,36 +282,3 @@ def _drop(measured: dict[str, Any], metric: str) -> float:
 def _op_types(model_path: Path) -> dict[str, str]:
     model = onnx.load(str(model_path), load_external_data=False)
     return {node.name: node.op_type for node in model.graph.node if node.name}
-
-
-def _kept_float_to_fp16(path: Path, kept: set[str], workdir: Path, notes: list[str]) -> Path:
-    """Convert the nodes kept out of int8 to float16, with casts at their edges; the model's
-    inputs and outputs stay float32."""
-    from onnxruntime.transformers.float16 import convert_float_to_float16
-
-    model = onnx.load(str(path))
-    for index, node in enumerate(model.graph.node):
-        # The converter takes a list of node names to leave alone; every node needs one.
-        node.name = node.name or f"{node.op_type}_unnamed_{index}"
-    names = [node.name for node in model.graph.node]
-    missing = sorted(kept - set(names))
-    if missing:
-        raise QuantizationError(
-            f"fallback 'fp16': nodes {missing[:5]} kept float are not in the quantized graph "
-            "under those names; use fallback 'fp32'"
-        )
-    try:
-        converted = convert_float_to_float16(
-            model,
-            keep_io_types=True,
-            node_block_list=[name for name in names if name not in kept],
-        )
-    except Exception as exc:
-        raise QuantizationError(
-            f"fallback 'fp16': onnxruntime could not convert the kept nodes to float16 ({exc}); "
-            "use fallback 'fp32'"
-        ) from exc
-    output = workdir / f"{path.stem}.fp16-fallback.onnx"
-    save_model(converted, output, external_data=needs_external_data(path))
-    notes.append(f"nodes kept out of int8 run in float16: {sorted(kept)[:10]}")
-    return output
