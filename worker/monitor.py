@@ -23,7 +23,6 @@ from typing import Any, Protocol
 from core import jobstate
 from core.db import session_scope
 from core.jobspec import JobLimits as RequestedLimits
-from core.metrics import observe_heartbeat
 from core.settings import Settings
 from core.tables import JobStatus
 
@@ -179,7 +178,6 @@ def _watch(
             if status is None:
                 watch.reason = StopReason.lost
                 break
-            observe_heartbeat(worker=worker_name(), at=time.time())
             if status == JobStatus.canceling and watch.reason != StopReason.canceled:
                 watch.reason = StopReason.canceled
                 process.request_stop()

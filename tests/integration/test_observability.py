@@ -98,7 +98,7 @@ def test_the_scrape_shows_the_job_a_worker_ran(
     )
     assert pass_seconds is not None and pass_seconds > 0
     assert value(scrape, "modelpress_job_queue_wait_seconds_count", queue="cpu") == 1
-    # The pool process that ran the job heartbeat, named as a job's worker is (host:pid).
+    # The worker's own heartbeat (busy or idle), named as GET /v1/workers names it.
     beats = {
         dict(labels)["worker"]: count
         for (name, labels), count in scrape.items()
@@ -106,7 +106,7 @@ def test_the_scrape_shows_the_job_a_worker_ran(
     }
     assert len(beats) == 1, beats
     [(worker, count)] = beats.items()
-    assert worker.startswith(f"{socket.gethostname()}:") and count >= 1
+    assert worker == f"worker@{socket.gethostname()}" and count >= 1
     last = value(scrape, "modelpress_worker_last_heartbeat_timestamp_seconds", worker=worker)
     assert last is not None and last > time.time() - 600
     assert (
