@@ -64,6 +64,8 @@ class ProducedFile:
     content_type: str
     sha256: str
     size_bytes: int
+    #: The pass whose output it is; None for what the whole job produced.
+    stage: int | None = None
 
 
 def build_manifest(
@@ -101,6 +103,7 @@ def build_manifest(
                 "content_type": item.content_type,
                 "sha256": item.sha256,
                 "size_bytes": item.size_bytes,
+                **({"pass": item.stage} if item.stage is not None else {}),
             }
             for item in produced
         ],

@@ -224,8 +224,8 @@ class _JobRun:
     protocol_error: str | None = None
     #: What the job read, by storage key: the bytes fetched for it, hashed as fetched.
     read: dict[str, FileDigest] = field(default_factory=dict)
-    #: What this attempt stored for its finished passes.
-    stage_artifacts: list[Artifact] = field(default_factory=list)
+    #: What this attempt stored for its finished passes, with the number of each one's pass.
+    stage_artifacts: list[tuple[int | None, Artifact]] = field(default_factory=list)
     _last_progress: float = 0.0
     _staged: int = 0
 
@@ -407,7 +407,8 @@ class _JobRun:
             for row in rows:
                 self.storage.delete_prefix(row.storage_key)
             return StopReason.lost
-        self.stage_artifacts.extend(rows)
+        number = stage.get("pass")
+        self.stage_artifacts.extend((number if isinstance(number, int) else None, r) for r in rows)
         return None
 
     def _store(self, entry: dict[str, Any], *, kind: str | None = None) -> Artifact:
@@ -557,8 +558,9 @@ class _JobRun:
                     content_type=row.content_type,
                     sha256=row.sha256,
                     size_bytes=row.size_bytes,
+                    stage=stage,
                 )
-                for row in [*self.stage_artifacts, *produced]
+                for stage, row in [*self.stage_artifacts, *((None, row) for row in produced)]
             ],
             environment=environment if isinstance(environment, dict) else None,
             worker={"name": worker_name(), "id": current_worker_id()},

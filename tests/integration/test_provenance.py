@@ -6,11 +6,13 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+import httpx
 import onnxruntime as ort
 
 from tests.integration.processes import Service
 from tests.integration.test_end_to_end import upload, wait_for_job
 from tests.models.onnx_basic import make_dataset, make_mlp
+from tests.web.conftest import sign_in
 
 
 def _sha256(data: bytes) -> str:
@@ -62,6 +64,13 @@ def test_a_succeeded_job_has_a_manifest_that_checks_and_reproduces_it(
         assert listed["optimized.onnx"]["size_bytes"] == len(optimized.content)
         report = client.get(f"/v1/jobs/{job['id']}/report")
         assert listed["report.json"]["sha256"] == _sha256(report.content)
+        # A pass's own outputs name their pass; the job's final files name none.
+        stage_files = [a for a in artifacts.values() if a["kind"] == "stage_model"]
+        assert stage_files, artifacts
+        for stage_file in stage_files:
+            assert listed[stage_file["name"]]["pass"] == 1
+            assert listed[stage_file["name"]]["sha256"] == stage_file["sha256"]
+        assert "pass" not in listed["optimized.onnx"]
 
         assert manifest["versions"]["onnxruntime"] == ort.__version__
         assert manifest["versions"]["python"]
@@ -71,6 +80,16 @@ def test_a_succeeded_job_has_a_manifest_that_checks_and_reproduces_it(
         assert manifest["spec_version"] == manifest["recipe"]["spec_version"] == 2
         assert list(manifest["recipe"]) == sorted(manifest["recipe"])
         assert manifest["recipe"] == job["spec"]
+
+        # The dashboard's job page lists the manifest with the other files.
+        browser = httpx.Client(base_url=embedded_service.base_url, timeout=30)
+        with browser:
+            sign_in(browser)  # type: ignore[arg-type]
+            page = browser.get(f"/jobs/{job['id']}")
+        assert page.status_code == 200
+        manifest_artifact = artifacts["provenance.json"]
+        assert f"/jobs/{job['id']}/artifacts/{manifest_artifact['id']}" in page.text
+        assert manifest_artifact["sha256"] in page.text
 
         reproduce = manifest["reproduce"]
         assert reproduce["cli"].startswith("modelpress submit ")
