@@ -4,11 +4,14 @@ user uploaded and downloads, and its spec submits the same job again."""
 from __future__ import annotations
 
 import hashlib
+import json
+import shlex
 from pathlib import Path
 
 import httpx
 import onnxruntime as ort
 
+from tests.client.test_cli_delete import cli
 from tests.integration.processes import Service
 from tests.integration.test_end_to_end import upload, wait_for_job
 from tests.models.onnx_basic import make_dataset, make_mlp
@@ -101,3 +104,13 @@ def test_a_succeeded_job_has_a_manifest_that_checks_and_reproduces_it(
             assert rerun["id"] != job["id"]
         finally:
             client.post(f"/v1/jobs/{rerun['id']}/cancel")
+
+        # The CLI line, with reproduce.spec saved where it says (answering at once, not waiting).
+        (tmp_path / reproduce["spec_file"]).write_text(json.dumps(reproduce["spec"]))
+        command = shlex.split(reproduce["cli"])
+        assert command[:3] == ["modelpress", "submit", reproduce["spec_file"]]
+        ran = cli(embedded_service, tmp_path, *command[1:3], "--json")
+        assert ran.returncode == 0, ran.stderr
+        submitted = json.loads(ran.stdout)
+        client.post(f"/v1/jobs/{submitted['id']}/cancel")
+        assert submitted["spec"] == manifest["recipe"]
