@@ -30,11 +30,14 @@ def current_worker_id() -> str | None:
     return _worker_id
 
 
-def versions() -> dict[str, str]:
-    """Installed versions, read from package metadata: the main process imports neither
-    onnxruntime nor torch."""
+_WORKER_DISTRIBUTIONS = ("modelpress", "onnxruntime", "onnxruntime-gpu", "torch")
+
+
+def versions(names: tuple[str, ...] = _WORKER_DISTRIBUTIONS) -> dict[str, str]:
+    """Installed versions (of those installed), read from package metadata: the main process
+    imports neither onnxruntime nor torch."""
     found = {"python": platform.python_version()}
-    for name in ("modelpress", "onnxruntime", "onnxruntime-gpu", "torch"):
+    for name in names:
         try:
             found[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:

@@ -49,6 +49,7 @@ from worker.protocol import (
     ProtocolError,
     check_relative,
 )
+from worker.provenance import FileDigest, ProducedFile, build_manifest
 from worker.sandbox import JobHost, JobProcess, KernelLimits, job_host, kernel_limits
 
 log = logging.getLogger(__name__)
@@ -221,6 +222,10 @@ class _JobRun:
     #: The passes of a succeeded job as its result lists them (kind, method, duration_s).
     passes: list[Any] = field(default_factory=list)
     protocol_error: str | None = None
+    #: What the job read, by storage key: the bytes fetched for it, hashed as fetched.
+    read: dict[str, FileDigest] = field(default_factory=dict)
+    #: What this attempt stored for its finished passes, with the number of each one's pass.
+    stage_artifacts: list[tuple[int | None, Artifact]] = field(default_factory=list)
     _last_progress: float = 0.0
     _staged: int = 0
 
@@ -298,6 +303,7 @@ class _JobRun:
         """A copy of a stored object in the scratch folder (never a link: the job could
         change a linked file, and with it the stored object)."""
         staged = self.storage.fetch_to(key, self._staging_path())
+        self.read[key] = FileDigest(sha256=_sha256(staged), size_bytes=staged.stat().st_size)
         try:
             self.host.scratch.copy_in(check_relative(relative), staged)
         finally:
@@ -401,6 +407,8 @@ class _JobRun:
             for row in rows:
                 self.storage.delete_prefix(row.storage_key)
             return StopReason.lost
+        number = stage.get("pass")
+        self.stage_artifacts.extend((number if isinstance(number, int) else None, r) for r in rows)
         return None
 
     def _store(self, entry: dict[str, Any], *, kind: str | None = None) -> Artifact:
@@ -500,6 +508,7 @@ class _JobRun:
                 sha256=_sha256(report_path),
             ),
         ]
+        artifacts.append(self._store_provenance(artifacts, result))
 
         def record(session: Session) -> bool:
             session.add_all([_copy(row) for row in artifacts])
@@ -524,6 +533,51 @@ class _JobRun:
         self.passes = list(result.get("passes") or [])
         log.info("job %s: succeeded", self.job_id)
         return JobStatus.succeeded
+
+    def _store_provenance(self, produced: list[Artifact], result: dict[str, Any]) -> Artifact:
+        assert self.inputs is not None
+        inputs = self.inputs
+        metrics = result.get("metrics")
+        environment = metrics.get("environment") if isinstance(metrics, dict) else None
+        manifest = build_manifest(
+            job_id=self.job_id,
+            attempt=self.attempt,
+            spec=inputs.spec.model_dump(mode="json"),
+            model=self.read[inputs.model.key],
+            model_format=inputs.model.format,
+            extra_models={
+                model_id: self.read[stored.key] for model_id, stored in inputs.extra_models.items()
+            },
+            datasets={
+                dataset_id: self.read[key] for dataset_id, key in inputs.dataset_keys.items()
+            },
+            produced=[
+                ProducedFile(
+                    kind=row.kind,
+                    name=row.name,
+                    content_type=row.content_type,
+                    sha256=row.sha256,
+                    size_bytes=row.size_bytes,
+                    stage=stage,
+                )
+                for stage, row in [*self.stage_artifacts, *((None, row) for row in produced)]
+            ],
+            environment=environment if isinstance(environment, dict) else None,
+            worker={"name": worker_name(), "id": current_worker_id()},
+        )
+        path = self._staging_path()
+        path.write_text(json.dumps(manifest, indent=2, allow_nan=False))
+        return _store_file(
+            self.storage,
+            project_id=inputs.project_id,
+            job_id=self.job_id,
+            key=artifact_key(self.prefix, "provenance.json"),
+            kind="provenance",
+            name="provenance.json",
+            content_type="application/json",
+            path=path,
+            sha256=_sha256(path),
+        )
 
     def _fail_reported(self, outcome: dict[str, Any]) -> str:
         error_type = str(outcome.get("error_type"))

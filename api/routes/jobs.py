@@ -235,6 +235,40 @@ def get_job_report(
     return stored_file_response(request, storage, row)
 
 
+@router.get(
+    "/{job_id}/provenance",
+    response_class=Response,
+    responses={
+        200: {
+            "description": "The job's provenance manifest (`provenance.json`): the sha256 of "
+            "what it read and produced, its recipe, versions, hardware and a spec that "
+            "submits it again.",
+            "content": {"application/json": {"schema": {"type": "object"}}},
+        }
+    },
+)
+def get_job_provenance(
+    job_id: str, request: Request, key: ReadKey, session: SessionDep, storage: StorageDep
+) -> Response:
+    """The provenance artifact of a succeeded job, served like any artifact (ETag, Range)."""
+    job = get_owned(session, Job, job_id, project_id=key.project_id)
+    row = session.scalar(
+        select(Artifact)
+        .where(Artifact.job_id == job.id, Artifact.kind == "provenance")
+        .order_by(Artifact.created_at.desc())
+    )
+    if row is None and job.artifacts_expired_at is not None:
+        raise artifacts_expired(job)
+    if row is None:
+        raise Problem(
+            404,
+            f"job {job_id!r} has no provenance manifest: it is {job.status}, and a job has "
+            "one once it succeeded (jobs that succeeded before manifests existed have none)",
+            type="no_provenance",
+        )
+    return stored_file_response(request, storage, row)
+
+
 @router.post("/{job_id}/retry", status_code=202, response_model=JobOut)
 def retry_job(
     job_id: str, response: Response, key: WriteKey, session: SessionDep, settings: SettingsDep

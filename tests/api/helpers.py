@@ -25,17 +25,25 @@ def upload_dataset(client: TestClient, path: Path, **fields: str) -> dict[str, A
     return response.json()
 
 
-def store_report(project_id: str, job_id: str, content: bytes, folder: Path) -> str:
-    """What a worker leaves when a job succeeds: a report artifact, in storage and in the
-    database. Returns the artifact's id."""
+def store_report(
+    project_id: str,
+    job_id: str,
+    content: bytes,
+    folder: Path,
+    *,
+    kind: str = "report",
+    name: str = "report.json",
+) -> str:
+    """What a worker leaves when a job succeeds: a report artifact (or another JSON artifact),
+    in storage and in the database. Returns the artifact's id."""
     from core.db import new_id, session_factory
     from core.storage import get_storage
     from core.tables import Artifact
 
-    path = folder / "report.json"
+    path = folder / name
     path.write_bytes(content)
     artifact_id = new_id("art")
-    storage_key = f"{project_id}/jobs/{job_id}/report.json"
+    storage_key = f"{project_id}/jobs/{job_id}/{name}"
     get_storage().put_file(storage_key, path)
     with session_factory()() as session:
         session.add(
@@ -43,8 +51,8 @@ def store_report(project_id: str, job_id: str, content: bytes, folder: Path) -> 
                 id=artifact_id,
                 project_id=project_id,
                 job_id=job_id,
-                kind="report",
-                name="report.json",
+                kind=kind,
+                name=name,
                 content_type="application/json",
                 sha256=hashlib.sha256(content).hexdigest(),
                 size_bytes=len(content),

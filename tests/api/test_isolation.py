@@ -110,6 +110,9 @@ def project_a(client: TestClient, tmp_path: Path) -> dict[str, str]:
 
     # No worker runs here, so the artifact a finished job would have is written directly.
     artifact_id = store_report(project_id, job_id, b'{"metrics": {}}', tmp_path)
+    store_report(
+        project_id, job_id, b'{"inputs": {}}', tmp_path, kind="provenance", name="provenance.json"
+    )
     return {
         "model_id": model["id"],
         "dataset_id": dataset["id"],

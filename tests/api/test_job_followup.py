@@ -186,3 +186,40 @@ def test_a_running_job_being_stopped_is_canceling_and_only_that_spelling_filters
     old_spelling = client.get("/v1/jobs", params={"status": "cancelling"})
     assert old_spelling.status_code == 422
     assert old_spelling.json()["type"].endswith("/invalid_request")
+
+
+def test_provenance_of_a_succeeded_job_is_its_projects_alone(
+    client: TestClient, job: dict[str, Any], tmp_path: Path
+) -> None:
+    missing = client.get(f"/v1/jobs/{job['id']}/provenance")
+    assert missing.status_code == 404
+    assert missing.json()["type"].endswith("/no_provenance")
+    assert "queued" in missing.json()["detail"]
+
+    attempt = _claim(job["id"])
+    manifest = {"job_id": job["id"], "inputs": {"model": {"sha256": "0" * 64}}}
+    content = json.dumps(manifest).encode()
+    project_id = client.get("/v1/projects").json()[0]["id"]
+    store_report(
+        project_id, job["id"], content, tmp_path, kind="provenance", name="provenance.json"
+    )
+    _finish(job["id"], attempt, JobStatus.succeeded)
+
+    response = client.get(f"/v1/jobs/{job['id']}/provenance")
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/json"
+    assert response.json() == manifest
+    assert response.headers["etag"] == f'"{hashlib.sha256(content).hexdigest()}"'
+    # The report route serves the report, not the manifest.
+    assert client.get(f"/v1/jobs/{job['id']}/report").json()["type"].endswith("/no_report")
+
+    other = client.post("/v1/projects", json={"name": "elsewhere"}).json()
+    key = client.post(
+        "/v1/keys", json={"project_id": other["id"], "name": "reader", "scopes": ["read"]}
+    ).json()["key"]
+    foreign = client.get(
+        f"/v1/jobs/{job['id']}/provenance", headers={"Authorization": f"Bearer {key}"}
+    )
+    assert foreign.status_code == 404
+    assert foreign.json()["type"].endswith("/not_found")
+    assert "sha256" not in foreign.text

@@ -116,6 +116,9 @@ def test_retention_expires_only_old_finished_jobs_artifacts(
     assert report_answer.status_code == 410
     assert report_answer.json()["type"].endswith("/artifacts_expired")
     assert "retention" in report_answer.json()["detail"]
+    provenance_answer = api.get(f"/v1/jobs/{old}/provenance")
+    assert provenance_answer.status_code == 410
+    assert provenance_answer.json()["type"].endswith("/artifacts_expired")
 
     assert api.get(f"/v1/jobs/{recent}").json()["artifacts_expired_at"] is None
     assert len(api.get(f"/v1/jobs/{recent}/artifacts").json()) == 1

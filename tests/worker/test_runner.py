@@ -83,6 +83,7 @@ def test_stages_are_stored_and_a_failed_pass_keeps_the_ones_before_it(
         ("sensitivity", "pass2-sensitivity.json"),
         ("model", "optimized.onnx"),
         ("report", "report.json"),
+        ("provenance", "provenance.json"),
     }
     # The last stage is the optimized model.
     assert by_name["pass2-quantize.onnx"]["sha256"] == by_name["optimized.onnx"]["sha256"]
