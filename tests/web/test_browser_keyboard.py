@@ -74,6 +74,10 @@ def _walk(page: Page, tmp_path: Path, release: Callable[[], None]) -> None:
     model_path = make_mlp(tmp_path / "keyboard-mlp.onnx", in_features=16, classes=4, opset=17)
 
     # Sign in.
+    # Playwright switches the browser to handing file choosers to the test when a listener
+    # is added, without waiting for the switch; added this early, it is on long before the
+    # key press that opens one (else, on a busy machine, the press can win the race).
+    page.on("filechooser", lambda _chooser: None)
     page.goto("/jobs")
     tab_to(page, "API key")
     assert_focus_visible(page)
