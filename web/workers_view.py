@@ -10,6 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from core import workers as registry
+from core.jobstate import RUNNING
 from core.queue import QUEUES
 from core.settings import Settings
 from core.tables import Job
@@ -67,22 +68,28 @@ def live_workers(session: Session, viewer: SignedIn, *, settings: Settings) -> W
         )
         if entry.state == registry.WorkerState.live
     ]
-    current = [row.current_job_id for row in live if row.current_job_id]
-    own = (
-        set(
-            session.scalars(
-                select(Job.id).where(Job.id.in_(current), Job.project_id == viewer.project_id)
-            ).all()
-        )
-        if current
-        else set()
-    )
+    # What each runs, read from the jobs themselves (the claim names the worker): the truth
+    # at this moment, where the worker's own row learns it only at its next heartbeat.
+    running: dict[str, list[tuple[str, str]]] = {}
+    if live:
+        for worker_id, job_id, project_id in session.execute(
+            select(Job.worker_id, Job.id, Job.project_id)
+            .where(Job.worker_id.in_([row.id for row in live]), Job.status.in_(RUNNING))
+            .order_by(Job.started_at, Job.id)
+        ).all():
+            running.setdefault(str(worker_id), []).append((job_id, project_id))
     rows = [
         WorkerRow(
             name=row.name,
             queues=sorted(row.queues),
-            own_job_ids=[row.current_job_id] if row.current_job_id in own else [],
-            other_jobs=int(bool(row.current_job_id) and row.current_job_id not in own),
+            own_job_ids=[
+                job_id
+                for job_id, project in running.get(row.id, [])
+                if project == viewer.project_id
+            ],
+            other_jobs=sum(
+                1 for _, project in running.get(row.id, []) if project != viewer.project_id
+            ),
             host=row.host,
             cores=list(row.cores),
             device=str(row.device.get("name") or row.device.get("kind") or "cpu"),

@@ -47,10 +47,11 @@ def _running(worker_id: str, *, project_id: str) -> str:
                 status="running",
                 started_at=utcnow(),
                 heartbeat_at=utcnow(),
+                # As a claim records it: the worker's own row learns it at its next heartbeat,
+                # the panel reads it from the job at once.
+                worker_id=worker_id,
             )
         )
-        session.flush()
-        session.execute(update(Worker).where(Worker.id == worker_id).values(current_job_id=job_id))
     return job_id
 
 
