@@ -203,6 +203,18 @@ def list_job_artifacts(job_id: str, key: ReadKey, session: SessionDep) -> list[A
     return [ArtifactOut.of(r) for r in rows]
 
 
+def _latest_artifact(session: Session, job: Job, kind: str) -> Artifact | None:
+    """The job's newest artifact of `kind`; a 410 once retention removed the job's files."""
+    row = session.scalar(
+        select(Artifact)
+        .where(Artifact.job_id == job.id, Artifact.kind == kind)
+        .order_by(Artifact.created_at.desc())
+    )
+    if row is None and job.artifacts_expired_at is not None:
+        raise artifacts_expired(job)
+    return row
+
+
 @router.get(
     "/{job_id}/report",
     response_class=Response,
@@ -218,13 +230,7 @@ def get_job_report(
 ) -> Response:
     """The report artifact of a succeeded job, served like any artifact (ETag, Range)."""
     job = get_owned(session, Job, job_id, project_id=key.project_id)
-    row = session.scalar(
-        select(Artifact)
-        .where(Artifact.job_id == job.id, Artifact.kind == "report")
-        .order_by(Artifact.created_at.desc())
-    )
-    if row is None and job.artifacts_expired_at is not None:
-        raise artifacts_expired(job)
+    row = _latest_artifact(session, job, "report")
     if row is None:
         raise Problem(
             404,
@@ -252,13 +258,7 @@ def get_job_provenance(
 ) -> Response:
     """The provenance artifact of a succeeded job, served like any artifact (ETag, Range)."""
     job = get_owned(session, Job, job_id, project_id=key.project_id)
-    row = session.scalar(
-        select(Artifact)
-        .where(Artifact.job_id == job.id, Artifact.kind == "provenance")
-        .order_by(Artifact.created_at.desc())
-    )
-    if row is None and job.artifacts_expired_at is not None:
-        raise artifacts_expired(job)
+    row = _latest_artifact(session, job, "provenance")
     if row is None:
         raise Problem(
             404,
