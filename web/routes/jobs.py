@@ -7,7 +7,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import Annotated, Any
 from urllib.parse import urlencode
 
-from fastapi import APIRouter, Form, Query, Request
+from fastapi import APIRouter, Depends, Form, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -132,19 +132,18 @@ def _filters(
     )
 
 
+#: The list's filters, read from the query string by the list page and its live rows alike.
+ListFilters = Annotated[Filters, Depends(_filters)]
+
+
 @router.get("/jobs", response_class=HTMLResponse)
 def jobs_page(
     request: Request,
     viewer: Viewer,
     session: SessionDep,
-    status: Text = None,
-    model_id: Text = None,
-    batch_id: Text = None,
-    created_from: Text = None,
-    created_to: Text = None,
+    filters: ListFilters,
     page_token: Annotated[str | None, Query(max_length=600)] = None,
 ) -> HTMLResponse:
-    filters = _filters(status, model_id, batch_id, created_from, created_to)
     context = _context(session, viewer, filters=filters, page_token=page_token)
     return render(
         request,
@@ -160,15 +159,10 @@ def jobs_rows(
     request: Request,
     viewer: Viewer,
     session: SessionDep,
-    status: Text = None,
-    model_id: Text = None,
-    batch_id: Text = None,
-    created_from: Text = None,
-    created_to: Text = None,
+    filters: ListFilters,
     page_token: Annotated[str | None, Query(max_length=600)] = None,
 ) -> HTMLResponse:
     """The table's body alone: what the list page polls while a job on it is active."""
-    filters = _filters(status, model_id, batch_id, created_from, created_to)
     context = _context(session, viewer, filters=filters, page_token=page_token)
     return render(request, "jobs/_rows.html", viewer=viewer, **context)
 
