@@ -468,6 +468,27 @@ class PruneConfig(PassConfig):
         return [self.finetune.dataset_id] if self.finetune else []
 
 
+class GraphOptimizeConfig(PassConfig):
+    """onnxruntime's graph optimizations written to a new ONNX file: constant folding and
+    redundant-node removal (`basic`), plus operator fusions (`extended`); with
+    `transformer_fusions`, onnxruntime's transformer optimizer fuses attention, layer
+    normalization and GELU subgraphs into single operators first."""
+
+    kind: Literal["graph_optimize"] = "graph_optimize"
+    apply: ClassVar[str] = "optimizers.graph.optimize:graph_optimize"
+    level: Literal["basic", "extended"] = Field(
+        default="basic",
+        description="`basic`: fusions that run anywhere (constant folding, redundant nodes); "
+        "`extended`: also fusions into onnxruntime's own operators, which only onnxruntime "
+        "runs.",
+    )
+    transformer_fusions: bool = Field(
+        default=False,
+        description="Fuse attention, layer normalization, GELU and embedding subgraphs with "
+        "onnxruntime's transformer optimizer (for BERT-style encoders).",
+    )
+
+
 class StudentConfig(StrictModel):
     """The model to train: an uploaded trainable program, or one derived from the teacher."""
 
@@ -502,6 +523,70 @@ class DistillConfig(PassConfig, TrainingSettings):
 
     def model_ids(self) -> list[str]:
         return [self.student.model_id] if self.student.model_id else []
+
+
+class AutoBudget(StrictModel):
+    trials: int = Field(
+        default=24, ge=1, le=200, description="Trials (child jobs) the search may run at most."
+    )
+    minutes: float = Field(
+        default=30.0,
+        gt=0.0,
+        le=24 * 60,
+        description="Wall-clock minutes the search may take; then the best so far is the answer.",
+    )
+
+
+#: The technique families an auto search may use.
+AutoTechnique = Literal["quantize", "prune", "distill"]
+
+
+class AutoConfig(PassConfig):
+    """A search for the best recipe on this hardware: trials of the other passes run as child
+    jobs, measured against the original like any job, and the answer is the best model within
+    `max_drop` that is faster than the original by the paired interval (docs/auto.md)."""
+
+    kind: Literal["auto"] = "auto"
+    apply: ClassVar[str] = "optimizers.auto.trials:not_in_a_pipeline"
+    objective: Literal["latency", "size", "balanced"] = Field(
+        default="latency",
+        description="What the answer is best at: `latency` (speed-up at `batch_size`), "
+        "`size` (smallest file), `balanced` (speed-up times size reduction).",
+    )
+    dataset_id: DatasetId = Field(
+        description="Data for calibration, fine-tuning and for measuring the drop."
+    )
+    metric: Literal["accuracy", "fidelity"] | None = Field(
+        default=None,
+        description="`accuracy` needs `labels`; default: accuracy with labels, else fidelity.",
+    )
+    max_drop: float = Field(
+        default=0.01,
+        ge=0.0,
+        le=1.0,
+        description="Largest acceptable drop: accuracy points (0..1), or 1 - mean cosine.",
+    )
+    budget: AutoBudget = Field(default_factory=AutoBudget)
+    allow: list[AutoTechnique] = Field(
+        default_factory=lambda: ["quantize", "prune", "distill"],
+        min_length=1,
+        max_length=3,
+        description="Technique families the search may use.",
+    )
+    batch_size: int = Field(
+        default=8, ge=1, le=4096, description="Batch size the latency is judged at."
+    )
+    device: Literal["cpu", "cuda"] = Field(
+        default="cpu", description="Where the trials run and are timed."
+    )
+
+    @model_validator(mode="after")
+    def _unique_allow(self) -> AutoConfig:
+        self.allow = list(dict.fromkeys(self.allow))
+        return self
+
+    def dataset_ids(self) -> list[str]:
+        return [self.dataset_id]
 
 
 def _pass_union() -> TypeAdapter[Any]:
@@ -557,7 +642,9 @@ AnyPass = Annotated[
         | Int8WeightOnlyConfig
         | Int4WeightOnlyConfig
         | PruneConfig
-        | DistillConfig,
+        | DistillConfig
+        | GraphOptimizeConfig
+        | AutoConfig,
     ),
 ]
 
@@ -666,6 +753,15 @@ class PipelineSpec(StrictModel):
     def _runnable_here(self) -> PipelineSpec:
         # Stored with exclude_unset, a spec must still say which version it is.
         self.model_fields_set.add("spec_version")
+        if any(isinstance(config, AutoConfig) for config in self.passes):
+            if len(self.passes) != 1:
+                raise ValueError("an `auto` pass searches the recipe itself; it must be alone")
+            given = sorted({"evaluate", "benchmark"} & self.model_fields_set)
+            if given:
+                raise ValueError(
+                    f"an `auto` job measures every trial itself; drop {given} (the auto pass's "
+                    "`dataset_id`, `metric`, `max_drop` and `batch_size` say what to measure)"
+                )
         for index, config in enumerate(self.passes):
             if (
                 isinstance(config, PruneConfig)

@@ -6,6 +6,7 @@ Imports neither torch nor onnxruntime: the API calls this when a model is upload
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -81,6 +82,7 @@ def inspect_model(
         outputs=outputs,
         parameter_count=int(parameter_count),
         size_bytes=size_bytes,
+        op_types=dict(sorted(Counter(node.op_type for node in model.graph.node).items())),
     )
 
 

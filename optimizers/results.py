@@ -47,6 +47,9 @@ class ModelInfo(BaseModel):
     outputs: list[TensorInfo]
     parameter_count: int
     size_bytes: int
+    #: How many nodes of each op type the main graph has (ONNX uploads; None when unknown,
+    #: e.g. a PyTorch upload before its conversion).
+    op_types: dict[str, int] | None = None
 
 
 class ArrayInfo(BaseModel):

@@ -1,0 +1,1 @@
+"""Whole-graph rewrites that keep the models numbers: onnxruntimes graph optimizations."""
