@@ -111,6 +111,17 @@ class JobOut(BaseModel):
         "id (`host:pid`). On several worker machines it says which one a job was on."
     )
     batch_id: str | None = Field(description="The batch this job was submitted in, if any.")
+    kind: Literal["job", "search", "trial"] = Field(
+        "job",
+        description="`search`: an auto search (its answer in `result.auto`); `trial`: one "
+        "measured recipe of a search (`parent_id`); `job`: every other job.",
+    )
+    parent_id: str | None = Field(None, description="A trial's search.")
+    trial: dict[str, Any] | None = Field(
+        None,
+        description="A trial's place in its search: `key`, `family`, `rung`, `why`, and "
+        "`cached_from` (the trial whose measurement it reuses) when it came from the cache.",
+    )
     retry_of: str | None = Field(description="The failed or canceled job this one retries.")
     error: JobError | None
     waiting_for: WaitingFor | None = Field(
@@ -156,6 +167,9 @@ class JobOut(BaseModel):
             max_attempts=row.max_attempts,
             worker=row.worker,
             batch_id=row.batch_id,
+            kind=row.kind or "job",
+            parent_id=row.parent_id,
+            trial=row.trial,
             retry_of=row.retry_of,
             error=error,
             waiting_for=None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -14,18 +15,25 @@ from pydantic import BaseModel
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from api.deps import live_queues
 from api.errors import Problem, answered_as, field_error
 from api.owned import find_owned
+from core.autosearch import advance
 from core.db import new_id, utcnow
 from core.dbclock import db_utcnow
 from core.inuse import InputGone, confirm_inputs
 from core.jobspec import BatchSpec, JobSpec
 from core.jobstate import mark_unsent
 from core.queue import send_jobs
-from core.settings import Settings
-from core.tables import Batch, Dataset, Job, JobStatus, StoredModel
+from core.settings import Settings, get_settings
+from core.storage import get_storage
+from core.tables import Batch, Dataset, Job, JobKind, JobStatus, StoredModel
+from optimizers.auto.preflight import preflight
 from optimizers.checks import check_spec
+from optimizers.config import AutoConfig
 from optimizers.results import DatasetInfo, ModelInfo
+
+log = logging.getLogger(__name__)
 
 Loc = list[str | int]
 Row = TypeVar("Row")
@@ -113,8 +121,15 @@ def new_job(
     models = _extra_models(session, project_id, spec, loc)
     # A spec in a batch names its place in the request (`body.jobs.2: ...`).
     where = "" if loc == ["body"] else f"{'.'.join(str(p) for p in loc)}: "
+    search: dict[str, Any] = {}
     with answered_as(detail_prefix=where):
-        check_spec(ModelInfo.model_validate(model.info), spec, datasets, models=models)
+        info = ModelInfo.model_validate(model.info)
+        check_spec(info, spec, datasets, models=models)
+        auto = spec.passes[0]
+        if isinstance(auto, AutoConfig):
+            # Before any worker time: a model the search cannot help fails here, with reasons.
+            found = preflight(info, datasets, spec, live_queues=live_queues(session))
+            search = _search_columns(auto, found.to_json())
 
     now = utcnow()
     values: dict[str, Any] = dict(
@@ -137,9 +152,20 @@ def new_job(
         # Sent right after the commit; set to NULL (not sent) if the broker does not take it.
         sent_at=db_utcnow(),
     )
-    job = Job(**(values | columns))
+    job = Job(**(values | search | columns))
     session.add(job)
     return job
+
+
+def _search_columns(auto: AutoConfig, found: dict[str, Any]) -> dict[str, Any]:
+    """An auto search's row: never sent to a worker (core.autosearch runs its trials)."""
+    return dict(
+        kind=JobKind.search,
+        queue="gpu" if auto.device == "cuda" else "cpu",
+        sent_at=None,
+        progress_message="preflight passed; the first trials start now",
+        result={"auto": {"preflight": found, "progress": None, "stopped": None, "answer": None}},
+    )
 
 
 def new_batch(
@@ -201,10 +227,22 @@ def send_committed(session: Session, jobs: list[Job]) -> None:
     """Hands committed jobs to the broker; only the id travels. When the broker is down this
     costs one failed send, not one per job: the jobs it did not take stay queued, marked as
     not sent, and the reaper (worker.reaper) sends them as soon as the broker is back."""
-    unsent = send_jobs([(job.id, job.queue) for job in jobs])
+    unsent = send_jobs([(job.id, job.queue) for job in jobs if job.kind != JobKind.search])
     if unsent:
         mark_unsent(session, unsent)
         session.commit()
         for job in jobs:
             if job.id in unsent:  # the answer shows the job as the database now has it
                 session.expire(job)
+    start_searches(session, [job for job in jobs if job.kind == JobKind.search])
+
+
+def start_searches(session: Session, jobs: list[Job]) -> None:
+    """A search's step right after its commit (or its cancel): its first trials are queued
+    and sent now. A step that fails here is taken by the next reaper pass of any worker."""
+    for job in jobs:
+        try:
+            advance(job.id, settings=get_settings(), storage=get_storage())
+        except Exception:
+            log.warning("search %s: first step failed; a worker takes it", job.id, exc_info=True)
+        session.expire(job)

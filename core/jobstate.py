@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from core.db import utcnow
 from core.dbclock import db_utcnow
-from core.tables import Job, JobStatus
+from core.tables import Job, JobKind, JobStatus
 
 RUNNING = (JobStatus.running, JobStatus.canceling)
 
@@ -163,7 +163,10 @@ def reap_stale(session: Session, *, timeout_s: float) -> list[tuple[str, str]]:
     # Plain rows, not ORM objects: an identity-mapped Job could carry stale values.
     stale = session.execute(
         select(Job.id, Job.status, Job.attempts, Job.max_attempts, Job.queue).where(
-            Job.status.in_(RUNNING), Job.heartbeat_at < cutoff
+            # A search has no worker to lose: core.autosearch moves it on.
+            Job.status.in_(RUNNING),
+            Job.heartbeat_at < cutoff,
+            Job.kind != JobKind.search,
         )
     ).all()
     requeue: list[tuple[str, str]] = []
@@ -238,7 +241,7 @@ def resend_stale_queued(
     due = or_(Job.sent_at.is_(None), stale)
     waiting = session.execute(
         select(Job.id, Job.queue)
-        .where(Job.status == JobStatus.queued, due)
+        .where(Job.status == JobStatus.queued, due, Job.kind != JobKind.search)
         .order_by(Job.queued_at, Job.id)
     ).all()
     resend: list[tuple[str, str]] = []

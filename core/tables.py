@@ -31,6 +31,12 @@ class JobStatus(enum.StrEnum):
     canceled = "canceled"
 
 
+class JobKind(enum.StrEnum):
+    job = "job"
+    search = "search"
+    trial = "trial"
+
+
 ACTIVE_STATUSES = (JobStatus.queued, JobStatus.running, JobStatus.canceling)
 FINAL_STATUSES = (JobStatus.succeeded, JobStatus.failed, JobStatus.canceled)
 
@@ -114,6 +120,8 @@ class Job(Base):
         UniqueConstraint("project_id", "idempotency_key", name="uq_jobs_project_idempotency"),
         Index("ix_jobs_project_created", "project_id", "created_at", "id"),
         Index("ix_jobs_status_heartbeat", "status", "heartbeat_at"),
+        Index("ix_jobs_project_cache_key", "project_id", "cache_key"),
+        Index("ix_jobs_kind_status", "kind", "status"),
     )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
@@ -133,6 +141,17 @@ class Job(Base):
         ForeignKey("jobs.id", ondelete="SET NULL"), index=True
     )
     queue: Mapped[str] = mapped_column(String(16), default="cpu")
+    #: `job` (a pipeline a worker runs), `search` (an auto search: never sent to a worker, its
+    #: trials are) or `trial` (one measured recipe of a search, `parent_id` its search).
+    kind: Mapped[str] = mapped_column(String(16), default=JobKind.job, server_default="job")
+    parent_id: Mapped[str | None] = mapped_column(
+        ForeignKey("jobs.id", ondelete="CASCADE"), index=True
+    )
+    #: A trial's place in its search: {"key", "family", "rung", "why", "cached_from"?}.
+    trial: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    #: A succeeded trial's cache key (core.trialcache): later trials with the same inputs,
+    #: recipe, versions and hardware class reuse its result.
+    cache_key: Mapped[str | None] = mapped_column(String(64))
     status: Mapped[str] = mapped_column(String(16), default=JobStatus.queued)
     stage: Mapped[str | None] = mapped_column(String(32))
     progress: Mapped[float] = mapped_column(Float, default=0.0)

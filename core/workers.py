@@ -99,6 +99,11 @@ def _live(timeout_s: float) -> Any:
     return (Worker.stopped_at.is_(None)) & (Worker.heartbeat_at >= db_utcnow(-timeout_s))
 
 
+def live_rows(session: Session, *, timeout_s: float) -> list[Worker]:
+    """The live workers' rows."""
+    return list(session.scalars(select(Worker).where(_live(timeout_s))))
+
+
 def live_queues(session: Session, *, timeout_s: float) -> frozenset[str]:
     """The queues that at least one live worker consumes."""
     rows = session.scalars(select(Worker.queues).where(_live(timeout_s))).all()

@@ -14,6 +14,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from core import workers
 from core.db import close_pooled_connections, new_id, session_scope
@@ -45,6 +46,20 @@ def versions(names: tuple[str, ...] = _WORKER_DISTRIBUTIONS) -> dict[str, str]:
     return found
 
 
+def cpu_model() -> str:
+    """The CPU's model name: part of the hardware class a trial's cached result is tied to."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or platform.machine() or "unknown"
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        # x86 names the CPU in "model name"; ARM in "Model" or "Hardware".
+        if key.strip() in ("model name", "Model", "Hardware") and value.strip():
+            return value.strip()
+    return platform.processor() or platform.machine() or "unknown"
+
+
 @dataclass
 class Presence:
     registration: Registration
@@ -73,7 +88,7 @@ class Presence:
             queues=queues,
             refused=refused,
             cores=cores,
-            device=dict(device),
+            device={**device, "cpu_model": cpu_model()},
             versions=versions(),
         )
         _worker_id = registration.id

@@ -7,10 +7,11 @@ from __future__ import annotations
 import logging
 import threading
 
-from core import jobstate, workers
+from core import autosearch, jobstate, workers
 from core.db import session_scope
 from core.queue import send_jobs
 from core.settings import Settings
+from core.storage import get_storage
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,11 @@ def start_reaper(settings: Settings) -> threading.Event:
                 reap_once(settings)
             except Exception:
                 log.warning("reaper pass failed", exc_info=True)
+            try:
+                # Resumes searches after a crash and ends those whose minutes ran out.
+                autosearch.advance_active(settings=settings, storage=get_storage())
+            except Exception:
+                log.warning("search pass failed", exc_info=True)
 
     threading.Thread(target=loop, name="modelpress-reaper", daemon=True).start()
     return stop

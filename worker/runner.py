@@ -23,8 +23,8 @@ from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from core import jobstate
-from core.db import new_id
+from core import autosearch, jobstate
+from core.db import new_id, session_scope
 from core.jobspec import JobLimits as RequestedLimits
 from core.jobspec import JobSpec, load_stored_spec
 from core.logs import job_context
@@ -98,7 +98,26 @@ def execute_job(job_id: str, *, settings: Settings, storage: Storage) -> str | N
     """Returns the job's final status, or None when this worker did not get the job (or lost
     it to another attempt). A worker whose job sandbox cannot start leaves the job queued."""
     with job_context(job_id):
-        return _execute(job_id, settings=settings, storage=storage)
+        status = _execute(job_id, settings=settings, storage=storage)
+        if status in FINAL_STATUSES:
+            _after_trial(job_id, status=str(status), settings=settings, storage=storage)
+        return status
+
+
+def _after_trial(job_id: str, *, status: str, settings: Settings, storage: Storage) -> None:
+    """A trial of an auto search ended: its result becomes reusable (its cache key) and its
+    search takes its next step now rather than at the next reaper pass."""
+    try:
+        with session_scope() as session:
+            parent_id = session.scalar(select(Job.parent_id).where(Job.id == job_id))
+            if parent_id is not None and status == JobStatus.succeeded:
+                autosearch.stamp_trial(session, job_id, worker_id=current_worker_id())
+        if parent_id is not None:
+            autosearch.advance(parent_id, settings=settings, storage=storage)
+    except Exception:
+        log.warning(
+            "job %s: its search's next step failed; the reaper retries", job_id, exc_info=True
+        )
 
 
 def _execute(job_id: str, *, settings: Settings, storage: Storage) -> str | None:

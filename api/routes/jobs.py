@@ -44,7 +44,7 @@ from core import storage_keys
 from core.db import session_factory
 from core.jobspec import JobSpec
 from core.settings import get_settings
-from core.tables import FINAL_STATUSES, Artifact, Job, JobStatus
+from core.tables import FINAL_STATUSES, Artifact, Job, JobKind, JobStatus
 
 T = TypeVar("T")
 
@@ -121,12 +121,21 @@ def list_jobs(
     status: JobStatusName = None,
     model_id: str | None = None,
     batch_id: Annotated[str | None, Query(description="Only the jobs of this batch.")] = None,
+    parent_id: Annotated[
+        str | None,
+        Query(description="Only the trials of this auto search (trials are listed only so)."),
+    ] = None,
     created_after: CreatedBound = None,
     created_before: CreatedBound = None,
     page_size: int = 50,
     page_token: str | None = None,
 ) -> Page[JobOut]:
     query = select(Job).where(Job.project_id == key.project_id)
+    # A search's trials would bury the jobs people submitted: they are listed by their search.
+    if parent_id:
+        query = query.where(Job.parent_id == parent_id)
+    else:
+        query = query.where(Job.kind != JobKind.trial)
     if status:
         query = query.where(Job.status.in_([s.value for s in status]))
     if model_id:
@@ -158,6 +167,15 @@ def delete_job(job_id: str, key: WriteKey, session: SessionDep, storage: Storage
     """Deletes a finished job, its artifacts and everything it stored. An unfinished job is
     refused (409 `job_active`): cancel it first. Jobs that retried it keep their own rows."""
     job = get_owned(session, Job, job_id, project_id=key.project_id)
+    if job.kind == JobKind.trial:
+        raise Problem(
+            409,
+            f"this job is a trial of the auto search {job.parent_id}; delete the search, "
+            "which takes its trials with it",
+            type="job_is_trial",
+        )
+    # A search's trials go with it (the foreign key cascades); their files too.
+    trials = list(session.scalars(select(Job.id).where(Job.parent_id == job.id)))
     # Conditional: only a finished job goes, whatever happened since it was read.
     deleted = session.execute(
         delete(Job).where(Job.id == job.id, Job.status.in_(FINAL_STATUSES))
@@ -170,7 +188,9 @@ def delete_job(job_id: str, key: WriteKey, session: SessionDep, storage: Storage
         raise job_active(current)
     session.commit()
     # The objects only after the commit: a crash in between leaves orphans for the sweeper.
-    remove_objects(storage, [storage_keys.job_prefix(key.project_id, job_id)])
+    remove_objects(
+        storage, [storage_keys.job_prefix(key.project_id, one) for one in [job_id, *trials]]
+    )
     return Response(status_code=204)
 
 
