@@ -262,10 +262,7 @@ def _why(spec: PipelineSpec, pre: Preflight, outcome: TrialOutcome) -> str:
     """The plan's sentence for an outcome the caller did not keep it for."""
     stem = outcome.key.rsplit("-r", 1)[0]
     others = candidates_for(
-        auto_config(spec),
-        structure=pre.structure,
-        samples=int(pre.facts["samples"]),
-        has_matmul=bool(pre.facts.get("matmul_weights")),
+        auto_config(spec), structure=pre.structure, samples=int(pre.facts["samples"])
     )
     for candidate in [graph_fallback(), *others]:
         if candidate.stem == stem:

@@ -81,9 +81,7 @@ def graph_fallback() -> Candidate:
     )
 
 
-def candidates_for(
-    config: AutoConfig, *, structure: str, samples: int, has_matmul: bool
-) -> list[Candidate]:
+def candidates_for(config: AutoConfig, *, structure: str, samples: int) -> list[Candidate]:
     """Every recipe worth screening on a model of `structure`, most promising first (the
     order decides which are screened when the budget is short). Whether each family applies
     here (allow, labels, device, trainable layers) is the preflight's decision."""
@@ -121,8 +119,7 @@ def candidates_for(
             recipes.dynamic("int8-dynamic-pt", per_channel=False),
             recipes.static("int8-static-pt", per_channel=False, method="minmax"),
         ]
-    weight_only = [recipes.int4()] if has_matmul else []
-    weight_only += [recipes.int8_weight_only(), recipes.fp16()]
+    weight_only = [recipes.int4(), recipes.int8_weight_only(), recipes.fp16()]
     if config.objective != "latency":
         # Weight-only formats mostly save bytes: screened before the int8 variants that only
         # an unlimited budget reaches.

@@ -164,12 +164,7 @@ def preflight(
     except OptimizerError as exc:
         raise type(exc)(f"nothing can be searched: {exc.message}") from exc
 
-    candidates = candidates_for(
-        config,
-        structure=structure,
-        samples=dataset.num_samples,
-        has_matmul=bool(facts["matmul_weights"]),
-    )
+    candidates = candidates_for(config, structure=structure, samples=dataset.num_samples)
     applicable: dict[str, str] = {}
     ruled_out: dict[str, str] = {}
     refused: dict[str, str] = {}

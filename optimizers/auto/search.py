@@ -103,10 +103,7 @@ def screening_pool(spec: PipelineSpec, pre: Preflight) -> list[Candidate]:
     return [
         candidate
         for candidate in candidates_for(
-            config,
-            structure=pre.structure,
-            samples=int(pre.facts["samples"]),
-            has_matmul=bool(pre.facts.get("matmul_weights")),
+            config, structure=pre.structure, samples=int(pre.facts["samples"])
         )
         if candidate.family in pre.applicable and candidate.stem not in refused
     ]
