@@ -235,10 +235,7 @@ def _combinations(
     slower: their savings add up."""
     ranked = promising(ctx, outcomes)
     fine = [(o, m) for o, m in ranked if m.within_tolerance]
-    shrink = sorted(
-        ((o, m) for o, m in fine if o.family in SHRINK_FAMILIES),
-        key=lambda pair: (pair[1].drop, pair[0].key),
-    )
+    shrink = [(o, m) for o, m in fine if o.family in SHRINK_FAMILIES]
     int8 = [(o, m) for o, m in fine if o.family in INT8_FAMILIES and len(o.spec["passes"]) == 1]
     if not shrink or not int8:
         return []
