@@ -74,11 +74,11 @@ def _times(value: float) -> str:
 
 
 def _drop(value: float) -> str:
-    """Two significant digits, never in exponent form: 0.034, 0.0021, 0."""
+    """At most two significant digits, never in exponent form: 0.034, 0.0021, 0.02, 0."""
     if value == 0:
         return "0"
     digits = max(2, 1 - math.floor(math.log10(abs(value))))
-    return f"{value:.{digits}f}"
+    return f"{value:.{digits}f}".rstrip("0").rstrip(".")
 
 
 def _size(size_ratio: float) -> str:

@@ -95,7 +95,7 @@ def result(
     suggested: list[str] | None = None,
 ) -> dict[str, Any]:
     """A job result as a worker stores it (worker/jobproc.py, optimizers/measure/verdict.py)."""
-    low, high = interval if interval is not None else (speedup - 0.05, speedup + 0.05)
+    low, high = interval or (round(speedup - 0.05, 3), round(speedup + 0.05, 3))
     comparison = {
         "size_ratio": size_ratio,
         "speedup_p50": {str(batch): speedup},
