@@ -112,13 +112,14 @@ def screening_pool(spec: PipelineSpec, pre: Preflight) -> list[Candidate]:
 def screened_count(pool_size: int, trials: int) -> int:
     """How many candidates rung 0 screens with a budget of `trials`: as many as leave room for
     the graph fallback, the promotions (a third of them, at least 2) and, with 12 trials or
-    more, the refinements. 0: the budget is too small to screen first."""
+    more, the refinements. 0: the budget is too small for screening to drop anything, so the
+    first candidates are measured in full at once."""
     if trials <= DIRECT_BUDGET:
         return 0
     reserve = REFINEMENT_RESERVE if trials >= 12 else 0
     for count in range(pool_size, 0, -1):
         if 1 + count + promoted_count(count) + reserve <= trials:
-            return count
+            return count if count > promoted_count(count) else 0
     return 0
 
 
