@@ -539,6 +539,7 @@ class AutoBudget(StrictModel):
 
 #: The technique families an auto search may use.
 AutoTechnique = Literal["quantize", "prune", "distill"]
+_ALL_TECHNIQUES: tuple[AutoTechnique, ...] = ("quantize", "prune", "distill")
 
 
 class AutoConfig(PassConfig):
@@ -568,7 +569,7 @@ class AutoConfig(PassConfig):
     )
     budget: AutoBudget = Field(default_factory=AutoBudget)
     allow: list[AutoTechnique] = Field(
-        default_factory=lambda: ["quantize", "prune", "distill"],
+        default_factory=lambda: list(_ALL_TECHNIQUES),
         min_length=1,
         max_length=3,
         description="Technique families the search may use.",
