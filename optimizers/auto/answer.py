@@ -97,6 +97,13 @@ def _numbers_text(numbers: Measured, batch: int) -> str:
     )
 
 
+def _brief(numbers: Measured, batch: int) -> str:
+    return (
+        f"{_times(numbers.speedup)} at batch {batch}, drop {_drop(numbers.drop)}, "
+        f"{_size(numbers.size_ratio)}"
+    )
+
+
 def _message(
     config: AutoConfig,
     batch: int,
@@ -218,8 +225,8 @@ def _family_reason(
     winning = numbers[winner.key] if winner is not None else None
     if winner is not None and winning is not None:
         return (
-            f"{name} qualified ({_numbers_text(n, batch)}), but {label(winner.family)} ranks "
-            f"higher for objective '{config.objective}' ({_numbers_text(winning, batch)})"
+            f"{name} qualified ({_brief(n, batch)}), but {label(winner.family)} ranks higher "
+            f"for objective '{config.objective}' ({_brief(winning, batch)})"
         )
     return f"{name}: {_numbers_text(n, batch)}"
 
