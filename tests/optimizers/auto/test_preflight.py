@@ -5,6 +5,9 @@ from __future__ import annotations
 import pytest
 
 from optimizers.auto.preflight import Preflight, preflight, structure_of
+from optimizers.auto.search import next_trials
+from optimizers.checks import check_spec
+from optimizers.config import PipelineSpec
 from optimizers.errors import DatasetMismatchError, UnsupportedError
 from optimizers.results import ArrayInfo
 from tests.optimizers.auto.builders import OP_TYPES, auto_spec, dataset_info, model_info, plan_for
@@ -81,6 +84,9 @@ def test_pruning_needs_trainable_layers_and_a_batch_on_axis_0() -> None:
     assert pre.facts["batch_size"] == 1
     assert "fixes its batch size at 1" in pre.facts["batch_size_note"]
     assert "prune_structured" in pre.applicable
+    for plan in next_trials(auto_spec(), pre, [], budget_left=24):
+        assert plan.spec["benchmark"]["batch_sizes"] == [1]
+        check_spec(fixed, PipelineSpec.model_validate(plan.spec), {"d": dataset_info("mlp")})
 
 
 def test_a_cuda_search_without_a_live_gpu_worker_is_reported_not_refused() -> None:
