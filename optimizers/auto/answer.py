@@ -25,8 +25,17 @@ from optimizers.config import AutoConfig, PipelineSpec
 _WEIGHT_ONLY = frozenset({"int4_weight_only", "int8_weight_only"})
 
 
-def answer(spec: PipelineSpec, pre: Preflight, outcomes: Sequence[TrialOutcome]) -> dict[str, Any]:
-    """The search's answer as JSON (docs/auto.md, "Reading the answer")."""
+def answer(
+    spec: PipelineSpec,
+    pre: Preflight,
+    outcomes: Sequence[TrialOutcome],
+    *,
+    cut_short: bool = False,
+) -> dict[str, Any]:
+    """The search's answer as JSON (docs/auto.md, "The answer"). `cut_short`: the search
+    was stopped (minutes spent, canceled) before its full measurements; then, when no rung-1
+    trial qualifies, a screened (rung-0) trial that qualifies by the same rule is the answer
+    before the graph fallback, and `screened_only` says so."""
     config = auto_config(spec)
     batch = int(pre.facts["batch_size"])
     numbers = {
@@ -36,11 +45,12 @@ def answer(spec: PipelineSpec, pre: Preflight, outcomes: Sequence[TrialOutcome])
         for outcome in outcomes
     }
     full = [(o, n) for o in outcomes if o.rung >= 1 and (n := numbers[o.key]) is not None]
-    qualified = sorted(
-        ((o, n) for o, n in full if _qualifies(n)),
-        key=lambda pair: rank_key(config.objective, pair[1], pair[0].key),
-    )
-    best: TrialOutcome | None = qualified[0][0] if qualified else None
+    best = _best(config, full)
+    screened_only = False
+    if best is None and cut_short:
+        screened = [(o, n) for o in outcomes if o.rung == 0 and (n := numbers[o.key]) is not None]
+        best = _best(config, screened)
+        screened_only = best is not None
     fallback: str | None = None
     if best is None:
         graph = next((o for o, n in full if o.family == "graph" and _acceptable(n)), None)
@@ -51,14 +61,29 @@ def answer(spec: PipelineSpec, pre: Preflight, outcomes: Sequence[TrialOutcome])
         "best_job_id": best.job_id if best is not None else None,
         "fallback": fallback,
         "original": best is None,
+        "screened_only": screened_only,
         "objective": config.objective,
         "batch_size": batch,
-        "message": _message(config, batch, best, best_numbers, fallback),
+        "message": _message(config, batch, best, best_numbers, fallback)
+        + (
+            " (screened only: the search stopped before its full measurement)"
+            if screened_only
+            else ""
+        ),
         "pareto": _pareto(full),
         "rejected": _rejected(config, pre, batch, outcomes, numbers, best, fallback),
         "skipped": dict(pre.skipped),
         "trials": [_trial_entry(spec, pre, o, numbers[o.key]) for o in outcomes],
     }
+
+
+def _best(
+    config: AutoConfig, measured_trials: Sequence[tuple[TrialOutcome, Measured]]
+) -> TrialOutcome | None:
+    qualified = [(o, n) for o, n in measured_trials if _qualifies(n)]
+    if not qualified:
+        return None
+    return min(qualified, key=lambda pair: rank_key(config.objective, pair[1], pair[0].key))[0]
 
 
 def _qualifies(numbers: Measured) -> bool:

@@ -153,3 +153,24 @@ def test_unfinished_and_canceled_trials_are_reported_as_such() -> None:
         "int8_static": "canceled before it was measured",
     }
     assert found["original"] is True
+
+
+def test_a_search_cut_short_answers_with_a_qualifying_screened_trial() -> None:
+    spec, pre = plan_for("transformer")
+    outcomes = [
+        _trial("graph-r1", "graph", speedup=1.0, interval=(0.97, 1.03), drop=0.0),
+        _trial("int8-dynamic-pc-r0", "int8_dynamic", 0, speedup=1.9, drop=0.004),
+        _trial("int8-static-pc-r0", "int8_static", 0, speedup=2.3, drop=0.04),
+        _trial("int4-wo-r0", "int4_weight_only", 0, speedup=0.9, interval=(0.85, 0.95)),
+    ]
+    finished = answer(spec, pre, outcomes)
+    assert (finished["best"], finished["fallback"]) == ("graph-r1", "graph")
+    assert finished["screened_only"] is False
+    stopped = answer(spec, pre, outcomes, cut_short=True)
+    assert (stopped["best"], stopped["fallback"]) == ("int8-dynamic-pc-r0", None)
+    assert stopped["screened_only"] is True
+    assert stopped["message"].endswith(
+        "(screened only: the search stopped before its full measurement)"
+    )
+    # Never a slower or out-of-tolerance screened trial.
+    assert answer(spec, pre, outcomes[2:], cut_short=True)["original"] is True
