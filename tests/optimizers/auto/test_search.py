@@ -200,3 +200,13 @@ def test_the_same_inputs_give_the_same_plans() -> None:
     first = _run(spec, pre, _measure(TRANSFORMER_SCREEN))
     again = _run(spec, pre, _measure(TRANSFORMER_SCREEN))
     assert first == again
+
+
+def test_a_screening_cut_by_budget_left_resumes_before_any_promotion() -> None:
+    spec, pre = plan_for("transformer")
+    first = next_trials(spec, pre, [], budget_left=5)
+    assert [p.key for p in first][:2] == ["graph-r1", "int8-static-tp-r0"] and len(first) == 5
+    done = [outcome(p, speedup=1.5, drop=0.001) for p in first]
+    rest = next_trials(spec, pre, done, budget_left=19)
+    assert rest and all(p.rung == 0 for p in rest)
+    assert not {p.key for p in rest} & {p.key for p in first}
