@@ -1,13 +1,41 @@
-"""Placeholder search (replaced by the search policy)."""
+"""The order of an auto search: successive halving over the preflight's candidates.
+
+Rung 0 screens every candidate the budget allows with a short benchmark and an evaluation on
+a subset; once all of them are final, the best third (by the objective, among those within
+the tolerance or within twice it) is measured in full at rung 1, together with refinements
+made from the measured results: mixed precision for a static trial that dropped too much
+(its most sensitive nodes kept in float) and pruning followed by int8. The graph-optimized
+original always runs at rung 1: it is the fallback answer. Pure and deterministic.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from optimizers.auto.preflight import Preflight
+from optimizers.auto.candidates import (
+    Candidate,
+    candidates_for,
+    graph_fallback,
+    trial_key,
+    trial_spec,
+)
+from optimizers.auto.families import INT8_FAMILIES, SHRINK_FAMILIES, STATIC_FAMILIES, label
+from optimizers.auto.measured import FINAL_STATUSES, Measured, measured, rank_key
+from optimizers.auto.preflight import Preflight, auto_config
 from optimizers.config import AutoConfig, PipelineSpec
+
+#: A screened trial is worth the full measurement within this multiple of the tolerance:
+#: a subset's drop is a noisy estimate, and mixed precision can win the rest back.
+PROMOTE_DROP_FACTOR = 2.0
+#: Budgets this small skip screening: the graph fallback and the first candidates run in full.
+DIRECT_BUDGET = 3
+#: Trials kept for refinements when the budget can spare them.
+REFINEMENT_RESERVE = 2
+#: Mixed-precision refinements made from static trials that dropped too much, at most.
+MIXED_REFINEMENTS = 2
 
 
 @dataclass(frozen=True)
@@ -29,21 +57,246 @@ class TrialOutcome:
     status: str
     result: dict[str, Any] | None
     error: str | None
+    #: The plan's sentence, where the caller kept it (answer() rebuilds it otherwise).
+    why: str | None = None
+
+
+@dataclass(frozen=True)
+class _Context:
+    spec: PipelineSpec
+    config: AutoConfig
+    pre: Preflight
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.pre.facts["batch_size"])
+
+    def plan(
+        self, key: str, family: str, rung: int, passes: list[dict[str, Any]], why: str
+    ) -> TrialPlan:
+        return TrialPlan(
+            key=key,
+            family=family,
+            rung=rung,
+            spec=trial_spec(
+                self.spec,
+                self.config,
+                passes,
+                rung=rung,
+                batch_size=self.batch_size,
+                samples=int(self.pre.facts["samples"]),
+                metric=str(self.pre.facts["metric"]),
+            ),
+            why=why,
+        )
+
+    def numbers(self, outcome: TrialOutcome) -> Measured | None:
+        if outcome.status != "succeeded":
+            return None
+        return measured(outcome.result, batch_size=self.batch_size, max_drop=self.config.max_drop)
+
+
+def screening_pool(spec: PipelineSpec, pre: Preflight) -> list[Candidate]:
+    """The candidates the preflight allows, most promising first."""
+    config = auto_config(spec)
+    refused = pre.facts.get("refused") or {}
+    return [
+        candidate
+        for candidate in candidates_for(
+            config, structure=pre.structure, samples=int(pre.facts["samples"])
+        )
+        if candidate.family in pre.applicable and candidate.stem not in refused
+    ]
+
+
+def screened_count(pool_size: int, trials: int) -> int:
+    """How many candidates rung 0 screens with a budget of `trials`: as many as leave room for
+    the graph fallback, the promotions (a third of them, at least 2) and, with 12 trials or
+    more, the refinements. 0: the budget is too small for screening to drop anything, so the
+    first candidates are measured in full at once."""
+    if trials <= DIRECT_BUDGET:
+        return 0
+    reserve = REFINEMENT_RESERVE if trials >= 12 else 0
+    for count in range(pool_size, 0, -1):
+        if 1 + count + promoted_count(count) + reserve <= trials:
+            return count if count > promoted_count(count) else 0
+    return 0
+
+
+def promoted_count(screened: int) -> int:
+    return min(screened, max(2, math.ceil(screened / 3)))
 
 
 def next_trials(
-    spec: PipelineSpec, pre: Preflight, outcomes: Sequence[TrialOutcome], *, budget_left: int
+    spec: PipelineSpec,
+    pre: Preflight,
+    outcomes: Sequence[TrialOutcome],
+    *,
+    budget_left: int,
 ) -> list[TrialPlan]:
-    config = spec.passes[0]
-    assert isinstance(config, AutoConfig)
-    measure = {
-        "evaluate": {"dataset_id": config.dataset_id, "max_drop": config.max_drop},
-        "benchmark": {"batch_sizes": [config.batch_size], "warmup": 3, "iterations": 20},
-    }
-    plans = [
-        TrialPlan("graph@1", "graph", 1, {"passes": [{"kind": "graph_optimize"}], **measure}, "fallback"),
-        TrialPlan("int8-dynamic@1", "int8_dynamic", 1, {"passes": [{"kind": "quantize", "method": "dynamic"}], **measure}, "int8"),
-        TrialPlan("int8-dynamic-pc@1", "int8_dynamic", 1, {"passes": [{"kind": "quantize", "method": "dynamic", "per_channel": True}], **measure}, "int8"),
+    """The trials to start now, in order (see the module docstring); never a key that is in
+    `outcomes`, at most `budget_left`. [] when nothing new can start yet (trials are still
+    running) or the search is over."""
+    if budget_left <= 0:
+        return []
+    ctx = _Context(spec=spec, config=auto_config(spec), pre=pre)
+    pool = screening_pool(spec, pre)
+    fallback = graph_fallback()
+    wanted = [
+        ctx.plan(
+            trial_key(fallback.stem, 1), fallback.family, 1, fallback.pass_list(), fallback.why
+        )
     ]
-    seen = {o.key for o in outcomes}
-    return [p for p in plans if p.key not in seen][:budget_left]
+    screened = screened_count(len(pool), ctx.config.budget.trials)
+    if screened == 0:
+        direct = pool[: max(0, ctx.config.budget.trials - 1)]
+        wanted += [_full(ctx, candidate) for candidate in direct]
+        wanted += _mixed_refinements(ctx, outcomes)
+    else:
+        rung0 = [
+            ctx.plan(trial_key(c.stem, 0), c.family, 0, c.pass_list(), c.why)
+            for c in pool[:screened]
+        ]
+        wanted += rung0
+        by_key = {outcome.key: outcome for outcome in outcomes}
+        done = all(
+            plan.key in by_key and by_key[plan.key].status in FINAL_STATUSES for plan in rung0
+        )
+        if done:
+            screened_outcomes = [by_key[plan.key] for plan in rung0]
+            wanted += _promotions(ctx, pool, screened_outcomes, screened=screened)
+            wanted += _combinations(ctx, pool, screened_outcomes)
+            # After the screening only: a refinement must not take a promotion's place.
+            wanted += _mixed_refinements(ctx, outcomes)
+    seen = {outcome.key for outcome in outcomes}
+    fresh: list[TrialPlan] = []
+    for plan in wanted:
+        if plan.key not in seen:
+            seen.add(plan.key)
+            fresh.append(plan)
+    return fresh[:budget_left]
+
+
+def _full(ctx: _Context, candidate: Candidate) -> TrialPlan:
+    return ctx.plan(
+        trial_key(candidate.stem, 1), candidate.family, 1, candidate.pass_list(), candidate.why
+    )
+
+
+def _stem(key: str) -> str:
+    return key.rsplit("-r", 1)[0]
+
+
+def promising(
+    ctx: _Context, outcomes: Sequence[TrialOutcome]
+) -> list[tuple[TrialOutcome, Measured]]:
+    """Screened trials worth the full measurement, best first: succeeded, not slower than the
+    original by the whole paired interval, and a drop within twice the tolerance; those
+    within the tolerance rank before the others."""
+    found = []
+    for outcome in outcomes:
+        numbers = ctx.numbers(outcome)
+        if numbers is None or numbers.clearly_slower:
+            continue
+        if numbers.drop > PROMOTE_DROP_FACTOR * ctx.config.max_drop:
+            continue
+        found.append((outcome, numbers))
+    objective = ctx.config.objective
+    found.sort(
+        key=lambda pair: (not pair[1].within_tolerance, *rank_key(objective, pair[1], pair[0].key))
+    )
+    return found
+
+
+def _promotions(
+    ctx: _Context, pool: list[Candidate], outcomes: Sequence[TrialOutcome], *, screened: int
+) -> list[TrialPlan]:
+    candidates = {candidate.stem: candidate for candidate in pool}
+    best = promising(ctx, outcomes)[: promoted_count(screened)]
+    plans = []
+    for outcome, numbers in best:
+        candidate = candidates[_stem(outcome.key)]
+        plans.append(
+            ctx.plan(
+                trial_key(candidate.stem, 1),
+                candidate.family,
+                1,
+                candidate.pass_list(),
+                f"{candidate.why} Screened at {numbers.speedup:.2f}x with a drop of "
+                f"{numbers.drop:.2g}: measured in full.",
+            )
+        )
+    return plans
+
+
+def _combinations(
+    ctx: _Context, pool: list[Candidate], outcomes: Sequence[TrialOutcome]
+) -> list[TrialPlan]:
+    """Pruning (or distillation) then int8, when both screened within the tolerance and not
+    slower: their savings add up."""
+    ranked = promising(ctx, outcomes)
+    fine = [(o, m) for o, m in ranked if m.within_tolerance]
+    shrink = [(o, m) for o, m in fine if o.family in SHRINK_FAMILIES]
+    int8 = [(o, m) for o, m in fine if o.family in INT8_FAMILIES and len(o.spec["passes"]) == 1]
+    if not shrink or not int8:
+        return []
+    (small, small_numbers), (fast, fast_numbers) = shrink[0], int8[0]
+    passes = [*small.spec["passes"], *fast.spec["passes"]]
+    return [
+        ctx.plan(
+            trial_key(f"{_stem(small.key)}-{_stem(fast.key)}", 1),
+            f"{small.family}+{fast.family}",
+            1,
+            [dict(config) for config in passes],
+            f"{label(small.family)} (screened drop {small_numbers.drop:.2g}) then "
+            f"{label(fast.family)} (screened {fast_numbers.speedup:.2f}x): both within the "
+            "tolerance, so their savings may add up.",
+        )
+    ]
+
+
+def _mixed_refinements(ctx: _Context, outcomes: Sequence[TrialOutcome]) -> list[TrialPlan]:
+    """For static trials that dropped more than the tolerance: the same recipe with the nodes
+    its sensitivity report names kept in float (`per_node`), smallest drop first."""
+    sources = []
+    for outcome in outcomes:
+        numbers = ctx.numbers(outcome)
+        if outcome.family not in STATIC_FAMILIES or numbers is None:
+            continue
+        if numbers.within_tolerance or not numbers.sensitive_nodes:
+            continue
+        sources.append((numbers.drop, outcome.rung, outcome.key, outcome, numbers))
+    sources.sort(key=lambda entry: entry[:3])
+    plans: list[TrialPlan] = []
+    made = {_stem(outcome.key) for outcome in outcomes if outcome.family == "mixed"}
+    room = MIXED_REFINEMENTS - len(made)
+    for _, _, _, outcome, numbers in sources:
+        stem = f"mixed-{_stem(outcome.key)}"
+        if stem in made or len(plans) >= room:
+            continue
+        made.add(stem)
+        nodes = numbers.sensitive_nodes
+        plans.append(
+            ctx.plan(
+                trial_key(stem, 1),
+                "mixed",
+                1,
+                _keep_float(outcome.spec["passes"], numbers.sensitive_nodes),
+                f"{label(outcome.family)} dropped {numbers.drop:.2g} (limit "
+                f"{ctx.config.max_drop:g}); the same recipe with the {len(nodes)} nodes its "
+                f"sensitivity report ranks worst ({', '.join(nodes[:3])}"
+                f"{', ...' if len(nodes) > 3 else ''}) kept in float.",
+            )
+        )
+    return plans
+
+
+def _keep_float(passes: Sequence[Mapping[str, Any]], nodes: Sequence[str]) -> list[dict[str, Any]]:
+    out = [dict(config) for config in passes]
+    for index in range(len(out) - 1, -1, -1):
+        if out[index].get("kind") == "quantize":
+            per_node = dict(out[index].get("per_node") or {})
+            per_node.update({node: "float" for node in nodes})
+            out[index] = {**out[index], "per_node": per_node}
+            break
+    return out

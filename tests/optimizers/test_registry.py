@@ -47,6 +47,16 @@ EXAMPLES: dict[str, list[dict[str, Any]]] = {
         {"dataset_id": "tr", "student": {"derive": "width", "ratio": 0.25}, "alpha": 0.9},
         {"dataset_id": "tr", "student": {"model_id": "mdl_1"}, "temperature": 2.0},
     ],
+    "auto": [
+        {
+            "dataset_id": "ds",
+            "objective": "balanced",
+            "metric": "fidelity",
+            "budget": {"trials": 12, "minutes": 5},
+            "allow": ["quantize", "prune"],
+            "device": "cuda",
+        },
+    ],
 }
 
 
