@@ -43,9 +43,7 @@ from core.tables import (
     StoredModel,
     Worker,
 )
-from optimizers.auto.answer import answer
-from optimizers.auto.preflight import Preflight
-from optimizers.auto.search import TrialOutcome, TrialPlan, next_trials
+from optimizers.auto import Preflight, TrialOutcome, TrialPlan, answer, next_trials
 from optimizers.config import AutoConfig
 
 log = logging.getLogger(__name__)
@@ -160,6 +158,17 @@ def _step(
     return [(child.id, child.queue) for child in queued]
 
 
+def _answer(
+    spec: JobSpec, pre: Preflight, children: Sequence[Job], *, cut_short: bool
+) -> dict[str, Any]:
+    """The policy's answer, each trial marked with whether its numbers came from the cache."""
+    found = answer(spec, pre, _outcomes(children), cut_short=cut_short)
+    cached = {child.id for child in children if (child.trial or {}).get("cached_from")}
+    for entry in found.get("trials", []):
+        entry["cached"] = entry.get("job_id") in cached
+    return found
+
+
 def _children(session: Session, parent_id: str) -> list[Job]:
     return list(
         session.scalars(
@@ -186,6 +195,7 @@ def _outcomes(children: Sequence[Job]) -> list[TrialOutcome]:
                 status=str(child.status),
                 result=child.result,
                 error=error,
+                why=trial.get("why"),
             )
         )
     return outcomes
@@ -280,7 +290,8 @@ def _record_progress(
     config = spec.passes[0]
     assert isinstance(config, AutoConfig)
     progress = _progress(config, children, started=parent.started_at, deadline=deadline)
-    found = answer(spec, pre, _outcomes(children))
+    # What the search would answer if it stopped now.
+    found = _answer(spec, pre, children, cut_short=True)
     done = progress["done"]
     best = found.get("message") if found.get("best") else "none yet"
     now = utcnow()
@@ -338,7 +349,7 @@ def _finish(
     started = parent.started_at or utcnow()
     deadline = started + timedelta(minutes=config.budget.minutes)
     outcomes = _outcomes(children)
-    found = answer(spec, pre, outcomes)
+    found = _answer(spec, pre, children, cut_short=stop in ("canceled", "budget_minutes"))
     auto = dict((parent.result or {}).get("auto") or {})
     result: dict[str, Any] = {
         "auto": {
