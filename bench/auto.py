@@ -82,7 +82,7 @@ def describe(client: httpx.Client, search: dict[str, Any], seconds: float, batch
     print(f"  answer: {answer['message']}")
     if answer["best"] is not None:
         best = next(t for t in done if t["id"] == answer["best_job_id"])
-        comparison = best["result"]["comparison"]
+        comparison = best["summary"]
         low, high = comparison["speedup_interval"][str(batch)]
         print(f"  recipe: {best['spec']['passes']}")
         print(

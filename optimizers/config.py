@@ -557,6 +557,11 @@ class AutoConfig(PassConfig):
     dataset_id: DatasetId = Field(
         description="Data for calibration, fine-tuning and for measuring the drop."
     )
+    eval_dataset_id: DatasetId | None = Field(
+        default=None,
+        description="Held-out data the drop is measured on; default: `dataset_id`. Pruning "
+        "and distillation fine-tune on `dataset_id`, so a drop measured there is optimistic.",
+    )
     metric: Literal["accuracy", "fidelity"] | None = Field(
         default=None,
         description="`accuracy` needs `labels`; default: accuracy with labels, else fidelity.",
@@ -587,7 +592,7 @@ class AutoConfig(PassConfig):
         return self
 
     def dataset_ids(self) -> list[str]:
-        return [self.dataset_id]
+        return list(dict.fromkeys([self.dataset_id, self.eval_dataset_id or self.dataset_id]))
 
 
 def _pass_union() -> TypeAdapter[Any]:

@@ -52,7 +52,7 @@ def trial_spec(
     """A pipeline spec (JSON, without `model_id`) that runs `passes` and measures them at
     `rung`: screening (short benchmark, evaluation on a subset) or the full measurement."""
     evaluate: dict[str, Any] = {
-        "dataset_id": config.dataset_id,
+        "dataset_id": config.eval_dataset_id or config.dataset_id,
         "metric": metric,
         "max_drop": config.max_drop,
     }

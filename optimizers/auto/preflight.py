@@ -106,10 +106,14 @@ def preflight(
     dataset = datasets.get(config.dataset_id)
     if dataset is None:
         raise DatasetMismatchError(f"dataset '{config.dataset_id}' was not found")
-    metric = config.metric or ("accuracy" if dataset.has_labels else "fidelity")
-    if metric == "accuracy" and not dataset.has_labels:
+    eval_id = config.eval_dataset_id or config.dataset_id
+    measured_on = datasets.get(eval_id)
+    if measured_on is None:
+        raise DatasetMismatchError(f"dataset '{eval_id}' was not found")
+    metric = config.metric or ("accuracy" if measured_on.has_labels else "fidelity")
+    if metric == "accuracy" and not measured_on.has_labels:
         raise DatasetMismatchError(
-            f"metric 'accuracy' needs labels, and dataset '{config.dataset_id}' has none; add "
+            f"metric 'accuracy' needs labels, and dataset '{eval_id}' has none; add "
             "a `labels` array, or use metric 'fidelity' (the cosine of the outputs against the "
             "original's)"
         )
@@ -141,8 +145,17 @@ def preflight(
         "batch_size": batch_size,
         "batch_size_note": batch_note,
         "dataset_id": config.dataset_id,
-        "samples": dataset.num_samples,
-        "screen_samples": min(SCREEN_SAMPLES, dataset.num_samples),
+        "eval_dataset_id": eval_id,
+        "held_out": eval_id != config.dataset_id,
+        "eval_note": (
+            None
+            if eval_id != config.dataset_id or not {"prune", "distill"} & set(config.allow)
+            else f"pruning and distillation fine-tune on dataset '{config.dataset_id}', where "
+            "their drop is measured too, so it reads optimistic; give `eval_dataset_id` "
+            "(held-out data) for an unbiased drop"
+        ),
+        "samples": measured_on.num_samples,
+        "screen_samples": min(SCREEN_SAMPLES, measured_on.num_samples),
         "has_labels": dataset.has_labels,
         "metric": metric,
         "max_drop": config.max_drop,

@@ -125,3 +125,25 @@ def test_unknown_op_types_get_a_generic_candidate_set() -> None:
 def test_preflight_round_trips_through_json() -> None:
     _, pre = plan_for("transformer")
     assert Preflight.from_json(pre.to_json()) == pre
+
+
+def test_held_out_data_measures_the_drop_and_training_data_trains() -> None:
+    datasets = {"d": dataset_info(), "held": dataset_info(labels=False)}
+    with pytest.raises(DatasetMismatchError, match="'held' has none"):
+        preflight(
+            model_info(),
+            datasets,
+            auto_spec(eval_dataset_id="held", metric="accuracy"),
+            live_queues=["cpu"],
+        )
+    datasets["held"] = dataset_info()
+    spec = auto_spec(eval_dataset_id="held")
+    pre = preflight(model_info(), datasets, spec, live_queues=["cpu"])
+    assert pre.facts["held_out"] is True and pre.facts["eval_note"] is None
+    plans = next_trials(spec, pre, [], budget_left=24)
+    assert {plan.spec["evaluate"]["dataset_id"] for plan in plans} == {"held"}
+    trained = [p for p in plans if p.spec["passes"][0]["kind"] in ("prune", "distill")]
+    assert trained and all("'d'" in str(p.spec["passes"]) for p in trained)
+    # Without it the drop of a fine-tuned model is measured on its own training data: said.
+    same = preflight(model_info(), {"d": dataset_info()}, auto_spec(), live_queues=["cpu"])
+    assert "optimistic" in same.facts["eval_note"]
