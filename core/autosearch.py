@@ -125,23 +125,15 @@ def _step(
         stop = "canceled"
     elif now >= deadline:
         stop = "budget_minutes"
-    hardware = _hardware(session, parent.queue, settings) if stop is None else None
     queued: list[Job] = []
-    for _ in range(_MAX_ROUNDS):
-        if stop is not None:
-            break
-        budget_left = config.budget.trials - len(children)
-        plans = next_trials(spec, pre, _outcomes(children), budget_left=budget_left)
-        plans = plans[: max(budget_left, 0)]
-        if not plans:
-            if not any(child.status in ACTIVE_STATUSES for child in children):
-                stop = "finished" if budget_left > 0 else "budget_trials"
-            break
-        added = [_add_trial(session, parent, spec, plan, hardware=hardware) for plan in plans]
-        children.extend(added)
-        queued.extend(child for child in added if child.status == JobStatus.queued)
-        if queued:
-            break  # the next step comes when they end
+    if stop is None:
+        hardware = _hardware(session, parent.queue, settings)
+        try:
+            stop = _plan(session, parent, spec, pre, children, queued, hardware=hardware)
+        except IntegrityError:
+            # Another step of the same search added these trials first.
+            session.rollback()
+            return []
     if stop is not None:
         for child in children:
             if child.status in ACTIVE_STATUSES:
@@ -156,6 +148,36 @@ def _step(
         session.rollback()
         return []
     return [(child.id, child.queue) for child in queued]
+
+
+def _plan(
+    session: Session,
+    parent: Job,
+    spec: JobSpec,
+    pre: Preflight,
+    children: list[Job],
+    queued: list[Job],
+    *,
+    hardware: str | None,
+) -> str | None:
+    """Adds the trials the policy asks for now (to `children`, and the ones to send to
+    `queued`); returns why the search is over, or None while it goes on."""
+    config = spec.passes[0]
+    assert isinstance(config, AutoConfig)
+    for _ in range(_MAX_ROUNDS):
+        budget_left = config.budget.trials - len(children)
+        plans = next_trials(spec, pre, _outcomes(children), budget_left=budget_left)
+        plans = plans[: max(budget_left, 0)]
+        if not plans:
+            if any(child.status in ACTIVE_STATUSES for child in children):
+                return None
+            return "finished" if budget_left > 0 else "budget_trials"
+        added = [_add_trial(session, parent, spec, plan, hardware=hardware) for plan in plans]
+        children.extend(added)
+        queued.extend(child for child in added if child.status == JobStatus.queued)
+        if queued:
+            return None  # the next step comes when they end
+    return None
 
 
 def _answer(

@@ -15,7 +15,7 @@ from api.deps import SessionDep
 from api.errors import Problem
 from api.owned import get_owned
 from api.schemas import JobOut
-from core.tables import Artifact, Batch, Job, JobStatus, StoredModel
+from core.tables import Artifact, Batch, Job, JobKind, JobStatus, StoredModel
 from web.auth import Viewer
 from web.charts import Point, compare_chart
 from web.pareto import Candidate, pareto_best
@@ -58,7 +58,7 @@ def _jobs(
     """The jobs named, of the viewer's project only (another project's id is a 404)."""
     if job_ids:
         return [get_owned(session, Job, job_id, project_id=project_id) for job_id in job_ids]
-    query = select(Job).where(Job.project_id == project_id)
+    query = select(Job).where(Job.project_id == project_id, Job.kind != JobKind.trial)
     if batch_id:
         batch = get_owned(session, Batch, batch_id, project_id=project_id)
         query = query.where(Job.batch_id == batch.id)

@@ -18,7 +18,7 @@ from api.errors import Problem
 from api.owned import get_owned
 from api.pagination import paginate
 from api.schemas import JobOut
-from core.tables import Job, JobStatus, StoredModel
+from core.tables import Job, JobKind, JobStatus, StoredModel
 from web.auth import Viewer, Writer
 from web.paths import JOB
 from web.templating import render
@@ -60,7 +60,8 @@ def _listed(
     session: Session, project_id: str, *, filters: Filters, page_token: str | None
 ) -> tuple[list[JobOut], str | None]:
     """The API's own query (GET /v1/jobs), keyset pages included."""
-    query = select(Job).where(Job.project_id == project_id)
+    # Trials are shown on their search's page, as the API lists them under their search.
+    query = select(Job).where(Job.project_id == project_id, Job.kind != JobKind.trial)
     if filters.status:
         if filters.status not in {s.value for s in JobStatus}:
             raise Problem(422, f"there is no job status {filters.status[:40]!r}", type="bad_filter")

@@ -28,7 +28,7 @@ from api.schemas import DatasetOut, JobOut, ModelOut
 from api.stored_uploads import store_dataset, store_model
 from api.uploads import receive_upload
 from core.settings import get_settings
-from core.tables import Dataset, Job, StoredModel
+from core.tables import Dataset, Job, JobKind, StoredModel
 from web.auth import Viewer, Writer
 from web.templating import render
 
@@ -118,7 +118,11 @@ def model_page(
     row = get_owned(session, StoredModel, model_id, project_id=viewer.project_id)
     optimized = session.scalars(
         select(Job)
-        .where(Job.project_id == viewer.project_id, Job.model_id == row.id)
+        .where(
+            Job.project_id == viewer.project_id,
+            Job.model_id == row.id,
+            Job.kind != JobKind.trial,
+        )
         .order_by(Job.created_at.desc(), Job.id.desc())
         .limit(JOBS_SHOWN)
     ).all()
