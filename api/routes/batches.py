@@ -28,10 +28,11 @@ from api.submit import (
     replay,
     request_hash,
     send_committed,
+    start_searches,
 )
 from core import jobstate, storage_keys
 from core.jobspec import BatchSpec
-from core.tables import FINAL_STATUSES, Batch, Job, JobStatus
+from core.tables import FINAL_STATUSES, Batch, Job, JobKind, JobStatus
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"])
 
@@ -93,11 +94,14 @@ def cancel_batch(batch_id: str, key: WriteKey, session: SessionDep) -> BatchOut:
     are. Canceling a batch with nothing left to cancel changes nothing."""
     batch = get_owned(session, Batch, batch_id, project_id=key.project_id)
     active = (JobStatus.queued, JobStatus.running)
-    for job in session.scalars(
+    jobs = session.scalars(
         select(Job).where(Job.batch_id == batch.id, Job.status.in_(active))
-    ).all():
+    ).all()
+    for job in jobs:
         jobstate.request_cancel(session, job)
     session.commit()
+    # Searches end now, each with the best model it found so far.
+    start_searches(session, [job for job in jobs if job.kind == JobKind.search])
     session.expire_all()
     return _batch_out(session, batch)
 
@@ -115,6 +119,8 @@ def delete_batch(
     finished = session.scalars(
         select(Job.id).where(Job.batch_id == batch.id, Job.status.in_(FINAL_STATUSES))
     ).all()
+    # The trials of the batch's searches go with them (the foreign key cascades).
+    trials = session.scalars(select(Job.id).where(Job.parent_id.in_(finished))).all()
     session.execute(delete(Job).where(Job.id.in_(finished), Job.status.in_(FINAL_STATUSES)))
     unfinished = session.scalars(
         select(Job.id).where(Job.batch_id == batch.id).order_by(Job.created_at, Job.id)
@@ -131,7 +137,9 @@ def delete_batch(
     session.execute(delete(Batch).where(Batch.id == batch.id))
     session.commit()
     # The objects only after the commit: a crash in between leaves orphans for the sweeper.
-    remove_objects(storage, [storage_keys.job_prefix(key.project_id, j) for j in finished])
+    remove_objects(
+        storage, [storage_keys.job_prefix(key.project_id, j) for j in [*finished, *trials]]
+    )
     return Response(status_code=204)
 
 
