@@ -47,6 +47,7 @@ EXAMPLES: dict[str, list[dict[str, Any]]] = {
         {"dataset_id": "tr", "student": {"derive": "width", "ratio": 0.25}, "alpha": 0.9},
         {"dataset_id": "tr", "student": {"model_id": "mdl_1"}, "temperature": 2.0},
     ],
+    "graph_optimize": [{}, {"level": "extended", "transformer_fusions": True}],
 }
 
 
