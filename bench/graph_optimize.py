@@ -1,13 +1,14 @@
-"""The `graph_optimize` pass on the bench transformer encoder, alone and before int8, every
+"""The `graph_optimize` pass on a transformer encoder, alone and before int8, every
 variant timed side by side in one process with plain onnxruntime sessions: float, graph
 optimizations at level basic, onnxruntime's transformer fusions, fusions followed by dynamic
 per-channel int8 and by the static `transformer` preset, and the same two int8 recipes
 without fusions. Prints, per variant, the paired speedup against float at one batch size with
-its 95% interval, the cosine of the model's output (the logits of the mean-pooled encoding) on
-held-out samples, the fused operators and the size.
+its 95% interval, the cosine of the model's output on held-out samples (the bench encoder's
+logits of its mean-pooled encoding, the BERT-layout encoder's mean-pooled encoding), the
+fused operators and the size.
 
     .venv/bin/python bench/graph_optimize.py [--batch 8] [--rounds 8] [--block 3]
-        [--calibration-samples 128] [--json out.json]
+        [--calibration-samples 128] [--encoder bench|bert] [--json out.json]
 
 Timing as bench/transformer_int8.py: rounds of blocks, the variants' order rotating every
 round, speedup = median of float/variant over runs paired by round and position.
@@ -40,6 +41,7 @@ from optimizers.model_info import inspect_model  # noqa: E402
 from optimizers.quantization.sensitivity import analysis_feeds  # noqa: E402
 from optimizers.registry import run_pass  # noqa: E402
 from optimizers.results import PassContext  # noqa: E402
+from tests.models.bert_encoder import make_bert  # noqa: E402
 
 GRAPH_BASIC = {"kind": "graph_optimize", "level": "basic"}
 FUSIONS = {"kind": "graph_optimize", "transformer_fusions": True}
@@ -85,6 +87,14 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--calibration-samples", type=int, default=128)
     parser.add_argument("--eval-samples", type=int, default=64)
+    parser.add_argument(
+        "--encoder",
+        choices=["bench", "bert"],
+        default="bench",
+        help="bench: the torch encoder of bench/models.py (nn.MultiheadAttention, whose "
+        "attention the optimizer does not fuse); bert: an encoder of the same size built in "
+        "the layout BERT exporters write (random weights), whose attention it fuses",
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
@@ -92,7 +102,22 @@ def main() -> None:
     model = MODELS["transformer"]
     with tempfile.TemporaryDirectory(prefix="modelpress-graph-optimize-") as tmp:
         folder = Path(tmp)
-        float_path = export_model(model, folder / "encoder.onnx")
+        if args.encoder == "bert":
+            layers, width = 4, model.sample_shape[1]
+            float_path = make_bert(
+                folder / "encoder.onnx",
+                layers=layers,
+                d_model=width,
+                heads=6,
+                seq=model.sample_shape[0],
+            )
+            description = (
+                f"BERT-layout encoder {layers} layers, d_model {width}, 6 heads, ff "
+                f"{4 * width}, seq {model.sample_shape[0]}, mean-pooled output"
+            )
+        else:
+            float_path = export_model(model, folder / "encoder.onnx")
+            description = f"bench encoder: {model.description}"
         datasets = {
             CALIBRATION: make_dataset(
                 model, float_path, folder / "calib.npz", samples=args.calibration_samples, seed=1
@@ -129,7 +154,7 @@ def main() -> None:
     rows: list[dict[str, Any]] = []
     print()
     print(
-        f"bench encoder: {model.description}, batch {args.batch}, {args.rounds} rounds x "
+        f"{description}, batch {args.batch}, {args.rounds} rounds x "
         f"{args.block} timed runs per variant, threads {default_threads()}, cosine of the "
         f"output on {args.eval_samples} held-out samples"
     )

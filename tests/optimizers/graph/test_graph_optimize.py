@@ -21,8 +21,8 @@ from optimizers.model_info import inspect_model
 from optimizers.pipeline import run_pipeline
 from optimizers.registry import run_pass
 from optimizers.results import PassContext, PassResult
+from tests.models.bert_encoder import INPUT, make_bert, make_inputs
 from tests.models.onnx_basic import make_mlp
-from tests.optimizers.graph.bert_model import INPUT, make_bert, make_inputs
 from tests.optimizers.helpers import cosine
 
 
