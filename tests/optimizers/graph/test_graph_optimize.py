@@ -206,3 +206,23 @@ def test_passes_that_read_the_optimized_graph_are_accepted(tmp_path: Path) -> No
     _check(model, [{"kind": "quantize", "method": "dynamic"}, {**fused, "level": "extended"}])
     _check(model, [{"kind": "prune", "method": "magnitude"}, fused])
     _check(model, [{"kind": "graph_optimize"}, {"kind": "prune", "method": "magnitude"}])
+
+
+def test_static_pass_keeps_a_fused_attention_float_when_per_node_says_so(
+    tmp_path: Path, bert: tuple[Path, Path]
+) -> None:
+    model, data = bert
+    fused = _optimize(model, tmp_path / "fused", transformer_fusions=True).model_path
+    config = parse_pass(
+        {
+            "kind": "quantize",
+            "method": "static",
+            "calibration": {"dataset_id": "data", "samples": 16},
+            "per_node": {"Attention_0": "float"},
+        }
+    )
+    result = run_pass(fused, config, PassContext(workdir=tmp_path / "q", datasets={"data": data}))
+
+    ops = _op_types(result.model_path)
+    assert ops["Attention"] == 1 and ops["QAttention"] == 1
+    assert result.details["per_node"] == {"int8_dynamic": ["Attention_1"], "float": ["Attention_0"]}
