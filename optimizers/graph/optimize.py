@@ -5,7 +5,6 @@ pipeline measures its fidelity like any pass's output."""
 
 from __future__ import annotations
 
-import logging
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -18,8 +17,6 @@ from optimizers.errors import GraphOptimizationError, OptimizerError
 from optimizers.external_data import data_file_for, needs_external_data
 from optimizers.measure.runtime import CPU
 from optimizers.results import PassContext, PassResult
-
-logger = logging.getLogger(__name__)
 
 _LEVELS = {
     "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
@@ -56,6 +53,7 @@ def graph_optimize(model_path: Path, config: GraphOptimizeConfig, ctx: PassConte
         source, fused = fuse_transformer(
             folded, ctx.workdir / f"{model_path.stem}.fused.onnx", external_data=external_data
         )
+        _remove(folded)
         details["fusions"] = fused
         if fused:
             counts = ", ".join(f"{count} {op}" for op, count in fused.items())
@@ -73,6 +71,8 @@ def graph_optimize(model_path: Path, config: GraphOptimizeConfig, ctx: PassConte
         level=config.level,
         external_data=external_data,
     )
+    if source != model_path:
+        _remove(source)  # a large model's intermediate copies would fill the scratch disk
     _check_interface(model_path, output)
     after = _op_counts(output)
     details |= {
@@ -164,6 +164,11 @@ def fuse_transformer(
         if count > had.get(op, 0)
     }
     return output, fused
+
+
+def _remove(path: Path) -> None:
+    path.unlink(missing_ok=True)
+    data_file_for(path).unlink(missing_ok=True)
 
 
 def _op_counts(path: Path) -> Counter[str]:
