@@ -87,6 +87,8 @@ def test_transformer_fusions_fuse_a_bert_style_encoder(
     fusions = result.details["fusions"]
     assert fusions["Attention"] == 2 and fusions["SkipLayerNormalization"] == 4
     assert any("fused" in note and "2 Attention" in note for note in result.notes)
+    # The intermediate models (folded, fused) are gone: only the result stays.
+    assert [path.name for path in tmp_path.iterdir()] == [result.model_path.name]
     (want,) = _outputs(model, feeds)
     (got,) = _outputs(result.model_path, feeds)
     assert got.shape == want.shape
