@@ -184,6 +184,14 @@ def main() -> None:
             f"{paired['high']:.2f}) | {cos['cosine_mean']:.5f} | {cos['cosine_min']:.5f} | "
             f"{sizes[name] / 1e6:.2f} | {fused_text} |"
         )
+    print()
+    print("fusions against none, paired in the same run (speedup of the fused variant):")
+    for plain in ("dynamic_pc", "static_transformer"):
+        paired = paired_speedup(times[plain], times[f"fusions+{plain}"])
+        print(
+            f"  fusions+{plain} vs {plain}: {paired['median']:.2f}x "
+            f"({paired['low']:.2f}-{paired['high']:.2f})"
+        )
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2, default=str))
 
