@@ -5,10 +5,17 @@ Imports neither torch nor onnxruntime: the API runs these on every job submissio
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from optimizers.batching import BatchLayout, batch_layout, field_hint
-from optimizers.config import DistillConfig, Int8Config, PassConfig, PipelineSpec, PruneConfig
+from optimizers.config import (
+    DistillConfig,
+    GraphOptimizeConfig,
+    Int8Config,
+    PassConfig,
+    PipelineSpec,
+    PruneConfig,
+)
 from optimizers.datasets import check_fits
 from optimizers.errors import DatasetMismatchError, UnsupportedError
 from optimizers.results import DatasetInfo, Dim, ModelInfo, TensorInfo
@@ -56,6 +63,7 @@ def check_spec(
             )
 
     layout = batch_layout(model, spec.batch_axes())
+    check_pass_order(spec.passes)
     for config in spec.passes:
         # Quantization upgrades opset 10-12 models to 13 where it needs to (per-channel scales,
         # static QDQ); older models predate onnxruntime's quantization support altogether.
@@ -134,6 +142,32 @@ def check_spec(
                     f"axis ({'none' if axis is None else axis}), so benchmark inputs need "
                     "concrete shapes: add an evaluate or calibration dataset, or set "
                     f'benchmark.input_shapes, e.g. {{"{tensor.name}": {_example(tensor)}}}'
+                )
+
+
+def check_pass_order(passes: Sequence[PassConfig]) -> None:
+    """Refuse a pass that cannot read what a `graph_optimize` pass before it wrote:
+    onnxruntime's int8 quantizers do not read the CPU-only operators of the `extended` level
+    (their shape inference stops at them), and the training passes convert the graph to torch,
+    which has no counterpart of onnxruntime's fused operators."""
+    for index, earlier in enumerate(passes):
+        if not isinstance(earlier, GraphOptimizeConfig):
+            continue
+        for later in passes[index + 1 :]:
+            if isinstance(later, Int8Config) and earlier.level == "extended":
+                raise UnsupportedError(
+                    f"pass {index + 1} (graph_optimize, level 'extended') writes onnxruntime's "
+                    f"CPU-only fused operators, which the int8 '{later.method}' quantization "
+                    "cannot read; use level 'basic' before quantize (transformer_fusions works "
+                    "with it), or put the extended graph_optimize after quantize"
+                )
+            fused = earlier.level == "extended" or earlier.transformer_fusions
+            if isinstance(later, PruneConfig | DistillConfig) and fused:
+                what = "level 'extended'" if earlier.level == "extended" else "transformer_fusions"
+                raise UnsupportedError(
+                    f"pass {index + 1} (graph_optimize with {what}) writes onnxruntime's fused "
+                    f"operators, which the {later.kind} pass cannot convert to a trainable torch "
+                    f"model; put graph_optimize after {later.kind}"
                 )
 
 

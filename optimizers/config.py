@@ -478,14 +478,17 @@ class GraphOptimizeConfig(PassConfig):
     apply: ClassVar[str] = "optimizers.graph.optimize:graph_optimize"
     level: Literal["basic", "extended"] = Field(
         default="basic",
-        description="`basic`: fusions that run anywhere (constant folding, redundant nodes); "
-        "`extended`: also fusions into onnxruntime's own operators, which only onnxruntime "
-        "runs.",
+        description="`basic`: rewrites that keep standard ONNX operators (constant folding, "
+        "redundant nodes, a few semantics-preserving fusions); `extended`: also fusions into "
+        "onnxruntime's own CPU operators, which only onnxruntime runs. onnxruntime ties an "
+        "extended-level offline model to the execution provider and hardware it was made on "
+        "(here the CPU provider): run it there, and quantize before it, not after.",
     )
     transformer_fusions: bool = Field(
         default=False,
         description="Fuse attention, layer normalization, GELU and embedding subgraphs with "
-        "onnxruntime's transformer optimizer (for BERT-style encoders).",
+        "onnxruntime's transformer optimizer (for BERT-style encoders), before the `level` "
+        "optimizations; a graph with nothing to fuse is only optimized at `level`.",
     )
 
 

@@ -43,3 +43,7 @@ class PassOutputError(OptimizerError):
     """A pass produced a model that onnxruntime cannot load: a limitation of the pass."""
 
     type = "invalid_pass_output"
+
+
+class GraphOptimizationError(OptimizerError):
+    type = "graph_optimization_failed"

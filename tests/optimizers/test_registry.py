@@ -43,6 +43,7 @@ EXAMPLES: dict[str, list[dict[str, Any]]] = {
             "finetune": {"dataset_id": "ft", "epochs": 2, "patience": None},
         },
     ],
+    "graph_optimize": [{}, {"level": "extended", "transformer_fusions": True}],
     "distill": [
         {"dataset_id": "tr", "student": {"derive": "width", "ratio": 0.25}, "alpha": 0.9},
         {"dataset_id": "tr", "student": {"model_id": "mdl_1"}, "temperature": 2.0},
