@@ -3,6 +3,7 @@ sensitivity report ranks worst at float precision until the drop is within toler
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -87,13 +88,9 @@ def quantize_mixed(model_path: Path, config: Int8Config, ctx: PassContext) -> Pa
         result = quantize_int8(
             model_path,
             _round_config(config, [*user_excluded, *excluded]),
-            PassContext(
-                workdir=workdir,
-                datasets=ctx.datasets,
-                progress=ctx.progress,
-                progress_span=(span[0], split),
-                batch_axes=ctx.batch_axes,
-            ),
+            # The caller's context (datasets, batch axes, kept calibrations: rounds that
+            # quantize the same prepared model share one calibration) with this round's folder.
+            dataclasses.replace(ctx, workdir=workdir, progress_span=(span[0], split)),
         )
         model = result.model_path
         notes: list[str] = []
