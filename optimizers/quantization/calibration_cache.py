@@ -189,7 +189,7 @@ def _tensor_range(data: TensorData) -> TensorRange:
     lowest, highest = data.range_value
     lowest, highest = np.asarray(lowest), np.asarray(highest)
     return TensorRange(
-        dtype=str(lowest.dtype),  # type: ignore[arg-type]  # validated: float32 or float16
+        dtype=str(lowest.dtype),  # validated: float32 or float16
         lowest=lowest.tolist(),
         highest=highest.tolist(),
     )

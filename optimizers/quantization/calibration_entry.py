@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from typing import Annotated, Literal
+from typing import Annotated, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
@@ -17,8 +17,8 @@ ENTRY_NAME = re.compile(r"^[0-9a-f]{64}\.json$")
 #: An entry larger than this is refused (ranges take ~100 bytes per calibrated tensor).
 MAX_ENTRY_BYTES = 32 * 1024 * 1024
 #: Bumped whenever what goes into a key changes meaning: older entries then simply miss.
-KEY_VERSION = 1
-ENTRY_FORMAT = "modelpress.calibration/1"
+KEY_VERSION: Final = 1
+ENTRY_FORMAT: Final = "modelpress.calibration/1"
 
 Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 TensorName = Annotated[str, StringConstraints(min_length=1, max_length=4096)]
