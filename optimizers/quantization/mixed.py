@@ -52,7 +52,15 @@ class _Round:
     notes: list[str] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
-        return {"round": self.index, "excluded": self.excluded, "drop": self.drop, "met": self.met}
+        summary = {
+            "round": self.index,
+            "excluded": self.excluded,
+            "drop": self.drop,
+            "met": self.met,
+        }
+        if "calibration_reused" in self.result.details:  # static
+            summary["calibration_reused"] = self.result.details["calibration_reused"]
+        return summary
 
 
 def quantize_int8_or_mixed(model_path: Path, config: Int8Config, ctx: PassContext) -> PassResult:

@@ -15,6 +15,7 @@ from optimizers.quantization.calibration_entry import read_entry
 from optimizers.registry import run_pass
 from optimizers.results import PassContext, PassResult
 from tests.models.onnx_basic import make_cnn, make_dataset, make_mlp
+from tests.models.sensitive import make_inputs, make_outlier_mlp
 from tests.optimizers.helpers import quantize_config
 
 
@@ -162,3 +163,27 @@ def test_a_corrupt_or_mismatching_entry_is_ignored_and_replaced(
         assert result.details["calibration_reused"] is False, what
         assert result.model_path.read_bytes() == first.model_path.read_bytes(), what
         assert read_entry(path.read_bytes()).key == entry["key"], what  # replaced by a good one
+
+
+def test_the_rounds_of_a_mixed_pass_share_one_calibration(tmp_path: Path) -> None:
+    model = make_outlier_mlp(tmp_path / "outlier.onnx")
+    data = make_inputs(tmp_path / "outlier.npz")
+    config = quantize_config(
+        {
+            "method": "static",
+            "scope": "mixed",
+            "calibration": {"dataset_id": "c", "samples": 32},
+            "mixed": {"max_drop": 0.0, "max_rounds": 3, "metric": "fidelity"},
+        }
+    )
+    cache = tmp_path / "cache"
+    result = _run(model, config, tmp_path / "mixed", data=data, cache=cache)
+    # Round 0 quantizes the optimized graph; the others the same graph with names kept.
+    reused = [r["calibration_reused"] for r in result.details["rounds"]]
+    assert reused == [False, False, True, True]
+    assert len(_entries(cache)) == 2
+    plain = _run(model, config, tmp_path / "plain", data=data, cache=None)
+    assert [r["calibration_reused"] for r in plain.details["rounds"]] == [False] * 4
+    drops = [(r["excluded"], r["drop"]) for r in result.details["rounds"]]
+    assert drops == [(r["excluded"], r["drop"]) for r in plain.details["rounds"]]
+    assert result.model_path.read_bytes() == plain.model_path.read_bytes()
