@@ -321,10 +321,15 @@ class _JobRun:
     def _keep_calibrations(self) -> None:
         """Before the outcome is written (the model is still in use): a failed or canceled
         job's calibrations are as good as a succeeded one's."""
-        if self.calibrations is not None:
+        if self.calibrations is None:
+            return
+        try:
             kept = self.calibrations.keep()
-            if kept:
-                log.info("job %s: kept %d calibration(s) of its model", self.job_id, len(kept))
+        except Exception:  # a bug here must not keep the job from its outcome
+            log.exception("job %s: its calibrations were not kept", self.job_id)
+            return
+        if kept:
+            log.info("job %s: kept %d calibration(s) of its model", self.job_id, len(kept))
 
     def _fetch_model(self, stored: _StoredModel, folder: str) -> dict[str, Any]:
         path = self._fetch(stored.key, f"{folder}/{PurePosixPath(stored.key).name}")
