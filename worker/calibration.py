@@ -32,7 +32,12 @@ MAX_ENTRIES_OUT = 16
 
 
 def calibrates(spec: PipelineSpec) -> bool:
-    return any(isinstance(config, StaticQuantizeConfig) for config in spec.passes)
+    """Whether a pass measures activations on data: static int8, or SmoothQuant (which a
+    dynamic pass may use too)."""
+    return any(
+        isinstance(config, StaticQuantizeConfig) or getattr(config, "smooth_quant", None)
+        for config in spec.passes
+    )
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """Static int8 calibration kept between runs: the activation ranges onnxruntime's calibrator
-measured, in a folder of JSON entries named by their key (optimizers.quantization.
-calibration_entry). A run whose key is found reads the ranges and no data; any other run
-calibrates and adds its entry.
+measured (and SmoothQuant's activation maxima), in a folder of JSON entries named by their
+key (optimizers.quantization.calibration_entry). A run whose key is found reads the ranges
+and no data; any other run calibrates and adds its entry.
 
 onnxruntime's `quantize_static(calibration_cache_path=...)` does the reading and writing of
 its own JSON ranges file; this module decides which file it may trust. Entries are checked
@@ -20,7 +20,7 @@ import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import onnx
@@ -39,11 +39,15 @@ from optimizers.quantization.calibration_entry import (
     MAX_ENTRY_BYTES,
     CalibrationEntry,
     CalibrationKey,
+    SmoothingEntry,
+    SmoothingKey,
     TensorRange,
     read_entry,
 )
 
 logger = logging.getLogger(__name__)
+
+EntryT = TypeVar("EntryT", CalibrationEntry, SmoothingEntry)
 
 _METHODS = {
     "minmax": CalibrationMethod.MinMax,
@@ -114,23 +118,8 @@ class Reused:
 def lookup(folder: Path, key: CalibrationKey, *, model_path: Path, workdir: Path) -> Reused | None:
     """The entry for `key` in `folder` as a ranges file in `workdir`, or None when there is
     none or it cannot be trusted (then the caller calibrates and replaces it)."""
-    path = folder / key.file_name()
-    try:
-        data = _read_regular_file(path)
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        logger.warning("calibration entry %s unreadable, calibrating again: %s", path.name, exc)
-        return None
-    try:
-        entry = read_entry(data)
-        if entry.inputs != key:
-            raise ValueError("the entry was made for other inputs")
-        unknown = set(entry.ranges) - _tensor_names(model_path)
-        if unknown:
-            raise ValueError(f"{len(unknown)} tensor(s) the model does not have")
-    except ValueError as exc:
-        logger.warning("calibration entry %s ignored, calibrating again: %s", path.name, exc)
+    entry = _find(folder, key, CalibrationEntry, model_path=model_path)
+    if entry is None:
         return None
     ranges_file = workdir / "calibration-ranges.json"
     save_tensors_data(_tensors_data(entry), ranges_file)
@@ -151,9 +140,90 @@ def store(folder: Path, key: CalibrationKey, *, ranges_file: Path, calibrated_sa
     except (OSError, ValueError, TypeError, KeyError) as exc:
         logger.warning("calibration ranges not kept: %s", exc)
         return False
+    return _write(folder, entry)
+
+
+def smoothing_key(
+    *, model_path: Path, dataset_sha256: str, samples: int, batch_axes: dict[str, int | None]
+) -> SmoothingKey:
+    return SmoothingKey(
+        model_sha256=model_sha256(model_path),
+        dataset_sha256=dataset_sha256,
+        samples=samples,
+        batch_axes=batch_axes,
+        onnxruntime=onnxruntime.__version__,
+        numpy=np.__version__,
+    )
+
+
+@dataclass(frozen=True)
+class ReusedAbsmax:
+    """SmoothQuant's activation maxima kept from an earlier measurement."""
+
+    absmax: dict[str, np.ndarray]
+    calibrated_samples: int
+
+
+def lookup_absmax(folder: Path, key: SmoothingKey, *, model_path: Path) -> ReusedAbsmax | None:
+    entry = _find(folder, key, SmoothingEntry, model_path=model_path)
+    if entry is None:
+        return None
+    return ReusedAbsmax(
+        absmax={name: np.asarray(v, dtype=np.float32) for name, v in entry.absmax.items()},
+        calibrated_samples=entry.calibrated_samples,
+    )
+
+
+def store_absmax(
+    folder: Path, key: SmoothingKey, *, absmax: dict[str, np.ndarray], calibrated_samples: int
+) -> bool:
+    try:
+        entry = SmoothingEntry(
+            key=key.digest(),
+            inputs=key,
+            calibrated_samples=calibrated_samples,
+            absmax={name: np.asarray(v, dtype=np.float32).tolist() for name, v in absmax.items()},
+        )
+    except ValueError as exc:
+        logger.warning("SmoothQuant maxima not kept: %s", exc)
+        return False
+    return _write(folder, entry)
+
+
+def _find(
+    folder: Path,
+    key: CalibrationKey | SmoothingKey,
+    kind: type[EntryT],
+    *,
+    model_path: Path,
+) -> EntryT | None:
+    """The valid entry of type `kind` kept for `key`, naming only tensors of the model."""
+    path = folder / key.file_name()
+    try:
+        data = _read_regular_file(path)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        logger.warning("calibration entry %s unreadable, measuring again: %s", path.name, exc)
+        return None
+    try:
+        entry = read_entry(data)
+        if not isinstance(entry, kind) or entry.inputs != key:
+            raise ValueError("the entry was made for other inputs")
+        names = entry.ranges if isinstance(entry, CalibrationEntry) else entry.absmax
+        unknown = set(names) - _tensor_names(model_path)
+        if unknown:
+            raise ValueError(f"{len(unknown)} tensor(s) the model does not have")
+    except ValueError as exc:
+        logger.warning("calibration entry %s ignored, measuring again: %s", path.name, exc)
+        return None
+    return entry
+
+
+def _write(folder: Path, entry: CalibrationEntry | SmoothingEntry) -> bool:
     text = entry.model_dump_json()
     if len(text) > MAX_ENTRY_BYTES:
-        logger.warning("calibration ranges not kept: %d bytes is over the limit", len(text))
+        logger.warning("calibration entry not kept: %d bytes is over the limit", len(text))
         return False
     folder.mkdir(parents=True, exist_ok=True)
     # Written beside and renamed: a reader never sees half an entry. The dot keeps the
@@ -162,7 +232,7 @@ def store(folder: Path, key: CalibrationKey, *, ranges_file: Path, calibrated_sa
     try:
         with os.fdopen(fd, "w") as handle:
             handle.write(text)
-        os.replace(partial, folder / key.file_name())
+        os.replace(partial, folder / entry.inputs.file_name())
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(partial)

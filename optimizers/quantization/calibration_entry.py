@@ -1,7 +1,8 @@
 """What a kept calibration is: the inputs that decide activation ranges (its key) and the
-ranges themselves, as plain JSON. Entries cross the job sandbox in both directions, so this
-module is the one schema both sides check them against; it imports neither onnxruntime nor
-numpy (the worker's pool process validates entries with it too)."""
+ranges themselves, as plain JSON; likewise SmoothQuant's measured activation maxima. Entries
+cross the job sandbox in both directions, so this module is the one schema both sides check
+them against; it imports neither onnxruntime nor numpy (the worker's pool process validates
+entries with it too)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,14 @@ import json
 import re
 from typing import Annotated, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    TypeAdapter,
+    model_validator,
+)
 
 #: The file name of an entry: its key, so a reader finds it without listing.
 ENTRY_NAME = re.compile(r"^[0-9a-f]{64}\.json$")
@@ -19,6 +27,7 @@ MAX_ENTRY_BYTES = 32 * 1024 * 1024
 #: Bumped whenever what goes into a key changes meaning: older entries then simply miss.
 KEY_VERSION: Final = 1
 ENTRY_FORMAT: Final = "modelpress.calibration/1"
+SMOOTHING_FORMAT: Final = "modelpress.smoothquant-absmax/1"
 
 Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 TensorName = Annotated[str, StringConstraints(min_length=1, max_length=4096)]
@@ -31,7 +40,18 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False, frozen=True)
 
 
-class CalibrationKey(_Strict):
+class _Key(_Strict):
+    def digest(self) -> str:
+        canonical = json.dumps(
+            self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"), allow_nan=False
+        )
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+    def file_name(self) -> str:
+        return f"{self.digest()}.json"
+
+
+class CalibrationKey(_Key):
     """Everything that changes the ranges a calibration measures. Settings that only change
     what is done with the ranges afterwards (per-channel weights, QDQ or QOperator, the nodes
     excluded) are left out, so variants of one recipe share a calibration."""
@@ -55,15 +75,6 @@ class CalibrationKey(_Strict):
     batch_axes: dict[str, int | None]
     onnxruntime: str = Field(max_length=64)
     numpy: str = Field(max_length=64)
-
-    def digest(self) -> str:
-        canonical = json.dumps(
-            self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"), allow_nan=False
-        )
-        return hashlib.sha256(canonical.encode()).hexdigest()
-
-    def file_name(self) -> str:
-        return f"{self.digest()}.json"
 
 
 class TensorRange(_Strict):
@@ -97,8 +108,49 @@ class CalibrationEntry(_Strict):
         return self
 
 
-def read_entry(data: bytes) -> CalibrationEntry:
+class SmoothingKey(_Key):
+    """What SmoothQuant's per-channel activation maxima depend on. Not `alpha`: it only
+    changes what is done with the maxima, so every alpha tried shares one measurement."""
+
+    kind: Literal["smoothquant_absmax"] = "smoothquant_absmax"
+    version: Literal[1] = KEY_VERSION
+    #: sha256 of the model SmoothQuant measures (the pre-processed one), external data included.
+    model_sha256: Sha256
+    dataset_sha256: Sha256
+    #: The first `samples` rows are measured.
+    samples: int = Field(ge=1)
+    batch_axes: dict[str, int | None]
+    onnxruntime: str = Field(max_length=64)
+    numpy: str = Field(max_length=64)
+
+
+class SmoothingEntry(_Strict):
+    """SmoothQuant's measured per-channel absmax of each activation it may smooth."""
+
+    format: Literal["modelpress.smoothquant-absmax/1"] = SMOOTHING_FORMAT
+    key: Sha256
+    inputs: SmoothingKey
+    calibrated_samples: int = Field(ge=1)
+    absmax: dict[
+        TensorName, Annotated[list[Annotated[float, Field(ge=0.0)]], Field(max_length=1_000_000)]
+    ]
+
+    @model_validator(mode="after")
+    def _key_matches(self) -> SmoothingEntry:
+        if self.key != self.inputs.digest():
+            raise ValueError("the entry's key is not the digest of its inputs")
+        return self
+
+
+#: Any kept entry, told apart by its `format`.
+Entry = CalibrationEntry | SmoothingEntry
+_ENTRY: TypeAdapter[Entry] = TypeAdapter(
+    Annotated[CalibrationEntry | SmoothingEntry, Field(discriminator="format")]
+)
+
+
+def read_entry(data: bytes) -> Entry:
     """The entry in `data`; ValueError (pydantic's ValidationError is one) when it is not one."""
     if len(data) > MAX_ENTRY_BYTES:
         raise ValueError(f"a calibration entry larger than {MAX_ENTRY_BYTES} bytes")
-    return CalibrationEntry.model_validate_json(data)
+    return _ENTRY.validate_json(data)

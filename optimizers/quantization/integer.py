@@ -27,7 +27,12 @@ from onnxruntime.quantization.registry import IntegerOpsRegistry, QDQRegistry, Q
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from optimizers.batching import batch_layout
-from optimizers.config import Int8Config, Int8WeightOnlyConfig, StaticQuantizeConfig
+from optimizers.config import (
+    Int8Config,
+    Int8WeightOnlyConfig,
+    SmoothQuantConfig,
+    StaticQuantizeConfig,
+)
 from optimizers.datasets import FeedBatch, check_fits, inspect_dataset, iter_feeds, pick_rows
 from optimizers.errors import OptimizerError, QuantizationError
 from optimizers.external_data import (
@@ -405,6 +410,54 @@ def _smooth(
     settings = config.smooth_quant
     if settings is None or settings.dataset_id is None:  # the config validator fills it
         raise QuantizationError("`smooth_quant` needs `smooth_quant.dataset_id`")
+    model = onnx.load(str(prepared))
+    absmax, samples, reused = _smoothing_absmax(prepared, model, settings, ctx, info, notes)
+    result = smooth_quant.smooth(model, alpha=settings.alpha, absmax=absmax)
+    smoothed = ctx.workdir / f"{prepared.stem}.smoothed.onnx"
+    data_file_for(smoothed).unlink(missing_ok=True)
+    save_model(result.model, smoothed, external_data=external_data)
+    details["smooth_quant"] = {
+        "alpha": settings.alpha,
+        "samples": samples,
+        "reused": reused,
+        "layers": len(result.layers),
+        "folded_into_normalization": len(result.folded),
+        "inserted_mul": len(result.inserted),
+    }
+    if not result.layers:
+        notes.append("SmoothQuant found no MatMul or Gemm with a constant weight to smooth")
+    return smoothed, result.inserted
+
+
+def _smoothing_absmax(
+    prepared: Path,
+    model: onnx.ModelProto,
+    settings: SmoothQuantConfig,
+    ctx: PassContext,
+    info: ModelInfo,
+    notes: list[str],
+) -> tuple[dict[str, np.ndarray], int, bool]:
+    """SmoothQuant's activation maxima for the model at `prepared`: kept from an earlier run
+    of this model and dataset when the context keeps calibrations, else measured (and kept).
+    Returns them, the samples they were measured on, and whether they were reused."""
+    assert settings.dataset_id is not None  # the config validator's
+    key = None
+    dataset_sha256 = _dataset_sha256(ctx, settings.dataset_id)
+    if ctx.calibration_cache is not None and dataset_sha256:
+        key = calibration_cache.smoothing_key(
+            model_path=prepared,
+            dataset_sha256=dataset_sha256,
+            samples=settings.samples,
+            batch_axes=dict(ctx.batch_axes),
+        )
+        reused = calibration_cache.lookup_absmax(ctx.calibration_cache, key, model_path=prepared)
+        if reused is not None:
+            notes.append(
+                f"SmoothQuant reused the activation maxima an earlier run measured on "
+                f"{reused.calibrated_samples} samples of this dataset for this model; no data "
+                "was read"
+            )
+            return reused.absmax, reused.calibrated_samples, True
     start, end = ctx.progress_span
     # Reported within the first tenth of the span, before the calibration's own reports.
     reader = _DatasetReader(
@@ -413,21 +466,12 @@ def _smooth(
         samples=settings.samples,
         ctx=dataclasses.replace(ctx, progress_span=(start, start + 0.1 * (end - start))),
     )
-    feeds = iter(reader.get_next, None)
-    result = smooth_quant.smooth(onnx.load(str(prepared)), feeds, alpha=settings.alpha)
-    smoothed = ctx.workdir / f"{prepared.stem}.smoothed.onnx"
-    data_file_for(smoothed).unlink(missing_ok=True)
-    save_model(result.model, smoothed, external_data=external_data)
-    details["smooth_quant"] = {
-        "alpha": settings.alpha,
-        "samples": reader.available,
-        "layers": len(result.layers),
-        "folded_into_normalization": len(result.folded),
-        "inserted_mul": len(result.inserted),
-    }
-    if not result.layers:
-        notes.append("SmoothQuant found no MatMul or Gemm with a constant weight to smooth")
-    return smoothed, result.inserted
+    absmax = smooth_quant.activation_absmax(model, iter(reader.get_next, None))
+    if key is not None and ctx.calibration_cache is not None and absmax:
+        calibration_cache.store_absmax(
+            ctx.calibration_cache, key, absmax=absmax, calibrated_samples=reader.available
+        )
+    return absmax, reader.available, False
 
 
 def _resolve_selection(

@@ -14,6 +14,8 @@ from optimizers.quantization.calibration_entry import (
     MAX_ENTRY_BYTES,
     CalibrationEntry,
     CalibrationKey,
+    SmoothingEntry,
+    SmoothingKey,
     TensorRange,
 )
 from worker.calibration import SCRATCH_FOLDER, KeptCalibrations
@@ -47,7 +49,19 @@ def _entry(*, dataset: str = DATASET, samples: int = 8) -> CalibrationEntry:
     )
 
 
-def _name(entry: CalibrationEntry) -> str:
+def _maxima() -> SmoothingEntry:
+    key = SmoothingKey(
+        model_sha256="f" * 64,
+        dataset_sha256=DATASET,
+        samples=8,
+        batch_axes={},
+        onnxruntime="1.32.0",
+        numpy="2.4.6",
+    )
+    return SmoothingEntry(key=key.digest(), inputs=key, calibrated_samples=8, absmax={"x": [1.0]})
+
+
+def _name(entry: CalibrationEntry | SmoothingEntry) -> str:
     return f"{entry.key}.json"
 
 
@@ -112,6 +126,8 @@ def test_only_valid_new_entries_for_the_jobs_datasets_are_stored(tmp_path: Path)
 
     new = _entry(samples=32)
     (folder / _name(new)).write_text(new.model_dump_json())
+    maxima = _maxima()
+    (folder / _name(maxima)).write_text(maxima.model_dump_json())
     refused = {
         "another dataset": _entry(dataset=OTHER_DATASET, samples=9),
         "named after another key": _entry(samples=10),
@@ -127,7 +143,7 @@ def test_only_valid_new_entries_for_the_jobs_datasets_are_stored(tmp_path: Path)
 
     stored = kept.keep()
 
-    assert stored == [_name(new)]
+    assert sorted(stored) == sorted([_name(new), _name(maxima)])
     keys = sorted(o.key for o in storage.list_objects(""))
-    assert keys == sorted([f"{prefix}/{_name(before)}", f"{prefix}/{_name(new)}"])
+    assert keys == sorted(f"{prefix}/{_name(entry)}" for entry in (before, new, maxima))
     assert storage.path(f"{prefix}/{_name(new)}").read_text() == new.model_dump_json()

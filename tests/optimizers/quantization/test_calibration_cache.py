@@ -187,3 +187,36 @@ def test_the_rounds_of_a_mixed_pass_share_one_calibration(tmp_path: Path) -> Non
     drops = [(r["excluded"], r["drop"]) for r in result.details["rounds"]]
     assert drops == [(r["excluded"], r["drop"]) for r in plain.details["rounds"]]
     assert result.model_path.read_bytes() == plain.model_path.read_bytes()
+
+
+def test_smoothquant_maxima_are_kept_and_shared_by_every_alpha_and_method(
+    tmp_path: Path, mlp: Path, mlp_data: Path
+) -> None:
+    cache = tmp_path / "cache"
+    config = _static(smooth_quant={"alpha": 0.5})
+    first = _run(mlp, config, tmp_path / "first", data=mlp_data, cache=cache)
+    assert first.details["smooth_quant"]["layers"] > 0
+    assert first.details["smooth_quant"]["reused"] is False
+    assert len(_entries(cache)) == 2  # the maxima, and the ranges of the smoothed model
+
+    gone, digest = tmp_path / "deleted.npz", _sha256(mlp_data)
+    second = _run(mlp, config, tmp_path / "second", data=gone, cache=cache, digest=digest)
+    assert second.details["smooth_quant"]["reused"] is True
+    assert second.details["smooth_quant"]["samples"] == 48  # the dataset's rows
+    assert second.details["calibration_reused"] is True
+    assert any(note.startswith("SmoothQuant reused") for note in second.notes)
+    plain = _run(mlp, config, tmp_path / "plain", data=mlp_data, cache=None)
+    assert second.model_path.read_bytes() == first.model_path.read_bytes()
+    assert plain.model_path.read_bytes() == first.model_path.read_bytes()
+
+    # Another alpha smooths differently (so the ranges are measured again) from the same maxima.
+    other_alpha = _run(
+        mlp, _static(smooth_quant={"alpha": 0.8}), tmp_path / "alpha", data=mlp_data, cache=cache
+    )
+    assert other_alpha.details["smooth_quant"]["reused"] is True
+    assert other_alpha.details["calibration_reused"] is False
+    dynamic = quantize_config(
+        method="dynamic", per_channel=True, smooth_quant={"alpha": 0.8, "dataset_id": "c"}
+    )
+    smoothed_dynamic = _run(mlp, dynamic, tmp_path / "dyn", data=gone, cache=cache, digest=digest)
+    assert smoothed_dynamic.details["smooth_quant"]["reused"] is True
