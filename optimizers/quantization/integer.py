@@ -385,8 +385,10 @@ def _calibration_source(
 
 
 def _dataset_sha256(ctx: PassContext, dataset_id: str) -> str | None:
-    """The dataset's sha256 as the caller knows it, else hashed here; None when there is no
-    such file (the reader then says what is missing)."""
+    """The dataset's sha256 as the caller knows it, else hashed here; None when nothing is
+    kept (no cache folder) or there is no such file (the reader then says what is missing)."""
+    if ctx.calibration_cache is None:
+        return None
     known = ctx.dataset_sha256.get(dataset_id)
     if known:
         return known
