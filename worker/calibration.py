@@ -27,6 +27,8 @@ SCRATCH_FOLDER = "calibration"
 #: Entries copied in per dataset, newest first: a job uses one or a few, a model may have
 #: many (every calibration method, sample count and pass order tried on it).
 MAX_ENTRIES_IN = 32
+#: Bytes copied in for one job, all datasets together (an entry is ~100 bytes a tensor).
+MAX_BYTES_IN = 64 * 1024 * 1024
 #: Entries one job may add: each static pass adds one, a mixed-precision pass a few.
 MAX_ENTRIES_OUT = 16
 
@@ -55,6 +57,7 @@ class KeptCalibrations:
     staging_path: Callable[[], Path]
     #: Names copied in, with the sha256 of their content.
     copied: dict[str, str] = field(default_factory=dict)
+    copied_bytes: int = 0
 
     def stage(self) -> dict[str, Any]:
         """Copies the entries in; returns what the job's request says about them."""
@@ -75,10 +78,11 @@ class KeptCalibrations:
             local = self.storage.fetch_to(stored.key, self.staging_path())
             try:
                 data = local.read_bytes()
-                if len(data) > MAX_ENTRY_BYTES:
+                if len(data) > MAX_ENTRY_BYTES or self.copied_bytes + len(data) > MAX_BYTES_IN:
                     continue
                 self.scratch.write_bytes(f"{SCRATCH_FOLDER}/{name}", data)
                 self.copied[name] = hashlib.sha256(data).hexdigest()
+                self.copied_bytes += len(data)
             finally:
                 local.unlink(missing_ok=True)
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from core.storage import LocalStorage
 from core.storage_keys import calibration_prefix
+from optimizers.config import PipelineSpec
 from optimizers.quantization.calibration_entry import (
     MAX_ENTRY_BYTES,
     CalibrationEntry,
@@ -18,7 +19,7 @@ from optimizers.quantization.calibration_entry import (
     SmoothingKey,
     TensorRange,
 )
-from worker.calibration import SCRATCH_FOLDER, KeptCalibrations
+from worker.calibration import SCRATCH_FOLDER, KeptCalibrations, calibrates
 from worker.scratch import ScratchFolder
 
 PROJECT, MODEL = "prj_a", "mdl_a"
@@ -147,3 +148,13 @@ def test_only_valid_new_entries_for_the_jobs_datasets_are_stored(tmp_path: Path)
     keys = sorted(o.key for o in storage.list_objects(""))
     assert keys == sorted(f"{prefix}/{_name(entry)}" for entry in (before, new, maxima))
     assert storage.path(f"{prefix}/{_name(new)}").read_text() == new.model_dump_json()
+
+
+def test_jobs_that_measure_activations_get_the_kept_calibrations() -> None:
+    def spec(**quantize: object) -> PipelineSpec:
+        return PipelineSpec.model_validate({"passes": [{"kind": "quantize", **quantize}]})
+
+    assert calibrates(spec(method="static", calibration={"dataset_id": "dst_1"}))
+    assert calibrates(spec(method="dynamic", smooth_quant={"dataset_id": "dst_1"}))
+    assert not calibrates(spec(method="dynamic"))
+    assert not calibrates(spec(method="fp16"))
