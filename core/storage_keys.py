@@ -2,6 +2,8 @@
 (uploads, deletes) and the worker (artifacts, checkpoints) agree on where things live.
 
     <project>/models/<model id>/<stored name>
+    <project>/models/<model id>/calibration/<dataset sha256>/<key>.json
+                                              (static calibrations kept between jobs)
     <project>/datasets/<dataset id>/data.npz
     <project>/jobs/<job id>/attempt-<n>/<artifact name>   (what one attempt produced)
     <project>/jobs/<job id>/checkpoints/<name>             (shared by all attempts)
@@ -44,6 +46,13 @@ def model_prefix(project_id: str, model_id: str) -> str:
 
 def model_key(project_id: str, model_id: str, stored_name: str) -> str:
     return f"{model_prefix(project_id, model_id)}/{stored_name}"
+
+
+def calibration_prefix(project_id: str, model_id: str, dataset_sha256: str) -> str:
+    """Static calibrations of one model on one dataset (named by its content) kept between
+    the model's jobs. Inside the model's prefix: deleting the model deletes them, and the
+    sweeper keeps them exactly as long as the model's row exists."""
+    return f"{model_prefix(project_id, model_id)}/calibration/{dataset_sha256}"
 
 
 def dataset_prefix(project_id: str, dataset_id: str) -> str:

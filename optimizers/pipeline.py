@@ -90,11 +90,15 @@ def run_pipeline(
     models: Mapping[str, Path] | None = None,
     checkpoints: Checkpoints | None = None,
     on_stage: StageFn = no_stage,
+    calibration_cache: Path | None = None,
+    dataset_sha256: Mapping[str, str] | None = None,
 ) -> PipelineResult:
     """Apply `spec` to the model at `model_path`; intermediate and final models go to
     `workdir`. `datasets` maps each dataset id of the spec to its `.npz` file, `models` each
     model id of the spec (distillation students) to its ONNX file. `checkpoints` keeps
-    training state across attempts of the same job; each pass sees its own prefix of it."""
+    training state across attempts of the same job; each pass sees its own prefix of it.
+    `calibration_cache` is a folder of static calibrations kept between runs, read and added
+    to (`dataset_sha256`: the datasets' digests, when known, so that none is hashed)."""
     models = models or {}
     checkpoints = checkpoints or NoCheckpoints()
     progress("loading", 0.0, "inspecting the model")
@@ -144,6 +148,8 @@ def run_pipeline(
             checkpoints=PrefixedCheckpoints(checkpoints, f"{label}/"),
             device=spec.benchmark.device,
             batch_axes=spec.batch_axes(),
+            calibration_cache=calibration_cache,
+            dataset_sha256=dataset_sha256 or {},
         )
         began = time.perf_counter()
         result = run_pass(current, config, ctx)

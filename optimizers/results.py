@@ -139,6 +139,13 @@ class PassContext:
     #: The spec's declared batch axes (input name -> axis, None: no batch axis); inputs not
     #: named follow the model (optimizers.batching decides).
     batch_axes: Mapping[str, int | None] = field(default_factory=dict)
+    #: A folder of kept static-quantization calibrations (optimizers.quantization.
+    #: calibration_cache): a calibration already there is read instead of measured, a new
+    #: one is added. None: every static pass calibrates and keeps nothing.
+    calibration_cache: Path | None = None
+    #: sha256 of dataset files by id, when the caller knows them (so that a kept calibration
+    #: is found without reading the dataset); a dataset not named here is hashed.
+    dataset_sha256: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass

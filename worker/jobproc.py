@@ -243,6 +243,7 @@ def _run(channel: Channel, scratch: Path) -> dict[str, Any]:
             )
         channel.send({"type": "stage", "stage": stage, "files": listed})
 
+    calibration_cache = _calibration_cache(request, scratch)
     outcome = run_pipeline(
         model_path=model.path,
         spec=spec,
@@ -252,6 +253,8 @@ def _run(channel: Channel, scratch: Path) -> dict[str, Any]:
         models=extra,
         checkpoints=PipeCheckpoints(channel, scratch),
         on_stage=on_stage,
+        calibration_cache=calibration_cache,
+        dataset_sha256=request.get("dataset_sha256") or {},
     )
     progress("storing", 0.98, "storing artifacts")
     name, content_type, path = package_model(outcome.model_path, out / "final")
@@ -266,6 +269,18 @@ def _run(channel: Channel, scratch: Path) -> dict[str, Any]:
         },
         "model": {"name": name, "content_type": content_type, "path": _relative(path, scratch)},
     }
+
+
+def _calibration_cache(request: dict[str, Any], scratch: Path) -> Path | None:
+    """The folder of kept calibrations the pool process filled, for a job that calibrates;
+    the library checks every entry before it uses one (optimizers.quantization.
+    calibration_cache)."""
+    relative = request.get("calibration_cache")
+    if not relative:
+        return None
+    folder = scratch / check_path(relative)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
 
 
 def _torch_threads_follow_affinity() -> None:

@@ -37,6 +37,7 @@ from core.tables import FINAL_STATUSES, Artifact, Dataset, Job, JobStatus, Store
 from optimizers.config import PipelineSpec
 from optimizers.errors import OptimizerError
 from optimizers.results import ModelInfo
+from worker.calibration import KeptCalibrations, calibrates
 from worker.dbretry import UNREACHABLE, retrying
 from worker.monitor import Limits, StopReason, Supervision, supervise, worker_name
 from worker.presence import current_worker_id
@@ -79,6 +80,7 @@ def _optimizer_error_types() -> set[str]:
 
 @dataclass
 class _StoredModel:
+    id: str
     key: str
     format: str
     info: ModelInfo
@@ -245,6 +247,8 @@ class _JobRun:
     read: dict[str, FileDigest] = field(default_factory=dict)
     #: What this attempt stored for its finished passes, with the number of each one's pass.
     stage_artifacts: list[tuple[int | None, Artifact]] = field(default_factory=list)
+    #: The model's kept calibrations, for a job that calibrates.
+    calibrations: KeptCalibrations | None = None
     _last_progress: float = 0.0
     _staged: int = 0
 
@@ -291,6 +295,7 @@ class _JobRun:
             return self._fail_bug(f"{type(exc).__name__}: {exc}")
         finally:
             self.process.close()
+        self._keep_calibrations()
         return self._record_outcome(watch)
 
     # --- before the job process starts -------------------------------------------------
@@ -312,7 +317,38 @@ class _JobRun:
             },
             "max_total_bytes": max_total_bytes,
         }
+        request |= self._stage_calibrations(inputs)
         self.host.scratch.write_bytes(REQUEST_FILE, json.dumps(request).encode())
+
+    def _stage_calibrations(self, inputs: _Inputs) -> dict[str, Any]:
+        """For a job that calibrates: its model's kept calibrations on its datasets, copied
+        in (while the job runs its model cannot be deleted, so neither can they)."""
+        if not calibrates(inputs.spec):
+            return {}
+        self.calibrations = KeptCalibrations(
+            storage=self.storage,
+            scratch=self.host.scratch,
+            project_id=inputs.project_id,
+            model_id=inputs.model.id,
+            dataset_sha256={
+                dataset_id: self.read[key].sha256 for dataset_id, key in inputs.dataset_keys.items()
+            },
+            staging_path=self._staging_path,
+        )
+        return self.calibrations.stage()
+
+    def _keep_calibrations(self) -> None:
+        """Before the outcome is written (the model is still in use): a failed or canceled
+        job's calibrations are as good as a succeeded one's."""
+        if self.calibrations is None:
+            return
+        try:
+            kept = self.calibrations.keep()
+        except Exception:  # a bug here must not keep the job from its outcome
+            log.exception("job %s: its calibrations were not kept", self.job_id)
+            return
+        if kept:
+            log.info("job %s: kept %d calibration(s) of its model", self.job_id, len(kept))
 
     def _fetch_model(self, stored: _StoredModel, folder: str) -> dict[str, Any]:
         path = self._fetch(stored.key, f"{folder}/{PurePosixPath(stored.key).name}")
@@ -752,7 +788,7 @@ def _load_inputs(session: Session, job_id: str) -> _Inputs:
 
 def _stored(row: StoredModel) -> _StoredModel:
     return _StoredModel(
-        key=row.storage_key, format=row.format, info=ModelInfo.model_validate(row.info)
+        id=row.id, key=row.storage_key, format=row.format, info=ModelInfo.model_validate(row.info)
     )
 
 

@@ -76,8 +76,19 @@ class ScratchFolder:
             with open(fd, "wb") as dest:
                 yield dest
 
-    def copy_out(self, relative: str, dest: Path) -> str:
-        """Copy the regular file at `relative` to `dest` (outside the folder); its sha256."""
+    def list_files(self, relative: str) -> list[str]:
+        """Names of the regular files directly in the folder `relative` (none when it is not
+        a folder); links and anything else are left out."""
+        parts = PurePosixPath(check_relative(relative)).parts
+        try:
+            with self._folder(parts, create=False) as fd, os.scandir(fd) as entries:
+                return sorted(e.name for e in entries if e.is_file(follow_symlinks=False))
+        except ProtocolError:
+            return []
+
+    def copy_out(self, relative: str, dest: Path, *, max_bytes: int | None = None) -> str:
+        """Copy the regular file at `relative` to `dest` (outside the folder); its sha256.
+        A file over `max_bytes` is refused (ProtocolError) before more is copied."""
         parts = PurePosixPath(check_relative(relative)).parts
         with self._folder(parts[:-1], create=False) as folder:
             try:
@@ -89,8 +100,14 @@ class ScratchFolder:
                     raise ProtocolError(f"the job's file {relative!r} is not a regular file")
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 digest = hashlib.sha256()
+                copied = 0
                 with dest.open("wb") as out:
                     for block in iter(lambda: src.read(1 << 20), b""):
+                        copied += len(block)
+                        if max_bytes is not None and copied > max_bytes:
+                            raise ProtocolError(
+                                f"the job's file {relative!r} is larger than {max_bytes} bytes"
+                            )
                         digest.update(block)
                         out.write(block)
         return digest.hexdigest()

@@ -9,6 +9,7 @@ import shutil
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,12 @@ from onnxruntime.quantization.registry import IntegerOpsRegistry, QDQRegistry, Q
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from optimizers.batching import batch_layout
-from optimizers.config import Int8Config, Int8WeightOnlyConfig, StaticQuantizeConfig
+from optimizers.config import (
+    Int8Config,
+    Int8WeightOnlyConfig,
+    SmoothQuantConfig,
+    StaticQuantizeConfig,
+)
 from optimizers.datasets import FeedBatch, check_fits, inspect_dataset, iter_feeds, pick_rows
 from optimizers.errors import OptimizerError, QuantizationError
 from optimizers.external_data import (
@@ -36,9 +42,9 @@ from optimizers.external_data import (
     save_model,
 )
 from optimizers.model_info import inspect_model
+from optimizers.quantization import calibration_cache, opset, smooth_quant
 from optimizers.quantization import node_precision as precision
 from optimizers.quantization import node_selection as selection
-from optimizers.quantization import opset, smooth_quant
 from optimizers.results import ModelInfo, PassContext, PassResult
 
 logger = logging.getLogger(__name__)
@@ -132,19 +138,8 @@ def quantize_int8(model_path: Path, config: Int8Config, ctx: PassContext) -> Pas
             )
         else:
             assert static is not None and static.calibration is not None  # the validator's
-            calibration = static.calibration
-            reader = _DatasetReader(
-                model=info,
-                dataset=_calibration_path(ctx, calibration.dataset_id),
-                samples=calibration.samples,
-                ctx=ctx,
-                seed=calibration.seed if calibration.sampling == "random" else None,
-            )
-            if reader.available < calibration.samples:
-                notes.append(
-                    f"calibrated on {reader.available} samples: the dataset has fewer than the "
-                    f"{calibration.samples} requested"
-                )
+            source = _calibration_source(prepared, static, op_types, ctx, info, notes)
+            reader = source.reader
             quantize_static(
                 prepared,
                 output,
@@ -153,11 +148,13 @@ def quantize_int8(model_path: Path, config: Int8Config, ctx: PassContext) -> Pas
                 per_channel=config.per_channel,
                 activation_type=_QUANT_TYPES[static.activation_type],
                 weight_type=weight_type,
-                calibrate_method=_CALIBRATION_METHODS[calibration.method],
+                calibrate_method=_CALIBRATION_METHODS[static.calibration.method],
                 use_external_data_format=external_data,
                 extra_options=_static_options(static),
+                **source.ranges_argument(),
                 **chosen,
             )
+            source.record(ctx, notes, details)
         output = precision.apply_after(
             output,
             kept,
@@ -292,6 +289,115 @@ def _static_options(config: StaticQuantizeConfig) -> dict[str, Any]:
     return options
 
 
+@dataclass
+class _CalibrationSource:
+    """Where a static pass's activation ranges come from: the dataset (`reader`), or a
+    calibration kept from an earlier run (`reused_samples`) in `ranges_file`."""
+
+    reader: _DatasetReader | None
+    key: calibration_cache.CalibrationKey | None = None
+    ranges_file: Path | None = None
+    reused_samples: int | None = None
+
+    def ranges_argument(self) -> dict[str, Any]:
+        """quantize_static reads an existing ranges file instead of calibrating, and writes
+        the ranges it measured to a missing one."""
+        return {} if self.ranges_file is None else {"calibration_cache_path": self.ranges_file}
+
+    def record(self, ctx: PassContext, notes: list[str], details: dict[str, Any]) -> None:
+        if self.reused_samples is not None:
+            notes.append(
+                f"calibration reused: the activation ranges an earlier run measured on "
+                f"{self.reused_samples} samples of this dataset, for this model and these "
+                "calibration settings; no data was read"
+            )
+            details |= {"calibration_reused": True, "calibrated_samples": self.reused_samples}
+            return
+        assert self.reader is not None
+        samples = self.reader.available
+        details |= {"calibration_reused": False, "calibrated_samples": samples}
+        if self.key is None or self.ranges_file is None or ctx.calibration_cache is None:
+            return
+        kept = calibration_cache.store(
+            ctx.calibration_cache,
+            self.key,
+            ranges_file=self.ranges_file,
+            calibrated_samples=samples,
+        )
+        notes.append(
+            f"calibrated on {samples} samples"
+            + ("; the ranges are kept for later runs of this model and dataset" if kept else "")
+        )
+
+
+def _calibration_source(
+    prepared: Path,
+    config: StaticQuantizeConfig,
+    op_types: list[str] | None,
+    ctx: PassContext,
+    info: ModelInfo,
+    notes: list[str],
+) -> _CalibrationSource:
+    """A kept calibration of this exact model, dataset and settings when the context has
+    one, else a reader of the dataset (whose ranges are kept when the context keeps any)."""
+    calibration = config.calibration
+    assert calibration is not None  # the validator's
+    key = None
+    dataset_sha256 = _dataset_sha256(ctx, calibration.dataset_id)
+    if ctx.calibration_cache is not None and dataset_sha256 and calibration_cache.supported():
+        key = calibration_cache.key_for(
+            model_path=prepared,
+            dataset_sha256=dataset_sha256,
+            config=config,
+            op_types=op_types,
+            options=_static_options(config),
+            batch_axes=dict(ctx.batch_axes),
+        )
+        reused = calibration_cache.lookup(
+            ctx.calibration_cache, key, model_path=prepared, workdir=ctx.workdir
+        )
+        if reused is not None:
+            start, end = ctx.progress_span
+            ctx.progress("calibrating", start + 0.8 * (end - start), "calibration reused")
+            return _CalibrationSource(
+                reader=None,
+                key=key,
+                ranges_file=reused.ranges_file,
+                reused_samples=reused.calibrated_samples,
+            )
+    reader = _DatasetReader(
+        model=info,
+        dataset=_calibration_path(ctx, calibration.dataset_id),
+        samples=calibration.samples,
+        ctx=ctx,
+        seed=calibration.seed if calibration.sampling == "random" else None,
+    )
+    if reader.available < calibration.samples:
+        notes.append(
+            f"calibrated on {reader.available} samples: the dataset has fewer than the "
+            f"{calibration.samples} requested"
+        )
+    if key is None:
+        return _CalibrationSource(reader=reader)
+    ranges_file = ctx.workdir / "calibration-ranges.json"
+    ranges_file.unlink(missing_ok=True)  # onnxruntime would read it instead of calibrating
+    return _CalibrationSource(reader=reader, key=key, ranges_file=ranges_file)
+
+
+def _dataset_sha256(ctx: PassContext, dataset_id: str) -> str | None:
+    """The dataset's sha256 as the caller knows it, else hashed here; None when nothing is
+    kept (no cache folder) or there is no such file (the reader then says what is missing)."""
+    if ctx.calibration_cache is None:
+        return None
+    known = ctx.dataset_sha256.get(dataset_id)
+    if known:
+        return known
+    path = ctx.datasets.get(dataset_id)
+    if path is None or not path.is_file():
+        return None
+    return calibration_cache.file_sha256(path)
+
+
 def _smooth(
     prepared: Path,
     config: Int8Config,
@@ -306,6 +412,54 @@ def _smooth(
     settings = config.smooth_quant
     if settings is None or settings.dataset_id is None:  # the config validator fills it
         raise QuantizationError("`smooth_quant` needs `smooth_quant.dataset_id`")
+    model = onnx.load(str(prepared))
+    absmax, samples, reused = _smoothing_absmax(prepared, model, settings, ctx, info, notes)
+    result = smooth_quant.smooth(model, alpha=settings.alpha, absmax=absmax)
+    smoothed = ctx.workdir / f"{prepared.stem}.smoothed.onnx"
+    data_file_for(smoothed).unlink(missing_ok=True)
+    save_model(result.model, smoothed, external_data=external_data)
+    details["smooth_quant"] = {
+        "alpha": settings.alpha,
+        "samples": samples,
+        "reused": reused,
+        "layers": len(result.layers),
+        "folded_into_normalization": len(result.folded),
+        "inserted_mul": len(result.inserted),
+    }
+    if not result.layers:
+        notes.append("SmoothQuant found no MatMul or Gemm with a constant weight to smooth")
+    return smoothed, result.inserted
+
+
+def _smoothing_absmax(
+    prepared: Path,
+    model: onnx.ModelProto,
+    settings: SmoothQuantConfig,
+    ctx: PassContext,
+    info: ModelInfo,
+    notes: list[str],
+) -> tuple[dict[str, np.ndarray], int, bool]:
+    """SmoothQuant's activation maxima for the model at `prepared`: kept from an earlier run
+    of this model and dataset when the context keeps calibrations, else measured (and kept).
+    Returns them, the samples they were measured on, and whether they were reused."""
+    assert settings.dataset_id is not None  # the config validator's
+    key = None
+    dataset_sha256 = _dataset_sha256(ctx, settings.dataset_id)
+    if ctx.calibration_cache is not None and dataset_sha256:
+        key = calibration_cache.smoothing_key(
+            model_path=prepared,
+            dataset_sha256=dataset_sha256,
+            samples=settings.samples,
+            batch_axes=dict(ctx.batch_axes),
+        )
+        reused = calibration_cache.lookup_absmax(ctx.calibration_cache, key, model_path=prepared)
+        if reused is not None:
+            notes.append(
+                f"SmoothQuant reused the activation maxima an earlier run measured on "
+                f"{reused.calibrated_samples} samples of this dataset for this model; no data "
+                "was read"
+            )
+            return reused.absmax, reused.calibrated_samples, True
     start, end = ctx.progress_span
     # Reported within the first tenth of the span, before the calibration's own reports.
     reader = _DatasetReader(
@@ -314,21 +468,12 @@ def _smooth(
         samples=settings.samples,
         ctx=dataclasses.replace(ctx, progress_span=(start, start + 0.1 * (end - start))),
     )
-    feeds = iter(reader.get_next, None)
-    result = smooth_quant.smooth(onnx.load(str(prepared)), feeds, alpha=settings.alpha)
-    smoothed = ctx.workdir / f"{prepared.stem}.smoothed.onnx"
-    data_file_for(smoothed).unlink(missing_ok=True)
-    save_model(result.model, smoothed, external_data=external_data)
-    details["smooth_quant"] = {
-        "alpha": settings.alpha,
-        "samples": reader.available,
-        "layers": len(result.layers),
-        "folded_into_normalization": len(result.folded),
-        "inserted_mul": len(result.inserted),
-    }
-    if not result.layers:
-        notes.append("SmoothQuant found no MatMul or Gemm with a constant weight to smooth")
-    return smoothed, result.inserted
+    absmax = smooth_quant.activation_absmax(model, iter(reader.get_next, None))
+    if key is not None and ctx.calibration_cache is not None and absmax:
+        calibration_cache.store_absmax(
+            ctx.calibration_cache, key, absmax=absmax, calibrated_samples=reader.available
+        )
+    return absmax, reader.available, False
 
 
 def _resolve_selection(

@@ -3,6 +3,7 @@ sensitivity report ranks worst at float precision until the drop is within toler
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -51,7 +52,15 @@ class _Round:
     notes: list[str] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
-        return {"round": self.index, "excluded": self.excluded, "drop": self.drop, "met": self.met}
+        summary = {
+            "round": self.index,
+            "excluded": self.excluded,
+            "drop": self.drop,
+            "met": self.met,
+        }
+        if "calibration_reused" in self.result.details:  # static
+            summary["calibration_reused"] = self.result.details["calibration_reused"]
+        return summary
 
 
 def quantize_int8_or_mixed(model_path: Path, config: Int8Config, ctx: PassContext) -> PassResult:
@@ -87,13 +96,9 @@ def quantize_mixed(model_path: Path, config: Int8Config, ctx: PassContext) -> Pa
         result = quantize_int8(
             model_path,
             _round_config(config, [*user_excluded, *excluded]),
-            PassContext(
-                workdir=workdir,
-                datasets=ctx.datasets,
-                progress=ctx.progress,
-                progress_span=(span[0], split),
-                batch_axes=ctx.batch_axes,
-            ),
+            # The caller's context (datasets, batch axes, kept calibrations: rounds that
+            # quantize the same prepared model share one calibration) with this round's folder.
+            dataclasses.replace(ctx, workdir=workdir, progress_span=(span[0], split)),
         )
         model = result.model_path
         notes: list[str] = []

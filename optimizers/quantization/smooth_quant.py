@@ -50,18 +50,36 @@ class _Group:
     layers: list[onnx.NodeProto]
 
 
+def activation_absmax(
+    model: onnx.ModelProto, feeds: Iterable[dict[str, np.ndarray]]
+) -> dict[str, np.ndarray]:
+    """What `smooth` measures: the per-channel absmax, over `feeds`, of every activation it
+    may smooth (none read when there is none)."""
+    initializers = {init.name: init for init in model.graph.initializer}
+    groups = _groups(model.graph, initializers)
+    if not groups:
+        return {}
+    return _activation_absmax(model, [group.activation for group in groups], feeds)
+
+
 def smooth(
-    model: onnx.ModelProto, feeds: Iterable[dict[str, np.ndarray]], *, alpha: float
+    model: onnx.ModelProto,
+    feeds: Iterable[dict[str, np.ndarray]] = (),
+    *,
+    alpha: float,
+    absmax: dict[str, np.ndarray] | None = None,
 ) -> Smoothed:
     """A copy of `model` with SmoothQuant applied to every MatMul/Gemm with a constant 2-D
-    weight, its activation ranges measured on `feeds`."""
+    weight, its activation ranges measured on `feeds`, or given as `absmax` (what
+    `activation_absmax` measured on this model earlier)."""
     model = _copy(model)
     graph = model.graph
     initializers = {init.name: init for init in graph.initializer}
     groups = _groups(graph, initializers)
     if not groups:
         return Smoothed(model)
-    absmax = _activation_absmax(model, [group.activation for group in groups], feeds)
+    if absmax is None:
+        absmax = _activation_absmax(model, [group.activation for group in groups], feeds)
     result = Smoothed(model)
     producers = {output: node for node in graph.node for output in node.output}
     consumers = _consumers(graph)

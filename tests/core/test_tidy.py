@@ -20,8 +20,9 @@ from core.db import session_factory, utcnow
 from core.maintenance import run_maintenance
 from core.settings import Settings, get_settings
 from core.storage import LocalStorage, Storage, get_storage
+from core.storage_keys import calibration_prefix
 from core.sweeper import sweep
-from core.tables import Artifact, Job, JobStatus
+from core.tables import Artifact, Job, JobStatus, StoredModel
 from tests.api.helpers import store_report, upload_model
 from tests.models.onnx_basic import make_mlp
 from tests.storage_kinds import storage_kind
@@ -173,6 +174,22 @@ def test_the_sweeper_removes_orphans_and_keeps_what_rows_point_to(
     assert "not-modelpress/notes.txt" in _stored()
     if isinstance(storage, LocalStorage):  # the emptied folders go along
         assert not (storage.root / project / "models" / "mdl_deleted").exists()
+
+
+def test_kept_calibrations_live_as_long_as_their_model(
+    api: TestClient, mlp: dict[str, Any], tmp_path: Path
+) -> None:
+    with session_factory()() as session:
+        project = str(session.scalar(select(StoredModel.project_id)))
+    kept = f"{calibration_prefix(project, mlp['id'], 'a' * 64)}/{'b' * 64}.json"
+    _put(kept, tmp_path, b"{}")
+    storage = get_storage()
+
+    report = sweep(storage=storage, settings=get_settings(), now=utcnow() + HOURS_LATER)
+    assert kept not in report.objects and kept in _stored()
+
+    assert api.delete(f"/v1/models/{mlp['id']}").status_code == 204
+    assert _stored(f"{project}/models/{mlp['id']}") == []
 
 
 def test_the_sweeper_never_removes_an_upload_in_progress(
