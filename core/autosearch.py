@@ -394,16 +394,19 @@ def _finish(
         ).first()
         if model is not None:
             artifact = _copy_artifact(storage, model, parent=parent, prefix=prefix)
-    elif any(child.status == JobStatus.succeeded for child in children) or stop == "canceled":
-        artifact = _copy_original(session, storage, parent=parent, prefix=prefix)
     succeeded = any(child.status == JobStatus.succeeded for child in children)
+    # Stopped early (canceled, out of time), the best so far may be the original itself; a
+    # search whose every trial ran and failed has no answer at all.
+    answered = succeeded or stop in ("canceled", "budget_minutes")
+    if best is None and answered:
+        artifact = _copy_original(session, storage, parent=parent, prefix=prefix)
     if stop == "canceled":
         status, error_type, error_message = (
             JobStatus.canceled,
             "canceled",
             "canceled by request; the answer is the best model found before",
         )
-    elif succeeded:
+    elif answered:
         status, error_type, error_message = JobStatus.succeeded, None, None
     else:
         status, error_type = JobStatus.failed, "no_trial_succeeded"

@@ -150,6 +150,28 @@ def test_cancel_returns_the_best_model_so_far(embedded_service: Service, tmp_pat
             time.sleep(0.5)
 
 
+def test_a_search_out_of_minutes_answers_with_the_best_so_far(
+    embedded_service: Service, tmp_path: Path
+) -> None:
+    model_path = make_mlp(tmp_path / "m.onnx", in_features=64, hidden=256, seed=5)
+    data_path = make_dataset(tmp_path / "data.npz", model_path, samples=64)
+    with embedded_service.client() as client:
+        model = upload(client, "/v1/models", model_path)
+        dataset = upload(client, "/v1/datasets", data_path)
+        spec = _auto(model["id"], dataset["id"], budget={"trials": 30, "minutes": 0.05})
+        search = client.post("/v1/jobs", json=spec).json()
+        ended = wait_for_job(embedded_service, client, search["id"], FINAL, 180)
+        assert ended["status"] == "succeeded", ended["error"]
+        auto = ended["result"]["auto"]
+        assert auto["stopped"] == "budget_minutes"
+        assert auto["progress"]["left"] > 0  # the trial budget was not what ended it
+        _check_answer(client, ended)
+        deadline = time.monotonic() + 120
+        while any(t["status"] not in FINAL for t in _trials(client, search["id"])):
+            assert time.monotonic() < deadline, _trials(client, search["id"])
+            time.sleep(0.5)
+
+
 @pytest.fixture()
 def crash_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     """A service of its own: its worker is killed."""
