@@ -123,7 +123,7 @@ def _step(
     stop: str | None = None
     if parent.status == JobStatus.canceling:
         stop = "canceled"
-    elif now >= deadline:
+    elif now >= deadline - _finish_margin(settings, config):
         stop = "budget_minutes"
     queued: list[Job] = []
     if stop is None:
@@ -148,6 +148,14 @@ def _step(
         session.rollback()
         return []
     return [(child.id, child.queue) for child in queued]
+
+
+def _finish_margin(settings: Settings, config: AutoConfig) -> timedelta:
+    """How long before its deadline a search ends: a reaper pass may come that much later
+    than the deadline, and the search must have ended within its minutes (at most a tenth of
+    them early)."""
+    seconds = min(settings.reaper_interval_s + 5.0, config.budget.minutes * 6.0)
+    return timedelta(seconds=seconds)
 
 
 def _plan(
