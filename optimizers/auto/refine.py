@@ -18,7 +18,7 @@ from typing import Any
 
 from optimizers.auto.candidates import trial_key
 from optimizers.auto.families import INT8_FAMILIES, label
-from optimizers.auto.measured import FINAL_STATUSES, Measured, mixed_report, rank_key
+from optimizers.auto.measured import FINAL_STATUSES, Measured, mixed_report, rank_key, score
 
 #: The first refinement's `mixed.max_drop`, as a share of the search's tolerance: the loop
 #: measures on the search's dataset (a subset of it), the trial on the held-out data, so it
@@ -31,6 +31,8 @@ MIXED_GENERATIONS = 4
 #: A recipe is refined when its drop is within this multiple of the tolerance: further out,
 #: so many nodes would stay float that little of the speed-up would be left.
 REFINE_DROP_FACTOR = 2.0
+#: When nothing else is left to run, recipes this far out are refined too.
+IDLE_DROP_FACTOR = 3.0
 #: Samples the loop measures each round on (a drop of 1 sample in 64 is already 0.016).
 MIXED_SAMPLES = 512
 MIXED_MAX_ROUNDS = 8
@@ -108,18 +110,38 @@ def mixed_passes(
     return out
 
 
+def best_qualified_score(
+    settings: Settings, outcomes: Sequence[Any], numbers_of: Callable[[Any], Measured | None]
+) -> float:
+    """The objective's score of the best fully measured trial that qualifies (0 when none):
+    keeping nodes in float only makes a recipe slower and larger, so a refinement of a recipe
+    that does not score above it cannot become the answer."""
+    scores = [
+        score(settings.objective, numbers)
+        for outcome in outcomes
+        if outcome.rung >= 1
+        and (numbers := numbers_of(outcome)) is not None
+        and numbers.within_tolerance
+        and numbers.clearly_faster
+    ]
+    return max(scores, default=0.0)
+
+
 def first_refinements(
     settings: Settings,
     outcomes: Sequence[Any],
     numbers_of: Callable[[Any], Measured | None],
     *,
     planned: Sequence[Any] = (),
+    idle: bool = False,
 ) -> list[MixedPlan]:
     """For int8 dynamic and int8 static each: when the best recipe (by the objective, among
     those faster than the original and within twice the tolerance; its full measurement when
     it has one) dropped more than the tolerance, that recipe in scope `mixed`. Waits while a
     recipe of that method is still being measured in full, or is about to be (`planned`:
-    trials starting now)."""
+    trials starting now). `idle` (nothing else is left to run): the best recipe of each
+    method not refined yet, within IDLE_DROP_FACTOR times the tolerance. Never a recipe that
+    does not score above the best qualified trial."""
     started = {outcome.key for outcome in outcomes}
     waiting: set[str] = {
         method
@@ -136,7 +158,8 @@ def first_refinements(
         ):
             continue
         by_stem.setdefault(stem(outcome.key), []).append(outcome)
-    best: dict[str, tuple[Any, Measured]] = {}
+    factor = IDLE_DROP_FACTOR if idle else REFINE_DROP_FACTOR
+    ranked: dict[str, list[tuple[Any, Measured]]] = {}
     for tried in by_stem.values():
         latest = max(tried, key=lambda o: o.rung)
         method = quantize_method(latest.spec["passes"])
@@ -147,19 +170,26 @@ def first_refinements(
         numbers = numbers_of(latest)
         if numbers is None or not numbers.clearly_faster:
             continue
-        if numbers.drop > REFINE_DROP_FACTOR * settings.max_drop:
+        if numbers.drop > factor * settings.max_drop:
             continue
-        held = best.get(method)
-        if held is None or rank_key(settings.objective, numbers, latest.key) < rank_key(
-            settings.objective, held[1], held[0].key
-        ):
-            best[method] = (latest, numbers)
+        ranked.setdefault(method, []).append((latest, numbers))
+    bar = best_qualified_score(settings, outcomes, numbers_of)
     plans = []
     for method in ("dynamic", "static"):
-        if method in waiting or method not in best:
+        if method in waiting or method not in ranked:
             continue
-        source, numbers = best[method]
-        if numbers.within_tolerance:
+        found = sorted(ranked[method], key=lambda p: rank_key(settings.objective, p[1], p[0].key))
+        if idle:
+            found = [
+                (source, numbers)
+                for source, numbers in found
+                if not numbers.within_tolerance
+                and trial_key(f"mixed-{stem(source.key)}", 1) not in started
+            ]
+        if not found:
+            continue
+        source, numbers = found[0]
+        if numbers.within_tolerance or score(settings.objective, numbers) <= bar:
             continue
         target = round(MIXED_MARGIN * settings.max_drop, 6)
         plans.append(
@@ -194,6 +224,7 @@ def further_refinements(
         source, generation = chain
         if source not in latest or generation > latest[source][0]:
             latest[source] = (generation, outcome)
+    bar = best_qualified_score(settings, outcomes, numbers_of)
     plans = []
     for source, (generation, outcome) in sorted(latest.items()):
         if generation >= MIXED_GENERATIONS or outcome.status != "succeeded":
@@ -203,6 +234,8 @@ def further_refinements(
         if numbers is None or report is None or numbers.within_tolerance:
             continue
         if not numbers.clearly_faster or not report.met or report.drop <= 0:
+            continue
+        if score(settings.objective, numbers) <= bar:
             continue
         target = round(min(report.max_drop, report.drop) * TIGHTEN, 6)
         if target <= 0:

@@ -186,6 +186,9 @@ def next_trials(
     if not fresh and idle and screened_outcomes:
         # Every rung-1 trial and refinement is over and the budget is not spent.
         fresh = _more_promotions(ctx, pool, screened_outcomes, seen, screened=screened)
+    if not fresh and idle:
+        found = first_refinements(_settings(ctx), outcomes, ctx.numbers, idle=True)
+        fresh = [ctx.plan(plan.key, "mixed", 1, plan.passes, plan.why) for plan in found]
     return fresh[:budget_left]
 
 

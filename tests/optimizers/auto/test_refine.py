@@ -40,24 +40,30 @@ def _mlp(**fields: Any) -> tuple[PipelineSpec, Preflight]:
     return plan_for("mlp", metric="accuracy", eval_dataset_id="e", **fields)
 
 
-def _loop(max_drop: float) -> dict[str, Any]:
+def _loop(max_drop: float, source_speedup: float) -> dict[str, Any]:
     """The per-node loop on the search's dataset, then the held-out evaluation: a target of
-    0.006 or more keeps one node in float and the held-out drop is still 0.012; below, two
-    nodes, 0.006."""
+    0.006 or more keeps one node in float (80% of the speed-up left) and the held-out drop is
+    still 0.012; below, two nodes (70%), 0.006."""
     if max_drop >= 0.006:
-        return {"kept_float": ["/0/Gemm"], "mixed_drop": 0.006, "drop": 0.012, "speedup": 2.6}
+        return {
+            "kept_float": ["/0/Gemm"],
+            "mixed_drop": 0.006,
+            "drop": 0.012,
+            "speedup": round(0.8 * source_speedup, 2),
+        }
     return {
         "kept_float": ["/0/Gemm", "/2/Gemm"],
         "mixed_drop": 0.002,
         "drop": 0.006,
-        "speedup": 2.2,
+        "speedup": round(0.7 * source_speedup, 2),
     }
 
 
 def _measure(plan: TrialPlan) -> TrialOutcome:
     if plan.family == "mixed":
         mixed = plan.spec["passes"][-1]["mixed"]
-        numbers = _loop(mixed["max_drop"])
+        source = _stem(plan.key).removeprefix("mixed-").split("-g")[0]
+        numbers = _loop(mixed["max_drop"], FULL.get(source, SCREEN[source])[0])
         return outcome(
             plan,
             speedup=numbers["speedup"],
@@ -144,13 +150,18 @@ def test_no_refinement_while_a_promoted_recipe_is_still_measured_or_when_one_qua
     assert not [p for p in promoted if p.family == "mixed"]
     running = [*screened, *(outcome(p, status="running") for p in promoted)]
     assert next_trials(spec, pre, running, budget_left=24 - len(running)) == []
-    # A dynamic recipe that qualified in full: only the static one is refined.
+    # A dynamic recipe qualified in full at 3.3x: the dynamic ones are not refined, nor the
+    # static percentile one (2.80x: keeping nodes in float cannot make it faster than that);
+    # with nothing else left, static per-tensor (screened 3.78x, drop 0.023) is.
     done = [*screened]
     for plan in promoted:
         speed, drop = (3.3, 0.004) if plan.key == "int8-dynamic-pt-r1" else FULL[_stem(plan.key)]
         done.append(outcome(plan, speedup=speed, drop=drop, metric="accuracy"))
     more = next_trials(spec, pre, done, budget_left=24 - len(done))
-    assert [p.key for p in more if p.family == "mixed"] == ["mixed-int8-static-pc-pct-r1"]
+    assert [p.key for p in more] == ["mixed-int8-static-pt-r1"]
+    assert "dropped 0.023 (limit 0.01) at 3.78x" in more[0].why
+    done += [outcome(p, status="failed", error="quantization_failed: boom") for p in more]
+    assert next_trials(spec, pre, done, budget_left=24 - len(done)) == []
 
 
 def test_a_refinement_still_over_the_tolerance_is_refined_again_with_a_tighter_target() -> None:
@@ -170,9 +181,12 @@ def test_a_refinement_still_over_the_tolerance_is_refined_again_with_a_tighter_t
     for plan in again:
         PipelineSpec.model_validate(plan.spec)
     done += [_measure(p) for p in again]  # within the tolerance now: the chains end
-    assert not [
-        p for p in next_trials(spec, pre, done, budget_left=24 - len(done)) if p.family == "mixed"
-    ]
+    later = next_trials(spec, pre, done, budget_left=24 - len(done))
+    assert not [p for p in later if "-g" in p.key]
+    # With the budget left, the recipes that could still beat the best qualified one
+    # (dynamic per-tensor, 2.23x) are refined: dynamic per-channel (2.60x in full) and static
+    # per-tensor (screened 3.78x, drop 0.023, within three times the tolerance).
+    assert [p.key for p in later] == ["mixed-int8-dynamic-pc-r1", "mixed-int8-static-pt-r1"]
 
 
 def test_a_refinement_stops_when_the_loop_cannot_do_better() -> None:
@@ -195,7 +209,7 @@ def test_a_refinement_stops_when_the_loop_cannot_do_better() -> None:
         ),
     ]
     later = next_trials(spec, pre, done, budget_left=24 - len(done))
-    assert not [p for p in later if p.family == "mixed"]
+    assert not [p for p in later if "-g" in p.key]
 
 
 def test_idle_budget_promotes_more_screened_trials_than_the_first_third() -> None:
@@ -233,9 +247,11 @@ def test_the_mlp_search_reaches_a_qualifying_mixed_model_within_its_budget() -> 
     keys = [o.key for o in outcomes]
     assert len(keys) == len(set(keys)) <= 24
     found = answer(spec, pre, outcomes)
-    assert found["best"] == "mixed-int8-dynamic-pt-g2-r1"
+    # Static per-tensor, the fastest screened (3.78x) but 2.3 times over the tolerance, is
+    # refined once the others are over and wins: 2.65x with two nodes in float.
+    assert found["best"] == "mixed-int8-static-pt-g2-r1"
     assert found["message"].startswith(
-        "mixed precision (2 nodes kept in float): 2.20x faster at batch 8"
+        "mixed precision (2 nodes kept in float): 2.65x faster at batch 8"
     )
     assert "accuracy drop 0.006 (limit 0.01)" in found["message"]
     assert "int8 dynamic dropped 0.016 (limit 0.01)" in found["rejected"]["int8_dynamic"]
