@@ -26,11 +26,12 @@ from optimizers.auto.candidates import (
     trial_spec,
 )
 from optimizers.auto.families import INT8_FAMILIES, SHRINK_FAMILIES, label
-from optimizers.auto.measured import FINAL_STATUSES, Measured, measured, rank_key
+from optimizers.auto.measured import FINAL_STATUSES, Measured, measured, rank_key, score
 from optimizers.auto.preflight import Preflight, auto_config
 from optimizers.auto.refine import (
     MIXED_SAMPLES,
     Settings,
+    best_qualified_score,
     first_refinements,
     further_refinements,
 )
@@ -185,7 +186,7 @@ def next_trials(
     idle = all(outcome.status in FINAL_STATUSES for outcome in outcomes)
     if not fresh and idle and screened_outcomes:
         # Every rung-1 trial and refinement is over and the budget is not spent.
-        fresh = _more_promotions(ctx, pool, screened_outcomes, seen, screened=screened)
+        fresh = _more_promotions(ctx, pool, outcomes, screened_outcomes, seen, screened=screened)
     if not fresh and idle:
         found = first_refinements(_settings(ctx), outcomes, ctx.numbers, idle=True)
         fresh = [ctx.plan(plan.key, "mixed", 1, plan.passes, plan.why) for plan in found]
@@ -296,17 +297,23 @@ def _mixed_refinements(
 def _more_promotions(
     ctx: _Context,
     pool: list[Candidate],
+    outcomes: Sequence[TrialOutcome],
     screened_outcomes: Sequence[TrialOutcome],
     seen: set[str],
     *,
     screened: int,
 ) -> list[TrialPlan]:
-    """When nothing else is left to run: the next-best screened trials, measured in full."""
+    """When nothing else is left to run: the next-best screened trials, measured in full;
+    only those whose screening scores above the best qualified trial (the others could not
+    become the answer)."""
     candidates = {candidate.stem: candidate for candidate in pool}
+    bar = best_qualified_score(_settings(ctx), outcomes, ctx.numbers)
     plans = []
     for outcome, numbers in promising(ctx, screened_outcomes):
         candidate = candidates[_stem(outcome.key)]
         if trial_key(candidate.stem, 1) in seen:
+            continue
+        if score(ctx.config.objective, numbers) <= bar:
             continue
         plans.append(
             ctx.plan(

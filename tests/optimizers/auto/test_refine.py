@@ -214,30 +214,32 @@ def test_a_refinement_stops_when_the_loop_cannot_do_better() -> None:
 
 def test_idle_budget_promotes_more_screened_trials_than_the_first_third() -> None:
     spec, pre = plan_for("mlp", allow=["quantize"])
-    # Every screened trial within the tolerance and faster: the first promotions take the
-    # best two; with nothing to refine, the rest of the budget measures the others in full.
-    table = {
-        "int8-dynamic-pt": (2.0, 0.001),
-        "int8-dynamic-pc": (1.9, 0.001),
-        "int8-static-pc": (1.8, 0.001),
-        "int8-static-pt": (1.7, 0.001),
-        "int8-static-pc-pct": (1.6, 0.001),
+    # Every screened trial within the tolerance; the first promotions (the best two) are
+    # slower in full than screened (1.6x): with nothing to refine, the rest of the budget
+    # measures in full the screened trials that could still beat that, and no other.
+    screened = {
+        "int8-dynamic-pt": 2.0,
+        "int8-dynamic-pc": 1.9,
+        "int8-static-pc": 1.8,
+        "int8-static-pt": 1.7,
+        "int8-static-pc-pct": 1.2,
     }
+    full = {"int8-dynamic-pt": 1.6, "int8-dynamic-pc": 1.5}
 
     def measure(plan: TrialPlan) -> TrialOutcome:
-        speedup, drop = table.get(_stem(plan.key), (1.0, 0.0))
-        return outcome(plan, speedup=speedup, drop=drop)
+        stem = _stem(plan.key)
+        speedup = full.get(stem, screened.get(stem, 1.0)) if plan.rung else screened[stem]
+        return outcome(plan, speedup=speedup, drop=0.001)
 
     outcomes = _run(spec, pre, measure)
-    full = [o.key for o in outcomes if o.rung == 1]
-    assert full == [
+    assert [o.key for o in outcomes if o.rung == 1] == [
         "graph-r1",
         "int8-dynamic-pt-r1",
         "int8-dynamic-pc-r1",
         "int8-static-pc-r1",
         "int8-static-pt-r1",
-        "int8-static-pc-pct-r1",
     ]
+    assert answer(spec, pre, outcomes)["best"] == "int8-static-pc-r1"
     assert len(outcomes) <= 24
 
 
