@@ -114,6 +114,17 @@ def _size(size_ratio: float) -> str:
     return f"{size_ratio:.2f}x the original size"
 
 
+def _nodes(count: int) -> str:
+    return f"{count} node{'s' if count != 1 else ''}"
+
+
+def _named(family: str, numbers: Measured | None) -> str:
+    """The family as the user reads it; a mixed-precision trial says how much it kept."""
+    if numbers is not None and numbers.kept_float is not None:
+        return f"{label(family)} ({_nodes(numbers.kept_float)} kept in float)"
+    return label(family)
+
+
 def _numbers_text(numbers: Measured, batch: int) -> str:
     return (
         f"{_times(numbers.speedup)} faster at batch {batch} (interval "
@@ -137,7 +148,7 @@ def _message(
     fallback: str | None,
 ) -> str:
     if best is not None and numbers is not None and fallback is None:
-        return f"{label(best.family)}: {_numbers_text(numbers, batch)}"
+        return f"{_named(best.family, numbers)}: {_numbers_text(numbers, batch)}"
     nothing = (
         f"no trial was both within the tolerance ({config.max_drop:g}) and faster than the "
         f"original by the paired interval at batch {batch}"
@@ -233,12 +244,15 @@ def _family_reason(
     at = f"{_times(n.speedup)} at batch {batch} (interval {n.low:.2f}-{n.high:.2f})"
     if n.clearly_slower:
         return f"{name} is slower here: {at}{_slower_cause(family, pre)}"
+    kept = f"{name} kept {_nodes(n.kept_float)} in float and " if n.kept_float is not None else ""
     if not n.within_tolerance:
         nodes = (
             f": most sensitive nodes {', '.join(n.sensitive_nodes[:3])}"
             if n.sensitive_nodes
             else ""
         )
+        if kept:
+            return f"{kept}still dropped {_drop(n.drop)} (limit {n.max_drop:g}){nodes}"
         return f"{name} dropped {_drop(n.drop)} (limit {n.max_drop:g}){nodes}"
     if not n.clearly_faster:
         return f"{name} is not measurably faster: {at}; the interval of the paired runs includes 1"
@@ -249,9 +263,10 @@ def _family_reason(
         )
     winning = numbers[winner.key] if winner is not None else None
     if winner is not None and winning is not None:
+        qualified = f"{kept}dropped {_drop(n.drop)}: qualified" if kept else f"{name} qualified"
         return (
-            f"{name} qualified ({_brief(n, batch)}), but {label(winner.family)} ranks higher "
-            f"for objective '{config.objective}' ({_brief(winning, batch)})"
+            f"{qualified} ({_brief(n, batch)}), but {_named(winner.family, winning)} ranks "
+            f"higher for objective '{config.objective}' ({_brief(winning, batch)})"
         )
     return f"{name}: {_numbers_text(n, batch)}"
 
@@ -300,5 +315,8 @@ def _why(spec: PipelineSpec, pre: Preflight, outcome: TrialOutcome) -> str:
         if candidate.stem == stem:
             return candidate.why
     if outcome.family == "mixed":
-        return "A static trial's recipe with its most sensitive nodes kept in float."
+        return (
+            "An int8 recipe that dropped too much, again with its most sensitive nodes kept "
+            "in float."
+        )
     return f"{label(outcome.family)}, built from the screened results."

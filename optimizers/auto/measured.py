@@ -28,6 +28,8 @@ class Measured:
     verdict: str
     #: Nodes the trial's last quantize pass found most sensitive (suggested exclusions first).
     sensitive_nodes: tuple[str, ...] = ()
+    #: Nodes a quantize pass in scope `mixed` kept in float; None for other recipes.
+    kept_float: int | None = None
 
     @property
     def within_tolerance(self) -> bool:
@@ -82,7 +84,44 @@ def measured(
         metric=str(comparison.get("metric") or "fidelity"),
         verdict=str(comparison.get("verdict") or ""),
         sensitive_nodes=sensitive_nodes(result),
+        kept_float=len(report.kept_float) if (report := mixed_report(result)) else None,
     )
+
+
+@dataclass(frozen=True)
+class MixedReport:
+    """What the per-node loop of a quantize pass in scope `mixed` did, measured on its own
+    dataset (`details` of optimizers/quantization/mixed.py)."""
+
+    kept_float: tuple[str, ...]
+    drop: float
+    max_drop: float
+    #: Whether a round reached `max_drop` there.
+    met: bool
+
+
+def mixed_report(result: Mapping[str, Any] | None) -> MixedReport | None:
+    """The last quantize pass's mixed-precision details, or None when it had none."""
+    passes = (result or {}).get("passes") or []
+    for entry in reversed(passes):
+        if not isinstance(entry, Mapping) or entry.get("kind") != "quantize":
+            continue
+        details = entry.get("details")
+        if not isinstance(details, Mapping) or details.get("scope") != "mixed":
+            return None
+        try:
+            kept = tuple(
+                str(node["node"]) for node in details.get("kept_float") or [] if node.get("node")
+            )
+            drop, limit = float(details["drop"]), float(details["max_drop"])
+        except (KeyError, TypeError, ValueError, AttributeError):
+            return None
+        if not (math.isfinite(drop) and math.isfinite(limit)):
+            return None
+        return MixedReport(
+            kept_float=kept, drop=drop, max_drop=limit, met=bool(details.get("met_max_drop"))
+        )
+    return None
 
 
 def sensitive_nodes(result: Mapping[str, Any] | None, *, most: int = 8) -> tuple[str, ...]:

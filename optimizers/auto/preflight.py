@@ -155,6 +155,7 @@ def preflight(
             "(held-out data) for an unbiased drop"
         ),
         "samples": measured_on.num_samples,
+        "dataset_samples": dataset.num_samples,
         "screen_samples": min(SCREEN_SAMPLES, measured_on.num_samples),
         "has_labels": dataset.has_labels,
         "metric": metric,

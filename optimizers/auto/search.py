@@ -3,15 +3,18 @@
 Rung 0 screens every candidate the budget allows with a short benchmark and an evaluation on
 a subset; once all of them are final, the best third (by the objective, among those within
 the tolerance or within twice it) is measured in full at rung 1, together with refinements
-made from the measured results: mixed precision for a static trial that dropped too much
-(its most sensitive nodes kept in float) and pruning followed by int8. The graph-optimized
-original always runs at rung 1: it is the fallback answer. Pure and deterministic.
+made from the measured results: pruning followed by int8, and mixed precision for the best
+int8 dynamic and static recipes that dropped too much (optimizers/auto/refine.py: the
+quantize pass's own per-node loop keeps their most sensitive nodes in float), refined again
+while they stay over the tolerance. When all of that is over and the budget is not spent,
+the next-best screened trials are measured in full too. The graph-optimized original always
+runs at rung 1: it is the fallback answer. Pure and deterministic.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,9 +25,16 @@ from optimizers.auto.candidates import (
     trial_key,
     trial_spec,
 )
-from optimizers.auto.families import INT8_FAMILIES, SHRINK_FAMILIES, STATIC_FAMILIES, label
-from optimizers.auto.measured import FINAL_STATUSES, Measured, measured, rank_key
+from optimizers.auto.families import INT8_FAMILIES, SHRINK_FAMILIES, label
+from optimizers.auto.measured import FINAL_STATUSES, Measured, measured, rank_key, score
 from optimizers.auto.preflight import Preflight, auto_config
+from optimizers.auto.refine import (
+    MIXED_SAMPLES,
+    Settings,
+    best_qualified_score,
+    first_refinements,
+    further_refinements,
+)
 from optimizers.config import AutoConfig, PipelineSpec
 
 #: A screened trial is worth the full measurement within this multiple of the tolerance:
@@ -34,8 +44,6 @@ PROMOTE_DROP_FACTOR = 2.0
 DIRECT_BUDGET = 3
 #: Trials kept for refinements when the budget can spare them.
 REFINEMENT_RESERVE = 2
-#: Mixed-precision refinements made from static trials that dropped too much, at most.
-MIXED_REFINEMENTS = 2
 
 
 @dataclass(frozen=True)
@@ -148,10 +156,11 @@ def next_trials(
         )
     ]
     screened = screened_count(len(pool), ctx.config.budget.trials)
+    screened_outcomes: list[TrialOutcome] = []
     if screened == 0:
         direct = pool[: max(0, ctx.config.budget.trials - 1)]
         wanted += [_full(ctx, candidate) for candidate in direct]
-        wanted += _mixed_refinements(ctx, outcomes)
+        wanted += _mixed_refinements(ctx, outcomes, wanted)
     else:
         rung0 = [
             ctx.plan(trial_key(c.stem, 0), c.family, 0, c.pass_list(), c.why)
@@ -167,13 +176,20 @@ def next_trials(
             wanted += _promotions(ctx, pool, screened_outcomes, screened=screened)
             wanted += _combinations(ctx, pool, screened_outcomes)
             # After the screening only: a refinement must not take a promotion's place.
-            wanted += _mixed_refinements(ctx, outcomes)
+            wanted += _mixed_refinements(ctx, outcomes, wanted)
     seen = {outcome.key for outcome in outcomes}
     fresh: list[TrialPlan] = []
     for plan in wanted:
         if plan.key not in seen:
             seen.add(plan.key)
             fresh.append(plan)
+    idle = all(outcome.status in FINAL_STATUSES for outcome in outcomes)
+    if not fresh and idle and screened_outcomes:
+        # Every rung-1 trial and refinement is over and the budget is not spent.
+        fresh = _more_promotions(ctx, pool, outcomes, screened_outcomes, seen, screened=screened)
+    if not fresh and idle:
+        found = first_refinements(_settings(ctx), outcomes, ctx.numbers, idle=True)
+        fresh = [ctx.plan(plan.key, "mixed", 1, plan.passes, plan.why) for plan in found]
     return fresh[:budget_left]
 
 
@@ -255,48 +271,59 @@ def _combinations(
     ]
 
 
-def _mixed_refinements(ctx: _Context, outcomes: Sequence[TrialOutcome]) -> list[TrialPlan]:
-    """For static trials that dropped more than the tolerance: the same recipe with the nodes
-    its sensitivity report names kept in float (`per_node`), smallest drop first."""
-    sources = []
-    for outcome in outcomes:
-        numbers = ctx.numbers(outcome)
-        if outcome.family not in STATIC_FAMILIES or numbers is None:
+def _settings(ctx: _Context) -> Settings:
+    samples = ctx.pre.facts.get("dataset_samples") or ctx.pre.facts["samples"]
+    return Settings(
+        max_drop=ctx.config.max_drop,
+        metric=str(ctx.pre.facts["metric"]),
+        dataset_id=ctx.config.dataset_id,
+        samples=min(MIXED_SAMPLES, int(samples)),
+        objective=ctx.config.objective,
+    )
+
+
+def _mixed_refinements(
+    ctx: _Context, outcomes: Sequence[TrialOutcome], planned: Sequence[TrialPlan]
+) -> list[TrialPlan]:
+    """Mixed precision for the best int8 recipes over the tolerance, once they are measured
+    as fully as they will be, then further refinements of those still over it
+    (optimizers/auto/refine.py)."""
+    settings = _settings(ctx)
+    found = first_refinements(settings, outcomes, ctx.numbers, planned=planned)
+    found += further_refinements(settings, outcomes, ctx.numbers)
+    return [ctx.plan(plan.key, "mixed", 1, plan.passes, plan.why) for plan in found]
+
+
+def _more_promotions(
+    ctx: _Context,
+    pool: list[Candidate],
+    outcomes: Sequence[TrialOutcome],
+    screened_outcomes: Sequence[TrialOutcome],
+    seen: set[str],
+    *,
+    screened: int,
+) -> list[TrialPlan]:
+    """When nothing else is left to run: the next-best screened trials, measured in full;
+    only those whose screening scores above the best qualified trial (the others could not
+    become the answer)."""
+    candidates = {candidate.stem: candidate for candidate in pool}
+    bar = best_qualified_score(_settings(ctx), outcomes, ctx.numbers)
+    plans = []
+    for outcome, numbers in promising(ctx, screened_outcomes):
+        candidate = candidates[_stem(outcome.key)]
+        if trial_key(candidate.stem, 1) in seen:
             continue
-        if numbers.within_tolerance or not numbers.sensitive_nodes:
+        if score(ctx.config.objective, numbers) <= bar:
             continue
-        sources.append((numbers.drop, outcome.rung, outcome.key, outcome, numbers))
-    sources.sort(key=lambda entry: entry[:3])
-    plans: list[TrialPlan] = []
-    made = {_stem(outcome.key) for outcome in outcomes if outcome.family == "mixed"}
-    room = MIXED_REFINEMENTS - len(made)
-    for _, _, _, outcome, numbers in sources:
-        stem = f"mixed-{_stem(outcome.key)}"
-        if stem in made or len(plans) >= room:
-            continue
-        made.add(stem)
-        nodes = numbers.sensitive_nodes
         plans.append(
             ctx.plan(
-                trial_key(stem, 1),
-                "mixed",
+                trial_key(candidate.stem, 1),
+                candidate.family,
                 1,
-                _keep_float(outcome.spec["passes"], numbers.sensitive_nodes),
-                f"{label(outcome.family)} dropped {numbers.drop:.2g} (limit "
-                f"{ctx.config.max_drop:g}); the same recipe with the {len(nodes)} nodes its "
-                f"sensitivity report ranks worst ({', '.join(nodes[:3])}"
-                f"{', ...' if len(nodes) > 3 else ''}) kept in float.",
+                candidate.pass_list(),
+                f"{candidate.why} Screened at {numbers.speedup:.2f}x with a drop of "
+                f"{numbers.drop:.2g}: measured in full with the budget the first "
+                "promotions left.",
             )
         )
-    return plans
-
-
-def _keep_float(passes: Sequence[Mapping[str, Any]], nodes: Sequence[str]) -> list[dict[str, Any]]:
-    out = [dict(config) for config in passes]
-    for index in range(len(out) - 1, -1, -1):
-        if out[index].get("kind") == "quantize":
-            per_node = dict(out[index].get("per_node") or {})
-            per_node.update({node: "float" for node in nodes})
-            out[index] = {**out[index], "per_node": per_node}
-            break
-    return out
+    return plans[: promoted_count(screened)]

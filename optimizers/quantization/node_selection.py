@@ -143,7 +143,32 @@ def resolve(model: onnx.ModelProto, config: QuantizeConfig) -> Resolved:
     excluded_types = set(exclude.op_types)
     by_type = [node.name for node in iter_nodes(model.graph) if node.op_type in excluded_types]
     resolved.nodes_to_exclude = list(dict.fromkeys([*exclude.nodes, *by_type]))
+    if getattr(config, "method", None) == "dynamic":
+        _follow_gemm_rewrite(model, resolved)
     return resolved
+
+
+#: onnxruntime's dynamic quantizer rewrites each Gemm as a MatMul named `<gemm>_MatMul` (and
+#: an Add) before it matches node names (onnxruntime/quantization/onnx_model.py,
+#: replace_gemm_with_matmul): a Gemm selected by its own name is selected by that name too.
+_GEMM_AS_MATMUL = "_MatMul"
+
+
+def _follow_gemm_rewrite(model: onnx.ModelProto, resolved: Resolved) -> None:
+    gemms = {node.name for node in iter_nodes(model.graph) if node.op_type == "Gemm"}
+
+    def with_rewrite(names: list[str]) -> list[str]:
+        return list(
+            dict.fromkeys(
+                alias
+                for name in names
+                for alias in ([name, name + _GEMM_AS_MATMUL] if name in gemms else [name])
+            )
+        )
+
+    resolved.nodes_to_exclude = with_rewrite(resolved.nodes_to_exclude)
+    if resolved.nodes_to_quantize is not None:
+        resolved.nodes_to_quantize = with_rewrite(resolved.nodes_to_quantize)
 
 
 def left_float(model: onnx.ModelProto, resolved: Resolved, quantizable: Iterable[str]) -> list[str]:

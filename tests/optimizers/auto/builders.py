@@ -72,13 +72,12 @@ def plan_for(
     live_queues: tuple[str, ...] = ("cpu",),
     **fields: Any,
 ) -> tuple[PipelineSpec, Preflight]:
+    """A search and its preflight; `eval_dataset_id="e"` adds a held-out dataset `e`."""
     spec = auto_spec(**fields)
-    pre = preflight(
-        model_info(structure),
-        {"d": dataset_info(structure, labels=labels)},
-        spec,
-        live_queues=live_queues,
-    )
+    datasets = {"d": dataset_info(structure, labels=labels)}
+    if fields.get("eval_dataset_id") == "e":
+        datasets["e"] = dataset_info(structure, labels=labels)
+    pre = preflight(model_info(structure), datasets, spec, live_queues=live_queues)
     return spec, pre
 
 
@@ -93,6 +92,10 @@ def result(
     metric: str = "fidelity",
     worst_nodes: list[str] | None = None,
     suggested: list[str] | None = None,
+    kept_float: list[str] | None = None,
+    mixed_drop: float = 0.0,
+    mixed_max_drop: float = 0.008,
+    met: bool = True,
 ) -> dict[str, Any]:
     """A job result as a worker stores it (worker/jobproc.py, optimizers/measure/verdict.py)."""
     low, high = interval or (round(speedup - 0.05, 3), round(speedup + 0.05, 3))
@@ -109,6 +112,19 @@ def result(
         "verdict": f"{speedup}x at batch {batch}",
     }
     passes: list[dict[str, Any]] = [{"kind": "quantize", "method": "static"}]
+    if kept_float is not None:
+        # A quantize pass in scope `mixed` (optimizers/quantization/mixed.py's details).
+        passes[0]["details"] = {
+            "scope": "mixed",
+            "metric": metric,
+            "max_drop": mixed_max_drop,
+            "drop": mixed_drop,
+            "met_max_drop": met,
+            "kept_float": [
+                {"node": node, "op_type": "Gemm", "reason": "sensitivity rank"}
+                for node in kept_float
+            ],
+        }
     if worst_nodes is not None or suggested is not None:
         passes[0]["sensitivity"] = {
             "status": "ok",

@@ -174,3 +174,46 @@ def test_a_search_cut_short_answers_with_a_qualifying_screened_trial() -> None:
     )
     # Never a slower or out-of-tolerance screened trial.
     assert answer(spec, pre, outcomes[2:], cut_short=True)["original"] is True
+
+
+def test_mixed_precision_trials_say_how_many_nodes_they_kept_in_float() -> None:
+    spec, pre = plan_for("mlp", metric="accuracy")
+    dynamic = _trial("int8-dynamic-pt-r1", "int8_dynamic", speedup=3.18, drop=0.0156)
+    still_over = _trial(
+        "mixed-int8-dynamic-pt-r1",
+        "mixed",
+        speedup=2.9,
+        drop=0.0137,
+        kept_float=["/0/Gemm"],
+        mixed_drop=0.006,
+    )
+    qualified = _trial(
+        "mixed-int8-dynamic-pt-g2-r1",
+        "mixed",
+        speedup=2.6,
+        drop=0.008,
+        size_ratio=0.3,
+        kept_float=["/0/Gemm", "/2/Gemm", "/4/Gemm", "/6/Gemm", "/8/Gemm"],
+        mixed_drop=0.002,
+    )
+    found = answer(spec, pre, [dynamic, still_over, qualified])
+    assert found["best"] == "mixed-int8-dynamic-pt-g2-r1"
+    assert found["message"] == (
+        "mixed precision (5 nodes kept in float): 2.60x faster at batch 8 (interval "
+        "2.55-2.65), fidelity drop 0.008 (limit 0.01), 3.3x smaller"
+    )
+    assert found["rejected"]["int8_dynamic"] == "int8 dynamic dropped 0.016 (limit 0.01)"
+
+    # Without the qualified one: the refinement that is still over says so.
+    found = answer(spec, pre, [dynamic, still_over])
+    assert found["rejected"]["mixed"] == (
+        "mixed precision kept 1 node in float and still dropped 0.014 (limit 0.01)"
+    )
+
+    # Qualified but beaten by a faster model.
+    faster = _trial("int8-static-pc-r1", "int8_static", speedup=3.0, drop=0.004)
+    found = answer(spec, pre, [dynamic, qualified, faster])
+    assert found["best"] == "int8-static-pc-r1"
+    assert found["rejected"]["mixed"].startswith(
+        "mixed precision kept 5 nodes in float and dropped 0.008: qualified (2.60x at batch 8"
+    )

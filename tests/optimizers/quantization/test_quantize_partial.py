@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 
@@ -89,3 +90,17 @@ def test_op_types_not_in_the_model_are_rejected(tmp_path: Path, mlp: Path) -> No
     with pytest.raises(QuantizationError, match=r"include\.op_types names 'Conv'") as exc:
         _run(mlp, None, tmp_path, method="dynamic", include={"op_types": ["Conv"]})
     assert "'MatMul'" in exc.value.message
+
+
+def test_dynamic_exclude_keeps_a_gemm_float(tmp_path: Path) -> None:
+    # onnxruntime's dynamic quantizer rewrites each Gemm as a MatMul named `<gemm>_MatMul`
+    # before it reads the exclusions: a Gemm excluded by its own name must stay float too
+    # (the mixed-precision loop of an MLP keeps its Gemm layers float this way).
+    model = make_cnn(tmp_path / "cnn.onnx", width=16)
+    data = make_dataset(tmp_path / "cnn.npz", model, samples=8)
+    result = _run(model, None, tmp_path, method="dynamic", exclude={"nodes": ["fc"]})
+
+    ops = {node.op_type for node in onnx.load(str(result.model_path)).graph.node}
+    assert "MatMulInteger" not in ops and "ConvInteger" in ops
+    assert result.details["excluded_nodes"] == ["fc"]
+    assert _close(model, result.model_path, data, "image") > 0.98
