@@ -80,6 +80,9 @@ def configure(data_dir: Path, database_url: str | None) -> None:
             "MODELPRESS_METRICS_DIR": str(data_dir / "metrics"),
             "MODELPRESS_BOOTSTRAP_KEY": ADMIN_KEY,
             "MODELPRESS_LOG_FORMAT": "json",
+            # The worker registered here beats once: it stays live for the whole run, so
+            # every queued job's read asks for the live queues and finds the `cpu` queue served.
+            "MODELPRESS_HEARTBEAT_TIMEOUT_S": "86400",
         }
     )
     os.environ.pop("MODELPRESS_BROKER_URL", None)

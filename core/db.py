@@ -74,7 +74,12 @@ def _session_factory(url: str) -> sessionmaker[Session]:
 
 @lru_cache
 def _read_session_factory(url: str) -> sessionmaker[Session]:
-    engine = _session_factory(url).kw["bind"]
+    ordinary = _session_factory(url)
+    engine = ordinary.kw["bind"]
+    if engine.dialect.name == "sqlite":
+        # Python's sqlite3 begins a transaction only before a write: a read already runs
+        # without one, and switching the connection's mode would cost a PRAGMA per checkin.
+        return ordinary
     return sessionmaker(
         engine.execution_options(isolation_level="AUTOCOMMIT"), expire_on_commit=False
     )
