@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from typing import Annotated
 
 from fastapi import Depends, Header, Request
@@ -13,7 +14,7 @@ from sqlalchemy.orm import Session
 from api.errors import Problem
 from api.middleware import STATE_KEY
 from core import workers
-from core.db import session_factory
+from core.db import read_session_factory, session_factory
 from core.settings import Settings, get_settings
 from core.storage import Storage, get_storage
 from core.tables import ApiKey
@@ -56,10 +57,20 @@ def get_session() -> Iterator[Session]:
         session.close()
 
 
+def get_read_session() -> Iterator[Session]:
+    """For routes that only read: no transaction, so nothing to commit
+    (core.db.read_session_factory)."""
+    with read_session_factory()() as session:
+        yield session
+
+
 # scope="function": the commit runs when the route returns and before the answer is sent
 # (FastAPI runs a request-scoped dependency's exit after the response is on the wire), so a
 # failed commit can still turn the answer into an error.
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
+#: Only for routes that change nothing; scope="function" gives the connection back before
+#: the answer is sent.
+ReadSessionDep = Annotated[Session, Depends(get_read_session, scope="function")]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 StorageDep = Annotated[Storage, Depends(get_storage)]
 IdempotencyKey = Annotated[
@@ -101,20 +112,21 @@ def _check_scope(key: ApiKey, scope: str) -> ApiKey:
 
 
 # One named function per scope, so a route's scope can be read from its dependencies
-# (tests walk every route and check what each scope may do).
-def require_read(key: CurrentKey) -> ApiKey:
+# (tests walk every route and check what each scope may do). Async: they only look at the key,
+# and a sync dependency would cost a trip through the thread pool on every request.
+async def require_read(key: CurrentKey) -> ApiKey:
     return _check_scope(key, "read")
 
 
-def require_write(key: CurrentKey) -> ApiKey:
+async def require_write(key: CurrentKey) -> ApiKey:
     return _check_scope(key, "write")
 
 
-def require_admin(key: CurrentKey) -> ApiKey:
+async def require_admin(key: CurrentKey) -> ApiKey:
     return _check_scope(key, "admin")
 
 
-def require_instance(key: CurrentKey) -> ApiKey:
+async def require_instance(key: CurrentKey) -> ApiKey:
     return _check_scope(key, "instance")
 
 
@@ -128,8 +140,31 @@ AdminKey = Annotated[ApiKey, Depends(require_admin)]
 InstanceKey = Annotated[ApiKey, Depends(require_instance)]
 
 
-def live_queues(session: Session) -> frozenset[str]:
+class LiveQueues(Collection[str]):
+    """The queues some live worker serves, read from the database the first time they are
+    asked for: an answer shows `waiting_for` only for a queued job, so an answer without one
+    (a running or finished job, most status reads) makes no query for them. Use it while its
+    session is open, within the request that made it."""
+
+    def __init__(self, session: Session) -> None:
+        self._session = session
+
+    @functools.cached_property
+    def _queues(self) -> frozenset[str]:
+        return workers.live_queues(self._session, timeout_s=get_settings().heartbeat_timeout_s)
+
+    def __contains__(self, queue: object) -> bool:
+        return queue in self._queues
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._queues)
+
+    def __len__(self) -> int:
+        return len(self._queues)
+
+
+def live_queues(session: Session) -> LiveQueues:
     """The queues some live worker serves: a queued job of another queue shows `waiting_for`.
-    Read on every answer that shows jobs (one small query) rather than stored with the job:
-    no process is there to keep a stored value true while no worker runs at all."""
-    return workers.live_queues(session, timeout_s=get_settings().heartbeat_timeout_s)
+    Read for every answer that shows a queued job (one small query) rather than stored with
+    the job: no process is there to keep a stored value true while no worker runs at all."""
+    return LiveQueues(session)

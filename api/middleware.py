@@ -19,7 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.errors import BodyTooLarge, Problem, problem_response
 from core.admin import KeyRejected, authenticate
-from core.db import session_factory
+from core.db import read_session_factory
 from core.settings import get_settings
 from core.tables import ApiKey
 
@@ -103,7 +103,7 @@ async def _authenticate(scope: Scope) -> ApiKey | Problem:
 
 
 def _look_up(token: str) -> ApiKey:
-    with session_factory()() as session:
+    with read_session_factory()() as session:
         # Closing the session detaches the row with its columns loaded.
         return authenticate(session, token)
 

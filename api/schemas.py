@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import json
 from collections.abc import Collection
 from datetime import datetime
 from typing import Any, Generic, Literal, TypeVar
@@ -190,11 +192,22 @@ class JobOut(BaseModel):
 
 
 def _with_defaults(stored: dict[str, Any]) -> dict[str, Any]:
-    """A job's spec as the worker runs it, defaults filled in (the row keeps what was sent)."""
+    """A job's spec as the worker runs it, defaults filled in (the row keeps what was sent).
+
+    Upgrading and validating a stored spec is most of what showing a job costs (a page of 100
+    jobs did it 100 times per request), and its outcome depends on the stored spec alone: it
+    is computed once per distinct stored spec and kept as JSON text, so that every answer
+    gets a fresh copy that no other answer shares."""
+    return json.loads(_with_defaults_json(json.dumps(stored)))
+
+
+@functools.lru_cache(maxsize=2048)
+def _with_defaults_json(stored_json: str) -> str:
+    stored = json.loads(stored_json)
     try:
-        return load_stored_spec(stored).model_dump(mode="json")
+        return json.dumps(load_stored_spec(stored).model_dump(mode="json"))
     except ValidationError:  # a row stored with every default by an older version
-        return stored
+        return stored_json
 
 
 BatchStatus = Literal["queued", "running", "succeeded", "failed", "canceled"]

@@ -72,8 +72,22 @@ def _session_factory(url: str) -> sessionmaker[Session]:
     return sessionmaker(make_engine(url), expire_on_commit=False)
 
 
+@lru_cache
+def _read_session_factory(url: str) -> sessionmaker[Session]:
+    ordinary = _session_factory(url)
+    engine = ordinary.kw["bind"]
+    if engine.dialect.name == "sqlite":
+        # Python's sqlite3 begins a transaction only before a write: a read already runs
+        # without one, and switching the connection's mode would cost a PRAGMA per checkin.
+        return ordinary
+    return sessionmaker(
+        engine.execution_options(isolation_level="AUTOCOMMIT"), expire_on_commit=False
+    )
+
+
 def reset_engines() -> None:
     """Forget cached engines (after fork, or when settings change in tests)."""
+    _read_session_factory.cache_clear()
     _session_factory.cache_clear()
 
 
@@ -91,6 +105,18 @@ def session_factory(url: str | None = None) -> sessionmaker[Session]:
 
         url = get_settings().resolved_database_url
     return _session_factory(url)
+
+
+def read_session_factory(url: str | None = None) -> sessionmaker[Session]:
+    """Sessions that only read, each statement on its own (no transaction): a status read
+    or an API key lookup is one or two independent SELECTs, and a transaction around them
+    would cost a BEGIN and a COMMIT or ROLLBACK round trip each on PostgreSQL. Same engine
+    and pool as `session_factory`; a connection is put back as it was. Never write with one."""
+    if url is None:
+        from core.settings import get_settings
+
+        url = get_settings().resolved_database_url
+    return _read_session_factory(url)
 
 
 @contextmanager

@@ -21,6 +21,7 @@ from api import jobactions
 from api.deps import (
     IdempotencyKey,
     ReadKey,
+    ReadSessionDep,
     SessionDep,
     SettingsDep,
     StorageDep,
@@ -117,7 +118,7 @@ def create_job(
 @router.get("", response_model=Page[JobOut])
 def list_jobs(
     key: ReadKey,
-    session: SessionDep,
+    session: ReadSessionDep,
     status: JobStatusName = None,
     model_id: str | None = None,
     batch_id: Annotated[str | None, Query(description="Only the jobs of this batch.")] = None,
@@ -152,7 +153,7 @@ def list_jobs(
 
 
 @router.get("/{job_id}", response_model=JobOut)
-def get_job(job_id: str, key: ReadKey, session: SessionDep) -> JobOut:
+def get_job(job_id: str, key: ReadKey, session: ReadSessionDep) -> JobOut:
     return _out(session, get_owned(session, Job, job_id, project_id=key.project_id))
 
 
