@@ -214,6 +214,7 @@ def test_a_finished_search_shows_its_answer_and_links_every_trial(
     assert "Answer: the best model found is int8-static-tr@1 (int8_static_transformer)" in answer
     assert GOOD_MESSAGE in answer
     assert "every promising candidate was measured" in answer
+    assert "Trials: 7 done of a budget of 24 (3 from the cache" in _section(page, "search-progress")
     assert "hx-get" not in page
 
     table = re.search(r'<table class="data" id="trials-table">.*?</table>', page, re.S)
