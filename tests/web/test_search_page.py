@@ -17,7 +17,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from tests.web.conftest import sign_in
-from tests.web.jobs_data import submit, upload_mlp
+from tests.web.jobs_data import project_id_of, store_artifact, submit, upload_mlp
 
 GOOD_MESSAGE = (
     "int8 static (transformer preset): 1.94x faster at batch 8, fidelity drop 0.0021 "
@@ -137,7 +137,17 @@ def search(client: TestClient, tmp_path: Path) -> str:
             }
         ],
     }
-    return submit(client, spec)
+    job_id = submit(client, spec)
+    # The model the search leaves as its own once it ends (the answer's, or the fallback).
+    store_artifact(
+        project_id_of(client),
+        job_id,
+        kind="model",
+        name="model.onnx",
+        content=b"the chosen model",
+        folder=tmp_path,
+    )
+    return job_id
 
 
 def store(job_id: str, *, status: str, result: dict[str, Any] | None) -> None:
@@ -215,6 +225,7 @@ def test_a_finished_search_shows_its_answer_and_links_every_trial(
     assert GOOD_MESSAGE in answer
     assert "every promising candidate was measured" in answer
     assert "Trials: 7 done of a budget of 24 (3 from the cache" in _section(page, "search-progress")
+    assert "Download the best model found (16 B)" in page
     assert "hx-get" not in page
 
     table = re.search(r'<table class="data" id="trials-table">.*?</table>', page, re.S)
@@ -261,6 +272,7 @@ def test_nothing_qualified_is_said_and_never_shown_as_a_win(
     assert "The time budget ran out" in answer
     assert "Answer:" not in answer and "best model found" not in answer
     assert "<strong>the answer</strong>" not in page
+    assert "Download the graph-optimized original" in page
 
     store(
         search,
@@ -285,3 +297,4 @@ def test_a_slower_trial_named_as_best_is_not_shown_as_the_answer(
     assert "do not show it faster than the original" in answer
     assert "0.74x faster" not in page
     assert '<section class="verdict better"' not in page
+    assert 'id="download-model"' not in page
