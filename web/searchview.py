@@ -196,13 +196,16 @@ class Answer:
 def _answer(data: dict[str, Any], trials: list[TrialRow], max_drop: float | None) -> Answer:
     message = _text(data.get("message")) or ""
     best = _text(data.get("best"))
+    fallback = data.get("fallback")
+    if fallback in ("graph", "original"):
+        # Nothing qualified; `best` then names the graph trial whose model is handed back.
+        return Answer(kind="graph" if fallback == "graph" else "original", message=message)
     by_key = {t.key: t for t in trials}
     trial = by_key.get(best) if best else None
     if trial is not None and trial.qualifies:
         return Answer(kind="best", message=message, trial=trial)
-    fallback: AnswerKind = "graph" if data.get("fallback") == "graph" else "original"
     if best is None:
-        return Answer(kind=fallback, message=message)
+        return Answer(kind="original", message=message)
     # The answer names a trial its own numbers do not show as faster within the tolerance:
     # never shown as a win.
     limit = f" (limit {max_drop:g})" if max_drop is not None else ""

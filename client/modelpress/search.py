@@ -104,7 +104,8 @@ def progress_line(job: Job, *, now: datetime | None = None) -> str:
 def best_trial(search: AutoResult) -> AutoTrial | None:
     """The answer's trial, when its own numbers qualify it."""
     answer = search.answer
-    if answer is None or answer.best is None:
+    # With a fallback nothing qualified; `best` then names the graph trial handed back.
+    if answer is None or answer.best is None or answer.fallback is not None:
         return None
     trial = next((t for t in answer.trials if t.key == answer.best), None)
     return trial if trial is not None and trial.qualifies else None
@@ -170,7 +171,8 @@ def answer_lines(job: Job) -> list[str]:
     answer = search.answer if search else None
     if search is None or answer is None:
         return [] if not job.done else ["the search ended without an answer"]
-    lines = _final_answer(job, search) if job.done else []
+    # A failed search (every trial failed) has no answer: its error says why.
+    lines = _final_answer(job, search) if job.done and job.status != "failed" else []
     for family, why in answer.rejected.items():
         lines.append(f"rejected {family}: {why}")
     return lines
@@ -185,7 +187,7 @@ def _final_answer(job: Job, search: AutoResult) -> list[str]:
             f"[green]answer[/green]: {_message(search, best)}",
             f"  trial {best.key} (job {best.job_id}); `modelpress download {job.id}` gets it",
         ]
-    elif answer.best is not None:
+    elif answer.best is not None and answer.fallback is None:
         lines = [
             f"[yellow]nothing qualified[/yellow]: the search named {answer.best}, but its "
             "numbers do not show it faster than the original by the paired interval within "

@@ -221,6 +221,13 @@ def test_auto_submits_a_search_follows_it_and_prints_its_trials_and_answer(
     assert "answer:" not in shown.stdout
     assert "the trial budget was used up" in shown.stdout
 
+    # Nothing qualified: the search hands back the graph trial's model, named as `best`.
+    result["auto"]["answer"] |= {"best": "graph@1", "fallback": "graph", "message": "no gain"}
+    _store(api_only, job_id, status="succeeded", result=result)
+    fallback = cli(api_only, tmp_path, "jobs", "show", job_id)
+    assert "nothing qualified: the answer is the graph-optimized original" in fallback.stdout
+    assert "answer:" not in fallback.stdout and "(answer)" not in fallback.stdout
+
 
 def _wait_for_search(http: httpx.Client, *, exclude: str) -> str:
     deadline = time.monotonic() + 60

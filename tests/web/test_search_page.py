@@ -110,8 +110,12 @@ def search_result(*, stopped: str | None, best: str | None, fallback: str | None
             },
             "stopped": stopped,
             "answer": {
-                "best": best,
-                "best_job_id": "job_trial_int8_static_tr_1" if best else None,
+                # As the search writes it: with the graph fallback, `best` is the graph trial.
+                "best": "graph@1" if fallback == "graph" else best,
+                "best_job_id": "job_trial_graph_1"
+                if fallback == "graph"
+                else ("job_trial_int8_static_tr_1" if best else None),
+                "original": best is None and fallback != "graph",
                 "fallback": fallback,
                 "message": GOOD_MESSAGE if best else "nothing was faster within the tolerance",
                 "pareto": ["int8-static-tr@1", "graph@1"],
