@@ -393,3 +393,99 @@ def compare_chart(points: list[Point], *, batch: str, metric: str) -> Chart:
         f"model's size. {words}",
         option,
     )
+
+
+@dataclass(frozen=True)
+class SearchPoint:
+    """One measured trial of an auto search."""
+
+    key: str
+    speedup: float
+    size_ratio: float
+    drop: float | None
+    pareto: bool
+    answer: bool
+
+
+def search_chart(points: list[SearchPoint], *, batch: str, metric: str) -> Chart:
+    """An auto search's trials: speed-up against size, the drop in each point's tooltip; the
+    Pareto set and the answer drawn with their own symbols (said in the legend, not only by
+    colour)."""
+
+    def drop_text(p: SearchPoint) -> str:
+        return "not measured" if p.drop is None else f"{p.drop:.4g}"
+
+    def series(name: str, chosen: list[SearchPoint], symbol: str, colour: str) -> dict[str, Any]:
+        return {
+            "name": name,
+            "type": "scatter",
+            "symbol": symbol,
+            "symbolSize": 16 if symbol != "circle" else 11,
+            "itemStyle": {"color": colour, "borderColor": "#1b1f24", "borderWidth": 1},
+            "label": {"show": True, "position": "right", "formatter": "{b}"},
+            "labelLayout": {"hideOverlap": True},
+            "tooltip": {
+                "formatter": "{b}: speed-up, size ratio, " + f"{metric} drop" + " = {c}",
+            },
+            "data": [
+                {
+                    "name": p.key,
+                    # The drop is the third value: the tooltip shows it, the axes do not.
+                    "value": [round(p.speedup, 3), round(p.size_ratio, 4), drop_text(p)],
+                }
+                for p in chosen
+            ],
+        }
+
+    answer = [p for p in points if p.answer]
+    front = [p for p in points if p.pareto and not p.answer]
+    others = [p for p in points if not p.pareto and not p.answer]
+    speedups = [p.speedup for p in points]
+    low, high = min([*speedups, 1.0]), max([*speedups, 1.0])
+    pad = (high - low) * 0.1 or 0.1
+    first: dict[str, Any] = series("Pareto set", front, "diamond", OPTIMIZED)
+    first["markLine"] = {
+        "symbol": "none",
+        "silent": True,
+        "data": [{"xAxis": 1}],
+        "label": {"formatter": "same speed"},
+        "lineStyle": {"color": "#1b1f24", "type": "dashed"},
+    }
+    option = {
+        "animation": False,
+        "legend": {"top": 0},
+        "tooltip": {"trigger": "item"},
+        "grid": {"left": 40, "right": 100, "top": 40, "bottom": 40, "containLabel": True},
+        "xAxis": {
+            "type": "value",
+            "name": f"speed-up at batch {batch} (\u00d7); right of 1\u00d7 is faster",
+            "nameLocation": "middle",
+            "nameGap": 28,
+            "min": round(low - pad, 3),
+            "max": round(high + pad, 3),
+        },
+        "yAxis": {
+            "type": "value",
+            "name": "size / original size (lower is smaller)",
+            "nameLocation": "middle",
+            "nameGap": 56,
+            "min": 0,
+        },
+        "series": [
+            first,
+            series("Other trials", others, "circle", NEUTRAL),
+            series("The answer", answer, "pin", GOOD),
+        ],
+    }
+    words = "; ".join(
+        f"{p.key}: {times(p.speedup)} speed-up, {p.size_ratio:.0%} of the original size, "
+        f"{metric} drop {drop_text(p)}"
+        + (" (the answer)" if p.answer else " (Pareto set)" if p.pareto else "")
+        for p in points
+    )
+    return Chart(
+        "chart-search",
+        "Trials: speed-up against size",
+        f"Each measured trial's speed-up at batch {batch} against its size. {words}",
+        option,
+    )

@@ -34,6 +34,10 @@ _NULL = {"type": "null"}
 #: schema's order.
 _TOP_ORDER = ("model_id", "passes", "evaluate", "benchmark")
 _CODE = re.compile(r"`([^`]+)`")
+#: A pass that measures its own trials: the job's `evaluate` and `benchmark` are refused with
+#: it (its own `dataset_id`, `metric`, `max_drop` and `batch_size` say what to measure).
+SELF_MEASURING = {"auto"}
+MEASURING_SECTIONS = ("evaluate", "benchmark")
 
 
 def rich(text: str) -> Markup:
@@ -135,9 +139,22 @@ class Converted:
     errors: dict[str, str] = field(default_factory=dict)
 
 
+def measures_itself(values: Values) -> bool:
+    """Whether the chain has a pass (an auto search) with which the job's own measuring
+    sections are refused."""
+    return any(
+        values.get(f"passes.{index}.{VARIANT}", DEFAULT_VARIANT) in SELF_MEASURING
+        for index in range(pass_count(values))
+    )
+
+
 def to_spec(values: Values) -> Converted:
     out = Converted(spec={})
     out.spec = _collect_object(job_schema(), (), values, out) or {}
+    if measures_itself(values):
+        # Kept in the form (switching the pass back brings them back), never sent.
+        for key in MEASURING_SECTIONS:
+            out.spec.pop(key, None)
     return out
 
 
@@ -382,6 +399,9 @@ class Group:
     is_chain: bool = False
     #: An object the spec may leave out: shown folded until something in it is filled in.
     optional: bool = False
+    #: Why this section does not apply to the job as composed (it is not sent): its values
+    #: are carried along unseen, so changing the passes back restores them.
+    omitted: str | None = None
 
     @property
     def id(self) -> str:
@@ -390,6 +410,15 @@ class Group:
     @property
     def hint_html(self) -> Markup:
         return rich(self.hint)
+
+    @property
+    def carried(self) -> list[Control]:
+        """Its controls that have a value (what an omitted section carries along unseen)."""
+        return [
+            node
+            for node in walk(self)
+            if isinstance(node, Control) and node.value and node.widget != "const"
+        ]
 
     @property
     def filled(self) -> bool:
@@ -412,6 +441,14 @@ class Choices:
 def build_form(values: Values, choices: Choices) -> Group:
     root = Group(name="", legend="Job")
     _build_object(job_schema(), (), values, choices, root)
+    if measures_itself(values):
+        for child in root.children:
+            if isinstance(child, Group) and child.name in MEASURING_SECTIONS:
+                child.omitted = (
+                    f"{humanize(child.name)}: not sent with an auto pass. The search measures "
+                    "every trial itself; its dataset, metric, max drop and batch size say what "
+                    "to measure."
+                )
     return root
 
 
@@ -433,6 +470,9 @@ def _hint(node: Json, widget: str) -> str:
     default = node.get("default")
     if widget == "numbers" or widget == "lines":
         parts.append("Comma-separated." if widget == "numbers" else "One per line.")
+        choices = _resolve(node.get("items", {})).get("enum")
+        if choices:
+            parts.append("Any of: " + ", ".join(f"`{c}`" for c in choices) + ".")
     if widget == "json":
         parts.append("JSON.")
     if default is not None and widget not in ("select", "bool", "group"):

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import select
@@ -18,6 +18,7 @@ from core.storage import Storage
 from core.tables import Artifact, Job, JobStatus
 from web.charts import Chart, comparison_charts, sensitivity_chart, stage_charts
 from web.exclusion import composer_url, pass_number, rerun_spec
+from web.searchview import search_view
 from web.verdict import Verdict, speeds, verdict_of
 
 #: A sensitivity report lists at most 200 nodes: far below this. A larger file is not read.
@@ -111,8 +112,13 @@ def job_context(session: Session, storage: Storage, row: Job) -> dict[str, Any]:
     retried_as = list(session.scalars(select(Job.id).where(Job.retry_of == row.id)).all())
     metrics = job.result.metrics if job.result else None
     stages = [s.model_dump() for s in (job.result.stages or [])] if job.result else []
+    search = search_view(job.spec, row.result, status=job.status, now=datetime.now(UTC))
     verdict: Verdict | None = verdict_of(metrics) if job.status == JobStatus.succeeded else None
     charts = comparison_charts(metrics) if verdict else []
+    if search is not None:
+        # The search's answer banner says what the result is; the best trial's own verdict
+        # would call a fallback (nothing qualified) a gain.
+        verdict = None
     return {
         "job": job,
         "verdict": verdict,
@@ -127,4 +133,5 @@ def job_context(session: Session, storage: Storage, row: Job) -> dict[str, Any]:
         "explanations": explanations(storage, row, rows),
         "spec_json": json.dumps(job.spec, indent=2),
         "active": job.status in ("queued", "running", "canceling"),
+        "search": search,
     }

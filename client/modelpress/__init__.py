@@ -12,6 +12,9 @@ from modelpress.errors import (
 )
 from modelpress.models import (
     Artifact,
+    AutoAnswer,
+    AutoResult,
+    AutoTrial,
     Batch,
     Comparison,
     Dataset,
@@ -26,6 +29,9 @@ from modelpress.models import (
 __all__ = [
     "ApiError",
     "Artifact",
+    "AutoAnswer",
+    "AutoResult",
+    "AutoTrial",
     "Batch",
     "ChecksumMismatch",
     "Client",

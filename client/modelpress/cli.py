@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
-from enum import IntEnum
+from enum import IntEnum, StrEnum
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -28,7 +28,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from modelpress import config, specs
+from modelpress import config, search, specs
 from modelpress.client import Client
 from modelpress.compare import describe, rank
 from modelpress.errors import (
@@ -381,6 +381,130 @@ def submit(
         _finish_jobs(c, c.batch_jobs(batch.id), as_json, fail_on_slower)
 
 
+# --- auto search -------------------------------------------------------------------------
+
+
+class Objective(StrEnum):
+    latency = "latency"
+    size = "size"
+    balanced = "balanced"
+
+
+class Metric(StrEnum):
+    accuracy = "accuracy"
+    fidelity = "fidelity"
+
+
+class Device(StrEnum):
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+def _model_id(c: Client, value: str) -> str:
+    path = specs.local_file(value, Path.cwd())
+    if path is None:
+        return value
+    model, _ = _transfer(f"model {path.name}", lambda p: c.upload_model_reused(path, progress=p))
+    return str(model.id)
+
+
+def _dataset_id(c: Client, value: str, model_id: str) -> str:
+    path = specs.local_file(value, Path.cwd())
+    if path is None:
+        return value
+    dataset, _ = _transfer(
+        f"dataset {path.name}",
+        lambda p: c.upload_dataset_reused(path, model_id=model_id, progress=p),
+    )
+    return str(dataset.id)
+
+
+@app.command()
+def auto(
+    model: Annotated[str, typer.Argument(help="Model id, or a model file to upload.")],
+    dataset: Annotated[
+        str,
+        typer.Option(
+            "--dataset", help="Dataset id or .npz file: calibration, fine-tuning, the drop."
+        ),
+    ],
+    objective: Annotated[
+        Objective, typer.Option(help="What the answer is best at.")
+    ] = Objective.latency,
+    max_drop: Annotated[
+        float | None,
+        typer.Option("--max-drop", help="Largest acceptable drop (service default 0.01)."),
+    ] = None,
+    metric: Annotated[
+        Metric | None,
+        typer.Option(help="Default: accuracy when the dataset has labels, else fidelity."),
+    ] = None,
+    trials: Annotated[
+        int | None, typer.Option(help="Most trials (child jobs) to run (default 24).")
+    ] = None,
+    minutes: Annotated[
+        float | None, typer.Option(help="Most minutes the search may take (default 30).")
+    ] = None,
+    allow: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated techniques: quantize,prune,distill (default all)."),
+    ] = None,
+    batch_size: Annotated[
+        int | None, typer.Option("--batch-size", help="Batch size the latency is judged at.")
+    ] = None,
+    device: Annotated[Device | None, typer.Option(help="Where trials run and are timed.")] = None,
+    wait: Annotated[
+        bool, typer.Option("--wait", help="Follow the search, then print its trials and answer.")
+    ] = False,
+    timeout: TimeoutOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Searches for the best recipe: the service tries quantization, pruning and distillation
+    as trials, measured like any job, and answers with the best model within --max-drop that
+    is faster than the original, or says that nothing qualified."""
+    techniques = [t.strip() for t in (allow or "").split(",") if t.strip()] or None
+    with client() as c:
+        model_id = _model_id(c, model)
+        spec = search.auto_spec(
+            model_id=model_id,
+            dataset_id=_dataset_id(c, dataset, model_id),
+            objective=objective.value,
+            max_drop=max_drop,
+            metric=metric.value if metric else None,
+            trials=trials,
+            minutes=minutes,
+            allow=techniques,
+            batch_size=batch_size,
+            device=device.value if device else None,
+        )
+        job = c.submit(spec)
+        if not wait:
+            emit(job) if as_json else out.print(f"submitted search {job.id} ({job.status})")
+            return
+        job = _follow_search(c, job.id, timeout, as_json)
+    _finish_jobs(c, [job], as_json, fail_on_slower=False)
+
+
+def _follow_search(c: Client, job_id: str, timeout: float | None, as_json: bool) -> Job:
+    """Prints a line whenever the search's progress or best so far changes (stderr with
+    --json): trials done, running, queued and left, the time left, the best so far."""
+    console = err if as_json else out
+    last = ""
+
+    def on_change(job: Job) -> None:
+        nonlocal last
+        line = search.progress_line(job)
+        # The final state is printed with the table and the answer.
+        if line != last and not job.done:
+            console.print(line, highlight=False, soft_wrap=True)
+            last = line
+
+    try:
+        return c.poll(job_id, timeout=timeout, on_change=on_change)
+    except WaitTimeout as exc:
+        fail(Exit.TIMEOUT, str(exc))
+
+
 # --- waiting -----------------------------------------------------------------------------
 
 
@@ -496,6 +620,17 @@ def _print_job(job: Job) -> None:
             + ", ".join(f"batch {b}: {v:.2f}x" for b, v in s.speedup_p50.items())
         )
         out.print(s.verdict, highlight=False)
+    if search.search_of(job) is not None:
+        _print_search(job)
+
+
+def _print_search(job: Job) -> None:
+    out.print(search.progress_line(job), highlight=False, soft_wrap=True)
+    table = search.trials_table(job)
+    if table is not None:
+        out.print(table)
+    for line in search.answer_lines(job):
+        out.print(line, highlight=False, soft_wrap=True)
 
 
 @jobs_app.command("list")

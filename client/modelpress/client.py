@@ -457,6 +457,33 @@ class Client:
             remaining = left()
             time.sleep(pause if remaining is None else max(min(pause, remaining), 0))
 
+    def poll(
+        self,
+        job_id: str,
+        *,
+        timeout: float | None = None,
+        on_change: Callable[[Job], None] | None = None,
+        poll_interval: float = 2.0,
+    ) -> Job:
+        """Waits until the job is final by reading it every `poll_interval` seconds, calling
+        `on_change` with each read: for what changes without a change of status or progress
+        (an auto search's trials and best so far, in its `result`). While the service cannot
+        be reached it keeps trying, until `timeout` raises WaitTimeout."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            try:
+                job = self.get_job(job_id)
+            except ConnectionFailed:
+                job = None
+            if job is not None:
+                if on_change:
+                    on_change(job)
+                if job.done:
+                    return job
+            if deadline is not None and time.monotonic() >= deadline:
+                raise WaitTimeout(f"job {job_id} did not finish within {timeout} s")
+            time.sleep(poll_interval)
+
     def wait_batch(
         self,
         batch_id: str,

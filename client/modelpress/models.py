@@ -124,6 +124,74 @@ class Metrics(_Schema):
     environment: dict[str, Any] | None = None
 
 
+class AutoTrial(_Schema):
+    """One trial (a child job) of an auto search, with its numbers once measured."""
+
+    key: str
+    family: str | None = None
+    rung: int | None = None
+    status: str = "queued"
+    job_id: str | None = None
+    why: str | None = None
+    speedup: float | None = None
+    interval: list[float] | None = None
+    size_ratio: float | None = None
+    drop: float | None = None
+    within_tolerance: bool | None = None
+    verdict: str | None = None
+    error: str | None = None
+    cached: bool | None = None
+
+    @property
+    def qualifies(self) -> bool:
+        """Faster than the original by the paired interval, and within the tolerance."""
+        if self.within_tolerance is False:
+            return False
+        if self.interval and len(self.interval) == 2:
+            return self.interval[0] > 1.0
+        return False
+
+    @property
+    def slower(self) -> bool:
+        if self.interval and len(self.interval) == 2:
+            return self.interval[1] < 1.0
+        return False
+
+
+class AutoProgress(_Schema):
+    done: int = 0
+    running: int = 0
+    queued: int = 0
+    left: int | None = None
+    budget_trials: int | None = None
+    minutes: float | None = None
+    started_at: datetime | None = None
+    deadline_at: datetime | None = None
+    cached: int = 0
+
+
+class AutoAnswer(_Schema):
+    """The search's answer: the best trial (or None), a fallback when nothing qualified, and
+    why each rejected family was rejected."""
+
+    best: str | None = None
+    best_job_id: str | None = None
+    fallback: str | None = None
+    message: str | None = None
+    pareto: list[str] = Field(default_factory=list)
+    rejected: dict[str, str] = Field(default_factory=dict)
+    trials: list[AutoTrial] = Field(default_factory=list)
+
+
+class AutoResult(_Schema):
+    """An auto search's state (`result.auto`), rewritten at every step of the search."""
+
+    preflight: dict[str, Any] | None = None
+    progress: AutoProgress | None = None
+    stopped: str | None = None
+    answer: AutoAnswer | None = None
+
+
 class JobResult(_Schema):
     """A job's numbers (the API's `result`)."""
 
@@ -131,6 +199,8 @@ class JobResult(_Schema):
     notes: list[str] | None = None
     passes: list[dict[str, Any]] | None = None
     stages: list[dict[str, Any]] | None = None
+    #: Set on an auto search.
+    auto: AutoResult | None = None
 
 
 class Job(_Schema):

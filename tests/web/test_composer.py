@@ -363,3 +363,59 @@ def test_the_pickers_list_the_projects_own_models_and_datasets_only(
     page = pages.get("/jobs/new").text
     assert f'<option value="{library["model_id"]}"' in page
     assert theirs["model_id"] not in page and theirs["dataset_id"] not in page
+
+
+def test_an_auto_search_is_composed_without_the_measuring_sections(
+    pages: TestClient, client: TestClient, library: dict[str, str]
+) -> None:
+    """The auto pass's options (its budget, the techniques it may use) render and are sent;
+    `evaluate` and `benchmark`, which the API refuses with an auto pass, are neither shown
+    nor sent, and come back when the pass is changed back."""
+    token = sign_in(pages)
+    typed = {
+        "csrf_token": token,
+        "model_id": library["model_id"],
+        f"passes.0.{VARIANT}": "auto",
+        "benchmark.batch_sizes": "1, 4",
+        "evaluate.max_drop": "0.05",
+    }
+    shown = pages.post("/jobs/new", data={**typed, "action": "retype:0"})
+    assert shown.status_code == 200
+    controls = _controls(shown.text)
+    for name in ("objective", "dataset_id", "max_drop", "budget.trials", "budget.minutes"):
+        assert f"passes.0.{name}" in controls, name
+    assert controls["passes.0.allow"].startswith("<textarea")
+    assert "Any of: <code>quantize</code>, <code>prune</code>, <code>distill</code>" in shown.text
+    assert 'id="f-benchmark-batch_sizes"' not in shown.text
+    assert 'id="f-evaluate-max_drop"' not in shown.text
+    assert "not sent with an auto pass" in shown.text
+    # What was typed in them is carried along unseen.
+    assert '<input type="hidden" name="benchmark.batch_sizes" value="1, 4">' in shown.text
+
+    submitted = pages.post(
+        "/jobs/new",
+        data={
+            **typed,
+            "action": "submit",
+            "passes.0.dataset_id": library["dataset_id"],
+            "passes.0.objective": "size",
+            "passes.0.budget.trials": "6",
+            "passes.0.budget.minutes": "5",
+            "passes.0.allow": "quantize\nprune",
+        },
+        follow_redirects=False,
+    )
+    assert submitted.status_code == 303, submitted.text
+    job_id = submitted.headers["location"].removeprefix("/jobs/")
+    stored = client.get(f"/v1/jobs/{job_id}").json()["spec"]
+    (auto,) = stored["passes"]
+    assert auto["kind"] == "auto" and auto["objective"] == "size"
+    assert auto["budget"] == {"trials": 6, "minutes": 5.0}
+    assert auto["allow"] == ["quantize", "prune"]
+    assert auto["dataset_id"] == library["dataset_id"]
+    assert stored.get("evaluate") is None
+
+    back = pages.post(
+        "/jobs/new", data={**typed, f"passes.0.{VARIANT}": "quantize/dynamic", "action": "retype:0"}
+    )
+    assert 'value="1, 4"' in _controls(back.text)["benchmark.batch_sizes"]
