@@ -182,6 +182,16 @@ def _section(html: str, element_id: str) -> str:
 def test_a_search_just_submitted_says_it_is_starting(
     pages: TestClient, client: TestClient, search: str
 ) -> None:
+    # As the submission leaves it before its first step (which runs right after the commit,
+    # or at the next reaper pass when that failed): the preflight, no progress yet.
+    preflight = client.get(f"/v1/jobs/{search}").json()["result"]["auto"]["preflight"]
+    store(
+        search,
+        status="queued",
+        result={
+            "auto": {"preflight": preflight, "progress": None, "stopped": None, "answer": None}
+        },
+    )
     sign_in(pages)
     page = pages.get(f"/jobs/{search}")
     assert page.status_code == 200, page.text
