@@ -312,3 +312,19 @@ def test_a_slower_trial_named_as_best_is_not_shown_as_the_answer(
     assert "0.74x faster" not in page
     assert '<section class="verdict better"' not in page
     assert 'id="download-model"' not in page
+
+
+def test_a_trials_page_leads_back_to_its_search(
+    pages: TestClient, client: TestClient, search: str
+) -> None:
+    trials = client.get("/v1/jobs", params={"parent_id": search}).json()["items"]
+    assert trials
+    sign_in(pages)
+    page = pages.get(f"/jobs/{trials[0]['id']}")
+    assert page.status_code == 200, page.text
+    text = _text(page.text)
+    assert f"trial {trials[0]['trial']['key']} of the search {search}" in text
+    assert f'href="/jobs/{search}"' in page.text
+    # The dashboard's job list leaves trials to their search's page, as the API does.
+    listed = pages.get("/jobs").text
+    assert search in listed and trials[0]["id"] not in listed
