@@ -428,6 +428,13 @@ def auto(
             "--dataset", help="Dataset id or .npz file: calibration, fine-tuning, the drop."
         ),
     ],
+    eval_dataset: Annotated[
+        str | None,
+        typer.Option(
+            "--eval-dataset",
+            help="Held-out dataset id or .npz file the drop is measured on (default: --dataset).",
+        ),
+    ] = None,
     objective: Annotated[
         Objective, typer.Option(help="What the answer is best at.")
     ] = Objective.latency,
@@ -468,6 +475,7 @@ def auto(
         spec = search.auto_spec(
             model_id=model_id,
             dataset_id=_dataset_id(c, dataset, model_id),
+            eval_dataset_id=_dataset_id(c, eval_dataset, model_id) if eval_dataset else None,
             objective=objective.value,
             max_drop=max_drop,
             metric=metric.value if metric else None,

@@ -28,6 +28,7 @@ def auto_spec(
     dataset_id: str,
     objective: str,
     max_drop: float | None,
+    eval_dataset_id: str | None = None,
     metric: str | None,
     trials: int | None,
     minutes: float | None,
@@ -37,7 +38,13 @@ def auto_spec(
 ) -> dict[str, Any]:
     """The job POST /v1/jobs takes; options not given are left to the service's defaults."""
     auto: dict[str, Any] = {"kind": "auto", "objective": objective, "dataset_id": dataset_id}
-    optional = {"max_drop": max_drop, "metric": metric, "batch_size": batch_size, "device": device}
+    optional = {
+        "max_drop": max_drop,
+        "metric": metric,
+        "batch_size": batch_size,
+        "device": device,
+        "eval_dataset_id": eval_dataset_id,
+    }
     auto |= {k: v for k, v in optional.items() if v is not None}
     budget = {k: v for k, v in {"trials": trials, "minutes": minutes}.items() if v is not None}
     if budget:
