@@ -132,11 +132,13 @@ def test_auto_submits_a_search_follows_it_and_prints_its_trials_and_answer(
 ) -> None:
     model = _upload(http, "models", make_mlp(tmp_path / "mlp.onnx"))
     dataset = _upload(http, "datasets", make_dataset(tmp_path / "d.npz", tmp_path / "mlp.onnx"))
+    held_out = make_dataset(tmp_path / "held.npz", tmp_path / "mlp.onnx", seed=7)
 
     submitted = cli(
         api_only,
         tmp_path,
         *("auto", model["id"], "--dataset", dataset["id"], "--objective", "size"),
+        *("--eval-dataset", str(held_out)),
         *("--max-drop", "0.02", "--trials", "6", "--minutes", "5", "--allow", "quantize,prune"),
         *("--batch-size", "4", "--metric", "fidelity", "--json"),
     )
@@ -150,6 +152,8 @@ def test_auto_submits_a_search_follows_it_and_prints_its_trials_and_answer(
         "fidelity",
     )
     assert auto["budget"] == {"trials": 6, "minutes": 5.0}
+    # The held-out file was uploaded, and the drop is measured on it.
+    assert auto["eval_dataset_id"] not in (None, dataset["id"])
     assert (auto["allow"], auto["batch_size"]) == (["quantize", "prune"], 4)
 
     bad = cli(api_only, tmp_path, "auto", model["id"], "--dataset", dataset["id"], "--allow", "x")
