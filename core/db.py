@@ -67,9 +67,16 @@ def make_engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True)
 
 
+#: Every engine the cached factories made, so that forgetting them also lets go of their
+#: connections (a test run makes one per test database; unclosed, their files stay open).
+_ENGINES: list[Engine] = []
+
+
 @lru_cache
 def _session_factory(url: str) -> sessionmaker[Session]:
-    return sessionmaker(make_engine(url), expire_on_commit=False)
+    engine = make_engine(url)
+    _ENGINES.append(engine)
+    return sessionmaker(engine, expire_on_commit=False)
 
 
 @lru_cache
@@ -85,10 +92,13 @@ def _read_session_factory(url: str) -> sessionmaker[Session]:
     )
 
 
-def reset_engines() -> None:
-    """Forget cached engines (after fork, or when settings change in tests)."""
+def reset_engines(*, after_fork: bool = False) -> None:
+    """Forget cached engines (after fork, or when settings change in tests), closing their
+    pooled connections; after a fork they are the parent's, so they are dropped unclosed."""
     _read_session_factory.cache_clear()
     _session_factory.cache_clear()
+    while _ENGINES:
+        _ENGINES.pop().dispose(close=not after_fork)
 
 
 def close_pooled_connections() -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 import boto3
 import pytest
 from fastapi.testclient import TestClient
+from kombu.transport.sqlalchemy import Channel as SQLAlchemyChannel
 from sqlalchemy import create_engine, text
 
 from core.db import reset_engines
@@ -108,6 +109,14 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 
 def _clear_caches() -> None:
+    if get_celery.cache_info().currsize:
+        get_celery().close()
+    # kombu's SQLAlchemy transport keeps one engine per broker file for the process's life:
+    # each test's embedded broker would keep its file open (and a run of tests past the
+    # 1,024 descriptors that select() can watch).
+    for engine, _ in SQLAlchemyChannel._engines.values():
+        engine.dispose()
+    SQLAlchemyChannel._engines.clear()
     get_settings.cache_clear()
     get_celery.cache_clear()
     reset_engines()

@@ -168,7 +168,7 @@ def _refuse_without_sandbox() -> None:
 @worker_process_init.connect
 def _fresh_engine_after_fork(**_: Any) -> None:
     # Connections must not be shared across fork; each pool process opens its own.
-    reset_engines()
+    reset_engines(after_fork=True)
     # The job host imports torch: started now, so that the first job finds it ready.
     try:
         job_host(settings)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import select
 import shutil
 import time
 import traceback
@@ -39,6 +38,7 @@ from worker.protocol import (
     LineReader,
     ProtocolError,
     check_relative,
+    wait_readable,
     write_message,
 )
 
@@ -88,7 +88,7 @@ class Channel:
                     return self._pending.pop(index)
             if self.control.closed:
                 raise JobStopped()
-            select.select([self.control.fd], [], [], 1.0)
+            wait_readable([self.control.fd], 1.0)
 
     def _take_stops(self) -> None:
         if any(m["type"] == "stop" for m in self._pending):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import select
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -88,3 +89,13 @@ def _decode(line: bytes) -> dict[str, Any]:
     if not isinstance(message, dict) or not isinstance(message.get("type"), str):
         raise ProtocolError(f"a message without a type: {line[:200]!r}")
     return message
+
+
+def wait_readable(handles: list[Any], timeout: float) -> None:
+    """Waits until one of `handles` (file descriptors, or objects with `fileno()`) can be read,
+    or `timeout` seconds. poll, not select: select cannot watch a descriptor numbered 1,024 or
+    above, which a long-lived worker process can reach."""
+    poller = select.poll()
+    for handle in handles:
+        poller.register(handle, select.POLLIN)
+    poller.poll(max(0.0, timeout) * 1000)

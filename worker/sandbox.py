@@ -15,7 +15,6 @@ import contextlib
 import ctypes
 import logging
 import os
-import select
 import shutil
 import signal
 import socket
@@ -28,7 +27,7 @@ from typing import Any
 
 from core.sandbox import HostCommand, SandboxUnavailable, host_command
 from core.settings import Settings
-from worker.protocol import LineReader, ProtocolError, encode, write_message
+from worker.protocol import LineReader, ProtocolError, encode, wait_readable, write_message
 from worker.scratch import ScratchFolder
 
 log = logging.getLogger(__name__)
@@ -106,7 +105,7 @@ class JobHost:
         raise SandboxUnavailable("the job host's process cannot be found")
 
     def _read(self, timeout: float) -> None:
-        select.select([self._sock], [], [], timeout)
+        wait_readable([self._sock], timeout)
         self._pending.extend(self._channel.read_available())
 
     def _expect(self, kind: str, *, timeout: float) -> dict[str, Any]:
@@ -198,7 +197,7 @@ class JobProcess:
             watched: list[Any] = [self.host._sock]
             if not self.events.closed:
                 watched.append(self.events.fd)
-            select.select(watched, [], [], timeout)
+            wait_readable(watched, timeout)
             self.exitcode = self.host.job_exit(0)
         return self.events.read_available() if not self.events.closed else []
 
