@@ -112,15 +112,15 @@ def quantize_int8(model_path: Path, config: Int8Config, ctx: PassContext) -> Pas
     op_types = resolved.op_types_to_quantize
     if static is not None and static.weight_layers_only:
         op_types = list(WEIGHT_LAYER_OPS)
-    excluded = list(dict.fromkeys([*resolved.nodes_to_exclude, *kept.out_of_main]))
+    untouched = list(dict.fromkeys([*resolved.nodes_to_exclude, *kept.out_of_main]))
     if config.method == "dynamic":
         # The dynamic quantizer renames each Gemm before it reads the exclusions: a Gemm that
         # `per_node` keeps out of dynamic int8 must be excluded by that name too.
-        excluded = selection.with_gemm_rewrite(graph, excluded)
+        untouched = selection.with_gemm_rewrite(graph, untouched)
     chosen: dict[str, Any] = {
         "op_types_to_quantize": op_types,
         "nodes_to_quantize": resolved.nodes_to_quantize,
-        "nodes_to_exclude": excluded or None,
+        "nodes_to_exclude": untouched or None,
     }
 
     reader: _DatasetReader | None = None
