@@ -104,22 +104,23 @@ def quantize_int8(model_path: Path, config: Int8Config, ctx: PassContext) -> Pas
         prepared, smoothed = _smooth(
             prepared, config, ctx, info, notes, details, external_data=external_data
         )
-    kept = precision.plan(
-        onnx.load(str(prepared), load_external_data=False),
-        config,
-        smoothed=smoothed,
-    )
+    graph = onnx.load(str(prepared), load_external_data=False)
+    kept = precision.plan(graph, config, smoothed=smoothed)
     output = ctx.workdir / f"{stem}.{config.method}-int8.onnx"
     data_file_for(output).unlink(missing_ok=True)  # onnxruntime appends to an existing one
     weight_type = _QUANT_TYPES[config.weight_type]
     op_types = resolved.op_types_to_quantize
     if static is not None and static.weight_layers_only:
         op_types = list(WEIGHT_LAYER_OPS)
+    untouched = list(dict.fromkeys([*resolved.nodes_to_exclude, *kept.out_of_main]))
+    if config.method == "dynamic":
+        # The dynamic quantizer renames each Gemm before it reads the exclusions: a Gemm that
+        # `per_node` keeps out of dynamic int8 must be excluded by that name too.
+        untouched = selection.with_gemm_rewrite(graph, untouched)
     chosen: dict[str, Any] = {
         "op_types_to_quantize": op_types,
         "nodes_to_quantize": resolved.nodes_to_quantize,
-        "nodes_to_exclude": list(dict.fromkeys([*resolved.nodes_to_exclude, *kept.out_of_main]))
-        or None,
+        "nodes_to_exclude": untouched or None,
     }
 
     reader: _DatasetReader | None = None

@@ -154,21 +154,22 @@ def resolve(model: onnx.ModelProto, config: QuantizeConfig) -> Resolved:
 _GEMM_AS_MATMUL = "_MatMul"
 
 
-def _follow_gemm_rewrite(model: onnx.ModelProto, resolved: Resolved) -> None:
+def with_gemm_rewrite(model: onnx.ModelProto, names: list[str]) -> list[str]:
+    """`names`, each Gemm's followed by the name the dynamic quantizer gives it."""
     gemms = {node.name for node in iter_nodes(model.graph) if node.op_type == "Gemm"}
-
-    def with_rewrite(names: list[str]) -> list[str]:
-        return list(
-            dict.fromkeys(
-                alias
-                for name in names
-                for alias in ([name, name + _GEMM_AS_MATMUL] if name in gemms else [name])
-            )
+    return list(
+        dict.fromkeys(
+            alias
+            for name in names
+            for alias in ([name, name + _GEMM_AS_MATMUL] if name in gemms else [name])
         )
+    )
 
-    resolved.nodes_to_exclude = with_rewrite(resolved.nodes_to_exclude)
+
+def _follow_gemm_rewrite(model: onnx.ModelProto, resolved: Resolved) -> None:
+    resolved.nodes_to_exclude = with_gemm_rewrite(model, resolved.nodes_to_exclude)
     if resolved.nodes_to_quantize is not None:
-        resolved.nodes_to_quantize = with_rewrite(resolved.nodes_to_quantize)
+        resolved.nodes_to_quantize = with_gemm_rewrite(model, resolved.nodes_to_quantize)
 
 
 def left_float(model: onnx.ModelProto, resolved: Resolved, quantizable: Iterable[str]) -> list[str]:

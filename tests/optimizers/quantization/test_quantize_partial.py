@@ -104,3 +104,16 @@ def test_dynamic_exclude_keeps_a_gemm_float(tmp_path: Path) -> None:
     assert "MatMulInteger" not in ops and "ConvInteger" in ops
     assert result.details["excluded_nodes"] == ["fc"]
     assert _close(model, result.model_path, data, "image") > 0.98
+
+
+def test_dynamic_per_node_float_keeps_a_gemm_float(tmp_path: Path) -> None:
+    # `per_node` goes around the selection: its Gemm must follow the dynamic quantizer's
+    # rename too, or the node the spec keeps float is quantized after all.
+    model = make_cnn(tmp_path / "cnn.onnx", width=16)
+    data = make_dataset(tmp_path / "cnn.npz", model, samples=8)
+    config = quantize_config({"method": "dynamic", "per_node": {"fc": "float"}})
+    result = run_pass(model, config, PassContext(workdir=tmp_path / "work", datasets={}))
+
+    ops = {node.op_type for node in onnx.load(str(result.model_path)).graph.node}
+    assert "MatMulInteger" not in ops and "ConvInteger" in ops
+    assert _close(model, result.model_path, data, "image") > 0.98
