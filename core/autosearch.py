@@ -390,24 +390,28 @@ def _finish(
         }
     }
     prefix = attempt_prefix(parent.project_id, parent.id, max(parent.attempts, 1))
-    artifact: Artifact | None = None
+    copies: list[Artifact] = []
     best = _best_job(session, children, found)
     if best is not None:
         source = _measured(session, best)
         for key in ("metrics", "fidelity", "comparison", "notes", "passes", "stages", "source"):
             if isinstance(best.result, dict) and key in best.result:
                 result[key] = best.result[key]
-        model = session.scalars(
-            select(Artifact).where(Artifact.job_id == source.id, Artifact.kind == "model")
-        ).first()
-        if model is not None:
-            artifact = _copy_artifact(storage, model, parent=parent, prefix=prefix)
+        # The model, and its provenance manifest: the inputs' hashes, the recipe and a spec
+        # that makes the same model again.
+        kept = session.scalars(
+            select(Artifact).where(
+                Artifact.job_id == source.id, Artifact.kind.in_(("model", "provenance"))
+            )
+        ).all()
+        copies = [_copy_artifact(storage, row, parent=parent, prefix=prefix) for row in kept]
     succeeded = any(child.status == JobStatus.succeeded for child in children)
     # Stopped early (canceled, out of time), the best so far may be the original itself; a
     # search whose every trial ran and failed has no answer at all.
     answered = succeeded or stop in ("canceled", "budget_minutes")
     if best is None and answered:
-        artifact = _copy_original(session, storage, parent=parent, prefix=prefix)
+        original = _copy_original(session, storage, parent=parent, prefix=prefix)
+        copies = [original] if original is not None else []
     if stop == "canceled":
         status, error_type, error_message = (
             JobStatus.canceled,
@@ -446,8 +450,7 @@ def _finish(
     if outcome.rowcount != 1:  # type: ignore[attr-defined]
         session.rollback()
         return
-    if artifact is not None:
-        session.add(artifact)
+    session.add_all(copies)
     session.commit()
     log.info("search %s: %s (%s)", parent.id, status, stop)
 

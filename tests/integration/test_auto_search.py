@@ -77,7 +77,18 @@ def _check_answer(client: httpx.Client, search: dict[str, Any]) -> dict[str, Any
     if answer["fallback"] is not None:
         assert "original" in answer["message"], answer["message"]
     artifacts = client.get(f"/v1/jobs/{search['id']}/artifacts").json()
-    assert [a["kind"] for a in artifacts].count("model") == 1, artifacts
+    models = [a for a in artifacts if a["kind"] == "model"]
+    assert len(models) == 1, artifacts
+    if answer["best"] is not None:
+        # The answer's model comes with its trial's provenance manifest: the model it names
+        # is the one downloaded, and its spec makes that model again.
+        response = client.get(f"/v1/jobs/{search['id']}/provenance")
+        assert response.status_code == 200, response.text
+        manifest = response.json()
+        listed = {entry["name"]: entry for entry in manifest["artifacts"]}
+        assert listed[models[0]["name"]]["sha256"] == models[0]["sha256"]
+        kinds = [entry["kind"] for entry in trials[answer["best_job_id"]]["spec"]["passes"]]
+        assert [entry["kind"] for entry in manifest["reproduce"]["spec"]["passes"]] == kinds
     return answer
 
 
