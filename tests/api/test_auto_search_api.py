@@ -75,17 +75,13 @@ def test_a_search_is_planned_at_submission_and_its_trials_are_its_own_jobs(
     assert client.get(f"/v1/jobs/{trials[0]['id']}").status_code == 404
 
 
-def test_the_preflight_refuses_what_cannot_be_searched(
-    client: TestClient, tmp_path: Path
-) -> None:
+def test_the_preflight_refuses_what_cannot_be_searched(client: TestClient, tmp_path: Path) -> None:
     model_path = make_mlp(tmp_path / "mlp.onnx")
     model = upload_model(client, model_path)
     unlabeled = upload_dataset(
         client, make_dataset(tmp_path / "data.npz", model_path, labels=False)
     )
-    response = client.post(
-        "/v1/jobs", json=_auto(model["id"], unlabeled["id"], metric="accuracy")
-    )
+    response = client.post("/v1/jobs", json=_auto(model["id"], unlabeled["id"], metric="accuracy"))
     assert response.status_code == 422, response.text
     assert "labels" in response.json()["detail"]
     assert client.get("/v1/jobs").json()["items"] == []
