@@ -32,6 +32,7 @@ import httpx  # noqa: E402
 
 from bench.models import MODELS, export_model, make_dataset  # noqa: E402
 from tests.integration.processes import Service, run_service  # noqa: E402
+from tests.integration.test_end_to_end import upload  # noqa: E402
 
 #: (metric, max_drop, dataset samples) per model.
 JUDGED: dict[str, tuple[str, float, int]] = {
@@ -40,13 +41,6 @@ JUDGED: dict[str, tuple[str, float, int]] = {
     "mlp": ("accuracy", 0.01, 512),
 }
 FINAL = {"succeeded", "failed", "canceled"}
-
-
-def upload(client: httpx.Client, route: str, path: Path) -> dict[str, Any]:
-    with path.open("rb") as handle:
-        response = client.post(route, files={"file": (path.name, handle)}, timeout=600)
-    response.raise_for_status()
-    return dict(response.json())
 
 
 def run_search(

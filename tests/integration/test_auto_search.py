@@ -57,6 +57,13 @@ def _wait_trials(
     raise AssertionError(f"fewer than {done} trials succeeded\n{service.dump_logs()}")
 
 
+def _wait_trials_final(client: httpx.Client, search_id: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while any(t["status"] not in FINAL for t in _trials(client, search_id)):
+        assert time.monotonic() < deadline, _trials(client, search_id)
+        time.sleep(0.5)
+
+
 def _check_answer(client: httpx.Client, search: dict[str, Any]) -> dict[str, Any]:
     """What a user relies on: the answer is within the tolerance and faster by the paired
     interval; or, when nothing is, it says so and is the graph-optimized original (itself
@@ -155,10 +162,7 @@ def test_cancel_returns_the_best_model_so_far(embedded_service: Service, tmp_pat
         assert ended["result"]["auto"]["stopped"] == "canceled"
         _check_answer(client, ended)
         # No trial of a canceled search runs on.
-        deadline = time.monotonic() + 120
-        while any(t["status"] not in FINAL for t in _trials(client, search["id"])):
-            assert time.monotonic() < deadline, _trials(client, search["id"])
-            time.sleep(0.5)
+        _wait_trials_final(client, search["id"])
 
 
 def test_a_search_out_of_minutes_answers_with_the_best_so_far(
@@ -177,10 +181,7 @@ def test_a_search_out_of_minutes_answers_with_the_best_so_far(
         assert auto["stopped"] == "budget_minutes"
         assert auto["progress"]["left"] > 0  # the trial budget was not what ended it
         _check_answer(client, ended)
-        deadline = time.monotonic() + 120
-        while any(t["status"] not in FINAL for t in _trials(client, search["id"])):
-            assert time.monotonic() < deadline, _trials(client, search["id"])
-            time.sleep(0.5)
+        _wait_trials_final(client, search["id"])
 
 
 @pytest.fixture()
