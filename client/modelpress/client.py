@@ -28,6 +28,8 @@ from modelpress.errors import (
 from modelpress.models import Artifact, Batch, Dataset, Job, Model, Worker
 
 T = TypeVar("T", bound=BaseModel)
+#: A job or a batch: what `wait` reads until it is done.
+Done = TypeVar("Done", Job, Batch)
 
 #: Called with (bytes done, bytes in all) while a file goes up or comes down.
 Progress = Callable[[int, int], None]
@@ -469,20 +471,9 @@ class Client:
         `on_change` with each read: for what changes without a change of status or progress
         (an auto search's trials and best so far, in its `result`). While the service cannot
         be reached it keeps trying, until `timeout` raises WaitTimeout."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            try:
-                job = self.get_job(job_id)
-            except ConnectionFailed:
-                job = None
-            if job is not None:
-                if on_change:
-                    on_change(job)
-                if job.done:
-                    return job
-            if deadline is not None and time.monotonic() >= deadline:
-                raise WaitTimeout(f"job {job_id} did not finish within {timeout} s")
-            time.sleep(poll_interval)
+        return self._until_done(
+            lambda: self.get_job(job_id), f"job {job_id}", timeout, on_change, poll_interval
+        )
 
     def wait_batch(
         self,
@@ -492,19 +483,33 @@ class Client:
         on_change: Callable[[Batch], None] | None = None,
         poll_interval: float = 2.0,
     ) -> Batch:
+        return self._until_done(
+            lambda: self.get_batch(batch_id), f"batch {batch_id}", timeout, on_change, poll_interval
+        )
+
+    @staticmethod
+    def _until_done(
+        read: Callable[[], Done],
+        what: str,
+        timeout: float | None,
+        on_change: Callable[[Done], None] | None,
+        poll_interval: float,
+    ) -> Done:
+        """Reads until the thing read is done, calling `on_change` with each read; a service
+        that cannot be reached is read again, until `timeout` raises WaitTimeout."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             try:
-                batch = self.get_batch(batch_id)
+                current: Done | None = read()
             except ConnectionFailed:
-                batch = None
-            if batch is not None:
+                current = None
+            if current is not None:
                 if on_change:
-                    on_change(batch)
-                if batch.done:
-                    return batch
+                    on_change(current)
+                if current.done:
+                    return current
             if deadline is not None and time.monotonic() >= deadline:
-                raise WaitTimeout(f"batch {batch_id} did not finish within {timeout} s")
+                raise WaitTimeout(f"{what} did not finish within {timeout} s")
             time.sleep(poll_interval)
 
     # --- results -------------------------------------------------------------------------
