@@ -6,11 +6,11 @@ from __future__ import annotations
 from sqlalchemy.orm import Session
 
 from api.errors import Problem
-from api.submit import commit_jobs, new_job, send_committed, start_searches
+from api.submit import advance_searches, commit_jobs, new_job, send_committed
 from core import jobstate
 from core.jobspec import load_stored_spec
 from core.settings import Settings
-from core.tables import Job, JobKind, JobStatus
+from core.tables import Job, JobStatus
 
 
 def cancel(session: Session, job: Job) -> Job:
@@ -27,7 +27,7 @@ def cancel(session: Session, job: Job) -> Job:
         )
     session.commit()
     # A search ends now, with the best model its trials found so far.
-    start_searches(session, [job] if job.kind == JobKind.search else [])
+    advance_searches(session, [job])
     session.refresh(job)
     return job
 

@@ -234,13 +234,16 @@ def send_committed(session: Session, jobs: list[Job]) -> None:
         for job in jobs:
             if job.id in unsent:  # the answer shows the job as the database now has it
                 session.expire(job)
-    start_searches(session, [job for job in jobs if job.kind == JobKind.search])
+    advance_searches(session, jobs)
 
 
-def start_searches(session: Session, jobs: list[Job]) -> None:
-    """A search's step right after its commit (or its cancel): its first trials are queued
-    and sent now. A step that fails here is taken by the next reaper pass of any worker."""
+def advance_searches(session: Session, jobs: list[Job]) -> None:
+    """The searches among `jobs` take a step right after their commit (or their cancel): a
+    new search queues and sends its first trials, a canceled one ends with its best so far. A
+    step that fails here is taken by the next reaper pass of any worker."""
     for job in jobs:
+        if job.kind != JobKind.search:
+            continue
         try:
             advance(job.id, settings=get_settings(), storage=get_storage())
         except Exception:

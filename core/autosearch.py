@@ -138,7 +138,7 @@ def _step(
         for child in children:
             if child.status in ACTIVE_STATUSES:
                 jobstate.request_cancel(session, child)
-        _finish(session, parent, spec, pre, children, stop=stop, storage=storage)
+        _finish(session, parent, spec, pre, children, stop=stop, deadline=deadline, storage=storage)
         return []
     _record_progress(session, parent, spec, pre, children, auto=auto, deadline=deadline)
     try:
@@ -369,6 +369,7 @@ def _finish(
     children: Sequence[Job],
     *,
     stop: str,
+    deadline: datetime,
     storage: Storage,
 ) -> None:
     """Ends the search with its answer: the best trial's model copied as the search's own
@@ -376,8 +377,6 @@ def _finish(
     every trial's numbers and the reasons in `result.auto`."""
     config = spec.passes[0]
     assert isinstance(config, AutoConfig)
-    started = parent.started_at or utcnow()
-    deadline = started + timedelta(minutes=config.budget.minutes)
     outcomes = _outcomes(children)
     found = _answer(spec, pre, children, cut_short=stop in ("canceled", "budget_minutes"))
     auto = dict((parent.result or {}).get("auto") or {})

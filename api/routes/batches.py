@@ -23,16 +23,16 @@ from api.pagination import paginate
 from api.removal import remove_objects
 from api.schemas import BatchOut, BatchSummary, JobOut, Page
 from api.submit import (
+    advance_searches,
     commit_or_find_winner,
     new_batch,
     replay,
     request_hash,
     send_committed,
-    start_searches,
 )
 from core import jobstate, storage_keys
 from core.jobspec import BatchSpec
-from core.tables import FINAL_STATUSES, Batch, Job, JobKind, JobStatus
+from core.tables import FINAL_STATUSES, Batch, Job, JobStatus
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"])
 
@@ -101,7 +101,7 @@ def cancel_batch(batch_id: str, key: WriteKey, session: SessionDep) -> BatchOut:
         jobstate.request_cancel(session, job)
     session.commit()
     # Searches end now, each with the best model it found so far.
-    start_searches(session, [job for job in jobs if job.kind == JobKind.search])
+    advance_searches(session, list(jobs))
     session.expire_all()
     return _batch_out(session, batch)
 
