@@ -10,10 +10,9 @@ from typing import Any
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper, numpy_helper
 
-INPUT = "embeddings"
-OUTPUT = "pooled"
+from tests.models.encoder_io import INPUT, OUTPUT, encoder_inputs, save_encoder
 
 
 def make_bert(
@@ -97,24 +96,10 @@ def make_bert(
         hidden = norm(node("Add", [down, normed], f"{p}_residual2"), f"{p}_norm2")
     hidden = node("Identity", [hidden], "encoded")  # a redundant node basic optimization drops
     node("ReduceMean", [hidden], OUTPUT, axes=[1], keepdims=0)
-    graph = helper.make_graph(
-        nodes,
-        "tiny_bert",
-        [helper.make_tensor_value_info(INPUT, TensorProto.FLOAT, ["N", seq, d_model])],
-        [helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, ["N", d_model])],
-        inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
-    return path
+    return save_encoder(nodes, inits, path, name="tiny_bert", seq=seq, d_model=d_model)
 
 
 def make_inputs(
     path: Path, *, samples: int = 32, seq: int = 8, d_model: int = 32, seed: int = 1
 ) -> Path:
-    rng = np.random.default_rng(seed)
-    inputs = rng.standard_normal((samples, seq, d_model)).astype(np.float32)
-    np.savez(path, **{INPUT: inputs})  # type: ignore[arg-type]
-    return path
+    return encoder_inputs(path, samples=samples, seq=seq, d_model=d_model, seed=seed)

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper, numpy_helper
 
-INPUT = "embeddings"
-OUTPUT = "pooled"
+from tests.models.encoder_io import INPUT, OUTPUT, encoder_inputs, save_encoder
+
 #: Channels whose LayerNorm scale is `outlier` times the others'.
 OUTLIER_CHANNELS = (3, 17)
 
@@ -101,23 +101,10 @@ def make_transformer(
         residual2 = node("Add", [normed, down], f"{p}_residual2")
         hidden = norm(residual2, f"{p}_norm2", outliers=not last)
     node("ReduceMean", [hidden], OUTPUT, axes=[1], keepdims=0)
-    graph = helper.make_graph(
-        nodes,
-        "tiny_encoder",
-        [helper.make_tensor_value_info(INPUT, TensorProto.FLOAT, ["N", seq, d_model])],
-        [helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, ["N", d_model])],
-        inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
-    return path
+    return save_encoder(nodes, inits, path, name="tiny_encoder", seq=seq, d_model=d_model)
 
 
 def make_inputs(
     path: Path, *, samples: int = 64, seq: int = 16, d_model: int = 32, seed: int = 1
 ) -> Path:
-    rng = np.random.default_rng(seed)
-    np.savez(path, **{INPUT: rng.standard_normal((samples, seq, d_model)).astype(np.float32)})
-    return path
+    return encoder_inputs(path, samples=samples, seq=seq, d_model=d_model, seed=seed)
