@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Collection, Iterator
-from typing import Annotated
+from collections.abc import Callable, Collection, Iterator
+from typing import Annotated, TypeVar
 
+import anyio.to_thread
 from fastapi import Depends, Header, Request
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
@@ -20,6 +21,7 @@ from core.storage import Storage, get_storage
 from core.tables import ApiKey
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def get_session() -> Iterator[Session]:
@@ -57,20 +59,27 @@ def get_session() -> Iterator[Session]:
         session.close()
 
 
-def get_read_session() -> Iterator[Session]:
-    """For routes that only read: no transaction, so nothing to commit
-    (core.db.read_session_factory)."""
-    with read_session_factory()() as session:
-        yield session
+async def in_read_session(work: Callable[[Session], T]) -> T:
+    """Runs `work` with a session that only reads (no transaction, so nothing to commit:
+    core.db.read_session_factory), in one trip to a worker thread.
+
+    For the routes clients poll. A sync route with a session dependency makes three trips
+    through the thread pool (the dependency's start, the route, the dependency's end), and
+    under load each hand-off between threads costs more CPU than the query it carries
+    (docs/performance.md, "Throughput"). The connection is back in the pool before the
+    answer is serialized."""
+
+    def read() -> T:
+        with read_session_factory()() as session:
+            return work(session)
+
+    return await anyio.to_thread.run_sync(read)
 
 
 # scope="function": the commit runs when the route returns and before the answer is sent
 # (FastAPI runs a request-scoped dependency's exit after the response is on the wire), so a
 # failed commit can still turn the answer into an error.
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
-#: Only for routes that change nothing; scope="function" gives the connection back before
-#: the answer is sent.
-ReadSessionDep = Annotated[Session, Depends(get_read_session, scope="function")]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 StorageDep = Annotated[Storage, Depends(get_storage)]
 IdempotencyKey = Annotated[

@@ -39,6 +39,7 @@ from sqlalchemy import create_engine, text  # noqa: E402
 from core.migrate import upgrade  # noqa: E402
 from core.settings import Settings  # noqa: E402
 from tests.integration.processes import (  # noqa: E402
+    ADMIN_KEY,
     BIN,
     Process,
     Service,
@@ -86,7 +87,15 @@ class Readers:
 
     def _read(self, seed: int) -> None:
         rng = random.Random(seed)
-        with self.service.client() as client:
+        # Each client keeps its connection, as a polling program does (httpx's default); a
+        # new connection per read would time the TCP handshake and the server's setup of a
+        # connection as much as the read. Reads come more often than uvicorn's 5 s keep-alive
+        # ends an idle connection (`--poll` stays under 3 s).
+        with httpx.Client(
+            base_url=self.service.base_url,
+            headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+            timeout=30,
+        ) as client:
             while not self._stop.is_set():
                 if self.ids:
                     job_id = rng.choice(self.ids)
@@ -121,6 +130,64 @@ class Readers:
                 thread.join(60)
 
 
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+class CpuUse:
+    """CPU seconds taken by each part of the service during a phase, read from /proc.
+
+    On two cores every part takes its share from the workers, so the bench says where the
+    time went: the workers (with their job processes), the API, PostgreSQL, Redis, this
+    process (its reading clients) and the rest of the machine. A process's figure includes
+    its children that have ended (`cutime`), which is where a worker's finished job
+    processes and PostgreSQL's closed connections count.
+    """
+
+    def __init__(self, roots: dict[str, int]) -> None:
+        self.roots = {pid: name for name, pid in roots.items()}
+        self._began = self._sample()
+
+    def _sample(self) -> dict[str, float]:
+        stats: dict[int, tuple[str, int, float]] = {}
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                raw = (entry / "stat").read_text()
+            except OSError:
+                continue  # ended while read
+            # The command name is in parentheses and may itself hold spaces.
+            comm = raw[raw.index("(") + 1 : raw.rindex(")")]
+            fields = raw[raw.rindex(")") + 2 :].split()
+            ticks = sum(int(v) for v in fields[11:15])  # utime stime cutime cstime
+            stats[int(entry.name)] = (comm, int(fields[1]), ticks / CLOCK_TICKS)
+        groups: dict[str, float] = {}
+        for pid, (comm, _, seconds) in stats.items():
+            if pid == os.getpid():
+                group = "bench (readers)"
+                seconds = sum(os.times()[:2])  # its own threads, not its children
+            elif comm.startswith("postgres"):
+                group = "postgres"
+            elif comm.startswith("redis"):
+                group = "redis"
+            else:
+                ancestor = pid
+                while ancestor in stats and ancestor not in self.roots:
+                    ancestor = stats[ancestor][1]
+                group = self.roots.get(ancestor, "other")
+            groups[group] = groups.get(group, 0.0) + seconds
+        with open("/proc/stat") as handle:
+            busy = [int(v) for v in handle.readline().split()[1:8]]
+        groups["machine"] = (sum(busy) - busy[3] - busy[4]) / CLOCK_TICKS  # less idle, iowait
+        return groups
+
+    def since_start(self) -> dict[str, float]:
+        now = self._sample()
+        spent = {name: now.get(name, 0.0) - self._began.get(name, 0.0) for name in now}
+        # Processes that ended during the phase leave the sample: never report below zero.
+        return {name: max(0.0, seconds) for name, seconds in spent.items()}
+
+
 def start_worker(service: Service, name: str, cores: str) -> Process:
     """A worker pinned to `cores`: by its own setting where it has one, else by taskset."""
     env = dict(service.env)
@@ -146,20 +213,30 @@ def run_phase(
     service: Service, readers: Readers, *, model_id: str, jobs: int, label: str
 ) -> dict[str, Any]:
     specs = [{"model_id": model_id, **RECIPE, "labels": {"n": n}} for n in range(jobs)]
+    roots = {name: proc.popen.pid for name, proc in service.processes.items()}
     with service.client() as client:
+        cpu = CpuUse(roots)
         began = time.monotonic()
         answer = client.post("/v1/batches", json={"name": label, "jobs": specs}, timeout=300)
         assert answer.status_code == 202, answer.text[:500]
         batch_id = answer.json()["id"]
         ids = [job["id"] for job in answer.json()["jobs"]]
         with readers.running(ids):
+            # The newest batch's counts (the list's summary, one grouped count) tell when it
+            # is done; the whole batch, every job typed, is read once at the end: read each
+            # second, its 500 jobs would take a share of the API's CPU that belongs to no
+            # user's read.
             while True:
-                batch = client.get(f"/v1/batches/{batch_id}", timeout=60).json()
-                states = [job["status"] for job in batch["jobs"]]
-                if all(s in ("succeeded", "failed", "canceled") for s in states):
+                newest = client.get("/v1/batches", params={"page_size": 1}, timeout=60).json()
+                summary = newest["items"][0]
+                assert summary["id"] == batch_id, summary
+                if summary["status"] not in ("queued", "running"):
                     break
                 time.sleep(1.0)
         elapsed = time.monotonic() - began
+        cpu_seconds = cpu.since_start()
+        batch = client.get(f"/v1/batches/{batch_id}", timeout=60).json()
+        states = [job["status"] for job in batch["jobs"]]
     waits = [
         (
             datetime.fromisoformat(j["started_at"]) - datetime.fromisoformat(j["created_at"])
@@ -167,10 +244,18 @@ def run_phase(
         for j in batch["jobs"]
         if j["started_at"]
     ]
+    # The service's own clock for the span: from the first job created to the last one
+    # finished, free of this loop's one-second polling.
+    span = (
+        max(datetime.fromisoformat(j["finished_at"]) for j in batch["jobs"])
+        - min(datetime.fromisoformat(j["created_at"]) for j in batch["jobs"])
+    ).total_seconds()
     return {
         "label": label,
         "elapsed": elapsed,
-        "per_minute": jobs / elapsed * 60,
+        "span": span,
+        "per_minute": jobs / span * 60,
+        "cpu": cpu_seconds,
         "succeeded": states.count("succeeded"),
         "failed": [j.get("error") for j in batch["jobs"] if j["status"] != "succeeded"][:3],
         "waits": waits,
@@ -224,10 +309,18 @@ def timed_pages(service: Service, *, pages: int, params: dict[str, Any]) -> list
 def report_phase(phase: dict[str, Any], clients: int) -> None:
     waits = phase["waits"]
     print(
-        f"{phase['label']}: {phase['succeeded']} succeeded in {phase['elapsed']:.1f} s -> "
+        f"{phase['label']}: {phase['succeeded']} succeeded in {phase['span']:.1f} s "
+        f"(first created to last finished; {phase['elapsed']:.1f} s as polled) -> "
         f"{phase['per_minute']:.1f} jobs/min; queue wait p50 {percentile(waits, 0.5):.1f} s, "
         f"p99 {percentile(waits, 0.99):.1f} s"
     )
+    cpu, elapsed = phase["cpu"], phase["elapsed"]
+    parts = ", ".join(
+        f"{name} {seconds:.1f} s ({seconds / elapsed:.2f} cores)"
+        for name, seconds in sorted(cpu.items(), key=lambda item: -item[1])
+        if name != "machine"
+    )
+    print(f"  CPU: machine {cpu['machine']:.1f} s ({cpu['machine'] / elapsed:.2f} cores): {parts}")
     if phase["failed"]:
         print(f"  not succeeded (first 3): {phase['failed']}")
     print(
@@ -248,6 +341,8 @@ def main() -> None:
     args = parser.parse_args()
     if not 1 <= args.jobs <= 1000:
         parser.error("--jobs: 1 to 1000 (one batch)")
+    if not 0 < args.poll < 3:
+        parser.error("--poll: under 3 s, so that a client's connection stays open")
     cores = sorted(os.sched_getaffinity(0))
     if len(cores) < 2:
         parser.error("two cores are needed for two workers on disjoint cores")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import select
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -10,6 +12,7 @@ from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import DateTime, Engine, MetaData, TypeDecorator, create_engine, event
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 NAMING_CONVENTION = {
@@ -64,7 +67,56 @@ def make_engine(url: str) -> Engine:
             cursor.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    engine = create_engine(url)
+    _ping_when_stale(engine)
+    return engine
+
+
+#: A pooled connection unused for longer than this is pinged before its next use.
+PING_AFTER_IDLE_S = 30.0
+
+
+def _ping_when_stale(engine: Engine) -> None:
+    """Checks a pooled connection before it is used, as `pool_pre_ping` does, but only when it
+    may have gone stale: its socket holds something the server sent while it sat in the pool
+    (a server that shuts down or ends a session says so, and closes it), or it sat there
+    longer than PING_AFTER_IDLE_S. A failed check makes the pool connect anew
+    (DisconnectionError), so a restarted server costs no request an error.
+
+    By hand because `pool_pre_ping` pings on every checkout: a round trip to the server that
+    was two of the four of a status read and one in two of a worker's small writes, on the
+    same cores as the jobs (docs/performance.md, "Throughput"). A socket poll costs no trip.
+    """
+
+    @event.listens_for(engine, "checkin")
+    def _checked_in(dbapi_connection: Any, record: Any) -> None:
+        record.info["checked_in_at"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _checked_out(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        since = record.info.pop("checked_in_at", None)
+        if since is None:
+            return  # a new connection
+        if time.monotonic() - since < PING_AFTER_IDLE_S and not _server_spoke(dbapi_connection):
+            return
+        try:
+            alive = engine.dialect.do_ping(dbapi_connection)
+        except Exception as exc:
+            raise DisconnectionError(f"a pooled connection failed its check: {exc}") from exc
+        if not alive:
+            raise DisconnectionError("a pooled connection failed its check")
+
+
+def _server_spoke(dbapi_connection: Any) -> bool:
+    """Whether the server sent anything (or closed) since the connection was last used: an
+    idle connection in the pool expects nothing."""
+    try:
+        fd = dbapi_connection.fileno()
+    except Exception:
+        return True  # closed on this side: the check fails and the pool reconnects
+    poller = select.poll()
+    poller.register(fd, select.POLLIN | select.POLLPRI)
+    return bool(poller.poll(0))
 
 
 #: Every engine the cached factories made, so that forgetting them also lets go of their

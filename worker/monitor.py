@@ -139,6 +139,7 @@ def _watch(
     next_beat = started + settings.heartbeat_interval_s
     kill_at = math.inf
     last_beat = started
+    next_memory_check = started
     while True:
         for message in process.poll(_POLL_S):
             reason = on_message(message)
@@ -150,11 +151,16 @@ def _watch(
             watch.exitcode = process.exitcode
             return watch
         now = time.monotonic()
-        used_mb = process.private_memory_mb()
-        watch.peak_memory_mb = max(watch.peak_memory_mb, used_mb)
-        if limits.memory_mb is not None and used_mb > limits.memory_mb:
-            watch.reason = StopReason.memory_limit
-            break
+        # Every _POLL_S, not after every message: finding the job's processes reads every
+        # process's /proc entry, and a job that reports often would have it done many times
+        # a second, on the worker's own cores.
+        if now >= next_memory_check:
+            next_memory_check = now + _POLL_S
+            used_mb = process.private_memory_mb()
+            watch.peak_memory_mb = max(watch.peak_memory_mb, used_mb)
+            if limits.memory_mb is not None and used_mb > limits.memory_mb:
+                watch.reason = StopReason.memory_limit
+                break
         if now - started >= limits.hard_time_s:
             watch.reason = watch.reason or StopReason.time_limit
             break

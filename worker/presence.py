@@ -6,6 +6,7 @@ The main process sets the worker's id before it forks the pool, so the pool proc
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import logging
 import os
@@ -36,7 +37,14 @@ _WORKER_DISTRIBUTIONS = ("modelpress", "onnxruntime", "onnxruntime-gpu", "torch"
 
 def versions(names: tuple[str, ...] = _WORKER_DISTRIBUTIONS) -> dict[str, str]:
     """Installed versions (of those installed), read from package metadata: the main process
-    imports neither onnxruntime nor torch."""
+    imports neither onnxruntime nor torch. A copy: callers may add to it."""
+    return dict(_versions(names))
+
+
+@functools.cache
+def _versions(names: tuple[str, ...]) -> dict[str, str]:
+    # Read once per process: every job's provenance asks, and reading the metadata searches
+    # the installed distributions each time. What this process runs cannot change under it.
     found = {"python": platform.python_version()}
     for name in names:
         try:

@@ -21,11 +21,11 @@ from api import jobactions
 from api.deps import (
     IdempotencyKey,
     ReadKey,
-    ReadSessionDep,
     SessionDep,
     SettingsDep,
     StorageDep,
     WriteKey,
+    in_read_session,
     live_queues,
 )
 from api.downloads import stored_file_response
@@ -116,9 +116,8 @@ def create_job(
 
 
 @router.get("", response_model=Page[JobOut])
-def list_jobs(
+async def list_jobs(
     key: ReadKey,
-    session: ReadSessionDep,
     status: JobStatusName = None,
     model_id: str | None = None,
     batch_id: Annotated[str | None, Query(description="Only the jobs of this batch.")] = None,
@@ -147,14 +146,20 @@ def list_jobs(
         query = query.where(Job.created_at > created_after)
     if created_before:
         query = query.where(Job.created_at < created_before)
-    rows, token = paginate(session, query, Job, page_size=page_size, page_token=page_token)
-    live = live_queues(session)
-    return Page(items=[JobOut.of(r, live_queues=live) for r in rows], next_page_token=token)
+
+    def read(session: Session) -> Page[JobOut]:
+        rows, token = paginate(session, query, Job, page_size=page_size, page_token=page_token)
+        live = live_queues(session)
+        return Page(items=[JobOut.of(r, live_queues=live) for r in rows], next_page_token=token)
+
+    return await in_read_session(read)
 
 
 @router.get("/{job_id}", response_model=JobOut)
-def get_job(job_id: str, key: ReadKey, session: ReadSessionDep) -> JobOut:
-    return _out(session, get_owned(session, Job, job_id, project_id=key.project_id))
+async def get_job(job_id: str, key: ReadKey) -> JobOut:
+    return await in_read_session(
+        lambda session: _out(session, get_owned(session, Job, job_id, project_id=key.project_id))
+    )
 
 
 @router.post("/{job_id}/cancel", status_code=202, response_model=JobOut)
