@@ -96,6 +96,9 @@ class Readers:
             headers={"Authorization": f"Bearer {ADMIN_KEY}"},
             timeout=30,
         ) as client:
+            # Clients start spread over one interval, as they read after it: all 50 asking
+            # in the same millisecond would measure a burst that no other moment has.
+            self._stop.wait(self.interval * rng.random())
             while not self._stop.is_set():
                 if self.ids:
                     job_id = rng.choice(self.ids)
