@@ -15,6 +15,7 @@ from api.deps import (
     SettingsDep,
     StorageDep,
     WriteKey,
+    in_read_session,
     live_queues,
 )
 from api.errors import Problem
@@ -86,6 +87,19 @@ def list_batches(
 @router.get("/{batch_id}", response_model=BatchOut)
 def get_batch(batch_id: str, key: ReadKey, session: SessionDep) -> BatchOut:
     return _batch_out(session, get_owned(session, Batch, batch_id, project_id=key.project_id))
+
+
+@router.get("/{batch_id}/summary", response_model=BatchSummary)
+async def get_batch_summary(batch_id: str, key: ReadKey) -> BatchSummary:
+    """The batch's status and its jobs counted by state, without the jobs themselves: what a
+    script polls while it waits for a large batch. One grouped count however many jobs the
+    batch has, where the whole batch types every job (a sweep of 1,000: 1,000 jobs a read)."""
+
+    def read(session: Session) -> BatchSummary:
+        batch = get_owned(session, Batch, batch_id, project_id=key.project_id)
+        return BatchSummary.of(batch, _counts(session, [batch.id])[batch.id])
+
+    return await in_read_session(read)
 
 
 @router.post("/{batch_id}/cancel", status_code=202, response_model=BatchOut)

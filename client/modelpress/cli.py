@@ -558,11 +558,17 @@ def _batch_table(batch: Batch, jobs: list[Job] | None = None) -> Table:
     return table
 
 
+def _batch_line(batch: Batch) -> str:
+    counts = ", ".join(f"{n} {s}" for s, n in batch.counts.items() if n)
+    return f"batch {batch.id} {batch.status}: {counts} (of {batch.total})"
+
+
 def _wait_batch(c: Client, batch_id: str, timeout: float | None, as_json: bool) -> Batch:
+    # The batch's counts while it runs (one line however many jobs); its jobs once it is done.
     with Live(console=err, transient=as_json, refresh_per_second=4) as live:
         try:
             return c.wait_batch(
-                batch_id, timeout=timeout, on_change=lambda b: live.update(_batch_table(b))
+                batch_id, timeout=timeout, on_change=lambda b: live.update(_batch_line(b))
             )
         except WaitTimeout as exc:
             fail(Exit.TIMEOUT, str(exc))

@@ -379,6 +379,11 @@ class Client:
     def get_batch(self, batch_id: str) -> Batch:
         return self._get(f"/v1/batches/{batch_id}", Batch)
 
+    def batch_summary(self, batch_id: str) -> Batch:
+        """The batch's status and counts by state, without its jobs (`jobs` is empty): cheap
+        to read however large the batch."""
+        return self._get(f"/v1/batches/{batch_id}/summary", Batch)
+
     def cancel_batch(self, batch_id: str) -> Batch:
         return Batch.model_validate(self._request("POST", f"/v1/batches/{batch_id}/cancel").json())
 
@@ -483,9 +488,18 @@ class Client:
         on_change: Callable[[Batch], None] | None = None,
         poll_interval: float = 2.0,
     ) -> Batch:
-        return self._until_done(
-            lambda: self.get_batch(batch_id), f"batch {batch_id}", timeout, on_change, poll_interval
+        """Waits until every job of the batch is final and returns the batch with its jobs.
+        Polls the batch's summary (`on_change` gets each, with counts and no jobs) and reads
+        the whole batch once at the end: waiting on a sweep of 1,000 jobs costs the service
+        one count a poll instead of 1,000 jobs."""
+        self._until_done(
+            lambda: self.batch_summary(batch_id),
+            f"batch {batch_id}",
+            timeout,
+            on_change,
+            poll_interval,
         )
+        return self.get_batch(batch_id)
 
     @staticmethod
     def _until_done(

@@ -72,22 +72,31 @@ def test_batch_creates_one_job_per_spec_in_order(client: TestClient, mlp: dict[s
     assert [(b["id"], b["total"], b["status"]) for b in summaries] == [(batch["id"], 3, "queued")]
 
 
+def _read(client: TestClient, url: str) -> dict[str, Any]:
+    """The batch, checked against its summary: the same status and counts, without jobs."""
+    batch = client.get(url).json()
+    summary = client.get(f"{url}/summary").json()
+    assert summary == {k: v for k, v in batch.items() if k != "jobs"}
+    return batch
+
+
 def test_batch_status_follows_its_jobs(client: TestClient, mlp: dict[str, Any]) -> None:
     batch = client.post("/v1/batches", json=_sweep(mlp["id"])).json()
     first, second, third = (job["id"] for job in batch["jobs"])
     url = f"/v1/batches/{batch['id']}"
+    assert _read(client, url)["status"] == "queued"
 
     _finish(first, JobStatus.succeeded)
-    assert client.get(url).json()["status"] == "running"
+    assert _read(client, url)["status"] == "running"
     _finish(second, JobStatus.succeeded)
     _finish(third, JobStatus.succeeded)
-    assert client.get(url).json()["status"] == "succeeded"
+    assert _read(client, url)["status"] == "succeeded"
 
     batch = client.post("/v1/batches", json=_sweep(mlp["id"])).json()
     for job, status in zip(batch["jobs"], [JobStatus.succeeded, JobStatus.failed], strict=False):
         _finish(job["id"], status)
     client.post(f"/v1/jobs/{batch['jobs'][2]['id']}/cancel")
-    body = client.get(f"/v1/batches/{batch['id']}").json()
+    body = _read(client, f"/v1/batches/{batch['id']}")
     assert body["status"] == "failed"
     assert {k: v for k, v in body["counts"].items() if v} == {
         "succeeded": 1,
