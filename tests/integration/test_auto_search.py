@@ -169,11 +169,14 @@ def test_a_search_out_of_minutes_answers_with_the_best_so_far(
     embedded_service: Service, tmp_path: Path
 ) -> None:
     model_path = make_mlp(tmp_path / "m.onnx", in_features=64, hidden=256, seed=5)
-    data_path = make_dataset(tmp_path / "data.npz", model_path, samples=64)
+    # Enough samples that every trial evaluates for a while, and 1.2 s for a search whose
+    # trials one worker runs one after the other: however fast the worker, the minutes end
+    # before the candidates do.
+    data_path = make_dataset(tmp_path / "data.npz", model_path, samples=1024)
     with embedded_service.client() as client:
         model = upload(client, "/v1/models", model_path)
         dataset = upload(client, "/v1/datasets", data_path)
-        spec = _auto(model["id"], dataset["id"], budget={"trials": 30, "minutes": 0.05})
+        spec = _auto(model["id"], dataset["id"], budget={"trials": 30, "minutes": 0.02})
         search = client.post("/v1/jobs", json=spec).json()
         ended = wait_for_job(embedded_service, client, search["id"], FINAL, 180)
         assert ended["status"] == "succeeded", ended["error"]
