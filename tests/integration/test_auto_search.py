@@ -35,6 +35,15 @@ def _auto(model_id: str, dataset_id: str, **overrides: Any) -> dict[str, Any]:
     return {"model_id": model_id, "passes": [{**auto, **overrides}]}
 
 
+def _uploaded_mlp(
+    client: httpx.Client, tmp_path: Path, *, hidden: int, seed: int, samples: int
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A 64-input MLP and a dataset of its own outputs, uploaded: (model, dataset)."""
+    model_path = make_mlp(tmp_path / "m.onnx", in_features=64, hidden=hidden, seed=seed)
+    data_path = make_dataset(tmp_path / "data.npz", model_path, samples=samples)
+    return upload(client, "/v1/models", model_path), upload(client, "/v1/datasets", data_path)
+
+
 def _trials(client: httpx.Client, search_id: str) -> list[dict[str, Any]]:
     response = client.get("/v1/jobs", params={"parent_id": search_id, "page_size": 200})
     assert response.status_code == 200, response.text
@@ -146,11 +155,8 @@ def test_a_search_answers_honestly_and_a_resubmission_comes_from_the_cache(
 
 
 def test_cancel_returns_the_best_model_so_far(embedded_service: Service, tmp_path: Path) -> None:
-    model_path = make_mlp(tmp_path / "m.onnx", in_features=64, hidden=512, seed=3)
-    data_path = make_dataset(tmp_path / "data.npz", model_path, samples=64)
     with embedded_service.client() as client:
-        model = upload(client, "/v1/models", model_path)
-        dataset = upload(client, "/v1/datasets", data_path)
+        model, dataset = _uploaded_mlp(client, tmp_path, hidden=512, seed=3, samples=64)
         spec = _auto(model["id"], dataset["id"], budget={"trials": 30, "minutes": 15})
         search = client.post("/v1/jobs", json=spec).json()
         _wait_trials(embedded_service, client, search["id"], done=2)
@@ -168,14 +174,11 @@ def test_cancel_returns_the_best_model_so_far(embedded_service: Service, tmp_pat
 def test_a_search_out_of_minutes_answers_with_the_best_so_far(
     embedded_service: Service, tmp_path: Path
 ) -> None:
-    model_path = make_mlp(tmp_path / "m.onnx", in_features=64, hidden=256, seed=5)
-    # Enough samples that every trial evaluates for a while, and 1.2 s for a search whose
-    # trials one worker runs one after the other: however fast the worker, the minutes end
-    # before the candidates do.
-    data_path = make_dataset(tmp_path / "data.npz", model_path, samples=1024)
     with embedded_service.client() as client:
-        model = upload(client, "/v1/models", model_path)
-        dataset = upload(client, "/v1/datasets", data_path)
+        # Enough samples that every trial evaluates for a while, and 1.2 s for a search whose
+        # trials one worker runs one after the other: however fast the worker, the minutes
+        # end before the candidates do.
+        model, dataset = _uploaded_mlp(client, tmp_path, hidden=256, seed=5, samples=1024)
         spec = _auto(model["id"], dataset["id"], budget={"trials": 30, "minutes": 0.02})
         search = client.post("/v1/jobs", json=spec).json()
         ended = wait_for_job(embedded_service, client, search["id"], FINAL, 180)
@@ -201,11 +204,8 @@ def crash_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]
 def test_a_search_resumes_after_its_worker_dies_without_repeating_trials(
     crash_service: Service, tmp_path: Path
 ) -> None:
-    model_path = make_mlp(tmp_path / "m.onnx", in_features=64, hidden=256, seed=4)
-    data_path = make_dataset(tmp_path / "data.npz", model_path, samples=64)
     with crash_service.client() as client:
-        model = upload(client, "/v1/models", model_path)
-        dataset = upload(client, "/v1/datasets", data_path)
+        model, dataset = _uploaded_mlp(client, tmp_path, hidden=256, seed=4, samples=64)
         search = client.post("/v1/jobs", json=_auto(model["id"], dataset["id"])).json()
         before = _wait_trials(crash_service, client, search["id"], done=2)
         finished = {t["id"]: t["trial"]["key"] for t in before if t["status"] == "succeeded"}
