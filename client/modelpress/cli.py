@@ -8,6 +8,7 @@ its tolerance; 5 the service refused the request (4xx); 6 the service could not 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from enum import IntEnum, StrEnum
 from pathlib import Path
@@ -57,13 +58,16 @@ app = typer.Typer(
     help="Make models smaller and faster with a modelpress service.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",
 )
 models_app = typer.Typer(
     help="Upload, list, show, download and delete models.", no_args_is_help=True
 )
 datasets_app = typer.Typer(help="Upload, list, show and delete datasets.", no_args_is_help=True)
 jobs_app = typer.Typer(help="Follow, cancel, retry and delete jobs.", no_args_is_help=True)
-batches_app = typer.Typer(help="Follow, cancel and delete batches (sweeps).", no_args_is_help=True)
+batches_app = typer.Typer(
+    help="List, follow, cancel and delete batches (sweeps).", no_args_is_help=True
+)
 keys_app = typer.Typer(help="API keys of a project (admin).", no_args_is_help=True)
 projects_app = typer.Typer(help="Projects (instance admin).", no_args_is_help=True)
 for sub, name in (
@@ -76,9 +80,35 @@ for sub, name in (
 ):
     app.add_typer(sub, name=name)
 
-out = Console()
+
+def _console(*, stderr: bool = False) -> Console:
+    """A console as wide as the terminal; where the output is no terminal (a pipe, a file, a
+    CI log) and COLUMNS does not say, as wide as a table needs: rich would lay tables out to
+    80 columns there, wrapping every cell of a comparison into a column of words."""
+    stream = sys.stderr if stderr else sys.stdout
+    measured = stream.isatty() or "COLUMNS" in os.environ
+    return Console(stderr=stderr, width=None if measured else PIPED_WIDTH)
+
+
+#: The width of tables written to a pipe or a file.
+PIPED_WIDTH = 240
+out = _console()
 # Progress and tables for people go to stderr when --json is asked for, so stdout stays JSON.
-err = Console(stderr=True)
+err = _console(stderr=True)
+
+
+def ids_in_full(table: Table, *headers: str) -> Table:
+    """Shows every character, however narrow the terminal: rich would cut a cell that does not
+    fit to `job_f450ea6…`. The named columns' ids stay whole on one line (an id is what the
+    next command takes); the other columns wrap, and break a word too long for them."""
+    for column in table.columns:
+        if column.header in headers:
+            column.no_wrap = True
+            column.min_width = max((len(str(cell)) for cell in column.cells), default=0)
+        else:
+            column.overflow = "fold"
+    return table
+
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 YesOpt = Annotated[
@@ -189,7 +219,7 @@ def _model_table(items: list[Any]) -> Table:
             f"{m.parameter_count or 0:,}",
             m.sha256[:12],
         )
-    return table
+    return ids_in_full(table, "id")
 
 
 @models_app.command("upload")
@@ -212,6 +242,7 @@ def models_upload(
 
 @models_app.command("list")
 def models_list(as_json: JsonOpt = False) -> None:
+    """The project's models, newest first."""
     with client() as c:
         items = list(c.list_models())
     emit(items) if as_json else out.print(_model_table(items))
@@ -219,6 +250,8 @@ def models_list(as_json: JsonOpt = False) -> None:
 
 @models_app.command("show")
 def models_show(model_id: str, as_json: JsonOpt = False) -> None:
+    """One model: its format, size, parameters and sha256 (--json: everything its upload
+    found, inputs and outputs too)."""
     with client() as c:
         model = c.get_model(model_id)
     if as_json:
@@ -273,11 +306,12 @@ def _dataset_table(items: list[Any]) -> Table:
         table.add_row(
             d.id, d.name, str(d.num_samples), str(d.has_labels), f"{d.size_bytes:,}", d.sha256[:12]
         )
-    return table
+    return ids_in_full(table, "id")
 
 
 @datasets_app.command("list")
 def datasets_list(as_json: JsonOpt = False) -> None:
+    """The project's datasets, newest first."""
     with client() as c:
         items = list(c.list_datasets())
     emit(items) if as_json else out.print(_dataset_table(items))
@@ -285,6 +319,7 @@ def datasets_list(as_json: JsonOpt = False) -> None:
 
 @datasets_app.command("show")
 def datasets_show(dataset_id: str, as_json: JsonOpt = False) -> None:
+    """One dataset: its samples, whether it has labels, its size and sha256."""
     with client() as c:
         dataset = c.get_dataset(dataset_id)
     emit(dataset) if as_json else out.print(_dataset_table([dataset]))
@@ -555,7 +590,7 @@ def _batch_table(batch: Batch, jobs: list[Job] | None = None) -> Table:
         table.add_row(
             job.id, describe(job), _status(job), job.stage or "", f"{job.progress.fraction:.0%}"
         )
-    return table
+    return ids_in_full(table, "job")
 
 
 def _batch_line(batch: Batch) -> str:
@@ -642,7 +677,7 @@ def _print_search(job: Job) -> None:
     out.print(search.progress_line(job), highlight=False, soft_wrap=True)
     table = search.trials_table(job)
     if table is not None:
-        out.print(table)
+        out.print(ids_in_full(table, "job"))
     for line in search.answer_lines(job):
         out.print(line, highlight=False, soft_wrap=True)
 
@@ -654,6 +689,7 @@ def jobs_list(
     limit: Annotated[int, typer.Option(help="At most this many.")] = 50,
     as_json: JsonOpt = False,
 ) -> None:
+    """The project's jobs, newest first, with each one's verdict."""
     with client() as c:
         jobs = []
         for job in c.list_jobs(status=status, batch_id=batch, page_size=min(limit, 100)):
@@ -673,11 +709,12 @@ def jobs_list(
             str(j.created_at)[:19],
             j.summary.verdict if j.summary else "",
         )
-    out.print(table)
+    out.print(ids_in_full(table, "job"))
 
 
 @jobs_app.command("show")
 def jobs_show(job_id: str, as_json: JsonOpt = False) -> None:
+    """One job: its state, what it waits for, its error or its numbers and verdict."""
     with client() as c:
         job = c.get_job(job_id)
     emit(job) if as_json else _print_job(job)
@@ -698,6 +735,8 @@ def jobs_wait(
 
 @jobs_app.command("cancel")
 def jobs_cancel(job_id: str, as_json: JsonOpt = False) -> None:
+    """Cancels a queued job at once, a running one as soon as its worker stops it (a second
+    or two)."""
     with client() as c:
         job = c.cancel_job(job_id)
     emit(job) if as_json else out.print(f"job {job.id}: {job.status}")
@@ -730,8 +769,36 @@ def jobs_events(job_id: str, timeout: TimeoutOpt = None, as_json: JsonOpt = Fals
             fail(Exit.TIMEOUT, str(exc))
 
 
+@batches_app.command("list")
+def batches_list(
+    limit: Annotated[int, typer.Option(help="At most this many.")] = 50,
+    as_json: JsonOpt = False,
+) -> None:
+    """The project's batches (sweeps), newest first, with their jobs counted by state."""
+    with client() as c:
+        batches = []
+        for batch in c.list_batches(page_size=min(limit, 100)):
+            batches.append(batch)
+            if len(batches) >= limit:
+                break
+    if as_json:
+        emit([b.model_dump(mode="json", exclude={"jobs"}) for b in batches])
+        return
+    table = Table("batch", "name", "status", "jobs", "created")
+    for b in batches:
+        table.add_row(
+            b.id,
+            b.name or "",
+            b.status,
+            f"{b.total}: " + ", ".join(f"{n} {s}" for s, n in b.counts.items() if n),
+            str(b.created_at)[:19] if b.created_at else "",
+        )
+    out.print(ids_in_full(table, "batch"))
+
+
 @batches_app.command("show")
 def batches_show(batch_id: str, as_json: JsonOpt = False) -> None:
+    """A batch's state and each of its jobs with its state and progress."""
     with client() as c:
         batch = c.get_batch(batch_id)
     emit(batch) if as_json else out.print(_batch_table(batch))
@@ -752,6 +819,7 @@ def batches_wait(
 
 @batches_app.command("cancel")
 def batches_cancel(batch_id: str, as_json: JsonOpt = False) -> None:
+    """Cancels every unfinished job of the batch."""
     with client() as c:
         batch = c.cancel_batch(batch_id)
     emit(batch) if as_json else out.print(_batch_table(batch))
@@ -862,8 +930,7 @@ def download(
 def _compare_table(rows: list[Any]) -> Table:
     batches = sorted({b for r in rows if r.summary for b in r.summary.speedup_p50}, key=int)
     table = Table(title="best first")
-    # Ids in full: they are what `modelpress download` takes next.
-    table.add_column("job", no_wrap=True, min_width=36)
+    table.add_column("job")
     table.add_column("what")
     table.add_column("size", justify="right")
     for b in batches:
@@ -902,7 +969,7 @@ def _compare_table(rows: list[Any]) -> Table:
             mark + s.verdict,
             style=style,
         )
-    return table
+    return ids_in_full(table, "job")
 
 
 @app.command()
@@ -967,6 +1034,7 @@ def keys_list(
     project: Annotated[str | None, typer.Option(help="Project id (instance admins).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
+    """The keys of your project (or of --project, for instance admins); never their secrets."""
     with client() as c:
         keys = c.request_json("GET", "/v1/keys", params={"project_id": project} if project else {})
     if as_json:
@@ -982,7 +1050,7 @@ def keys_list(
             ",".join(k["scopes"]),
             str(k.get("revoked_at") or ""),
         )
-    out.print(table)
+    out.print(ids_in_full(table, "id", "project"))
 
 
 @keys_app.command("create")
@@ -1004,6 +1072,7 @@ def keys_create(
 
 @keys_app.command("revoke")
 def keys_revoke(key_id: str, as_json: JsonOpt = False) -> None:
+    """Revokes a key: the next request with it is refused."""
     with client() as c:
         key = c.request_json("DELETE", f"/v1/keys/{key_id}")
     emit(key) if as_json else out.print(f"revoked {key['id']}")
@@ -1011,6 +1080,7 @@ def keys_revoke(key_id: str, as_json: JsonOpt = False) -> None:
 
 @projects_app.command("list")
 def projects_list(as_json: JsonOpt = False) -> None:
+    """Every project, with its number of active keys."""
     with client() as c:
         projects = c.request_json("GET", "/v1/projects")
     if as_json:
@@ -1019,11 +1089,12 @@ def projects_list(as_json: JsonOpt = False) -> None:
     table = Table("id", "name", "active keys")
     for p in projects:
         table.add_row(p["id"], p["name"], str(p.get("active_keys", "")))
-    out.print(table)
+    out.print(ids_in_full(table, "id"))
 
 
 @projects_app.command("create")
 def projects_create(name: str, as_json: JsonOpt = False) -> None:
+    """Creates a project; `keys create --project` then gives it keys."""
     with client() as c:
         project = c.request_json("POST", "/v1/projects", json={"name": name})
     emit(project) if as_json else out.print(f"created project {project['id']} ({name})")

@@ -376,6 +376,10 @@ class Client:
     def _delete(self, path: str) -> None:
         self._request("DELETE", path)
 
+    def list_batches(self, *, page_size: int = 100) -> Iterator[Batch]:
+        """The project's batches, newest first, with their counts and without their jobs."""
+        return self._pages("/v1/batches", Batch, page_size=page_size)
+
     def get_batch(self, batch_id: str) -> Batch:
         return self._get(f"/v1/batches/{batch_id}", Batch)
 

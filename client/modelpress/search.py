@@ -149,8 +149,7 @@ def trials_table(job: Job) -> Table | None:
     table.add_column("drop", justify="right")
     table.add_column("within")
     table.add_column("cached")
-    # Ids in full: `modelpress jobs show` takes them next.
-    table.add_column("job", no_wrap=True)
+    table.add_column("job")
     for t in answer.trials:
         mark = " (answer)" if best is not None and t.key == best.key else ""
         if not mark and t.key in pareto:

@@ -28,16 +28,21 @@ MODELPRESS = str(BIN / "modelpress")
 
 
 def cli(
-    tmp_path: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 900
+    tmp_path: Path,
+    *args: str,
+    env: dict[str, str] | None = None,
+    timeout: float = 900,
+    columns: str | None = "200",
 ) -> subprocess.CompletedProcess[str]:
     """Runs the installed command as a user would: no service code on its path, its login
-    in a config folder of its own."""
+    in a config folder of its own; a terminal `columns` wide (None: no COLUMNS, as a pipe)."""
     base = {
         "PATH": os.environ["PATH"],
         "HOME": str(tmp_path),
         "XDG_CONFIG_HOME": str(tmp_path / "config"),
-        "COLUMNS": "200",
     }
+    if columns is not None:
+        base["COLUMNS"] = columns
     return subprocess.run(
         [MODELPRESS, *args],
         capture_output=True,
@@ -348,3 +353,45 @@ def test_the_cli_says_why_a_job_waits_and_which_workers_serve(
             assert "CUDAExecutionProvider" in table.stdout
         finally:
             client.cancel_job(job.id)
+
+
+def test_tables_keep_ids_whole_on_a_narrow_terminal_and_unwrapped_in_a_pipe(
+    service: Service, tiny: Path, tmp_path: Path
+) -> None:
+    shutil.copy(tiny / "tiny.onnx", tmp_path / "tiny.onnx")
+    env = {"MODELPRESS_URL": service.base_url, "MODELPRESS_API_KEY": ADMIN_KEY}
+    sweep = write_yaml(
+        tmp_path / "sweep.yaml",
+        "name: two per-channel settings\nmodel: tiny.onnx\n"
+        "passes: [{kind: quantize, method: dynamic}]\n"
+        "benchmark: {batch_sizes: [1], warmup: 0, iterations: 2}\n"
+        "matrix: {passes.0.per_channel: [true, false]}\n",
+    )
+    batch = as_json(cli(tmp_path, "submit", str(sweep), "--json", env=env))
+    batch_id, jobs = batch["id"], batch["jobs"]
+    try:
+        # An 80-column terminal: each id stays whole, to be copied into the next command.
+        batches = cli(tmp_path, "batches", "list", env=env, columns="80")
+        assert batches.returncode == 0, batches.stderr
+        assert batch_id in batches.stdout, batches.stdout
+        assert "…" not in batches.stdout  # nothing cut, a long word wraps
+        listed = cli(tmp_path, "jobs", "list", "--batch", batch_id, env=env, columns="80")
+        assert all(job["id"] in listed.stdout for job in jobs), listed.stdout
+        assert max(len(line) for line in listed.stdout.splitlines()) <= 80
+
+        # A pipe with no COLUMNS (a CI log, `| grep`): one line per job, cells unwrapped.
+        listed = cli(tmp_path, "jobs", "list", "--batch", batch_id, env=env, columns=None)
+        rows = [line for line in listed.stdout.splitlines() if "job_" in line]
+        assert len(rows) == 2 and all("per_channel=" in row for row in rows), listed.stdout
+        as_rows = as_json(cli(tmp_path, "batches", "list", "--json", env=env))
+        assert as_rows[0]["id"] == batch_id and as_rows[0]["total"] == 2
+        assert "jobs" not in as_rows[0]
+
+        # Every command says what it does in its group's help, each on its own lines.
+        helped = cli(tmp_path, "batches", "--help", env=env)
+        assert "Refused (exit 5) while any of its jobs is unfinished" in helped.stdout
+        for command in ("list", "show", "cancel"):
+            (line,) = [x for x in helped.stdout.splitlines() if x.startswith(f"│ {command} ")]
+            assert line.removeprefix(f"│ {command} ").strip(" │"), helped.stdout
+    finally:
+        as_json(cli(tmp_path, "batches", "cancel", batch_id, "--json", env=env))
