@@ -133,7 +133,10 @@ def _report_start(presence: Presence) -> None:
     # Logged once the worker's logging is set up (worker_init comes before it).
     worker = presence.registration
     for queue, reason in worker.refused.items():
-        log.error(
+        # A warning, not an error: the worker runs, for its other queues (`make run` on a
+        # machine without a GPU starts one for `cpu,gpu`); a worker left with no queue at all
+        # does not start (_refuse_to_start).
+        log.warning(
             "this worker refuses the %r queue (its GPU check failed: %s) and serves %s",
             queue,
             reason,

@@ -92,6 +92,7 @@ def test_a_worker_lists_itself_with_its_queues_cores_and_device(fleet: Service) 
     ]
     assert len(refusals) == 1, refusals
     assert "'gpu'" in refusals[0] and "CUDAExecutionProvider" in refusals[0]
+    assert "WARNING" in refusals[0]  # the worker runs: a warning, not an error
 
 
 def test_a_gpu_job_waits_for_a_gpu_worker_and_is_not_sent_again_and_again(
