@@ -85,7 +85,7 @@ def _time_left(deadline: datetime | None, now: datetime) -> str:
     seconds = (deadline - now).total_seconds()
     if seconds <= 0:
         return "time budget spent, finishing the running trials"
-    return f"about {math.ceil(seconds / 60)} min left"
+    return f"{math.ceil(seconds / 60)} min of its time budget left"
 
 
 def progress_line(job: Job, *, now: datetime | None = None) -> str:
