@@ -4,6 +4,7 @@ screen readers; the page shows a table of the same numbers next to it."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -345,7 +346,6 @@ def compare_chart(points: list[Point], *, batch: str, metric: str) -> Chart:
 
     speedups = [p.speedup for p in points]
     low, high = min([*speedups, 1.0]), max([*speedups, 1.0])
-    pad = (high - low) * 0.1 or 0.1
     option = {
         "animation": False,
         "legend": {"top": 0},
@@ -357,8 +357,7 @@ def compare_chart(points: list[Point], *, batch: str, metric: str) -> Chart:
             "nameLocation": "middle",
             "nameGap": 28,
             # 1x (the original's speed) always shows, so "all slower" is seen at a glance.
-            "min": round(low - pad, 3),
-            "max": round(high + pad, 3),
+            **_speedup_bounds(low, high),
         },
         "yAxis": {
             "type": "value",
@@ -442,7 +441,6 @@ def search_chart(points: list[SearchPoint], *, batch: str, metric: str) -> Chart
     others = [p for p in points if not p.pareto and not p.answer]
     speedups = [p.speedup for p in points]
     low, high = min([*speedups, 1.0]), max([*speedups, 1.0])
-    pad = (high - low) * 0.1 or 0.1
     first: dict[str, Any] = series("Pareto set", front, "diamond", OPTIMIZED)
     first["markLine"] = {
         "symbol": "none",
@@ -461,8 +459,7 @@ def search_chart(points: list[SearchPoint], *, batch: str, metric: str) -> Chart
             "name": f"speed-up at batch {batch} (\u00d7); right of 1\u00d7 is faster",
             "nameLocation": "middle",
             "nameGap": 28,
-            "min": round(low - pad, 3),
-            "max": round(high + pad, 3),
+            **_speedup_bounds(low, high),
         },
         "yAxis": {
             "type": "value",
@@ -489,3 +486,13 @@ def search_chart(points: list[SearchPoint], *, batch: str, metric: str) -> Chart
         f"Each measured trial's speed-up at batch {batch} against its size. {words}",
         option,
     )
+
+
+def _speedup_bounds(low: float, high: float) -> dict[str, float]:
+    """The speed-up axis from a tenth below the slowest point to a tenth above the fastest (1x
+    among them), on whole tenths: the axis labels its ends, and `0.542` reads as a measurement."""
+    pad = (high - low) * 0.1 or 0.1
+    return {
+        "min": max(0.0, math.floor((low - pad) * 10) / 10),
+        "max": math.ceil((high + pad) * 10) / 10,
+    }

@@ -48,7 +48,10 @@ def timeline(job: JobOut, retried_as: list[str]) -> list[Moment]:
     moments = [Moment("Created", job.created_at)]
     if job.queued_at:
         moments.append(Moment("Queued", job.queued_at, f"on the {job.queue} queue"))
-    if job.started_at:
+    if job.started_at and job.kind == "search":
+        # A search is no worker's attempt: it starts its trials, which are jobs of their own.
+        moments.append(Moment("Started", job.started_at, "its trials run as jobs of their own"))
+    elif job.started_at:
         attempt = f"attempt {job.attempts} of {job.max_attempts}"
         if job.attempts > 1:
             attempt += " (the earlier attempts were interrupted and run again)"

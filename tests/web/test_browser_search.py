@@ -52,5 +52,12 @@ def test_a_search_page_draws_its_trials_and_passes_axe(
     expect(page.locator("#chart-search")).to_have_attribute("data-drawn", "true")
     trial = page.get_by_role("link", name="int8-static-tr@1")
     expect(trial).to_have_attribute("href", "/jobs/job_trial_int8_static_tr_1")
+    # Each trial's reasons are read as sentences, not one word a line down a tall row.
+    reasons = page.locator("#trials-table td.why")
+    expect(reasons.first).to_be_visible()
+    widths = [box["width"] for box in (r.bounding_box() for r in reasons.all()) if box]
+    assert min(widths) >= 300, widths
+    rows = [r.bounding_box() for r in page.locator("#trials-table tbody tr").all()]
+    assert max(box["height"] for box in rows if box) < 250, rows
     keep_screenshot(page, "auto-search")
     assert_accessible(page)

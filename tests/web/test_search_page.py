@@ -268,6 +268,14 @@ def test_a_finished_search_shows_its_answer_and_links_every_trial(
     assert [p["name"] for p in series["The answer"]["data"]] == ["int8-static-tr@1"]
     assert [p["name"] for p in series["Pareto set"]["data"]] == ["graph@1"]
     assert series["The answer"]["data"][0]["value"] == [1.94, 0.256, "0.0021"]
+    axis = json.loads(unescape(chart.group(1)))["xAxis"]
+    # The axis ends are labelled: whole tenths around the points and 1x, not 0.542.
+    assert [round(axis[end] * 10, 6) % 1 for end in ("min", "max")] == [0, 0]
+    assert axis["min"] <= 1 <= axis["max"]
+
+    # No worker attempt ran the search itself: its timeline says where the work went.
+    assert "attempt 0" not in page
+    assert "Started" in _text(page) and "its trials run as jobs of their own" in page
 
 
 def test_nothing_qualified_is_said_and_never_shown_as_a_win(
