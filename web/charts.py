@@ -331,7 +331,11 @@ def compare_chart(points: list[Point], *, batch: str, metric: str) -> Chart:
             "symbol": symbol,
             "itemStyle": {"color": colour, "borderColor": "#1b1f24", "borderWidth": 1},
             "label": {"show": True, "position": "right", "formatter": "{b}"},
-            "labelLayout": {"moveOverlap": "shiftY"},
+            # Two jobs with the same numbers share a point: one name is shown (the table and
+            # the tooltip give both), not two written over each other.
+            "labelLayout": {"hideOverlap": True},
+            # The Pareto-best on top: a job with another's numbers must not hide its diamond.
+            "z": 3 if best else 2,
             "data": [
                 {
                     "name": p.name,
@@ -423,6 +427,8 @@ def search_chart(points: list[SearchPoint], *, batch: str, metric: str) -> Chart
             "itemStyle": {"color": colour, "borderColor": "#1b1f24", "borderWidth": 1},
             "label": {"show": True, "position": "right", "formatter": "{b}"},
             "labelLayout": {"hideOverlap": True},
+            # The answer and the Pareto set over the other trials, never hidden under them.
+            "z": 2 if symbol == "circle" else 3,
             "tooltip": {
                 "formatter": "{b}: speed-up, size ratio, " + f"{metric} drop" + " = {c}",
             },

@@ -281,8 +281,10 @@ def test_compare_marks_the_pareto_best_and_refuses_mixed_models(
     data = json.loads(
         re.search(r'id="chart-compare-data">(.*?)</script>', page.text, re.S).group(1)  # type: ignore[union-attr]
     )
-    best, _others = data["series"]
+    best, others = data["series"]
     assert [p["value"][0] for p in best["data"]] == [1.817]
+    # Drawn over the others: a job with the same numbers does not hide the diamond.
+    assert best["z"] > others["z"]
 
     picked = pages.get(f"/compare?job={finished['faster']}&job={finished['slower']}")
     assert picked.status_code == 200 and 'id="chart-compare"' in picked.text
