@@ -11,6 +11,7 @@ from fastapi import Request
 from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 
+from api.schemas import JobOut
 from web.auth import SignedIn
 
 TEMPLATES_DIR = Path(__file__).parent / "templates"
@@ -34,8 +35,19 @@ def when(moment: datetime | None) -> str:
     return "\u2013" if moment is None else moment.strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
+def describe(job: JobOut) -> str:
+    """What tells a job apart: its sweep labels, else its passes (as `modelpress compare`)."""
+    if job.labels:
+        return ", ".join(f"{k.split('.')[-1]}={v}" for k, v in job.labels.items())
+    passes = job.spec.get("passes") or []
+    return " + ".join(
+        "/".join(str(p.get(k)) for k in ("kind", "method") if p.get(k)) for p in passes
+    )
+
+
 templates.env.filters["filesize"] = filesize
 templates.env.filters["when"] = when
+templates.env.filters["describe"] = describe
 
 
 def render(

@@ -199,6 +199,23 @@ def test_the_list_refreshes_its_rows_only_while_a_job_is_active(
     )
 
 
+def test_the_list_says_what_each_job_is_and_its_result(
+    client: TestClient, pages: TestClient, signed_in: str, finished: dict[str, str]
+) -> None:
+    html = {
+        key: row
+        for row in re.findall(r"<tr>.*?</tr>", pages.get("/jobs").text, re.S)
+        for key in ("faster", "slower", "queued")
+        if finished[key] in row
+    }
+    for key in ("faster", "slower"):
+        verdict = client.get(f"/v1/jobs/{finished[key]}").json()["summary"]["verdict"]
+        assert f"quantize/static {verdict}" in _text(html[key]), _text(html[key])
+    # A finished job shows no progress bar; a queued one shows its bar at 0%.
+    assert "<progress" not in html["faster"] and "100%" not in _text(html["faster"])
+    assert "<progress" in html["queued"] and "0%" in _text(html["queued"])
+
+
 def test_filters_and_pages(
     pages: TestClient, signed_in: str, finished: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -20,7 +20,7 @@ from web.auth import Viewer
 from web.charts import Point, compare_chart
 from web.pareto import Candidate, pareto_best
 from web.routes.jobs import model_names
-from web.templating import render
+from web.templating import describe, render
 from web.verdict import Speed, speeds
 
 router = APIRouter(include_in_schema=False)
@@ -36,16 +36,6 @@ class Row:
     speed: Speed | None
     best: bool
     model_artifact_id: str | None
-
-
-def describe(job: JobOut) -> str:
-    """What tells a job apart: its sweep labels, else its passes (as `modelpress compare`)."""
-    if job.labels:
-        return ", ".join(f"{k.split('.')[-1]}={v}" for k, v in job.labels.items())
-    passes = job.spec.get("passes") or []
-    return " + ".join(
-        "/".join(str(p.get(k)) for k in ("kind", "method") if p.get(k)) for p in passes
-    )
 
 
 def _jobs(
