@@ -276,6 +276,7 @@ def test_a_finished_search_shows_its_answer_and_links_every_trial(
     # No worker attempt ran the search itself: its timeline says where the work went.
     assert "attempt 0" not in page
     assert "Started" in _text(page) and "its trials run as jobs of their own" in page
+    assert "with a fidelity drop of at most 0.01" in _text(page)
 
 
 def test_nothing_qualified_is_said_and_never_shown_as_a_win(
