@@ -86,7 +86,11 @@ def _console(*, stderr: bool = False) -> Console:
     CI log) and COLUMNS does not say, as wide as a table needs: rich would lay tables out to
     80 columns there, wrapping every cell of a comparison into a column of words."""
     stream = sys.stderr if stderr else sys.stdout
-    measured = stream.isatty() or "COLUMNS" in os.environ
+    try:
+        terminal = stream.isatty()
+    except (AttributeError, ValueError):  # no stream at all, or a closed one
+        terminal = False
+    measured = terminal or "COLUMNS" in os.environ
     return Console(stderr=stderr, width=None if measured else PIPED_WIDTH)
 
 
