@@ -67,6 +67,10 @@ def describe(job: Job) -> str:
     if job.labels:
         return ", ".join(f"{k.split('.')[-1]}={v}" for k, v in job.labels.items())
     passes = job.spec.get("passes") or []
-    return " + ".join(
-        "/".join(str(p.get(k)) for k in ("kind", "method") if p.get(k)) for p in passes
-    )
+    return " + ".join(_pass_name(p) for p in passes)
+
+
+def _pass_name(spec: dict[str, Any]) -> str:
+    if spec.get("kind") == "auto":
+        return f"auto search for {spec.get('objective') or 'latency'}"
+    return "/".join(str(spec.get(k)) for k in ("kind", "method") if spec.get(k))

@@ -277,6 +277,9 @@ def test_a_finished_search_shows_its_answer_and_links_every_trial(
     assert "attempt 0" not in page
     assert "Started" in _text(page) and "its trials run as jobs of their own" in page
     assert "with a fidelity drop of at most 0.01" in _text(page)
+    # The jobs list names it as a search, with its goal.
+    listed = _text(pages.get("/jobs").text)
+    assert "auto search for latency" in listed
 
 
 def test_nothing_qualified_is_said_and_never_shown_as_a_win(
