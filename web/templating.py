@@ -36,7 +36,9 @@ def when(moment: datetime | None) -> str:
 
 
 def describe(job: JobOut) -> str:
-    """What tells a job apart: its sweep labels, else its passes (as `modelpress compare`)."""
+    """What tells a job apart: its sweep labels, else its passes. The same words as the
+    client's `modelpress.compare.describe`, written again: the service does not install the
+    client package, and the client imports nothing of the service."""
     if job.labels:
         return ", ".join(f"{k.split('.')[-1]}={v}" for k, v in job.labels.items())
     passes = job.spec.get("passes") or []
