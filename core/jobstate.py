@@ -126,32 +126,42 @@ def finish(
 
 
 def request_cancel(session: Session, job: Job) -> bool:
-    """queued -> canceled at once; running -> canceling (the worker stops it)."""
-    now = utcnow()
-    if job.status == JobStatus.queued:
-        outcome = session.execute(
-            update(Job)
-            .where(Job.id == job.id, Job.status == JobStatus.queued)
-            .values(
-                status=JobStatus.canceled,
-                cancel_requested_at=now,
-                finished_at=now,
-                error_type="canceled",
-                error_message="canceled before it started",
-                updated_at=now,
+    """queued -> canceled at once; running -> canceling (the worker stops it).
+
+    `job` may be a moment old: a worker can claim it between the caller's read and this
+    update. Then the update matches nothing, and the job is read again and asked in the state
+    it is in now, so a job that just started is still canceled, not refused."""
+    # Each miss means the job moved on meanwhile (claimed, or re-queued by the reaper); it
+    # cannot do so many times in a moment, so a few looks suffice.
+    for _ in range(3):
+        now = utcnow()
+        if job.status == JobStatus.queued:
+            outcome = session.execute(
+                update(Job)
+                .where(Job.id == job.id, Job.status == JobStatus.queued)
+                .values(
+                    status=JobStatus.canceled,
+                    cancel_requested_at=now,
+                    finished_at=now,
+                    error_type="canceled",
+                    error_message="canceled before it started",
+                    updated_at=now,
+                )
+                .execution_options(synchronize_session=False)
             )
-            .execution_options(synchronize_session=False)
-        )
-    elif job.status == JobStatus.running:
-        outcome = session.execute(
-            update(Job)
-            .where(Job.id == job.id, Job.status == JobStatus.running)
-            .values(status=JobStatus.canceling, cancel_requested_at=now, updated_at=now)
-            .execution_options(synchronize_session=False)
-        )
-    else:
-        return False
-    return outcome.rowcount == 1  # type: ignore[attr-defined]
+        elif job.status == JobStatus.running:
+            outcome = session.execute(
+                update(Job)
+                .where(Job.id == job.id, Job.status == JobStatus.running)
+                .values(status=JobStatus.canceling, cancel_requested_at=now, updated_at=now)
+                .execution_options(synchronize_session=False)
+            )
+        else:
+            return False
+        if outcome.rowcount == 1:  # type: ignore[attr-defined]
+            return True
+        session.refresh(job)
+    return False
 
 
 def reap_stale(session: Session, *, timeout_s: float) -> list[tuple[str, str]]:

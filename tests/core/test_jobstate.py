@@ -57,6 +57,37 @@ def test_cancel_running_job_is_seen_by_heartbeat(service_env: dict[str, str]) ->
         assert jobstate.heartbeat(session, job_id, 1) == JobStatus.canceling
 
 
+def test_a_job_claimed_while_the_cancel_is_asked_is_still_canceled(
+    service_env: dict[str, str],
+) -> None:
+    factory = session_factory()
+    with factory() as api, factory() as worker:
+        job_id = _job(api)
+        job = api.get(Job, job_id)
+        assert job is not None and job.status == JobStatus.queued
+        # The worker claims it after the API read it as queued, before the API's update.
+        assert jobstate.claim(worker, job_id, "w1") == 1
+        worker.commit()
+        assert jobstate.request_cancel(api, job)
+        api.commit()
+        api.refresh(job)
+        assert job.status == JobStatus.canceling
+        assert jobstate.heartbeat(worker, job_id, 1) == JobStatus.canceling
+
+
+def test_a_job_finished_while_the_cancel_is_asked_is_refused(service_env: dict[str, str]) -> None:
+    factory = session_factory()
+    with factory() as api, factory() as worker:
+        job_id = _job(api)
+        job = api.get(Job, job_id)
+        assert job is not None
+        assert jobstate.claim(worker, job_id, "w1") == 1
+        assert jobstate.finish(worker, job_id, 1, status=JobStatus.succeeded, result={})
+        worker.commit()
+        assert not jobstate.request_cancel(api, job)
+        assert job.status == JobStatus.succeeded
+
+
 def test_stale_jobs_are_requeued_then_failed(service_env: dict[str, str]) -> None:
     with session_factory()() as session:
         job_id = _job(session)
