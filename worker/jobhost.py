@@ -46,12 +46,20 @@ def main() -> None:
     _prctl(_PR_SET_DUMPABLE, 0)
     channel = socket.socket(fileno=args.channel_fd)
     _preload()
-    channel.sendall(encode({"type": "ready", "pid": os.getpid()}))
+    # The pool process went away: killed with its worker (`kill 0` in `make run`, a
+    # container's stop) it resets the channel rather than closing it. Not an error: the host
+    # ends quietly, without a traceback in the worker's log.
+    with contextlib.suppress(ConnectionResetError, BrokenPipeError):
+        channel.sendall(encode({"type": "ready", "pid": os.getpid()}))
+        _serve(channel, args)
+
+
+def _serve(channel: socket.socket, args: argparse.Namespace) -> None:
     buffer = b""
     while True:
         data, fds, _, _ = socket.recv_fds(channel, 1 << 16, 2)
         if not data:
-            return  # the pool process went away
+            return  # the pool process closed the channel
         buffer += data
         if not buffer.endswith(b"\n"):
             for fd in fds:

@@ -344,3 +344,28 @@ def _alive(pid: int) -> bool:
     except FileNotFoundError:
         return False
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def test_the_job_host_ends_quietly_when_its_pool_process_resets_the_channel(
+    service_env: dict[str, str], tmp_path: Path
+) -> None:
+    """A worker stopped with its whole process group (`make run`'s `kill 0`) resets the job
+    host's channel; the host must end without a traceback in the worker's log."""
+    ours, theirs = socket.socketpair()
+    command = host_command(get_settings(), scratch=tmp_path, channel_fd=theirs.fileno())
+    host = subprocess.Popen(
+        command.argv,
+        env=command.env,
+        pass_fds=[theirs.fileno()],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    theirs.close()
+    ours.settimeout(120)
+    # Its "ready" is left unread: closing a socket with unread data resets the peer's end.
+    assert ours.recv(1, socket.MSG_PEEK) == b"{"
+    ours.close()
+    output, _ = host.communicate(timeout=30)
+    assert host.returncode == 0, output.decode(errors="replace")
+    assert b"Traceback" not in output
