@@ -18,8 +18,7 @@ def cancel(session: Session, job: Job) -> Job:
     again while it stops changes nothing. Committed; 409 for a job already final."""
     if job.status == JobStatus.canceling:
         return job
-    if not jobstate.request_cancel(session, job):
-        session.refresh(job)
+    if not jobstate.request_cancel(session, job):  # `job` holds the state that refused it
         raise Problem(
             409,
             f"the job is already {job.status}; only queued or running jobs can be canceled",
